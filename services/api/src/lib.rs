@@ -1,0 +1,77 @@
+//! Meridian's REST API.
+//!
+//! [`router`] builds the whole HTTP surface from an [`AppState`]; it binds
+//! nothing, so tests can drive it in-process and the binary decides where
+//! it listens.
+
+pub mod error;
+mod openapi;
+mod policies;
+pub mod request;
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use meridian_store::Store;
+use serde_json::json;
+use tower_http::trace::TraceLayer;
+
+pub use openapi::ApiDoc;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+}
+
+/// The REST API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/api/v1/policies",
+            get(policies::list).post(policies::create),
+        )
+        .route(
+            "/api/v1/policies/:name",
+            get(policies::get)
+                .put(policies::replace)
+                .patch(policies::patch)
+                .delete(policies::delete),
+        )
+        .route("/api/v1/policies/:name/revisions", get(policies::revisions))
+        .route("/api/v1/policies/:name/rollback", post(policies::rollback))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi::serve))
+        .fallback(|| async { StatusCode::NOT_FOUND })
+        .layer(axum::middleware::map_response(error::json_errors))
+        // Our handlers read bodies through `request::read_body`, which
+        // enforces the 1 MiB limit with our own error; this keeps axum's
+        // extractors from applying their 2 MiB default instead.
+        .layer(axum::extract::DefaultBodyLimit::max(request::MAX_BODY))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Alive: the process answers.
+async fn healthz() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+/// Ready: the database answers within a second.
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let ok = tokio::time::timeout(Duration::from_secs(1), state.store.ping())
+        .await
+        .unwrap_or(false);
+    if ok {
+        (StatusCode::OK, Json(json!({"status": "ready"})))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "unavailable", "message": "the database does not answer"})),
+        )
+    }
+}

@@ -1,0 +1,394 @@
+//! `/api/v1/policies`: the policy resource.
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use meridian_policy::{decode, merge_patch, validate, FieldError, Policy, Revision};
+use meridian_store::{ListQuery, Precondition, Store, Write};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::{ApiError, ErrorBody};
+use crate::request::{self, dry_run, etag, precondition, query_pairs};
+use crate::AppState;
+
+pub const DEFAULT_PAGE: u32 = 100;
+pub const MAX_PAGE: u32 = 1000;
+
+/// Who the audit log names until authentication lands.
+const ACTOR: &str = "anonymous";
+const SOURCE: &str = "api";
+
+/// How often a read-modify-write (PATCH, rollback) without `If-Match` is
+/// retried when another writer got in between.
+const MODIFY_ATTEMPTS: usize = 8;
+
+#[derive(Serialize, ToSchema)]
+pub struct PolicyList {
+    pub items: Vec<Policy>,
+    /// Pass as `continue` for the next page; null on the last page.
+    #[serde(rename = "continue")]
+    pub next: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RevisionList {
+    /// Newest first.
+    pub items: Vec<Revision>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The revision whose spec becomes current again.
+    pub revision: i64,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Documents the query for OpenAPI; parsed by hand to refuse unknown names.
+pub struct ListParams {
+    /// `key=value`; repeat for several labels, all of which must match.
+    label: Option<Vec<String>>,
+    /// Page size, 1 to 1000 (default 100).
+    limit: Option<u32>,
+    /// Token from the previous page.
+    #[serde(rename = "continue")]
+    #[param(rename = "continue")]
+    next: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct DryRunParam {
+    /// Validate and answer as the write would, storing nothing.
+    #[serde(rename = "dryRun")]
+    #[param(rename = "dryRun")]
+    dry_run: Option<bool>,
+}
+
+fn write(dry_run: bool) -> Write<'static> {
+    Write {
+        actor: ACTOR,
+        source: SOURCE,
+        dry_run,
+    }
+}
+
+fn with_etag(status: StatusCode, policy: Policy, location: bool) -> Response {
+    let mut response = (status, Json(&policy)).into_response();
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&etag(&policy)) {
+        headers.insert(header::ETAG, v);
+    }
+    if location {
+        if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/policies/{}", policy.metadata.name))
+        {
+            headers.insert(header::LOCATION, v);
+        }
+    }
+    response
+}
+
+fn checked(policy: Policy) -> Result<Policy, ApiError> {
+    validate(&policy).map_err(ApiError::invalid)?;
+    Ok(policy)
+}
+
+/// Create a policy.
+#[utoipa::path(post, path = "/api/v1/policies", tag = "policies", params(DryRunParam),
+    request_body(content((Policy = "application/json"), (Policy = "application/yaml"))),
+    responses(
+        (status = 201, description = "Created; ETag is the resourceVersion", body = Policy),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 409, description = "Name or host taken", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = ErrorBody),
+        (status = 415, description = "Unsupported Content-Type", body = ErrorBody),
+        (status = 422, description = "Invalid; every problem listed", body = ErrorBody),
+    ))]
+pub async fn create(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let dry = dry_run(query.as_deref())?;
+    let policy = checked(request::policy_body(&headers, body).await?)?;
+    let stored = state.store.create(&policy, &write(dry)).await?;
+    Ok(with_etag(StatusCode::CREATED, stored, true))
+}
+
+/// List policies, ordered by name.
+#[utoipa::path(get, path = "/api/v1/policies", tag = "policies", params(ListParams),
+    responses(
+        (status = 200, body = PolicyList),
+        (status = 400, description = "Bad query", body = ErrorBody),
+    ))]
+pub async fn list(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let mut q = ListQuery {
+        limit: DEFAULT_PAGE,
+        ..ListQuery::default()
+    };
+    for (key, value) in query_pairs(query.as_deref(), &["label", "limit", "continue"])? {
+        match key.as_str() {
+            "label" => {
+                for pair in value.split(',').filter(|p| !p.is_empty()) {
+                    let (k, v) = pair.split_once('=').ok_or_else(|| {
+                        ApiError::bad_request(format!("label selector {pair:?} must be key=value"))
+                    })?;
+                    q.labels.insert(k.to_owned(), v.to_owned());
+                }
+            }
+            "limit" => {
+                q.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "limit must be 1 to {MAX_PAGE}, not {value:?}"
+                        ))
+                    })?;
+            }
+            _ => q.after = Some(request::decode_continue(&value)?),
+        }
+    }
+    let (items, next) = state.store.list(&q).await?;
+    let next = next.as_deref().map(request::encode_continue);
+    Ok(Json(PolicyList { items, next }).into_response())
+}
+
+/// Read one policy.
+#[utoipa::path(get, path = "/api/v1/policies/{name}", tag = "policies", params(("name" = String, Path, description = "Policy name")),
+    responses((status = 200, body = Policy), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let policy = state.store.get(&name).await?;
+    Ok(with_etag(StatusCode::OK, policy, false))
+}
+
+/// Replace a policy, or create it.
+#[utoipa::path(put, path = "/api/v1/policies/{name}", tag = "policies", params(("name" = String, Path, description = "Policy name"), DryRunParam),
+    request_body(content((Policy = "application/json"), (Policy = "application/yaml"))),
+    responses(
+        (status = 200, description = "Replaced", body = Policy),
+        (status = 201, description = "Created", body = Policy),
+        (status = 400, description = "Malformed, or the body's name is not the path's", body = ErrorBody),
+        (status = 409, description = "Host taken", body = ErrorBody),
+        (status = 412, description = "If-Match is stale", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ))]
+pub async fn replace(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let dry = dry_run(query.as_deref())?;
+    let pre = precondition(&headers)?;
+    let policy = request::policy_body(&headers, body).await?;
+    same_name(&name, &policy)?;
+    let policy = checked(policy)?;
+    let (stored, created) = state.store.replace(&policy, &pre, &write(dry)).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(with_etag(status, stored, created))
+}
+
+fn same_name(path: &str, policy: &Policy) -> Result<(), ApiError> {
+    if policy.metadata.name == path {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "metadata.name {:?} does not match the name in the path {path:?}; renaming is not supported",
+            policy.metadata.name
+        )))
+    }
+}
+
+/// Change a policy with a JSON merge patch (RFC 7386).
+#[utoipa::path(patch, path = "/api/v1/policies/{name}", tag = "policies", params(("name" = String, Path, description = "Policy name"), DryRunParam),
+    request_body(content = Object, content_type = "application/merge-patch+json"),
+    responses(
+        (status = 200, body = Policy),
+        (status = 404, body = ErrorBody),
+        (status = 412, body = ErrorBody),
+        (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ))]
+pub async fn patch(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let dry = dry_run(query.as_deref())?;
+    let pre = precondition(&headers)?;
+    let ct = request::content_type(&headers);
+    if ct.as_deref() != Some("application/merge-patch+json") {
+        return Err(ApiError::unsupported_media_type(
+            ct.as_deref(),
+            "application/merge-patch+json",
+        ));
+    }
+    let bytes = request::read_body(&headers, body).await?;
+    let patch: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            format!("malformed JSON: {e}"),
+        )
+    })?;
+    let stored = modify(&state.store, &name, &pre, dry, |current| {
+        let mut doc = serde_json::to_value(&current).expect("a policy serializes");
+        merge_patch::apply(&mut doc, &patch);
+        let mut patched = decode::from_value(doc)?;
+        patched.metadata.clear_server_fields();
+        same_name(&name, &patched)?;
+        checked(patched)
+    })
+    .await?;
+    Ok(with_etag(StatusCode::OK, stored, false))
+}
+
+/// Delete a policy.
+#[utoipa::path(delete, path = "/api/v1/policies/{name}", tag = "policies", params(("name" = String, Path, description = "Policy name"), DryRunParam),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, body = ErrorBody),
+        (status = 412, body = ErrorBody),
+    ))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let dry = dry_run(query.as_deref())?;
+    let pre = precondition(&headers)?;
+    state.store.delete(&name, &pre, &write(dry)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A policy's revisions, newest first.
+#[utoipa::path(get, path = "/api/v1/policies/{name}/revisions", tag = "policies", params(("name" = String, Path, description = "Policy name")),
+    responses((status = 200, body = RevisionList), (status = 404, body = ErrorBody)))]
+pub async fn revisions(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let items = state.store.revisions(&name).await?;
+    Ok(Json(RevisionList { items }).into_response())
+}
+
+/// Make an earlier revision's spec current again, as a new revision.
+#[utoipa::path(post, path = "/api/v1/policies/{name}/rollback", tag = "policies", params(("name" = String, Path, description = "Policy name"), DryRunParam),
+    request_body(content = RollbackRequest, content_type = "application/json"),
+    responses(
+        (status = 200, body = Policy),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The old host is now used by another policy", body = ErrorBody),
+        (status = 412, body = ErrorBody),
+        (status = 422, description = "No such revision, or it no longer validates", body = ErrorBody),
+    ))]
+pub async fn rollback(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let dry = dry_run(query.as_deref())?;
+    let pre = precondition(&headers)?;
+    let ct = request::content_type(&headers);
+    if ct.as_deref() != Some("application/json") {
+        return Err(ApiError::unsupported_media_type(
+            ct.as_deref(),
+            "application/json",
+        ));
+    }
+    let bytes = request::read_body(&headers, body).await?;
+    let req: RollbackRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        if e.is_data() {
+            ApiError::invalid(vec![FieldError::new("revision", e.to_string())])
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed",
+                format!("malformed JSON: {e}"),
+            )
+        }
+    })?;
+    let target = state.store.revision(&name, req.revision).await?;
+    let stored = modify(&state.store, &name, &pre, dry, |mut current| {
+        current.spec = target.spec.clone();
+        current.metadata.clear_server_fields();
+        checked(current)
+    })
+    .await?;
+    Ok(with_etag(StatusCode::OK, stored, false))
+}
+
+/// Read-modify-write with optimistic concurrency. With `If-Match` the
+/// caller's version must be current and a concurrent write fails with 412;
+/// without it, a concurrent write makes us read again and redo the change.
+async fn modify(
+    store: &Store,
+    name: &str,
+    pre: &Precondition,
+    dry_run: bool,
+    change: impl Fn(Policy) -> Result<Policy, ApiError>,
+) -> Result<Policy, ApiError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let current = store.get(name).await?;
+        let version = current
+            .metadata
+            .resource_version
+            .clone()
+            .unwrap_or_default();
+        if let Precondition::Version(expected) = pre {
+            if *expected != version {
+                return Err(meridian_store::Error::StaleVersion {
+                    name: name.to_owned(),
+                    expected: expected.clone(),
+                    current: version,
+                }
+                .into());
+            }
+        }
+        let next = change(current)?;
+        match store
+            .replace(&next, &Precondition::Version(version), &write(dry_run))
+            .await
+        {
+            Err(
+                meridian_store::Error::StaleVersion { .. }
+                | meridian_store::Error::PreconditionOnMissing { .. },
+            ) if !matches!(pre, Precondition::Version(_)) && attempt < MODIFY_ATTEMPTS => continue,
+            // Deleted between our read and our write: report it as gone.
+            Err(meridian_store::Error::PreconditionOnMissing { .. }) => {
+                return Err(meridian_store::Error::NotFound {
+                    name: name.to_owned(),
+                }
+                .into())
+            }
+            Ok((stored, _)) => return Ok(stored),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

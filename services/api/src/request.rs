@@ -1,0 +1,179 @@
+//! Reading what a request says: body format, size limit, query parameters,
+//! `If-Match`. Each failure is an [`ApiError`] with the status the API promises.
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap};
+use meridian_policy::{decode, Format, Policy};
+use meridian_store::Precondition;
+
+use crate::error::ApiError;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+pub fn content_type(headers: &HeaderMap) -> Option<String> {
+    let raw = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(
+        raw.split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase(),
+    )
+}
+
+/// The policy formats accepted on POST and PUT.
+pub fn policy_format(headers: &HeaderMap) -> Result<Format, ApiError> {
+    let ct = content_type(headers);
+    match ct.as_deref() {
+        Some("application/json") => Ok(Format::Json),
+        Some("application/yaml" | "application/x-yaml" | "text/yaml") => Ok(Format::Yaml),
+        other => Err(ApiError::unsupported_media_type(
+            other,
+            "application/json or application/yaml",
+        )),
+    }
+}
+
+/// Collects the body, refusing more than [`MAX_BODY`] bytes without reading them all.
+pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return Err(ApiError::too_large(MAX_BODY));
+    }
+    axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| ApiError::too_large(MAX_BODY))
+}
+
+/// Decodes a policy body; server-set metadata in the input is dropped.
+pub async fn policy_body(headers: &HeaderMap, body: Body) -> Result<Policy, ApiError> {
+    let format = policy_format(headers)?;
+    let bytes = read_body(headers, body).await?;
+    let mut policy = decode::from_bytes(&bytes, format)?;
+    policy.metadata.clear_server_fields();
+    Ok(policy)
+}
+
+/// `If-Match`: absent, `*`, or one entity tag (quoted or not).
+pub fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(Precondition::None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::bad_request("If-Match is not valid text"))?
+        .trim();
+    if value == "*" {
+        return Ok(Precondition::Exists);
+    }
+    if value.contains(',') {
+        return Err(ApiError::bad_request(
+            "If-Match with several entity tags is not supported; send one",
+        ));
+    }
+    Ok(Precondition::Version(value.trim_matches('"').to_owned()))
+}
+
+/// The entity tag of a policy: its resourceVersion, quoted.
+pub fn etag(policy: &Policy) -> String {
+    format!(
+        "\"{}\"",
+        policy
+            .metadata
+            .resource_version
+            .as_deref()
+            .unwrap_or_default()
+    )
+}
+
+/// Query parameters as pairs, refusing any name not in `allowed`.
+pub fn query_pairs(raw: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, String)>, ApiError> {
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if let Some((k, _)) = pairs.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!(
+            "unknown query parameter {k:?}; this route takes {}",
+            allowed.join(", ")
+        )));
+    }
+    Ok(pairs)
+}
+
+/// `?dryRun=true|false`.
+pub fn dry_run(raw: Option<&str>) -> Result<bool, ApiError> {
+    let mut dry = false;
+    for (_, v) in query_pairs(raw, &["dryRun"])? {
+        dry = match v.as_str() {
+            "true" | "" => true,
+            "false" => false,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "dryRun must be true or false, not {other:?}"
+                )))
+            }
+        };
+    }
+    Ok(dry)
+}
+
+/// Continue tokens are opaque to clients; inside, the last name of the page, hex-encoded.
+pub fn encode_continue(name: &str) -> String {
+    name.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn decode_continue(token: &str) -> Result<String, ApiError> {
+    let bad =
+        || ApiError::bad_request("invalid continue token; pass the one the previous page returned");
+    if token.len() % 2 != 0 || token.len() > 126 {
+        return Err(bad());
+    }
+    let bytes = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&token[i..i + 2], 16).map_err(|_| bad()))
+        .collect::<Result<Vec<u8>, _>>()?;
+    String::from_utf8(bytes).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_tokens_round_trip_and_reject_garbage() {
+        assert_eq!(
+            decode_continue(&encode_continue("track-api")).unwrap(),
+            "track-api"
+        );
+        for bad in ["zz", "abc", "ff"] {
+            assert!(decode_continue(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn if_match_forms() {
+        let mut h = HeaderMap::new();
+        assert_eq!(precondition(&h).unwrap(), Precondition::None);
+        h.insert(header::IF_MATCH, "*".parse().unwrap());
+        assert_eq!(precondition(&h).unwrap(), Precondition::Exists);
+        h.insert(header::IF_MATCH, "\"42\"".parse().unwrap());
+        assert_eq!(
+            precondition(&h).unwrap(),
+            Precondition::Version("42".into())
+        );
+        h.insert(header::IF_MATCH, "\"1\", \"2\"".parse().unwrap());
+        assert!(precondition(&h).is_err());
+    }
+
+    #[test]
+    fn unknown_query_parameters_are_refused() {
+        assert!(dry_run(Some("dryRun=true")).unwrap());
+        assert!(!dry_run(None).unwrap());
+        assert!(dry_run(Some("dryrun=true")).is_err());
+        assert!(dry_run(Some("dryRun=maybe")).is_err());
+    }
+}

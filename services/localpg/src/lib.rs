@@ -1,0 +1,357 @@
+//! A private PostgreSQL cluster built from the system's binaries.
+//!
+//! `meridian serve` without `DATABASE_URL` and the test suite both need a
+//! database nobody set up by hand. This crate runs `initdb` into a data
+//! directory, starts the server on loopback only, and stops it again. A
+//! cluster that is already running in that directory is reused, so test
+//! processes share one server and each makes its own databases.
+//!
+//! PostgreSQL refuses to run as root; as root every server command runs as
+//! the `postgres` system user (created by the Debian package).
+
+use std::fs::{self, File};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No `initdb`/`pg_ctl` found.
+    #[error(
+        "PostgreSQL server binaries not found (looked in $PG_BIN_DIR, /usr/lib/postgresql/*/bin and PATH); \
+         install them with `apt-get install -y postgresql` or run scripts/install-deps"
+    )]
+    BinariesNotFound,
+    /// Running as root, but there is no unprivileged `postgres` user to run the server as.
+    #[error("running as root and there is no `postgres` user to run PostgreSQL as; install the `postgresql` package")]
+    NoPostgresUser,
+    #[error("{what} failed: {detail}")]
+    Command { what: String, detail: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// How to run the cluster.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub data_dir: PathBuf,
+    /// Port to listen on; `None` picks a free one.
+    pub port: Option<u16>,
+    /// `false` turns off fsync and synchronous commit: for tests, whose data
+    /// may be lost in a crash, never for `meridian serve`.
+    pub durable: bool,
+}
+
+/// A running cluster. Dropping it does not stop the server: call [`Cluster::stop`].
+#[derive(Debug)]
+pub struct Cluster {
+    data_dir: PathBuf,
+    bin_dir: PathBuf,
+    port: u16,
+    run_as_postgres: bool,
+}
+
+pub const SUPERUSER: &str = "meridian";
+
+impl Cluster {
+    /// Initializes the data directory if needed and starts the server, or
+    /// attaches to the server already running there.
+    pub fn start(opts: &Options) -> Result<Cluster, Error> {
+        let bin_dir = find_bin_dir().ok_or(Error::BinariesNotFound)?;
+        let run_as_postgres = is_root();
+        if run_as_postgres && !user_exists("postgres") {
+            return Err(Error::NoPostgresUser);
+        }
+        let data_dir = usable_data_dir(&opts.data_dir, run_as_postgres)?;
+        let mut cluster = Cluster {
+            data_dir,
+            bin_dir,
+            port: 0,
+            run_as_postgres,
+        };
+
+        // Serialize start-up between processes sharing the directory (parallel test binaries).
+        let lock_path = cluster.data_dir.with_extension("lock");
+        let lock =
+            File::create(&lock_path).map_err(io(format!("creating {}", lock_path.display())))?;
+        lock.lock().map_err(io("locking the cluster directory"))?;
+
+        if !cluster.data_dir.join("PG_VERSION").exists() {
+            cluster.init(opts.durable)?;
+        }
+        if let Some(port) = cluster.running_port() {
+            cluster.port = port;
+            tracing::info!(port, dir = %cluster.data_dir.display(), "reusing running PostgreSQL");
+            return Ok(cluster);
+        }
+        cluster.port = match opts.port {
+            Some(p) => p,
+            None => free_port()?,
+        };
+        let log = cluster.data_dir.join("server.log");
+        let out = cluster.server_command("pg_ctl", |c| {
+            c.arg("start")
+                .arg("-D")
+                .arg(&cluster.data_dir)
+                .arg("-l")
+                .arg(&log)
+                .arg("-w")
+                .arg("-t")
+                .arg("60");
+            c.arg("-o").arg(format!("-p {}", cluster.port));
+        })?;
+        if !out.status.success() {
+            let tail = fs::read_to_string(&log).unwrap_or_default();
+            let tail: String = tail
+                .lines()
+                .rev()
+                .take(15)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            return Err(Error::Command {
+                what: "pg_ctl start".into(),
+                detail: format!("{}\n{tail}", describe(&out)),
+            });
+        }
+        tracing::info!(port = cluster.port, dir = %cluster.data_dir.display(), "started private PostgreSQL");
+        Ok(cluster)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Connection URL for a database of this cluster.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Creates a database unless it exists.
+    pub fn ensure_database(&self, name: &str) -> Result<(), Error> {
+        let out = self.server_command("createdb", |c| {
+            c.args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                SUPERUSER,
+                name,
+            ]);
+        })?;
+        if out.status.success() || String::from_utf8_lossy(&out.stderr).contains("already exists") {
+            Ok(())
+        } else {
+            Err(Error::Command {
+                what: format!("createdb {name}"),
+                detail: describe(&out),
+            })
+        }
+    }
+
+    /// Stops the server (fast shutdown: open sessions are ended, data is safe).
+    pub fn stop(&self) -> Result<(), Error> {
+        let out = self.server_command("pg_ctl", |c| {
+            c.arg("stop")
+                .arg("-D")
+                .arg(&self.data_dir)
+                .args(["-m", "fast", "-w", "-t", "60"]);
+        })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(Error::Command {
+                what: "pg_ctl stop".into(),
+                detail: describe(&out),
+            })
+        }
+    }
+
+    fn init(&self, durable: bool) -> Result<(), Error> {
+        let out = self.server_command("initdb", |c| {
+            c.arg("-D").arg(&self.data_dir);
+            c.args([
+                "--auth=trust",
+                "--username",
+                SUPERUSER,
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-instructions",
+            ]);
+        })?;
+        if !out.status.success() {
+            return Err(Error::Command {
+                what: "initdb".into(),
+                detail: describe(&out),
+            });
+        }
+        // Loopback TCP only: no Unix socket directory to own, nothing reachable from outside.
+        let mut conf = String::from(
+            "\n# meridian-localpg\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\nmax_connections = 300\nshared_buffers = '128MB'\n",
+        );
+        if !durable {
+            conf.push_str("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n");
+        }
+        let path = self.data_dir.join("postgresql.conf");
+        let mut text = fs::read_to_string(&path).map_err(io("reading postgresql.conf"))?;
+        text.push_str(&conf);
+        fs::write(&path, text).map_err(io("writing postgresql.conf"))
+    }
+
+    /// Port of a server already running in the data directory, from `postmaster.pid`.
+    fn running_port(&self) -> Option<u16> {
+        let pid_file = fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
+        let out = self
+            .server_command("pg_ctl", |c| {
+                c.arg("status").arg("-D").arg(&self.data_dir);
+            })
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        pid_file.lines().nth(3)?.trim().parse().ok()
+    }
+
+    fn server_command(
+        &self,
+        program: &str,
+        args: impl FnOnce(&mut Command),
+    ) -> Result<Output, Error> {
+        let bin = self.bin_dir.join(program);
+        let mut cmd = if self.run_as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&bin);
+            c
+        } else {
+            Command::new(&bin)
+        };
+        args(&mut cmd);
+        // Keep the caller's locale settings out of initdb and the server.
+        cmd.env("LC_ALL", "C").current_dir("/");
+        cmd.output()
+            .map_err(io(format!("running {}", bin.display())))
+    }
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "exit {}: {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim(),
+        String::from_utf8_lossy(&out.stdout).trim()
+    )
+}
+
+/// Where `initdb` and `pg_ctl` live: `$PG_BIN_DIR`, the newest
+/// `/usr/lib/postgresql/<major>/bin`, or the directory on `PATH`.
+pub fn find_bin_dir() -> Option<PathBuf> {
+    let has_tools = |d: &Path| d.join("initdb").is_file() && d.join("pg_ctl").is_file();
+    if let Some(dir) = std::env::var_os("PG_BIN_DIR").map(PathBuf::from) {
+        return has_tools(&dir).then_some(dir);
+    }
+    let mut versioned: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let major = e.file_name().to_str()?.parse().ok()?;
+            Some((major, e.path().join("bin")))
+        })
+        .filter(|(_, d)| has_tools(d))
+        .collect();
+    versioned.sort();
+    if let Some((_, dir)) = versioned.pop() {
+        return Some(dir);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?).find(|d| has_tools(d))
+}
+
+fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("Uid:"))?;
+            line.split_whitespace().nth(2).map(|euid| euid == "0")
+        })
+        .unwrap_or(false)
+}
+
+fn user_exists(name: &str) -> bool {
+    Command::new("id")
+        .arg("-u")
+        .arg(name)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Creates the data directory. As root it must belong to `postgres`, and
+/// `postgres` must be able to reach it; a project under `/root` is not
+/// reachable, so then the cluster lives under the temp directory instead.
+fn usable_data_dir(wanted: &Path, as_postgres: bool) -> Result<PathBuf, Error> {
+    fs::create_dir_all(wanted).map_err(io(format!("creating {}", wanted.display())))?;
+    let wanted = wanted
+        .canonicalize()
+        .map_err(io(format!("resolving {}", wanted.display())))?;
+    if !as_postgres {
+        return Ok(wanted);
+    }
+    let reachable = |dir: &Path| {
+        let _ = Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(dir)
+            .status();
+        Command::new("runuser")
+            .args(["-u", "postgres", "--", "test", "-w"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if reachable(&wanted) {
+        return Ok(wanted);
+    }
+    let name = wanted.to_string_lossy().replace('/', "_");
+    let fallback = std::env::temp_dir().join(format!("meridian-pg{name}"));
+    fs::create_dir_all(&fallback).map_err(io(format!("creating {}", fallback.display())))?;
+    tracing::warn!(
+        wanted = %wanted.display(),
+        using = %fallback.display(),
+        "the postgres user cannot reach the data directory; using one under the temp directory"
+    );
+    if reachable(&fallback) {
+        Ok(fallback)
+    } else {
+        Err(Error::Command {
+            what: "preparing the data directory".into(),
+            detail: format!("the postgres user cannot write {}", fallback.display()),
+        })
+    }
+}
+
+fn free_port() -> Result<u16, Error> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
+    let port = listener
+        .local_addr()
+        .map_err(io("finding a free port"))?
+        .port();
+    drop(listener);
+    // Give the kernel a moment; the port is free to bind again at once on Linux.
+    std::thread::sleep(Duration::from_millis(1));
+    Ok(port)
+}

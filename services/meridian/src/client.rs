@@ -1,0 +1,176 @@
+//! The command-line client: `get`, `apply`, `delete` against a running server.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use meridian_policy::Policy;
+use reqwest::{Client, Response, StatusCode};
+use serde_json::Value;
+
+use crate::{files, Output};
+
+fn url(server: &str, path: &str) -> String {
+    format!("{}/api/v1/policies{path}", server.trim_end_matches('/'))
+}
+
+/// Turns an error response into a readable message with every field problem.
+async fn fail(what: &str, response: Response) -> anyhow::Error {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    let mut message = format!(
+        "{what}: {status}: {}",
+        body["message"]
+            .as_str()
+            .unwrap_or("no error message from the server")
+    );
+    for d in body["details"].as_array().into_iter().flatten() {
+        message.push_str(&format!(
+            "\n  {}: {}",
+            d["field"].as_str().unwrap_or(""),
+            d["message"].as_str().unwrap_or("")
+        ));
+    }
+    anyhow::anyhow!(message)
+}
+
+async fn send(what: &str, request: reqwest::RequestBuilder) -> anyhow::Result<Response> {
+    request
+        .send()
+        .await
+        .with_context(|| format!("{what}: cannot reach the Meridian server"))
+}
+
+async fn fetch_all(client: &Client, server: &str) -> anyhow::Result<Vec<Policy>> {
+    let mut items = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut req = client.get(url(server, "")).query(&[("limit", "500")]);
+        if let Some(t) = &token {
+            req = req.query(&[("continue", t)]);
+        }
+        let response = send("listing policies", req).await?;
+        if !response.status().is_success() {
+            return Err(fail("listing policies", response).await);
+        }
+        let page: Value = response.json().await?;
+        items.extend(serde_json::from_value::<Vec<Policy>>(
+            page["items"].clone(),
+        )?);
+        match page["continue"].as_str() {
+            Some(t) => token = Some(t.to_owned()),
+            None => return Ok(items),
+        }
+    }
+}
+
+pub async fn get(server: &str, name: Option<&str>, output: Output) -> anyhow::Result<()> {
+    let client = Client::new();
+    let policies = match name {
+        Some(name) => {
+            let response = send(
+                "reading policy",
+                client.get(url(server, &format!("/{name}"))),
+            )
+            .await?;
+            if !response.status().is_success() {
+                return Err(fail(&format!("reading policy {name}"), response).await);
+            }
+            vec![response.json::<Policy>().await?]
+        }
+        None => fetch_all(&client, server).await?,
+    };
+    match output {
+        Output::Json if name.is_some() => {
+            println!("{}", serde_json::to_string_pretty(&policies[0])?)
+        }
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"items": policies}))?
+        ),
+        Output::Yaml => {
+            for p in &policies {
+                print!("---\n{}", serde_norway::to_string(p)?);
+            }
+        }
+        Output::Table => {
+            println!(
+                "{:<32} {:<36} {:<28} {:>9}",
+                "NAME", "HOST", "ZONES (weight)", "VERSION"
+            );
+            for p in &policies {
+                let zones: Vec<String> = p
+                    .spec
+                    .zones
+                    .iter()
+                    .map(|z| format!("{}={}", z.name, z.weight))
+                    .collect();
+                println!(
+                    "{:<32} {:<36} {:<28} {:>9}",
+                    p.metadata.name,
+                    format!("{}:{}", p.spec.host, p.spec.port),
+                    zones.join(","),
+                    p.metadata.resource_version.as_deref().unwrap_or("")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates or updates each document. An update names the version it read
+/// (If-Match), so a concurrent change is refused rather than overwritten.
+pub async fn apply(server: &str, path: &Path) -> anyhow::Result<()> {
+    let docs = files::load(path)?;
+    if docs.is_empty() {
+        bail!("no policy documents under {}", path.display());
+    }
+    let client = Client::new();
+    for (file, policy) in docs {
+        let name = &policy.metadata.name;
+        let what = format!("applying {name} from {}", file.display());
+        let response = send(&what, client.get(url(server, &format!("/{name}")))).await?;
+        let outcome = match response.status() {
+            StatusCode::NOT_FOUND => {
+                let response = send(&what, client.post(url(server, "")).json(&policy)).await?;
+                if !response.status().is_success() {
+                    return Err(fail(&what, response).await);
+                }
+                "created"
+            }
+            s if s.is_success() => {
+                let current: Policy = response.json().await?;
+                if current.spec == policy.spec && current.metadata.labels == policy.metadata.labels
+                {
+                    "unchanged"
+                } else {
+                    let rv = current.metadata.resource_version.unwrap_or_default();
+                    let request = client
+                        .put(url(server, &format!("/{name}")))
+                        .header("If-Match", format!("\"{rv}\""))
+                        .json(&policy);
+                    let response = send(&what, request).await?;
+                    if !response.status().is_success() {
+                        return Err(fail(&what, response).await);
+                    }
+                    "configured"
+                }
+            }
+            _ => return Err(fail(&what, response).await),
+        };
+        println!("policy/{name} {outcome}");
+    }
+    Ok(())
+}
+
+pub async fn delete(server: &str, name: &str) -> anyhow::Result<()> {
+    let response = send(
+        "deleting policy",
+        Client::new().delete(url(server, &format!("/{name}"))),
+    )
+    .await?;
+    if !response.status().is_success() {
+        return Err(fail(&format!("deleting policy {name}"), response).await);
+    }
+    println!("policy/{name} deleted");
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! `meridian`: runs the control plane, and talks to a running one.
+//!
+//! Thin on purpose: parse and check the command line, build the services,
+//! run them until a signal, drain with a time limit.
+
+mod client;
+mod files;
+mod serve;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "meridian",
+    version,
+    about = "Multi-cloud traffic governance control plane"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane. Without DATABASE_URL, starts a private PostgreSQL
+    /// under --data-dir and loads the example policies.
+    Serve(ServeArgs),
+    /// Apply pending database migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Show one policy, or list all of them.
+    Get {
+        /// Policy name; all policies when omitted.
+        name: Option<String>,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Create or update every policy document in a file or directory (*.yaml, *.yml, *.json).
+    Apply {
+        #[arg(short = 'f', long = "filename", value_name = "FILE_OR_DIR")]
+        path: PathBuf,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Delete a policy.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL, e.g. postgres://user:pass@host/meridian.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Where the private PostgreSQL keeps its data when no DATABASE_URL is given.
+    #[arg(long, env = "MERIDIAN_DATA_DIR", default_value = ".meridian")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// Roles this process runs, comma-separated. Default: all.
+    #[arg(
+        long,
+        env = "MERIDIAN_ROLES",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "api"
+    )]
+    pub roles: Vec<serve::Role>,
+    /// Address of the REST API.
+    #[arg(long, env = "MERIDIAN_API_ADDR", default_value = "0.0.0.0:8080")]
+    pub api_addr: SocketAddr,
+    /// Policies loaded into a private database at start (never overwriting).
+    #[arg(long, env = "MERIDIAN_EXAMPLES", default_value = "examples")]
+    pub examples: PathBuf,
+    /// Largest number of database connections of this process.
+    #[arg(long, env = "MERIDIAN_DB_POOL", default_value_t = 32)]
+    pub db_pool: u32,
+    /// How long to wait for in-flight requests at shutdown, in seconds.
+    #[arg(long, env = "MERIDIAN_DRAIN_SECONDS", default_value_t = 10)]
+    pub drain_seconds: u64,
+}
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// Base URL of a running Meridian.
+    #[arg(long, env = "MERIDIAN_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MERIDIAN_LOG")
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Migrate(db) => serve::migrate(db).await,
+            Command::Get {
+                name,
+                output,
+                server,
+            } => client::get(&server.server, name.as_deref(), output).await,
+            Command::Apply { path, server } => client::apply(&server.server, &path).await,
+            Command::Delete { name, server } => client::delete(&server.server, &name).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

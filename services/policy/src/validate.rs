@@ -1,0 +1,558 @@
+//! The rules the server enforces on a decoded policy.
+//!
+//! Validation reports every problem at once, each with the wire path of its
+//! field, so one round trip tells a user everything to fix.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::{HealthProtocol, Policy, API_VERSION, KIND};
+
+pub const MAX_ZONES: usize = 32;
+pub const MAX_ENDPOINTS_PER_ZONE: usize = 1000;
+
+/// One problem with one field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FieldError {
+    /// Wire path, for example `spec.zones[1].weight`.
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Checks every rule; `Err` lists all violations.
+pub fn validate(policy: &Policy) -> Result<(), Vec<FieldError>> {
+    let mut v = Violations::default();
+    if policy.api_version != API_VERSION {
+        v.push("apiVersion", format!("must be {API_VERSION:?}"));
+    }
+    if policy.kind != KIND {
+        v.push("kind", format!("must be {KIND:?}"));
+    }
+    v.check("metadata.name", dns_label(&policy.metadata.name));
+    for (key, value) in &policy.metadata.labels {
+        v.check(&format!("metadata.labels.{key}"), label_key(key));
+        v.check(&format!("metadata.labels.{key}"), label_value(value));
+    }
+
+    let spec = &policy.spec;
+    v.check("spec.host", fqdn(&spec.host));
+    v.check("spec.port", port(spec.port));
+
+    if spec.zones.is_empty() || spec.zones.len() > MAX_ZONES {
+        v.push(
+            "spec.zones",
+            format!("must have 1 to {MAX_ZONES} zones, has {}", spec.zones.len()),
+        );
+    }
+    let mut zone_names = HashSet::new();
+    let mut versions = HashSet::new();
+    let mut weights_ok = true;
+    for (i, zone) in spec.zones.iter().enumerate() {
+        let at = format!("spec.zones[{i}]");
+        v.check(&format!("{at}.name"), dns_label(&zone.name));
+        if !zone_names.insert(zone.name.as_str()) {
+            v.push(
+                format!("{at}.name"),
+                format!("duplicate zone name {:?}", zone.name),
+            );
+        }
+        if let Some(region) = &zone.region {
+            v.check(&format!("{at}.region"), dns_label(region));
+        }
+        if zone.weight > 100 {
+            weights_ok = false;
+            v.push(
+                format!("{at}.weight"),
+                format!("must be 0 to 100, is {}", zone.weight),
+            );
+        }
+        if zone.endpoints.is_empty() || zone.endpoints.len() > MAX_ENDPOINTS_PER_ZONE {
+            v.push(
+                format!("{at}.endpoints"),
+                format!(
+                    "must have 1 to {MAX_ENDPOINTS_PER_ZONE} endpoints, has {}",
+                    zone.endpoints.len()
+                ),
+            );
+        }
+        let mut seen = HashSet::new();
+        for (j, ep) in zone.endpoints.iter().enumerate() {
+            let at = format!("{at}.endpoints[{j}]");
+            v.check(&format!("{at}.address"), address(&ep.address));
+            v.check(&format!("{at}.port"), port(ep.port));
+            v.check(&format!("{at}.version"), dns_label(&ep.version));
+            if !seen.insert((ep.address.as_str(), ep.port)) {
+                v.push(at, format!("duplicate endpoint {}:{}", ep.address, ep.port));
+            }
+            versions.insert(ep.version.as_str());
+        }
+        if let Some(dns) = &zone.dns {
+            v.check(&format!("{at}.dns.target"), address(&dns.target));
+            v.check(&format!("{at}.dns.provider"), dns_label(&dns.provider));
+        }
+    }
+    let total: u64 = spec.zones.iter().map(|z| u64::from(z.weight)).sum();
+    if weights_ok && !spec.zones.is_empty() && total != 100 {
+        v.push(
+            "spec.zones",
+            format!("zone weights must sum to exactly 100, they sum to {total}"),
+        );
+    }
+
+    let mut route_names = HashSet::new();
+    for (i, route) in spec.routes.iter().enumerate() {
+        let at = format!("spec.routes[{i}]");
+        v.check(&format!("{at}.name"), dns_label(&route.name));
+        if !route_names.insert(route.name.as_str()) {
+            v.push(
+                format!("{at}.name"),
+                format!("duplicate route name {:?}", route.name),
+            );
+        }
+        if !route.matcher.path_prefix.starts_with('/') {
+            v.push(format!("{at}.match.pathPrefix"), "must start with '/'");
+        }
+        for (j, h) in route.matcher.headers.iter().enumerate() {
+            v.check(
+                &format!("{at}.match.headers[{j}].name"),
+                header_name(&h.name),
+            );
+        }
+        if let Some(canary) = &route.canary {
+            if canary.weight > 100 {
+                v.push(
+                    format!("{at}.canary.weight"),
+                    format!("must be 0 to 100, is {}", canary.weight),
+                );
+            }
+            v.check(&format!("{at}.canary.header"), header_name(&canary.header));
+            if !versions.contains(canary.version.as_str()) {
+                v.push(
+                    format!("{at}.canary.version"),
+                    format!("no endpoint has version {:?}", canary.version),
+                );
+            } else if canary.weight < 100 && versions.iter().all(|&ver| ver == canary.version) {
+                // The stable share would go to an empty set of endpoints.
+                v.push(
+                    format!("{at}.canary.version"),
+                    format!(
+                        "every endpoint has version {:?}; a canary below 100% needs endpoints of another version",
+                        canary.version
+                    ),
+                );
+            }
+        }
+    }
+
+    let hc = &spec.health_check;
+    if hc.protocol == HealthProtocol::Http && !hc.path.starts_with('/') {
+        v.push("spec.healthCheck.path", "must start with '/'");
+    }
+    if !(100..=300_000).contains(&hc.interval_ms) {
+        v.push("spec.healthCheck.intervalMs", "must be 100 to 300000");
+    }
+    if hc.timeout_ms == 0 || hc.timeout_ms > hc.interval_ms {
+        v.push(
+            "spec.healthCheck.timeoutMs",
+            "must be at least 1 and at most intervalMs",
+        );
+    }
+    v.check(
+        "spec.healthCheck.expectedStatus",
+        status_ranges(&hc.expected_status).map(|_| ()),
+    );
+
+    let fo = &spec.failover;
+    if fo.failure_rate_percent > 100 {
+        v.push("spec.failover.failureRatePercent", "must be 0 to 100");
+    }
+    if !(1..=3600).contains(&fo.window_seconds) {
+        v.push("spec.failover.windowSeconds", "must be 1 to 3600");
+    }
+    if fo.min_samples == 0 {
+        v.push("spec.failover.minSamples", "must be at least 1");
+    }
+    if fo.recovery_seconds > 86_400 {
+        v.push("spec.failover.recoverySeconds", "must be 0 to 86400");
+    }
+
+    for (i, san) in spec.mtls.allowed_sans.iter().enumerate() {
+        v.check(&format!("spec.mtls.allowedSans[{i}]"), spiffe_id(san));
+    }
+    if !(1..=86_400).contains(&spec.dns.ttl) {
+        v.push("spec.dns.ttl", "must be 1 to 86400");
+    }
+    v.finish()
+}
+
+#[derive(Default)]
+struct Violations(Vec<FieldError>);
+
+impl Violations {
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError::new(field, message));
+    }
+    fn check(&mut self, field: &str, result: Result<(), String>) {
+        if let Err(message) = result {
+            self.push(field, message);
+        }
+    }
+    fn finish(self) -> Result<(), Vec<FieldError>> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self.0)
+        }
+    }
+}
+
+/// RFC 1123 label: lowercase letters, digits and '-', 1 to 63, alphanumeric at both ends.
+pub fn dns_label(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a DNS-1123 label (1 to 63 of a-z, 0-9 and '-', starting and ending with a letter or digit)"
+        ))
+    }
+}
+
+/// A fully qualified host name: two or more labels, lowercase, at most 253 characters.
+pub fn fqdn(s: &str) -> Result<(), String> {
+    let labels: Vec<&str> = s.split('.').collect();
+    let ok = s.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|l| dns_label(l).is_ok())
+        && s.parse::<IpAddr>().is_err()
+        && !labels
+            .last()
+            .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a fully qualified lowercase DNS name such as track.example.com"
+        ))
+    }
+}
+
+fn host_name(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(|l| dns_label(l).is_ok())
+}
+
+/// An IP address or a host name.
+pub fn address(s: &str) -> Result<(), String> {
+    if s.parse::<IpAddr>().is_ok() || host_name(s) {
+        Ok(())
+    } else {
+        Err(format!("{s:?} is neither an IP address nor a host name"))
+    }
+}
+
+fn port(p: u32) -> Result<(), String> {
+    if (1..=65535).contains(&p) {
+        Ok(())
+    } else {
+        Err(format!("must be 1 to 65535, is {p}"))
+    }
+}
+
+fn name_segment(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !s.is_empty()
+        && s.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+}
+
+/// Label key: `name` or `prefix/name`, as Kubernetes label keys.
+fn label_key(key: &str) -> Result<(), String> {
+    let ok = match key.split_once('/') {
+        Some((prefix, name)) => host_name(prefix) && !prefix.is_empty() && name_segment(name),
+        None => name_segment(key),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "label key {key:?} must be 1 to 63 of letters, digits, '-', '_' and '.', starting and ending alphanumeric, with an optional DNS prefix and '/'"
+        ))
+    }
+}
+
+fn label_value(value: &str) -> Result<(), String> {
+    if value.is_empty() || name_segment(value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "label value {value:?} must be empty or 1 to 63 of letters, digits, '-', '_' and '.', starting and ending alphanumeric"
+        ))
+    }
+}
+
+/// HTTP header names as Envoy matches them: lowercase tokens.
+fn header_name(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{s:?} is not a lowercase HTTP header name"))
+    }
+}
+
+fn spiffe_id(s: &str) -> Result<(), String> {
+    let ok = s
+        .strip_prefix("spiffe://")
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(domain, path)| host_name(domain) && !domain.is_empty() && !path.is_empty());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a SPIFFE ID such as spiffe://example.org/ns/team/sa/web"
+        ))
+    }
+}
+
+/// Parses `200`, `200-399` or a comma-separated list of both into inclusive ranges.
+pub fn status_ranges(s: &str) -> Result<Vec<(u16, u16)>, String> {
+    let bad = || {
+        format!(
+            "{s:?} must be statuses or ranges such as \"200-399\" or \"200,204\", within 100-599"
+        )
+    };
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        let part = part.trim();
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+        let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+        if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
+            return Err(bad());
+        }
+        out.push((lo, hi));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{from_bytes, Format};
+
+    fn policy(extra: &str) -> Policy {
+        let text = format!(
+            r#"
+metadata: {{name: track-api, labels: {{team: logistics}}}}
+spec:
+  host: track.example.com
+  port: 8080
+  zones:
+    - name: us-west-2a
+      weight: 70
+      endpoints: [{{address: 10.0.1.5, port: 8080}}, {{address: 10.0.1.6, port: 8080, version: v2}}]
+    - name: eu-west-1a
+      weight: 30
+      endpoints: [{{address: backend.internal, port: 8080}}]
+  routes:
+    - name: position
+      match: {{pathPrefix: /track/v1/position}}
+      canary: {{version: v2, weight: 10}}
+{extra}"#
+        );
+        from_bytes(text.as_bytes(), Format::Yaml).unwrap()
+    }
+
+    fn fields(p: &Policy) -> Vec<String> {
+        validate(p)
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e.field)
+            .collect()
+    }
+
+    #[test]
+    fn a_good_policy_passes() {
+        assert_eq!(validate(&policy("")), Ok(()));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let mut p = policy("");
+        p.metadata.name = "Track_API".into();
+        p.spec.host = "not a host".into();
+        p.spec.port = 0;
+        p.spec.zones[1].weight = 101;
+        p.spec.zones[1].name = "us-west-2a".into();
+        p.spec.routes[0].matcher.path_prefix = "track".into();
+        p.spec.dns.ttl = 0;
+        assert_eq!(
+            fields(&p),
+            [
+                "metadata.name",
+                "spec.host",
+                "spec.port",
+                "spec.zones[1].name",
+                "spec.zones[1].weight",
+                "spec.routes[0].match.pathPrefix",
+                "spec.dns.ttl",
+            ]
+        );
+    }
+
+    #[test]
+    fn weights_must_sum_to_100() {
+        let mut p = policy("");
+        p.spec.zones[0].weight = 60;
+        let errs = validate(&p).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].field, "spec.zones");
+        assert!(errs[0].message.contains("sum to 90"), "{}", errs[0].message);
+    }
+
+    #[test]
+    fn zone_and_endpoint_counts() {
+        let mut p = policy("");
+        p.spec.zones[0].endpoints.clear();
+        assert_eq!(fields(&p), ["spec.zones[0].endpoints"]);
+        let mut p = policy("");
+        p.spec.zones.clear();
+        assert_eq!(fields(&p), ["spec.zones"]);
+        let mut p = policy("");
+        let zone = p.spec.zones[1].clone();
+        p.spec.zones = (0..33)
+            .map(|i| crate::Zone {
+                name: format!("z{i}"),
+                weight: 0,
+                ..zone.clone()
+            })
+            .collect();
+        p.spec.zones[0].weight = 100;
+        p.spec.routes.clear();
+        assert_eq!(fields(&p), ["spec.zones"]);
+    }
+
+    #[test]
+    fn canary_version_must_exist_and_leave_a_stable_set() {
+        let mut p = policy("");
+        p.spec.routes[0].canary.as_mut().unwrap().version = "v9".into();
+        assert_eq!(fields(&p), ["spec.routes[0].canary.version"]);
+
+        let mut p = policy("");
+        for zone in &mut p.spec.zones {
+            for ep in &mut zone.endpoints {
+                ep.version = "v2".into();
+            }
+        }
+        assert_eq!(fields(&p), ["spec.routes[0].canary.version"]);
+        p.spec.routes[0].canary.as_mut().unwrap().weight = 100;
+        assert_eq!(fields(&p), Vec::<String>::new());
+    }
+
+    #[test]
+    fn duplicates_are_named() {
+        let mut p = policy("");
+        let ep = p.spec.zones[0].endpoints[0].clone();
+        p.spec.zones[0].endpoints.push(ep);
+        let route = p.spec.routes[0].clone();
+        p.spec.routes.push(route);
+        assert_eq!(
+            fields(&p),
+            ["spec.zones[0].endpoints[2]", "spec.routes[1].name"]
+        );
+    }
+
+    #[test]
+    fn name_rules() {
+        for good in ["a", "track-api", "a1", &"x".repeat(63)] {
+            assert!(dns_label(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"x".repeat(64)] {
+            assert!(dns_label(bad).is_err(), "{bad}");
+        }
+        for good in ["track.example.com", "a.b"] {
+            assert!(fqdn(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "localhost",
+            "10.0.0.1",
+            "Track.example.com",
+            "a..b",
+            "a.b.",
+            "a.123",
+        ] {
+            assert!(fqdn(bad).is_err(), "{bad}");
+        }
+        for good in ["10.0.0.1", "::1", "backend", "b.internal"] {
+            assert!(address(good).is_ok(), "{good}");
+        }
+        assert!(address("not an address").is_err());
+    }
+
+    #[test]
+    fn labels_and_sans() {
+        let mut p = policy("");
+        p.metadata
+            .labels
+            .insert("example.com/tier".into(), "gold".into());
+        p.metadata.labels.insert("bad key!".into(), "x".into());
+        p.metadata.labels.insert("ok".into(), "bad value!".into());
+        p.spec.mtls.allowed_sans =
+            vec!["spiffe://example.org/ns/a/sa/b".into(), "https://x".into()];
+        assert_eq!(
+            fields(&p),
+            [
+                "metadata.labels.bad key!",
+                "metadata.labels.ok",
+                "spec.mtls.allowedSans[1]"
+            ]
+        );
+    }
+
+    #[test]
+    fn health_check_rules() {
+        assert_eq!(
+            status_ranges("200-399, 404").unwrap(),
+            [(200, 399), (404, 404)]
+        );
+        for bad in ["", "abc", "399-200", "99", "200-600"] {
+            assert!(status_ranges(bad).is_err(), "{bad}");
+        }
+        let mut p = policy("");
+        p.spec.health_check.timeout_ms = 5000;
+        p.spec.health_check.interval_ms = 50;
+        p.spec.health_check.path = "healthz".into();
+        assert_eq!(
+            fields(&p),
+            [
+                "spec.healthCheck.path",
+                "spec.healthCheck.intervalMs",
+                "spec.healthCheck.timeoutMs"
+            ]
+        );
+    }
+}

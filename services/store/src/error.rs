@@ -1,0 +1,51 @@
+/// What can go wrong in the store. Callers map these to HTTP or gRPC statuses.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No policy has that name.
+    #[error("policy {name:?} not found")]
+    NotFound { name: String },
+    /// The policy has no such revision.
+    #[error("policy {name:?} has no revision {revision}")]
+    RevisionNotFound { name: String, revision: i64 },
+    /// A policy with that name exists already.
+    #[error("a policy named {name:?} already exists")]
+    NameTaken { name: String },
+    /// Another policy already serves that host.
+    #[error("host {host:?} is already used by policy {owner:?}")]
+    HostTaken { host: String, owner: String },
+    /// The caller's expected resourceVersion is not the current one.
+    #[error(
+        "policy {name:?} is at resourceVersion {current}, not {expected}; read it again and retry"
+    )]
+    StaleVersion {
+        name: String,
+        expected: String,
+        current: String,
+    },
+    /// The caller expected a policy to exist (If-Match) and there is none.
+    #[error("policy {name:?} does not exist, so If-Match cannot match")]
+    PreconditionOnMissing { name: String },
+    /// The stored row does not decode: a bug or a manual edit of the database.
+    #[error("stored policy {name:?} is corrupt: {source}")]
+    Corrupt {
+        name: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+}
+
+impl Error {
+    /// The database could not be reached or had no free connection: worth a retry.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Error::Database(
+                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
+            )
+        )
+    }
+}

@@ -1,0 +1,455 @@
+//! Reads and transactional writes of policies.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use meridian_policy::{Metadata, Policy, Revision, Spec, API_VERSION, KIND};
+use serde_json::{json, Value};
+use sqlx::types::Json;
+use sqlx::{Postgres, Transaction};
+
+use crate::{Error, Store, CHANNEL};
+
+/// What the caller expects of the current state before a write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Precondition {
+    /// No expectation: last writer wins.
+    None,
+    /// `If-Match: *`: the policy must exist.
+    Exists,
+    /// `If-Match: "<resourceVersion>"`: the policy must be at this version.
+    Version(String),
+}
+
+/// Who writes, and whether the write is kept.
+#[derive(Clone, Debug)]
+pub struct Write<'a> {
+    /// Recorded in the audit log.
+    pub actor: &'a str,
+    /// Recorded on the policy and its revision: `api` or a GitOps origin.
+    pub source: &'a str,
+    /// Run the whole transaction, then roll it back: the answer is exactly
+    /// what the write would give, and nothing is stored or announced.
+    pub dry_run: bool,
+}
+
+/// A page request for [`Store::list`].
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    /// Every pair must be among the policy's labels.
+    pub labels: BTreeMap<String, String>,
+    /// Only names sorting after this one (the previous page's last name).
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    name: String,
+    labels: Json<BTreeMap<String, String>>,
+    spec: Json<Value>,
+    resource_version: i64,
+    generation: i64,
+    source: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str =
+    "name, labels, spec, resource_version, generation, source, created_at, updated_at";
+
+impl Row {
+    fn into_policy(self) -> Result<Policy, Error> {
+        let spec: Spec = serde_json::from_value(self.spec.0).map_err(|source| Error::Corrupt {
+            name: self.name.clone(),
+            source,
+        })?;
+        Ok(Policy {
+            api_version: API_VERSION.to_owned(),
+            kind: KIND.to_owned(),
+            metadata: Metadata {
+                name: self.name,
+                labels: self.labels.0,
+                resource_version: Some(self.resource_version.to_string()),
+                generation: Some(self.generation),
+                created_at: Some(self.created_at),
+                updated_at: Some(self.updated_at),
+                source: Some(self.source),
+            },
+            spec,
+        })
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// Fails if the name exists.
+    Create,
+    /// Creates or replaces.
+    Replace,
+}
+
+impl Store {
+    pub async fn get(&self, name: &str) -> Result<Policy, Error> {
+        let sql = format!("SELECT {COLUMNS} FROM policies WHERE name = $1");
+        sqlx::query_as::<_, Row>(&sql)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                name: name.to_owned(),
+            })?
+            .into_policy()
+    }
+
+    /// One page ordered by name, and the name to continue after when more remain.
+    pub async fn list(&self, q: &ListQuery) -> Result<(Vec<Policy>, Option<String>), Error> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM policies
+             WHERE labels @> $1 AND ($2::text IS NULL OR name > $2)
+             ORDER BY name LIMIT $3"
+        );
+        let mut rows = sqlx::query_as::<_, Row>(&sql)
+            .bind(Json(&q.labels))
+            .bind(q.after.as_deref())
+            .bind(i64::from(q.limit) + 1)
+            .fetch_all(&self.pool)
+            .await?;
+        let more = rows.len() > q.limit as usize;
+        rows.truncate(q.limit as usize);
+        let next = more.then(|| rows.last().map(|r| r.name.clone())).flatten();
+        let items = rows
+            .into_iter()
+            .map(Row::into_policy)
+            .collect::<Result<_, _>>()?;
+        Ok((items, next))
+    }
+
+    /// Every policy, ordered by name (for caches and the xDS snapshot).
+    pub async fn all(&self) -> Result<Vec<Policy>, Error> {
+        let sql = format!("SELECT {COLUMNS} FROM policies ORDER BY name");
+        let rows = sqlx::query_as::<_, Row>(&sql).fetch_all(&self.pool).await?;
+        rows.into_iter().map(Row::into_policy).collect()
+    }
+
+    /// Stores a new policy; fails with [`Error::NameTaken`] if the name exists.
+    pub async fn create(&self, policy: &Policy, w: &Write<'_>) -> Result<Policy, Error> {
+        self.write(policy, &Precondition::None, w, Mode::Create)
+            .await
+            .map(|(p, _)| p)
+    }
+
+    /// Creates or replaces; the flag says whether it was created.
+    pub async fn replace(
+        &self,
+        policy: &Policy,
+        pre: &Precondition,
+        w: &Write<'_>,
+    ) -> Result<(Policy, bool), Error> {
+        self.write(policy, pre, w, Mode::Replace).await
+    }
+
+    /// Deletes and returns what was deleted.
+    pub async fn delete(
+        &self,
+        name: &str,
+        pre: &Precondition,
+        w: &Write<'_>,
+    ) -> Result<Policy, Error> {
+        let mut tx = self.pool.begin().await?;
+        let before = lock(&mut tx, name).await?.ok_or_else(|| Error::NotFound {
+            name: name.to_owned(),
+        })?;
+        check(&before, pre)?;
+        let rv: i64 = next_version(&mut tx).await?;
+        sqlx::query("DELETE FROM policies WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        audit(&mut tx, w.actor, "delete", name, rv, Some(&before), None).await?;
+        announce(&mut tx, "delete", name, rv).await?;
+        finish(tx, w.dry_run).await?;
+        Ok(before)
+    }
+
+    /// History, newest first.
+    pub async fn revisions(&self, name: &str) -> Result<Vec<Revision>, Error> {
+        let rows: Vec<RevisionRow> = sqlx::query_as(
+            "SELECT revision, resource_version, generation, labels, spec, source, created_at
+             FROM policy_revisions WHERE policy_name = $1 ORDER BY revision DESC",
+        )
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        // Every stored policy has at least one revision; none means no policy.
+        if rows.is_empty() {
+            return Err(Error::NotFound {
+                name: name.to_owned(),
+            });
+        }
+        rows.into_iter().map(|r| r.into_revision(name)).collect()
+    }
+
+    /// One revision of a policy.
+    pub async fn revision(&self, name: &str, revision: i64) -> Result<Revision, Error> {
+        let row: Option<RevisionRow> = sqlx::query_as(
+            "SELECT revision, resource_version, generation, labels, spec, source, created_at
+             FROM policy_revisions WHERE policy_name = $1 AND revision = $2",
+        )
+        .bind(name)
+        .bind(revision)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(r) => r.into_revision(name),
+            None => {
+                self.get(name).await?;
+                Err(Error::RevisionNotFound {
+                    name: name.to_owned(),
+                    revision,
+                })
+            }
+        }
+    }
+
+    async fn write(
+        &self,
+        policy: &Policy,
+        pre: &Precondition,
+        w: &Write<'_>,
+        mode: Mode,
+    ) -> Result<(Policy, bool), Error> {
+        let name = policy.metadata.name.as_str();
+        let host = policy.spec.host.as_str();
+        let result = self.write_tx(policy, pre, w, mode).await;
+        // A race past the checks inside the transaction ends at a unique
+        // index; report it the same way as the checks would have.
+        match result {
+            Err(Error::Database(sqlx::Error::Database(db))) if db.is_unique_violation() => {
+                if db.constraint() == Some("policies_host_key") {
+                    let owner = self.host_owner(host, name).await?.unwrap_or_default();
+                    Err(Error::HostTaken {
+                        host: host.to_owned(),
+                        owner,
+                    })
+                } else {
+                    Err(Error::NameTaken {
+                        name: name.to_owned(),
+                    })
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn write_tx(
+        &self,
+        policy: &Policy,
+        pre: &Precondition,
+        w: &Write<'_>,
+        mode: Mode,
+    ) -> Result<(Policy, bool), Error> {
+        let name = policy.metadata.name.as_str();
+        let mut tx = self.pool.begin().await?;
+        let before = lock(&mut tx, name).await?;
+        match (&before, mode) {
+            (Some(_), Mode::Create) => {
+                return Err(Error::NameTaken {
+                    name: name.to_owned(),
+                })
+            }
+            (None, _) if *pre != Precondition::None => {
+                return Err(Error::PreconditionOnMissing {
+                    name: name.to_owned(),
+                })
+            }
+            (Some(current), _) => check(current, pre)?,
+            (None, _) => {}
+        }
+        if let Some(owner) = host_owner(&mut *tx, &policy.spec.host, name).await? {
+            return Err(Error::HostTaken {
+                host: policy.spec.host.clone(),
+                owner,
+            });
+        }
+        let rv = next_version(&mut tx).await?;
+        let labels = Json(&policy.metadata.labels);
+        let spec = Json(&policy.spec);
+        let sql = match &before {
+            Some(_) => format!(
+                "UPDATE policies SET host = $2, labels = $3, spec = $4, resource_version = $5,
+                     generation = generation + CASE WHEN spec = $4 THEN 0 ELSE 1 END,
+                     revision = revision + 1, source = $6, updated_at = now()
+                 WHERE name = $1 RETURNING {COLUMNS}"
+            ),
+            None => format!(
+                "INSERT INTO policies (name, host, labels, spec, resource_version, generation, revision,
+                                       source, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, 1, 1, $6, now(), now()) RETURNING {COLUMNS}"
+            ),
+        };
+        let row: Row = sqlx::query_as(&sql)
+            .bind(name)
+            .bind(&policy.spec.host)
+            .bind(labels)
+            .bind(spec)
+            .bind(rv)
+            .bind(w.source)
+            .fetch_one(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO policy_revisions
+                 (policy_name, revision, resource_version, generation, labels, spec, source, created_at)
+             SELECT name, revision, resource_version, generation, labels, spec, source, updated_at
+             FROM policies WHERE name = $1",
+        )
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        let after = row.into_policy()?;
+        let action = if before.is_some() { "update" } else { "create" };
+        audit(
+            &mut tx,
+            w.actor,
+            action,
+            name,
+            rv,
+            before.as_ref(),
+            Some(&after),
+        )
+        .await?;
+        announce(&mut tx, "put", name, rv).await?;
+        finish(tx, w.dry_run).await?;
+        Ok((after, before.is_none()))
+    }
+
+    async fn host_owner(&self, host: &str, except: &str) -> Result<Option<String>, Error> {
+        host_owner(&self.pool, host, except).await
+    }
+}
+
+async fn host_owner<'e>(
+    exec: impl sqlx::PgExecutor<'e>,
+    host: &str,
+    except: &str,
+) -> Result<Option<String>, Error> {
+    Ok(
+        sqlx::query_scalar("SELECT name FROM policies WHERE host = $1 AND name <> $2")
+            .bind(host)
+            .bind(except)
+            .fetch_optional(exec)
+            .await?,
+    )
+}
+
+/// Reads the current row and locks it until the transaction ends, so the
+/// version check and the write that follows are one atomic step.
+async fn lock(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<Option<Policy>, Error> {
+    let sql = format!("SELECT {COLUMNS} FROM policies WHERE name = $1 FOR UPDATE");
+    sqlx::query_as::<_, Row>(&sql)
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(Row::into_policy)
+        .transpose()
+}
+
+fn check(current: &Policy, pre: &Precondition) -> Result<(), Error> {
+    let current_rv = current
+        .metadata
+        .resource_version
+        .as_deref()
+        .unwrap_or_default();
+    match pre {
+        Precondition::Version(expected) if expected != current_rv => Err(Error::StaleVersion {
+            name: current.metadata.name.clone(),
+            expected: expected.clone(),
+            current: current_rv.to_owned(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+async fn next_version(tx: &mut Transaction<'_, Postgres>) -> Result<i64, Error> {
+    Ok(sqlx::query_scalar("SELECT nextval('resource_version_seq')")
+        .fetch_one(&mut **tx)
+        .await?)
+}
+
+async fn audit(
+    tx: &mut Transaction<'_, Postgres>,
+    actor: &str,
+    action: &str,
+    name: &str,
+    rv: i64,
+    before: Option<&Policy>,
+    after: Option<&Policy>,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO audit_log (actor, action, policy_name, resource_version, before, after)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(actor)
+    .bind(action)
+    .bind(name)
+    .bind(rv)
+    .bind(before.map(Json))
+    .bind(after.map(Json))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Queues the change notification; PostgreSQL delivers it only on commit.
+async fn announce(
+    tx: &mut Transaction<'_, Postgres>,
+    op: &str,
+    name: &str,
+    rv: i64,
+) -> Result<(), Error> {
+    let payload = json!({"op": op, "name": name, "resourceVersion": rv.to_string()}).to_string();
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(payload)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn finish(tx: Transaction<'_, Postgres>, dry_run: bool) -> Result<(), Error> {
+    if dry_run {
+        tx.rollback().await?;
+    } else {
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+struct RevisionRow {
+    revision: i64,
+    resource_version: i64,
+    generation: i64,
+    labels: Json<BTreeMap<String, String>>,
+    spec: Json<Value>,
+    source: String,
+    created_at: DateTime<Utc>,
+}
+
+impl RevisionRow {
+    fn into_revision(self, name: &str) -> Result<Revision, Error> {
+        let spec = serde_json::from_value(self.spec.0).map_err(|source| Error::Corrupt {
+            name: name.to_owned(),
+            source,
+        })?;
+        Ok(Revision {
+            revision: self.revision,
+            resource_version: self.resource_version.to_string(),
+            generation: self.generation,
+            labels: self.labels.0,
+            spec,
+            created_at: self.created_at,
+            source: self.source,
+        })
+    }
+}
