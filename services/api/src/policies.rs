@@ -6,7 +6,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use meridian_policy::{decode, merge_patch, validate, FieldError, Policy, Revision};
-use meridian_store::{ListQuery, Precondition, Store, Write};
+use meridian_store::{ListQuery, Write};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -20,10 +20,6 @@ pub const MAX_PAGE: u32 = 1000;
 /// Who the audit log names until authentication lands.
 const ACTOR: &str = "anonymous";
 const SOURCE: &str = "api";
-
-/// How often a read-modify-write (PATCH, rollback) without `If-Match` is
-/// retried when another writer got in between.
-const MODIFY_ATTEMPTS: usize = 8;
 
 #[derive(Serialize, ToSchema)]
 pub struct PolicyList {
@@ -252,15 +248,17 @@ pub async fn patch(
             format!("malformed JSON: {e}"),
         )
     })?;
-    let stored = modify(&state.store, &name, &pre, dry, |current| {
-        let mut doc = serde_json::to_value(&current).expect("a policy serializes");
-        merge_patch::apply(&mut doc, &patch);
-        let mut patched = decode::from_value(doc)?;
-        patched.metadata.clear_server_fields();
-        same_name(&name, &patched)?;
-        checked(patched)
-    })
-    .await?;
+    let stored = state
+        .store
+        .modify(&name, &pre, &write(dry), |current| {
+            let mut doc = serde_json::to_value(&current).expect("a policy serializes");
+            merge_patch::apply(&mut doc, &patch);
+            let mut patched = decode::from_value(doc)?;
+            patched.metadata.clear_server_fields();
+            same_name(&name, &patched)?;
+            checked(patched)
+        })
+        .await?;
     Ok(with_etag(StatusCode::OK, stored, false))
 }
 
@@ -333,62 +331,13 @@ pub async fn rollback(
         }
     })?;
     let target = state.store.revision(&name, req.revision).await?;
-    let stored = modify(&state.store, &name, &pre, dry, |mut current| {
-        current.spec = target.spec.clone();
-        current.metadata.clear_server_fields();
-        checked(current)
-    })
-    .await?;
+    let stored = state
+        .store
+        .modify(&name, &pre, &write(dry), |mut current| {
+            current.spec = target.spec.clone();
+            current.metadata.clear_server_fields();
+            checked(current)
+        })
+        .await?;
     Ok(with_etag(StatusCode::OK, stored, false))
-}
-
-/// Read-modify-write with optimistic concurrency. With `If-Match` the
-/// caller's version must be current and a concurrent write fails with 412;
-/// without it, a concurrent write makes us read again and redo the change.
-async fn modify(
-    store: &Store,
-    name: &str,
-    pre: &Precondition,
-    dry_run: bool,
-    change: impl Fn(Policy) -> Result<Policy, ApiError>,
-) -> Result<Policy, ApiError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let current = store.get(name).await?;
-        let version = current
-            .metadata
-            .resource_version
-            .clone()
-            .unwrap_or_default();
-        if let Precondition::Version(expected) = pre {
-            if *expected != version {
-                return Err(meridian_store::Error::StaleVersion {
-                    name: name.to_owned(),
-                    expected: expected.clone(),
-                    current: version,
-                }
-                .into());
-            }
-        }
-        let next = change(current)?;
-        match store
-            .replace(&next, &Precondition::Version(version), &write(dry_run))
-            .await
-        {
-            Err(
-                meridian_store::Error::StaleVersion { .. }
-                | meridian_store::Error::PreconditionOnMissing { .. },
-            ) if !matches!(pre, Precondition::Version(_)) && attempt < MODIFY_ATTEMPTS => continue,
-            // Deleted between our read and our write: report it as gone.
-            Err(meridian_store::Error::PreconditionOnMissing { .. }) => {
-                return Err(meridian_store::Error::NotFound {
-                    name: name.to_owned(),
-                }
-                .into())
-            }
-            Ok((stored, _)) => return Ok(stored),
-            Err(e) => return Err(e.into()),
-        }
-    }
 }

@@ -87,6 +87,8 @@ enum Mode {
     Create,
     /// Creates or replaces.
     Replace,
+    /// Changes an existing policy; fails if there is none.
+    Modify,
 }
 
 impl Store {
@@ -134,9 +136,13 @@ impl Store {
 
     /// Stores a new policy; fails with [`Error::NameTaken`] if the name exists.
     pub async fn create(&self, policy: &Policy, w: &Write<'_>) -> Result<Policy, Error> {
-        self.write(policy, &Precondition::None, w, Mode::Create)
-            .await
-            .map(|(p, _)| p)
+        let name = &policy.metadata.name;
+        let (stored, _) = self
+            .transact(name, &Precondition::None, w, Mode::Create, |_| {
+                Ok::<_, Error>(policy.clone())
+            })
+            .await?;
+        Ok(stored)
     }
 
     /// Creates or replaces; the flag says whether it was created.
@@ -146,7 +152,28 @@ impl Store {
         pre: &Precondition,
         w: &Write<'_>,
     ) -> Result<(Policy, bool), Error> {
-        self.write(policy, pre, w, Mode::Replace).await
+        let name = &policy.metadata.name;
+        self.transact(name, pre, w, Mode::Replace, |_| {
+            Ok::<_, Error>(policy.clone())
+        })
+        .await
+    }
+
+    /// Read-modify-write of an existing policy in one transaction: `change`
+    /// sees the current policy under the row lock, so concurrent modifiers
+    /// queue up instead of overwriting each other, and none needs a retry.
+    /// Its error type carries both the caller's refusals and store errors.
+    pub async fn modify<E: From<Error>>(
+        &self,
+        name: &str,
+        pre: &Precondition,
+        w: &Write<'_>,
+        change: impl FnOnce(Policy) -> Result<Policy, E>,
+    ) -> Result<Policy, E> {
+        let change =
+            |current: Option<Policy>| change(current.expect("Mode::Modify locks an existing row"));
+        let (stored, _) = self.transact(name, pre, w, Mode::Modify, change).await?;
+        Ok(stored)
     }
 
     /// Deletes and returns what was deleted.
@@ -212,69 +239,52 @@ impl Store {
         }
     }
 
-    async fn write(
+    /// The one write path: lock, check the precondition, build the new
+    /// policy from the current one, store it with its revision, audit row
+    /// and notification, then commit (or roll back for a dry run).
+    async fn transact<E: From<Error>>(
         &self,
-        policy: &Policy,
+        name: &str,
         pre: &Precondition,
         w: &Write<'_>,
         mode: Mode,
-    ) -> Result<(Policy, bool), Error> {
-        let name = policy.metadata.name.as_str();
-        let host = policy.spec.host.as_str();
-        let result = self.write_tx(policy, pre, w, mode).await;
-        // A race past the checks inside the transaction ends at a unique
-        // index; report it the same way as the checks would have.
-        match result {
-            Err(Error::Database(sqlx::Error::Database(db))) if db.is_unique_violation() => {
-                if db.constraint() == Some("policies_host_key") {
-                    let owner = self.host_owner(host, name).await?.unwrap_or_default();
-                    Err(Error::HostTaken {
-                        host: host.to_owned(),
-                        owner,
-                    })
-                } else {
-                    Err(Error::NameTaken {
-                        name: name.to_owned(),
-                    })
-                }
-            }
-            other => other,
-        }
-    }
-
-    async fn write_tx(
-        &self,
-        policy: &Policy,
-        pre: &Precondition,
-        w: &Write<'_>,
-        mode: Mode,
-    ) -> Result<(Policy, bool), Error> {
-        let name = policy.metadata.name.as_str();
-        let mut tx = self.pool.begin().await?;
+        make: impl FnOnce(Option<Policy>) -> Result<Policy, E>,
+    ) -> Result<(Policy, bool), E> {
+        let mut tx = self.pool.begin().await.map_err(Error::from)?;
         let before = lock(&mut tx, name).await?;
         match (&before, mode) {
             (Some(_), Mode::Create) => {
                 return Err(Error::NameTaken {
                     name: name.to_owned(),
-                })
+                }
+                .into())
+            }
+            (None, Mode::Modify) => {
+                return Err(Error::NotFound {
+                    name: name.to_owned(),
+                }
+                .into())
             }
             (None, _) if *pre != Precondition::None => {
                 return Err(Error::PreconditionOnMissing {
                     name: name.to_owned(),
-                })
+                }
+                .into())
             }
             (Some(current), _) => check(current, pre)?,
             (None, _) => {}
         }
-        if let Some(owner) = host_owner(&mut *tx, &policy.spec.host, name).await? {
+        let policy = make(before.clone())?;
+        debug_assert_eq!(policy.metadata.name, name);
+        let host = policy.spec.host.as_str();
+        if let Some(owner) = host_owner(&mut *tx, host, name).await? {
             return Err(Error::HostTaken {
-                host: policy.spec.host.clone(),
+                host: host.to_owned(),
                 owner,
-            });
+            }
+            .into());
         }
         let rv = next_version(&mut tx).await?;
-        let labels = Json(&policy.metadata.labels);
-        let spec = Json(&policy.spec);
         let sql = match &before {
             Some(_) => format!(
                 "UPDATE policies SET host = $2, labels = $3, spec = $4, resource_version = $5,
@@ -288,15 +298,38 @@ impl Store {
                  VALUES ($1, $2, $3, $4, $5, 1, 1, $6, now(), now()) RETURNING {COLUMNS}"
             ),
         };
-        let row: Row = sqlx::query_as(&sql)
+        let row = sqlx::query_as::<_, Row>(&sql)
             .bind(name)
-            .bind(&policy.spec.host)
-            .bind(labels)
-            .bind(spec)
+            .bind(host)
+            .bind(Json(&policy.metadata.labels))
+            .bind(Json(&policy.spec))
             .bind(rv)
             .bind(w.source)
             .fetch_one(&mut *tx)
-            .await?;
+            .await;
+        let row = match row {
+            Ok(row) => row,
+            // A concurrent insert got past the checks above; the unique
+            // indexes stop it. Report it as the checks would have.
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                drop(tx);
+                return Err(if db.constraint() == Some("policies_host_key") {
+                    let owner = host_owner(&self.pool, host, name)
+                        .await?
+                        .unwrap_or_default();
+                    Error::HostTaken {
+                        host: host.to_owned(),
+                        owner,
+                    }
+                } else {
+                    Error::NameTaken {
+                        name: name.to_owned(),
+                    }
+                }
+                .into());
+            }
+            Err(e) => return Err(Error::from(e).into()),
+        };
         sqlx::query(
             "INSERT INTO policy_revisions
                  (policy_name, revision, resource_version, generation, labels, spec, source, created_at)
@@ -305,7 +338,8 @@ impl Store {
         )
         .bind(name)
         .execute(&mut *tx)
-        .await?;
+        .await
+        .map_err(Error::from)?;
         let after = row.into_policy()?;
         let action = if before.is_some() { "update" } else { "create" };
         audit(
@@ -321,10 +355,6 @@ impl Store {
         announce(&mut tx, "put", name, rv).await?;
         finish(tx, w.dry_run).await?;
         Ok((after, before.is_none()))
-    }
-
-    async fn host_owner(&self, host: &str, except: &str) -> Result<Option<String>, Error> {
-        host_owner(&self.pool, host, except).await
     }
 }
 
