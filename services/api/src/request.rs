@@ -129,7 +129,7 @@ pub fn encode_continue(name: &str) -> String {
 pub fn decode_continue(token: &str) -> Result<String, ApiError> {
     let bad =
         || ApiError::bad_request("invalid continue token; pass the one the previous page returned");
-    if token.len() % 2 != 0 || token.len() > 126 {
+    if !token.len().is_multiple_of(2) || token.len() > 126 {
         return Err(bad());
     }
     let bytes = (0..token.len())

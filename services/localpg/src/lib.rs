@@ -81,7 +81,7 @@ impl Cluster {
         };
 
         // Serialize start-up between processes sharing the directory (parallel test binaries).
-        let lock_path = cluster.data_dir.with_extension("lock");
+        let lock_path = PathBuf::from(format!("{}.lock", cluster.data_dir.display()));
         let lock =
             File::create(&lock_path).map_err(io(format!("creating {}", lock_path.display())))?;
         lock.lock().map_err(io("locking the cluster directory"))?;

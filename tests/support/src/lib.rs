@@ -2,8 +2,10 @@
 //!
 //! - [`database`]: a fresh, migrated database per test, on one PostgreSQL
 //!   server shared by all test processes: `MERIDIAN_TEST_DATABASE_URL`
-//!   when set (the test script sets it), else a private cluster under
-//!   `.meridian/test-postgres` that this crate starts.
+//!   when set, else a private cluster that this crate starts (or finds
+//!   running) in `$MERIDIAN_TEST_PG_DIR`, default `.meridian/test-postgres`.
+//!   `scripts/test` points that at a temporary directory and stops the
+//!   cluster when the run ends.
 //! - [`Server`]: the REST API on 127.0.0.1 port 0, stoppable and restartable.
 //!
 //! A missing PostgreSQL is a failure that says what to install, never a skip.
@@ -35,8 +37,11 @@ fn admin_url() -> &'static str {
         if let Ok(url) = std::env::var("MERIDIAN_TEST_DATABASE_URL") {
             return url;
         }
+        let data_dir = std::env::var_os("MERIDIAN_TEST_PG_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join(".meridian/test-postgres"));
         let opts = meridian_localpg::Options {
-            data_dir: repo_root().join(".meridian/test-postgres"),
+            data_dir,
             port: None,
             durable: false,
         };
