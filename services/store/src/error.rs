@@ -25,13 +25,6 @@ pub enum Error {
     /// The caller expected a policy to exist (If-Match) and there is none.
     #[error("policy {name:?} does not exist, so If-Match cannot match")]
     PreconditionOnMissing { name: String },
-    /// The stored row does not decode: a bug or a manual edit of the database.
-    #[error("stored policy {name:?} is corrupt: {source}")]
-    Corrupt {
-        name: String,
-        #[source]
-        source: serde_json::Error,
-    },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use meridian_policy::{Metadata, Policy, Revision, Spec, API_VERSION, KIND};
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::types::Json;
 use sqlx::{Postgres, Transaction};
 
@@ -47,7 +47,8 @@ pub struct ListQuery {
 struct Row {
     name: String,
     labels: Json<BTreeMap<String, String>>,
-    spec: Json<Value>,
+    // Decoded straight into the model: no intermediate `Value` on the hot read path.
+    spec: Json<Spec>,
     resource_version: i64,
     generation: i64,
     source: String,
@@ -59,12 +60,9 @@ const COLUMNS: &str =
     "name, labels, spec, resource_version, generation, source, created_at, updated_at";
 
 impl Row {
-    fn into_policy(self) -> Result<Policy, Error> {
-        let spec: Spec = serde_json::from_value(self.spec.0).map_err(|source| Error::Corrupt {
-            name: self.name.clone(),
-            source,
-        })?;
-        Ok(Policy {
+    fn into_policy(self) -> Policy {
+        let spec = self.spec.0;
+        Policy {
             api_version: API_VERSION.to_owned(),
             kind: KIND.to_owned(),
             metadata: Metadata {
@@ -77,7 +75,7 @@ impl Row {
                 source: Some(self.source),
             },
             spec,
-        })
+        }
     }
 }
 
@@ -98,10 +96,10 @@ impl Store {
             .bind(name)
             .fetch_optional(&self.pool)
             .await?
+            .map(Row::into_policy)
             .ok_or_else(|| Error::NotFound {
                 name: name.to_owned(),
-            })?
-            .into_policy()
+            })
     }
 
     /// One page ordered by name, and the name to continue after when more remain.
@@ -120,10 +118,7 @@ impl Store {
         let more = rows.len() > q.limit as usize;
         rows.truncate(q.limit as usize);
         let next = more.then(|| rows.last().map(|r| r.name.clone())).flatten();
-        let items = rows
-            .into_iter()
-            .map(Row::into_policy)
-            .collect::<Result<_, _>>()?;
+        let items = rows.into_iter().map(Row::into_policy).collect();
         Ok((items, next))
     }
 
@@ -131,7 +126,7 @@ impl Store {
     pub async fn all(&self) -> Result<Vec<Policy>, Error> {
         let sql = format!("SELECT {COLUMNS} FROM policies ORDER BY name");
         let rows = sqlx::query_as::<_, Row>(&sql).fetch_all(&self.pool).await?;
-        rows.into_iter().map(Row::into_policy).collect()
+        Ok(rows.into_iter().map(Row::into_policy).collect())
     }
 
     /// Stores a new policy; fails with [`Error::NameTaken`] if the name exists.
@@ -214,7 +209,7 @@ impl Store {
                 name: name.to_owned(),
             });
         }
-        rows.into_iter().map(|r| r.into_revision(name)).collect()
+        Ok(rows.into_iter().map(RevisionRow::into_revision).collect())
     }
 
     /// One revision of a policy.
@@ -228,7 +223,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         match row {
-            Some(r) => r.into_revision(name),
+            Some(r) => Ok(r.into_revision()),
             None => {
                 self.get(name).await?;
                 Err(Error::RevisionNotFound {
@@ -340,7 +335,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(Error::from)?;
-        let after = row.into_policy()?;
+        let after = row.into_policy();
         let action = if before.is_some() { "update" } else { "create" };
         audit(
             &mut tx,
@@ -376,12 +371,11 @@ async fn host_owner<'e>(
 /// version check and the write that follows are one atomic step.
 async fn lock(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<Option<Policy>, Error> {
     let sql = format!("SELECT {COLUMNS} FROM policies WHERE name = $1 FOR UPDATE");
-    sqlx::query_as::<_, Row>(&sql)
+    Ok(sqlx::query_as::<_, Row>(&sql)
         .bind(name)
         .fetch_optional(&mut **tx)
         .await?
-        .map(Row::into_policy)
-        .transpose()
+        .map(Row::into_policy))
 }
 
 fn check(current: &Policy, pre: &Precondition) -> Result<(), Error> {
@@ -461,25 +455,21 @@ struct RevisionRow {
     resource_version: i64,
     generation: i64,
     labels: Json<BTreeMap<String, String>>,
-    spec: Json<Value>,
+    spec: Json<Spec>,
     source: String,
     created_at: DateTime<Utc>,
 }
 
 impl RevisionRow {
-    fn into_revision(self, name: &str) -> Result<Revision, Error> {
-        let spec = serde_json::from_value(self.spec.0).map_err(|source| Error::Corrupt {
-            name: name.to_owned(),
-            source,
-        })?;
-        Ok(Revision {
+    fn into_revision(self) -> Revision {
+        Revision {
             revision: self.revision,
             resource_version: self.resource_version.to_string(),
             generation: self.generation,
             labels: self.labels.0,
-            spec,
+            spec: self.spec.0,
             created_at: self.created_at,
             source: self.source,
-        })
+        }
     }
 }
