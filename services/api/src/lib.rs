@@ -9,6 +9,8 @@ mod openapi;
 mod policies;
 pub mod request;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -22,9 +24,28 @@ use tower_http::trace::TraceLayer;
 
 pub use openapi::ApiDoc;
 
+/// Lists this replica's connected xDS clients as JSON (from the xDS role).
+pub type XdsClients = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    /// Present when this process runs the xDS role.
+    pub xds_clients: Option<XdsClients>,
+    /// Every flag must be up before `/readyz` says ready (e.g. the first
+    /// xDS snapshot is loaded), so a load balancer never sends clients to a
+    /// replica that would serve them an empty config.
+    pub ready: Vec<Arc<AtomicBool>>,
+}
+
+impl AppState {
+    pub fn new(store: Store) -> AppState {
+        AppState {
+            store,
+            xds_clients: None,
+            ready: Vec::new(),
+        }
+    }
 }
 
 /// The REST API.
@@ -43,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/policies/:name/revisions", get(policies::revisions))
         .route("/api/v1/policies/:name/rollback", post(policies::rollback))
+        .route("/api/v1/xds/clients", get(xds_clients))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi::serve))
@@ -61,17 +83,39 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready: the database answers within a second.
+/// Ready: the roles have loaded their initial state and the database
+/// answers within a second.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let unavailable = |message: &str| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "unavailable", "message": message})),
+        )
+    };
+    if !state.ready.iter().all(|flag| flag.load(Ordering::Acquire)) {
+        return unavailable("still loading the initial configuration");
+    }
     let ok = tokio::time::timeout(Duration::from_secs(1), state.store.ping())
         .await
         .unwrap_or(false);
     if ok {
         (StatusCode::OK, Json(json!({"status": "ready"})))
     } else {
-        (
+        unavailable("the database does not answer")
+    }
+}
+
+/// The xDS clients connected to this replica, with per-type versions sent,
+/// ACKed and NACKed.
+async fn xds_clients(
+    State(state): State<AppState>,
+) -> Result<Json<serde_json::Value>, error::ApiError> {
+    match &state.xds_clients {
+        Some(list) => Ok(Json(json!({"items": list()}))),
+        None => Err(error::ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"error": "unavailable", "message": "the database does not answer"})),
-        )
+            "role_not_running",
+            "this replica does not run the xds role",
+        )),
     }
 }

@@ -174,3 +174,19 @@ pub async fn delete(server: &str, name: &str) -> anyhow::Result<()> {
     println!("policy/{name} deleted");
     Ok(())
 }
+
+/// Renders locally from the server's stored policies: the translation is a
+/// pure function of them, so this prints what the server serves.
+pub async fn render(server: &str, node: &str, policy: Option<&str>) -> anyhow::Result<()> {
+    let client = Client::new();
+    let policies = fetch_all(&client, server).await?;
+    if let Some(name) = policy {
+        if !policies.iter().any(|p| p.metadata.name == name) {
+            bail!("policy {name:?} not found");
+        }
+    }
+    let resources = meridian_xds::render(&policies, &meridian_xds::Weights::new(), policy);
+    let out = serde_json::json!({"node": node, "resources": resources});
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}

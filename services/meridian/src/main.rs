@@ -53,6 +53,27 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// xDS debugging.
+    #[command(subcommand)]
+    Xds(XdsCommand),
+}
+
+#[derive(Subcommand)]
+enum XdsCommand {
+    /// Print, as JSON, the Envoy resources a node gets for the stored
+    /// policies (rendered by the same pure translation the server runs).
+    Render {
+        /// Node id, echoed in the output. Resources are the same for every
+        /// node; only the egress bind address differs (node metadata
+        /// `meridian.egress_address`).
+        #[arg(long)]
+        node: String,
+        /// Only this policy's resources.
+        #[arg(long)]
+        policy: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 #[derive(Args)]
@@ -75,12 +96,19 @@ pub struct ServeArgs {
         env = "MERIDIAN_ROLES",
         value_enum,
         value_delimiter = ',',
-        default_value = "api"
+        default_value = "api,xds"
     )]
     pub roles: Vec<serve::Role>,
     /// Address of the REST API.
     #[arg(long, env = "MERIDIAN_API_ADDR", default_value = "0.0.0.0:8080")]
     pub api_addr: SocketAddr,
+    /// Address of the xDS (ADS and CSDS) gRPC server.
+    #[arg(long, env = "MERIDIAN_XDS_ADDR", default_value = "0.0.0.0:18000")]
+    pub xds_addr: SocketAddr,
+    /// How long a burst of policy changes is gathered into one xDS push, in ms.
+    #[arg(long, env = "MERIDIAN_XDS_DEBOUNCE_MS", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub xds_debounce_ms: u64,
     /// Policies loaded into a private database at start (never overwriting).
     #[arg(long, env = "MERIDIAN_EXAMPLES", default_value = "examples")]
     pub examples: PathBuf,
@@ -127,6 +155,11 @@ fn main() -> ExitCode {
             } => client::get(&server.server, name.as_deref(), output).await,
             Command::Apply { path, server } => client::apply(&server.server, &path).await,
             Command::Delete { name, server } => client::delete(&server.server, &name).await,
+            Command::Xds(XdsCommand::Render {
+                node,
+                policy,
+                server,
+            }) => client::render(&server.server, &node, policy.as_deref()).await,
         }
     });
     match result {

@@ -1,5 +1,6 @@
 //! `meridian serve` and `meridian migrate`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -7,6 +8,7 @@ use clap::ValueEnum;
 use meridian_localpg::{Cluster, Options};
 use meridian_store::{Store, Write};
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::{files, DatabaseArgs, ServeArgs};
@@ -16,6 +18,8 @@ use crate::{files, DatabaseArgs, ServeArgs};
 pub enum Role {
     /// The REST API.
     Api,
+    /// The xDS server for Envoy sidecars and proxyless gRPC clients.
+    Xds,
 }
 
 /// Name of the database inside a private cluster.
@@ -57,8 +61,7 @@ impl Database {
 
     async fn close(self) {
         if let Some(cluster) = self.private {
-            let stopped = tokio::task::spawn_blocking(move || cluster.stop()).await;
-            match stopped {
+            match tokio::task::spawn_blocking(move || cluster.stop()).await {
                 Ok(Ok(())) => tracing::info!("stopped private PostgreSQL"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "stopping private PostgreSQL"),
                 Err(e) => tracing::warn!(error = %e, "stopping private PostgreSQL"),
@@ -83,19 +86,39 @@ pub async fn migrate(args: DatabaseArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The sockets of the roles, bound before anything else starts.
+struct Listeners {
+    api: Option<TcpListener>,
+    xds: Option<TcpListener>,
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Bind first: a taken port is an operator error worth hearing about
     // before a database is started.
-    let listener = TcpListener::bind(args.api_addr)
-        .await
-        .with_context(|| format!("binding the API address {}", args.api_addr))?;
+    let has = |role| args.roles.contains(&role);
+    let listeners = Listeners {
+        api: match has(Role::Api) {
+            true => Some(bind(args.api_addr, "API").await?),
+            false => None,
+        },
+        xds: match has(Role::Xds) {
+            true => Some(bind(args.xds_addr, "xDS").await?),
+            false => None,
+        },
+    };
     let db = Database::open(&args.db).await?;
-    let result = serve(&args, &db, listener).await;
+    let result = serve(&args, &db, listeners).await;
     db.close().await;
     result
 }
 
-async fn serve(args: &ServeArgs, db: &Database, listener: TcpListener) -> anyhow::Result<()> {
+async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} address {addr}"))
+}
+
+async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow::Result<()> {
     let store = Store::connect(&db.url, args.db_pool)
         .await
         .context("connecting to PostgreSQL")?;
@@ -105,33 +128,88 @@ async fn serve(args: &ServeArgs, db: &Database, listener: TcpListener) -> anyhow
     }
 
     let shutdown = CancellationToken::new();
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        signal.cancel();
-    });
+    let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    let mut state = meridian_api::AppState::new(store.clone());
 
-    let local = listener.local_addr()?;
-    tracing::info!(roles = ?args.roles, "starting");
-    println!("Meridian API listening on http://{}", display_addr(local));
-    let app = meridian_api::router(meridian_api::AppState {
-        store: store.clone(),
-    });
+    if let Some(listener) = listeners.xds {
+        let (publisher, subscriber) = meridian_xds::snapshot_channel();
+        let config = meridian_xds_sync::Config {
+            debounce: Duration::from_millis(args.xds_debounce_ms),
+        };
+        let writer = meridian_xds_sync::Writer::new(store.clone(), publisher, config);
+        state.ready.push(writer.ready_flag());
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            writer.run(stop).await;
+            Ok(())
+        });
+        let registry = meridian_xds::Registry::new();
+        let server = meridian_xds::Server::new(subscriber, registry.clone(), shutdown.clone());
+        let clients = registry.clone();
+        state.xds_clients = Some(Arc::new(move || {
+            serde_json::to_value(clients.clients()).unwrap_or_default()
+        }));
+        println!(
+            "Meridian xDS listening on {}",
+            display_addr(listener.local_addr()?)
+        );
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            meridian_xds::serve(listener, server, stop)
+                .await
+                .context("xDS server")
+        });
+    }
+
+    if let Some(listener) = listeners.api {
+        println!(
+            "Meridian API listening on http://{}",
+            display_addr(listener.local_addr()?)
+        );
+        let app = meridian_api::router(state);
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+                .context("API server")
+        });
+    }
+    tracing::info!(roles = ?args.roles, "started");
+
+    // Run until a signal, or until any role ends: one failing role stops
+    // the others rather than leaving a half-working replica behind.
+    let mut failure = None;
+    tokio::select! {
+        _ = wait_for_signal() => tracing::info!("signal received"),
+        Some(ended) = tasks.join_next() => {
+            failure = Some(match ended {
+                Ok(Ok(())) => anyhow::anyhow!("a role stopped unexpectedly"),
+                Ok(Err(e)) => e,
+                Err(e) => anyhow::Error::new(e).context("a role panicked"),
+            });
+        }
+    }
+    shutdown.cancel();
     let drain = Duration::from_secs(args.drain_seconds);
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let server = tokio::spawn(async move { server.await });
-    shutdown.cancelled().await;
-    tracing::info!(
-        seconds = drain.as_secs(),
-        "shutting down: draining in-flight requests"
-    );
-    match tokio::time::timeout(drain, server).await {
-        Ok(joined) => joined?.context("API server")?,
-        Err(_) => tracing::warn!("drain time limit reached; closing open connections"),
+    tracing::info!(seconds = drain.as_secs(), "shutting down: draining");
+    let drained = tokio::time::timeout(drain, async {
+        while let Some(ended) = tasks.join_next().await {
+            if let Ok(Err(e)) = ended {
+                tracing::warn!(error = %e, "role ended with an error during shutdown");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("drain time limit reached; closing what is left");
+        tasks.abort_all();
     }
     store.pool().close().await;
-    Ok(())
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Loads the examples into a fresh private database. A policy that exists

@@ -473,3 +473,15 @@ impl RevisionRow {
         }
     }
 }
+
+impl Store {
+    /// The named policies that exist, in name order; missing names are skipped.
+    pub async fn get_many(&self, names: &[String]) -> Result<Vec<Policy>, Error> {
+        let sql = format!("SELECT {COLUMNS} FROM policies WHERE name = ANY($1) ORDER BY name");
+        let rows = sqlx::query_as::<_, Row>(&sql)
+            .bind(names)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(Row::into_policy).collect())
+    }
+}

@@ -7,8 +7,15 @@
 //!   `scripts/test` points that at a temporary directory and stops the
 //!   cluster when the run ends.
 //! - [`Server`]: the REST API on 127.0.0.1 port 0, stoppable and restartable.
+//! - [`process::Meridian`]: the real binary as a process, every role on.
+//! - [`backend::Backend`]: an HTTP backend per zone that echoes what it got.
+//! - [`envoy::Envoy`]: a real Envoy bootstrapped with only an ADS cluster.
 //!
 //! A missing PostgreSQL is a failure that says what to install, never a skip.
+
+pub mod backend;
+pub mod envoy;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -107,7 +114,7 @@ impl Server {
             .expect("bind test server");
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
-        let app = meridian_api::router(AppState { store });
+        let app = meridian_api::router(AppState::new(store));
         let serve =
             axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
         let task = tokio::spawn(async move { serve.await.expect("test server") });

@@ -1,0 +1,184 @@
+//! State-of-the-world ADS (`StreamAggregatedResources`).
+
+use std::collections::BTreeSet;
+
+use xds_api::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+
+use super::{
+    to_known, AckOutcome, Core, KnownResource, NodeView, StreamState, Subscription, TypeReport,
+    TypeState,
+};
+use crate::resources::{set_version, ResourceType, Resources};
+
+/// Protocol state of one SotW stream.
+#[derive(Debug, Default)]
+pub struct SotwStream {
+    pub(super) core: Core,
+}
+
+impl SotwStream {
+    /// A new stream for a node.
+    pub fn new(node: NodeView) -> Self {
+        SotwStream {
+            core: Core::new(node),
+        }
+    }
+
+    /// Handles one request. `res` is `None` until the first snapshot is
+    /// published: the request is recorded and answered by [`Self::on_snapshot`].
+    pub fn handle_request(
+        &mut self,
+        req: &DiscoveryRequest,
+        res: Option<&Resources>,
+        now_ms: u64,
+    ) -> Vec<DiscoveryResponse> {
+        let Some(ty) = ResourceType::from_type_url(&req.type_url) else {
+            tracing::debug!(type_url = %req.type_url, "ignoring request for an unserved type");
+            return Vec::new();
+        };
+        let exists = self.core.state(ty).is_some();
+        let error = req.error_detail.as_ref().map(|s| s.message.as_str());
+        let outcome = self
+            .core
+            .ack_or_nack(ty, &req.response_nonce, error, now_ms);
+        // A stale nonce means a newer response is in flight; the client will
+        // answer it with its current names, so this request is ignored
+        // (https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#resource-updates).
+        if matches!(outcome, AckOutcome::Stale) {
+            return Vec::new();
+        }
+        if let AckOutcome::Nack = outcome {
+            tracing::warn!(
+                type_url = %req.type_url,
+                error = error.unwrap_or_default(),
+                "client rejected configuration"
+            );
+        }
+        let rds_acked =
+            ty == ResourceType::RouteConfiguration && matches!(outcome, AckOutcome::Ack);
+
+        let st = self.core.types[ty.index()].get_or_insert_with(TypeState::default);
+        let new_sub = next_subscription(exists.then_some(&st.sub), &req.resource_names);
+        let sub_changed = st.sub != new_sub;
+        st.sub = new_sub;
+        if !exists && !req.version_info.is_empty() {
+            st.client_version = Some(req.version_info.clone());
+        }
+        let rds_sub_changed = ty == ResourceType::RouteConfiguration && sub_changed;
+        if rds_sub_changed {
+            self.core.drop_unsubscribed_routes();
+        }
+
+        let Some(res) = res else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for t in ResourceType::PUSH_ORDER {
+            let resp = if t == ty {
+                self.build(t, res, sub_changed && t.is_full_state())
+            } else if (rds_acked || rds_sub_changed)
+                && matches!(
+                    t,
+                    ResourceType::Cluster | ResourceType::ClusterLoadAssignment
+                )
+            {
+                // Routes the client uses changed: clusters kept for them may go.
+                self.build(t, res, false)
+            } else {
+                None
+            };
+            out.extend(resp);
+        }
+        out
+    }
+
+    /// Responses for a new snapshot, in make-before-break order.
+    pub fn on_snapshot(&mut self, res: &Resources) -> Vec<DiscoveryResponse> {
+        ResourceType::PUSH_ORDER
+            .into_iter()
+            .filter_map(|t| self.build(t, res, false))
+            .collect()
+    }
+
+    fn build(
+        &mut self,
+        ty: ResourceType,
+        res: &Resources,
+        force: bool,
+    ) -> Option<DiscoveryResponse> {
+        self.core.state(ty)?;
+        let sel = self.core.select(ty, res);
+        let version = set_version(sel.values());
+        let nonce_seq = self.core.nonce_seq;
+        let st = self.core.state_mut(ty)?;
+
+        if st.sent_version.is_none() {
+            // Reconnect (maybe to another replica) with what we would send
+            // now: the client is up to date, send nothing.
+            if st.client_version.take().as_deref() == Some(version.as_str()) {
+                st.sent_version = Some(version.clone());
+                st.acked_version = Some(version);
+                st.known = to_known(&sel);
+                if ty == ResourceType::RouteConfiguration {
+                    self.core.acked_routes = sel;
+                }
+                return None;
+            }
+        }
+        if !ty.is_full_state() && sel.is_empty() {
+            // RDS/EDS cannot say "absent" in SotW; the client times out.
+            st.known.clear();
+            return None;
+        }
+        if !force && st.sent_version.as_deref() == Some(version.as_str()) {
+            return None;
+        }
+        let nonce = (nonce_seq + 1).to_string();
+        self.core.nonce_seq = nonce_seq + 1;
+        let st = self.core.state_mut(ty)?;
+        st.nonce = Some(nonce.clone());
+        st.sent_version = Some(version.clone());
+        st.pending = true;
+        st.known = to_known(&sel);
+        Some(DiscoveryResponse {
+            version_info: version,
+            resources: sel.values().map(|e| e.any.clone()).collect(),
+            type_url: ty.type_url().to_owned(),
+            nonce,
+            ..Default::default()
+        })
+    }
+}
+
+/// Subscription after a request
+/// (<https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#how-the-client-specifies-what-resources-to-return>):
+/// the first request naming nothing is a (legacy) wildcard that later empty
+/// requests keep; `*` is an explicit wildcard; otherwise the names replace
+/// the previous set.
+fn next_subscription(prev: Option<&Subscription>, names: &[String]) -> Subscription {
+    let legacy_kept = match prev {
+        None => names.is_empty(),
+        Some(p) => p.legacy && names.is_empty(),
+    };
+    if legacy_kept {
+        return Subscription {
+            wildcard: true,
+            legacy: true,
+            names: BTreeSet::new(),
+        };
+    }
+    Subscription {
+        wildcard: names.iter().any(|n| n == "*"),
+        legacy: false,
+        names: names.iter().filter(|n| *n != "*").cloned().collect(),
+    }
+}
+
+impl StreamState for SotwStream {
+    fn reports(&self) -> Vec<TypeReport> {
+        self.core.reports()
+    }
+    fn known_resources(&self) -> Vec<KnownResource> {
+        self.core.known_resources()
+    }
+}

@@ -1,0 +1,422 @@
+use std::collections::HashMap;
+
+use xds_api::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use xds_api::pb::google::rpc::Status;
+
+use super::*;
+use crate::translate::{tests::policy, translate, Weights};
+
+const LDS: ResourceType = ResourceType::Listener;
+const RDS: ResourceType = ResourceType::RouteConfiguration;
+const CDS: ResourceType = ResourceType::Cluster;
+const EDS: ResourceType = ResourceType::ClusterLoadAssignment;
+
+fn snap(names: &[(&str, Option<(&str, u32)>)]) -> Resources {
+    let ps: Vec<_> = names
+        .iter()
+        .map(|(n, c)| policy(n, 8080, *c, false))
+        .collect();
+    translate(&ps, &Weights::new())
+}
+
+fn req(
+    ty: ResourceType,
+    names: &[&str],
+    version: &str,
+    nonce: &str,
+    nack: bool,
+) -> DiscoveryRequest {
+    DiscoveryRequest {
+        type_url: ty.type_url().into(),
+        resource_names: names.iter().map(|s| s.to_string()).collect(),
+        version_info: version.into(),
+        response_nonce: nonce.into(),
+        error_detail: nack.then(|| Status {
+            code: 3,
+            message: "bad".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn names_of(r: &DiscoveryResponse) -> Vec<String> {
+    r.resources
+        .iter()
+        .map(|a| {
+            use prost::Message;
+            match ResourceType::from_type_url(&a.type_url) {
+                Some(ResourceType::Listener) => {
+                    xds_api::pb::envoy::config::listener::v3::Listener::decode(a.value.as_slice())
+                        .map(|l| l.name)
+                        .unwrap_or_default()
+                }
+                Some(ResourceType::Cluster) => {
+                    xds_api::pb::envoy::config::cluster::v3::Cluster::decode(a.value.as_slice())
+                        .map(|l| l.name)
+                        .unwrap_or_default()
+                }
+                Some(ResourceType::RouteConfiguration) => {
+                    xds_api::pb::envoy::config::route::v3::RouteConfiguration::decode(
+                        a.value.as_slice(),
+                    )
+                    .map(|l| l.name)
+                    .unwrap_or_default()
+                }
+                Some(ResourceType::ClusterLoadAssignment) => {
+                    xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(
+                        a.value.as_slice(),
+                    )
+                    .map(|l| l.cluster_name)
+                    .unwrap_or_default()
+                }
+                _ => String::new(),
+            }
+        })
+        .collect()
+}
+
+fn types(out: &[DiscoveryResponse]) -> Vec<ResourceType> {
+    out.iter()
+        .filter_map(|r| ResourceType::from_type_url(&r.type_url))
+        .collect()
+}
+
+/// Subscribes a sidecar to everything and ACKs; returns the stream.
+fn synced_sidecar(res: &Resources) -> SotwStream {
+    let mut s = SotwStream::new(NodeView::default());
+    for (ty, names) in [
+        (CDS, vec![]),
+        (EDS, vec!["a", "a@v2", "b"]),
+        (LDS, vec![]),
+        (RDS, vec!["egress_8080"]),
+    ] {
+        let out = s.handle_request(&req(ty, &names, "", "", false), Some(res), 0);
+        for r in out {
+            let t = ResourceType::from_type_url(&r.type_url).expect("known");
+            s.handle_request(
+                &req(t, &names_for(&s, t), &r.version_info, &r.nonce, false),
+                Some(res),
+                0,
+            );
+        }
+    }
+    s
+}
+
+fn names_for(s: &SotwStream, t: ResourceType) -> Vec<&'static str> {
+    let st = s.core.state(t).expect("state");
+    if st.sub.wildcard {
+        vec![]
+    } else {
+        st.sub
+            .names
+            .iter()
+            .map(|n| &*Box::leak(n.clone().into_boxed_str()))
+            .collect()
+    }
+}
+
+#[test]
+fn wildcard_lds_gets_egress_only_named_gets_exactly_what_exists() {
+    let res = snap(&[("a", None)]);
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (vec![], vec!["egress_8080"]),
+        (vec!["*"], vec!["egress_8080"]),
+        (vec!["a.example.com"], vec!["a.example.com"]),
+        (
+            vec!["a.example.com:8080", "missing.example.com"],
+            vec!["a.example.com:8080"],
+        ),
+        (
+            vec!["egress_8080", "a.example.com"],
+            vec!["a.example.com", "egress_8080"],
+        ),
+    ];
+    for (asked, want) in cases {
+        let mut s = SotwStream::new(NodeView::default());
+        let out = s.handle_request(&req(LDS, &asked, "", "", false), Some(&res), 0);
+        assert_eq!(out.len(), 1, "{asked:?}");
+        assert_eq!(names_of(&out[0]), want, "{asked:?}");
+    }
+}
+
+#[test]
+fn ack_then_nack_does_not_loop_and_later_good_version_is_sent() {
+    let r1 = snap(&[("a", None)]);
+    let mut s = SotwStream::new(NodeView::default());
+    let out = s.handle_request(&req(CDS, &[], "", "", false), Some(&r1), 0);
+    assert_eq!(out.len(), 1);
+    let v1 = out[0].version_info.clone();
+    // ACK: nothing more.
+    assert!(s
+        .handle_request(&req(CDS, &[], &v1, &out[0].nonce, false), Some(&r1), 0)
+        .is_empty());
+    // New snapshot, NACKed: recorded, not resent.
+    let r2 = snap(&[("a", None), ("b", None)]);
+    let out2 = s.on_snapshot(&r2);
+    assert_eq!(types(&out2), [CDS]);
+    let nack = req(CDS, &[], &v1, &out2[0].nonce, true);
+    assert!(s.handle_request(&nack, Some(&r2), 7).is_empty());
+    assert!(
+        s.on_snapshot(&r2).is_empty(),
+        "same snapshot again: no resend loop"
+    );
+    let rep = s
+        .reports()
+        .into_iter()
+        .find(|r| r.resource_type == CDS)
+        .expect("cds");
+    assert_eq!(rep.status, ResourceStatus::Nacked);
+    assert_eq!(
+        rep.last_nack.map(|n| (n.version, n.at_ms)),
+        Some((out2[0].version_info.clone(), 7))
+    );
+    assert_eq!(rep.last_acked_version, Some(v1));
+    // A different version goes out.
+    let r3 = snap(&[("b", None)]);
+    assert_eq!(types(&s.on_snapshot(&r3)), [CDS]);
+}
+
+#[test]
+fn stale_nonce_is_ignored() {
+    let r1 = snap(&[("a", None)]);
+    let mut s = SotwStream::new(NodeView::default());
+    let out = s.handle_request(&req(RDS, &["grpc_a"], "", "", false), Some(&r1), 0);
+    assert_eq!(out.len(), 1);
+    let stale = req(RDS, &["grpc_a", "egress_8080"], "", "999", false);
+    assert!(s.handle_request(&stale, Some(&r1), 0).is_empty());
+    let fresh = req(RDS, &["grpc_a", "egress_8080"], "", &out[0].nonce, false);
+    let out = s.handle_request(&fresh, Some(&r1), 0);
+    assert_eq!(names_of(&out[0]), ["egress_8080", "grpc_a"]);
+}
+
+#[test]
+fn sotw_reconnect_with_current_version_gets_nothing() {
+    let res = snap(&[("a", None)]);
+    let mut first = SotwStream::new(NodeView::default());
+    let v = first.handle_request(&req(CDS, &[], "", "", false), Some(&res), 0)[0]
+        .version_info
+        .clone();
+    let mut again = SotwStream::new(NodeView::default());
+    assert!(again
+        .handle_request(&req(CDS, &[], &v, "", false), Some(&res), 0)
+        .is_empty());
+    // Something changes: now it is sent.
+    assert_eq!(
+        types(&again.on_snapshot(&snap(&[("a", None), ("b", None)]))),
+        [CDS]
+    );
+    // An old version is answered at once.
+    let mut old = SotwStream::new(NodeView::default());
+    assert_eq!(
+        old.handle_request(&req(CDS, &[], "0000", "", false), Some(&res), 0)
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn requests_before_first_snapshot_are_answered_on_it() {
+    let mut s = SotwStream::new(NodeView::default());
+    assert!(s
+        .handle_request(&req(LDS, &[], "", "", false), None, 0)
+        .is_empty());
+    assert!(s
+        .handle_request(&req(CDS, &[], "", "", false), None, 0)
+        .is_empty());
+    assert_eq!(types(&s.on_snapshot(&snap(&[("a", None)]))), [CDS, LDS]);
+}
+
+#[test]
+fn snapshot_change_is_ordered_cds_eds_lds_rds_and_removal_waits_for_route_ack() {
+    let r1 = snap(&[("a", Some(("v2", 10))), ("b", None)]);
+    let mut s = synced_sidecar(&r1);
+    // Policy a deleted, b gains a canary on another port => new listener, cluster, routes.
+    let r2 = translate(
+        &[
+            policy("b", 8080, Some(("v2", 50)), false),
+            policy("c", 9090, None, false),
+        ],
+        &Weights::new(),
+    );
+    let out = s.on_snapshot(&r2);
+    assert_eq!(types(&out), [CDS, EDS, LDS, RDS]);
+    // a and a@v2 stay: the ACKed routes still point at them.
+    assert_eq!(names_of(&out[0]), ["a", "a@v2", "b", "b@v2", "c"]);
+    // Client ACKs CDS and LDS, then the new routes: now a is dropped from CDS.
+    for r in &out[..3] {
+        let t = ResourceType::from_type_url(&r.type_url).expect("t");
+        let names = names_for(&s, t);
+        assert!(s
+            .handle_request(
+                &req(t, &names, &r.version_info, &r.nonce, false),
+                Some(&r2),
+                0
+            )
+            .is_empty());
+    }
+    let rds = &out[3];
+    let out = s.handle_request(
+        &req(RDS, &["egress_8080"], &rds.version_info, &rds.nonce, false),
+        Some(&r2),
+        0,
+    );
+    assert_eq!(types(&out), [CDS, EDS]);
+    assert_eq!(
+        names_of(&out[0]),
+        ["b", "b@v2", "c"],
+        "full-state CDS omits the removed cluster"
+    );
+    assert_eq!(
+        names_of(&out[1]),
+        ["b"],
+        "EDS carries the requested names that still exist"
+    );
+}
+
+#[test]
+fn node_egress_address_rebinds_egress_listener_only() {
+    use xds_api::pb::google::protobuf::{Struct, Value};
+    let mut node = Node::default();
+    let cases = [
+        ("10.1.2.3", Some("10.1.2.3")),
+        ("not-an-ip", None),
+        ("127.0.0.1", None),
+    ];
+    for (given, want) in cases {
+        node.metadata = Some(Struct {
+            fields: HashMap::from([(
+                EGRESS_ADDRESS_METADATA_KEY.to_owned(),
+                Value {
+                    kind: Some(Kind::StringValue(given.into())),
+                },
+            )]),
+        });
+        assert_eq!(
+            NodeView::from_node(Some(&node)).egress_address.as_deref(),
+            want
+        );
+    }
+    let res = snap(&[("a", None)]);
+    let mut s = SotwStream::new(NodeView {
+        egress_address: Some("10.1.2.3".into()),
+    });
+    let out = s.handle_request(&req(LDS, &[], "", "", false), Some(&res), 0);
+    let shared = res.get(LDS, "egress_8080").expect("egress");
+    use prost::Message;
+    let l = xds_api::pb::envoy::config::listener::v3::Listener::decode(
+        out[0].resources[0].value.as_slice(),
+    )
+    .expect("l");
+    assert_ne!(out[0].resources[0].value, shared.any.value);
+    assert!(format!("{:?}", l.address).contains("10.1.2.3"));
+}
+
+fn dreq(
+    ty: ResourceType,
+    sub: &[&str],
+    unsub: &[&str],
+    nonce: &str,
+    nack: bool,
+) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        type_url: ty.type_url().into(),
+        resource_names_subscribe: sub.iter().map(|s| s.to_string()).collect(),
+        resource_names_unsubscribe: unsub.iter().map(|s| s.to_string()).collect(),
+        response_nonce: nonce.into(),
+        error_detail: nack.then(|| Status {
+            code: 3,
+            message: "bad".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn dnames(r: &DeltaDiscoveryResponse) -> (Vec<String>, Vec<String>) {
+    (
+        r.resources.iter().map(|x| x.name.clone()).collect(),
+        r.removed_resources.clone(),
+    )
+}
+
+#[test]
+fn delta_subscribe_unknown_unsubscribe_ack_nack() {
+    let r1 = snap(&[("a", None)]);
+    let mut d = DeltaStream::new(NodeView::default());
+    let out = d.handle_request(&dreq(EDS, &["a", "zzz"], &[], "", false), Some(&r1), 0);
+    assert_eq!(
+        dnames(&out[0]),
+        (vec!["a".into()], vec!["zzz".into()]),
+        "unknown names are reported removed"
+    );
+    assert!(d
+        .handle_request(&dreq(EDS, &[], &[], &out[0].nonce, false), Some(&r1), 0)
+        .is_empty());
+    // Unsubscribe: no response, and later changes to it are not sent.
+    assert!(d
+        .handle_request(&dreq(EDS, &[], &["a"], "", false), Some(&r1), 0)
+        .is_empty());
+    let r2 = translate(&[policy("a", 8080, None, true)], &Weights::new());
+    assert!(d.on_snapshot(&r2).is_empty());
+    // NACK: not resent, a later version is.
+    let out = d.handle_request(&dreq(CDS, &[], &[], "", false), Some(&r1), 0);
+    assert_eq!(dnames(&out[0]).0, ["a"]);
+    let out = d.on_snapshot(&r2);
+    assert_eq!(dnames(&out[0]).0, ["a"]);
+    assert!(d
+        .handle_request(&dreq(CDS, &[], &[], &out[0].nonce, true), Some(&r2), 0)
+        .is_empty());
+    assert!(d.on_snapshot(&r2).is_empty());
+    assert_eq!(dnames(&d.on_snapshot(&r1)[0]).0, ["a"]);
+}
+
+#[test]
+fn delta_reconnect_with_initial_versions_and_removal() {
+    let r1 = snap(&[("a", None), ("b", None)]);
+    let mut first = DeltaStream::new(NodeView::default());
+    let out = first.handle_request(&dreq(CDS, &[], &[], "", false), Some(&r1), 0);
+    let have: HashMap<String, String> = out[0]
+        .resources
+        .iter()
+        .map(|r| (r.name.clone(), r.version.clone()))
+        .collect();
+    // b changed (grpc => http2) meanwhile, a did not; c is gone from the client's view.
+    let r2 = translate(
+        &[
+            policy("a", 8080, None, false),
+            policy("b", 8080, None, true),
+        ],
+        &Weights::new(),
+    );
+    let mut again = DeltaStream::new(NodeView::default());
+    let mut rq = dreq(CDS, &[], &[], "", false);
+    rq.initial_resource_versions = have;
+    rq.initial_resource_versions
+        .insert("gone".into(), "x".into());
+    let out = again.handle_request(&rq, Some(&r2), 0);
+    assert_eq!(dnames(&out[0]), (vec!["b".into()], vec!["gone".into()]));
+    // Policy delete on a wildcard delta stream without routes in use: removed.
+    again.handle_request(&dreq(CDS, &[], &[], &out[0].nonce, false), Some(&r2), 0);
+    let r3 = snap(&[("b", None)]);
+    let out = again.on_snapshot(&r3);
+    assert_eq!(dnames(&out[0]).1, ["a"]);
+}
+
+#[test]
+fn delta_wildcard_lds_excludes_api_listeners() {
+    let res = snap(&[("a", None)]);
+    let mut d = DeltaStream::new(NodeView::default());
+    let out = d.handle_request(&dreq(LDS, &[], &[], "", false), Some(&res), 0);
+    assert_eq!(dnames(&out[0]).0, ["egress_8080"]);
+    let mut g = DeltaStream::new(NodeView::default());
+    let out = g.handle_request(
+        &dreq(LDS, &["a.example.com"], &[], "", false),
+        Some(&res),
+        0,
+    );
+    assert_eq!(dnames(&out[0]).0, ["a.example.com"]);
+}

@@ -1,0 +1,337 @@
+//! The tonic services: ADS (SotW and delta) and CSDS.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use xds_api::pb::envoy::admin::v3::UpdateFailureState;
+use xds_api::pb::envoy::config::core::v3::Node;
+use xds_api::pb::envoy::service::discovery::v3::{
+    aggregated_discovery_service_server::{
+        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+    },
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use xds_api::pb::envoy::service::status::v3::{
+    client_config::GenericXdsConfig,
+    client_status_discovery_service_server::{
+        ClientStatusDiscoveryService, ClientStatusDiscoveryServiceServer,
+    },
+    ClientConfig, ClientConfigStatus, ClientStatusRequest, ClientStatusResponse, ConfigStatus,
+};
+
+use crate::protocol::{DeltaStream, NodeView, ResourceStatus, SotwStream};
+use crate::registry::{now_ms, Machine, Registry};
+use crate::resources::Resources;
+use crate::snapshot::Subscriber;
+
+/// Responses buffered per stream. Small on purpose: an idle stream costs
+/// little, and a slow client applies backpressure to its own task only.
+const STREAM_BUFFER: usize = 2;
+
+/// The ADS and CSDS server.
+#[derive(Clone, Debug)]
+pub struct Server {
+    subscriber: Subscriber,
+    registry: Registry,
+    shutdown: CancellationToken,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+impl Server {
+    /// A server reading snapshots from `subscriber`, recording streams in
+    /// `registry`, and ending every stream when `shutdown` is cancelled.
+    pub fn new(subscriber: Subscriber, registry: Registry, shutdown: CancellationToken) -> Self {
+        Server {
+            subscriber,
+            registry,
+            shutdown,
+        }
+    }
+
+    /// The ADS gRPC service, to add to a `tonic::transport::Server`.
+    pub fn ads_service(&self) -> AggregatedDiscoveryServiceServer<Server> {
+        AggregatedDiscoveryServiceServer::new(self.clone())
+    }
+
+    /// The CSDS gRPC service, to add to a `tonic::transport::Server`.
+    pub fn csds_service(&self) -> ClientStatusDiscoveryServiceServer<Server> {
+        ClientStatusDiscoveryServiceServer::new(self.clone())
+    }
+
+    /// The registry of connected streams.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    fn client_status(&self, req: &ClientStatusRequest) -> ClientStatusResponse {
+        let config = self
+            .registry
+            .slots()
+            .iter()
+            .map(|slot| ClientConfig {
+                node: Some(slot.node.clone()),
+                generic_xds_configs: Registry::known_resources(slot)
+                    .into_iter()
+                    .map(|k| {
+                        let (config_status, client_status) = match k.status {
+                            ResourceStatus::NotSent => {
+                                (ConfigStatus::NotSent, ClientConfigStatus::ClientUnknown)
+                            }
+                            ResourceStatus::Sent => {
+                                (ConfigStatus::Stale, ClientConfigStatus::ClientRequested)
+                            }
+                            ResourceStatus::Acked => {
+                                (ConfigStatus::Synced, ClientConfigStatus::ClientAcked)
+                            }
+                            ResourceStatus::Nacked => {
+                                (ConfigStatus::Error, ClientConfigStatus::ClientNacked)
+                            }
+                        };
+                        let error_state = (k.status == ResourceStatus::Nacked).then(|| {
+                            let reports = match &*slot.machine() {
+                                Machine::Sotw(s) => crate::protocol::StreamState::reports(s),
+                                Machine::Delta(d) => crate::protocol::StreamState::reports(d),
+                            };
+                            let nack = reports
+                                .into_iter()
+                                .find(|r| r.resource_type == k.resource_type)
+                                .and_then(|r| r.last_nack);
+                            UpdateFailureState {
+                                details: nack
+                                    .as_ref()
+                                    .map(|n| n.message.clone())
+                                    .unwrap_or_default(),
+                                version_info: nack.map(|n| n.version).unwrap_or_default(),
+                                ..Default::default()
+                            }
+                        });
+                        GenericXdsConfig {
+                            type_url: k.resource_type.type_url().to_owned(),
+                            name: k.name,
+                            version_info: k.version,
+                            xds_config: if req.exclude_resource_contents {
+                                None
+                            } else {
+                                k.entry.map(|e| e.any.clone())
+                            },
+                            config_status: config_status as i32,
+                            client_status: client_status as i32,
+                            error_state,
+                            ..Default::default()
+                        }
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .collect();
+        ClientStatusResponse { config }
+    }
+}
+
+/// How one ADS variant plugs into the shared stream loop.
+struct Variant<Req, Resp> {
+    name: &'static str,
+    node: fn(&Req) -> Option<&Node>,
+    make: fn(NodeView) -> Machine,
+    handle: fn(&mut Machine, &Req, Option<&Resources>, u64) -> Vec<Resp>,
+    snapshot: fn(&mut Machine, &Resources) -> Vec<Resp>,
+}
+
+const SOTW: Variant<DiscoveryRequest, DiscoveryResponse> = Variant {
+    name: "sotw",
+    node: |r| r.node.as_ref(),
+    make: |n| Machine::Sotw(SotwStream::new(n)),
+    handle: |m, r, res, now| match m {
+        Machine::Sotw(s) => s.handle_request(r, res, now),
+        Machine::Delta(_) => Vec::new(),
+    },
+    snapshot: |m, res| match m {
+        Machine::Sotw(s) => s.on_snapshot(res),
+        Machine::Delta(_) => Vec::new(),
+    },
+};
+
+const DELTA: Variant<DeltaDiscoveryRequest, DeltaDiscoveryResponse> = Variant {
+    name: "delta",
+    node: |r| r.node.as_ref(),
+    make: |n| Machine::Delta(DeltaStream::new(n)),
+    handle: |m, r, res, now| match m {
+        Machine::Delta(d) => d.handle_request(r, res, now),
+        Machine::Sotw(_) => Vec::new(),
+    },
+    snapshot: |m, res| match m {
+        Machine::Delta(d) => d.on_snapshot(res),
+        Machine::Sotw(_) => Vec::new(),
+    },
+};
+
+impl Server {
+    fn spawn_stream<Req, Resp>(
+        &self,
+        inbound: Streaming<Req>,
+        variant: Variant<Req, Resp>,
+    ) -> BoxStream<Resp>
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let server = self.clone();
+        tokio::spawn(async move { server.run_stream(inbound, tx, variant).await });
+        Box::pin(ReceiverStream::new(rx))
+    }
+
+    async fn run_stream<Req, Resp>(
+        self,
+        mut inbound: Streaming<Req>,
+        tx: mpsc::Sender<Result<Resp, Status>>,
+        variant: Variant<Req, Resp>,
+    ) where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+    {
+        let mut snapshots = self.subscriber.receiver();
+        let mut registration = None;
+        loop {
+            let out = tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                msg = inbound.message() => match msg {
+                    Ok(Some(req)) => {
+                        let reg = registration.get_or_insert_with(|| {
+                            let node = (variant.node)(&req).cloned().unwrap_or_default();
+                            let view = NodeView::from_node(Some(&node));
+                            tracing::debug!(node = %node.id, variant = variant.name, "xds stream opened");
+                            self.registry.register(node, variant.name, (variant.make)(view))
+                        });
+                        let snap = snapshots.borrow_and_update().clone();
+                        let res = (snap.generation > 0).then_some(&*snap.resources);
+                        let out = (variant.handle)(&mut reg.slot.machine(), &req, res, now_ms());
+                        out
+                    }
+                    Ok(None) => {
+                        tracing::debug!(variant = variant.name, "xds client closed its stream");
+                        break;
+                    }
+                    Err(status) => {
+                        // Hang-ups surface as errors from the transport; they are routine.
+                        tracing::debug!(variant = variant.name, %status, "xds stream ended");
+                        break;
+                    }
+                },
+                changed = snapshots.changed(), if registration.is_some() => {
+                    if changed.is_err() {
+                        tracing::debug!("snapshot publisher gone; closing xds stream");
+                        break;
+                    }
+                    let snap = snapshots.borrow_and_update().clone();
+                    match (&registration, snap.generation) {
+                        (Some(reg), g) if g > 0 => (variant.snapshot)(&mut reg.slot.machine(), &snap.resources),
+                        _ => Vec::new(),
+                    }
+                }
+            };
+            if !self.send_all(&tx, out).await {
+                break;
+            }
+        }
+        drop(registration);
+    }
+
+    async fn send_all<Resp>(
+        &self,
+        tx: &mpsc::Sender<Result<Resp, Status>>,
+        out: Vec<Resp>,
+    ) -> bool {
+        for r in out {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return false,
+                sent = tx.send(Ok(r)) => if sent.is_err() {
+                    tracing::debug!("xds client went away");
+                    return false;
+                },
+            }
+        }
+        true
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Server {
+    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        Ok(Response::new(self.spawn_stream(request.into_inner(), SOTW)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Ok(Response::new(
+            self.spawn_stream(request.into_inner(), DELTA),
+        ))
+    }
+}
+
+#[tonic::async_trait]
+impl ClientStatusDiscoveryService for Server {
+    type StreamClientStatusStream = BoxStream<ClientStatusResponse>;
+
+    async fn stream_client_status(
+        &self,
+        request: Request<Streaming<ClientStatusRequest>>,
+    ) -> Result<Response<Self::StreamClientStatusStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let server = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let req = tokio::select! {
+                    _ = server.shutdown.cancelled() => break,
+                    msg = inbound.message() => match msg {
+                        Ok(Some(req)) => req,
+                        Ok(None) | Err(_) => break,
+                    },
+                };
+                if tx.send(Ok(server.client_status(&req))).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn fetch_client_status(
+        &self,
+        request: Request<ClientStatusRequest>,
+    ) -> Result<Response<ClientStatusResponse>, Status> {
+        Ok(Response::new(self.client_status(request.get_ref())))
+    }
+}
+
+/// Serves ADS and CSDS on `listener` until `shutdown` is cancelled.
+///
+/// The incoming stream sets `TCP_NODELAY`: tonic only does that on sockets
+/// it binds itself, and without it small xDS responses wait ~40 ms for Nagle.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    server: Server,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
+        .expect("a bound listener converts to an incoming stream");
+    tonic::transport::Server::builder()
+        .add_service(server.ads_service())
+        .add_service(server.csds_service())
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await
+}

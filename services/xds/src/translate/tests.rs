@@ -1,0 +1,330 @@
+use super::*;
+use prost::Message;
+use serde_json::json;
+use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
+
+pub(crate) fn policy(name: &str, port: u32, canary: Option<(&str, u32)>, grpc: bool) -> Policy {
+    let routes = match canary {
+        Some((v, w)) => json!([
+            {"name": "api", "match": {"pathPrefix": "/api", "headers": [{"name": "x-t", "exact": "1"}]},
+             "canary": {"version": v, "weight": w}},
+            {"name": "plain", "match": {"pathPrefix": "/plain"}}
+        ]),
+        None => json!([]),
+    };
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "host": format!("{name}.example.com"),
+            "port": port,
+            "protocol": if grpc { "grpc" } else { "http" },
+            "zones": [
+                {"name": "z1", "region": "r1", "weight": 70, "endpoints": [
+                    {"address": "10.0.0.1", "port": 80, "version": "v1"},
+                    {"address": "10.0.0.2", "port": 80, "version": "v2"}]},
+                {"name": "z2", "weight": 30, "endpoints": [
+                    {"address": "svc.internal", "port": 81, "version": "v1"}]}
+            ],
+            "routes": routes
+        }
+    }))
+    .expect("fixture policy")
+}
+
+fn decode<M: Message + Default>(r: &Resources, ty: ResourceType, name: &str) -> M {
+    let e = r.get(ty, name).unwrap_or_else(|| panic!("{name} missing"));
+    M::decode(e.any.value.as_slice()).expect("decodes")
+}
+
+fn names(r: &Resources, ty: ResourceType) -> Vec<String> {
+    r.iter(ty).map(|e| e.name.to_string()).collect()
+}
+
+#[test]
+fn names_per_type() {
+    let r = translate(
+        &[
+            policy("a", 8080, Some(("v2", 10)), false),
+            policy("b", 9090, None, false),
+        ],
+        &Weights::new(),
+    );
+    assert_eq!(names(&r, ResourceType::Cluster), ["a", "a@v2", "b"]);
+    assert_eq!(
+        names(&r, ResourceType::ClusterLoadAssignment),
+        ["a", "a@v2", "b"]
+    );
+    assert_eq!(
+        names(&r, ResourceType::Listener),
+        [
+            "a.example.com",
+            "a.example.com:8080",
+            "b.example.com",
+            "b.example.com:9090",
+            "egress_8080",
+            "egress_9090"
+        ]
+    );
+    assert_eq!(
+        names(&r, ResourceType::RouteConfiguration),
+        ["egress_8080", "egress_9090", "grpc_a", "grpc_b"]
+    );
+    let wildcard: Vec<_> = r
+        .iter(ResourceType::Listener)
+        .filter(|e| e.wildcard)
+        .map(|e| e.name.to_string())
+        .collect();
+    assert_eq!(wildcard, ["egress_8080", "egress_9090"]);
+    assert_eq!(
+        r.get(ResourceType::RouteConfiguration, "egress_8080")
+            .map(|e| e.refs.len()),
+        Some(2)
+    );
+}
+
+#[test]
+fn load_assignments_split_versions_and_apply_weights() {
+    let p = policy("a", 8080, Some(("v2", 10)), false);
+    // (weights, cluster, expected [(zone, region, weight, endpoints)])
+    let mut failover = Weights::new();
+    failover.insert(
+        "a".into(),
+        BTreeMap::from([("z1".into(), 0), ("z2".into(), 100)]),
+    );
+    type Row<'a> = (&'a str, &'a str, u32, Vec<&'a str>);
+    let cases: Vec<(Weights, &str, Vec<Row<'_>>)> = vec![
+        (
+            Weights::new(),
+            "a",
+            vec![
+                ("z1", "r1", 70, vec!["10.0.0.1"]),
+                ("z2", "", 30, vec!["svc.internal"]),
+            ],
+        ),
+        (
+            Weights::new(),
+            "a@v2",
+            vec![("z1", "r1", 70, vec!["10.0.0.2"])],
+        ),
+        (
+            failover.clone(),
+            "a",
+            vec![("z2", "", 100, vec!["svc.internal"])],
+        ),
+        (failover, "a@v2", vec![]),
+    ];
+    for (w, cluster, want) in cases {
+        let r = translate(std::slice::from_ref(&p), &w);
+        let cla: ClusterLoadAssignment = decode(&r, ResourceType::ClusterLoadAssignment, cluster);
+        let got: Vec<Row<'_>> = cla
+            .endpoints
+            .iter()
+            .map(|l| {
+                let loc = l.locality.clone().unwrap_or_default();
+                let addrs = l
+                    .lb_endpoints
+                    .iter()
+                    .map(|e| match &e.host_identifier {
+                        Some(lb_endpoint::HostIdentifier::Endpoint(ep)) => {
+                            match ep.address.as_ref().and_then(|a| a.address.as_ref()) {
+                                Some(address::Address::SocketAddress(s)) => {
+                                    if s.address == "10.0.0.1" {
+                                        "10.0.0.1"
+                                    } else if s.address == "10.0.0.2" {
+                                        "10.0.0.2"
+                                    } else {
+                                        "svc.internal"
+                                    }
+                                }
+                                _ => "?",
+                            }
+                        }
+                        _ => "?",
+                    })
+                    .collect();
+                (
+                    if loc.zone == "z1" { "z1" } else { "z2" },
+                    if loc.region == "r1" { "r1" } else { "" },
+                    l.load_balancing_weight.map(|w| w.value).unwrap_or(0),
+                    addrs,
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "cluster {cluster}");
+    }
+}
+
+#[test]
+fn clusters_are_eds_over_ads_and_grpc_uses_http2() {
+    for (grpc, h2) in [(false, false), (true, true)] {
+        let r = translate(&[policy("a", 80, None, grpc)], &Weights::new());
+        let c: Cluster = decode(&r, ResourceType::Cluster, "a");
+        assert_eq!(
+            c.cluster_discovery_type,
+            Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32))
+        );
+        assert_eq!(c.eds_cluster_config.and_then(|e| e.eds_config), Some(ads()));
+        assert!(matches!(
+            c.common_lb_config.and_then(|l| l.locality_config_specifier),
+            Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+        ));
+        #[allow(deprecated)]
+        let has_h2 = c.http2_protocol_options.is_some();
+        assert_eq!(has_h2, h2);
+    }
+}
+
+fn route_of(r: &Resources, name: &str) -> Vec<Route> {
+    let rc: RouteConfiguration = decode(r, ResourceType::RouteConfiguration, name);
+    rc.virtual_hosts[0].routes.clone()
+}
+
+#[test]
+fn canary_routes_split_and_mark() {
+    // (canary weight, expected weighted entries [(cluster, weight, adds header, removes)])
+    type Split<'a> = (&'a str, u32, bool, Vec<&'a str>);
+    let cases: Vec<(u32, Vec<Split<'_>>)> = vec![
+        (
+            10,
+            vec![
+                ("a@v2", 10, true, vec![]),
+                ("a", 90, false, vec![DEFAULT_HEADER]),
+            ],
+        ),
+        (100, vec![("a@v2", 100, true, vec![])]),
+        (0, vec![("a", 100, false, vec![DEFAULT_HEADER])]),
+    ];
+    const DEFAULT_HEADER: &str = meridian_policy::DEFAULT_CANARY_HEADER;
+    for (w, want) in cases {
+        let r = translate(&[policy("a", 80, Some(("v2", w)), false)], &Weights::new());
+        let routes = route_of(&r, "grpc_a");
+        assert_eq!(routes.len(), 3, "two policy routes and the default");
+        let Some(route::Action::Route(RouteAction {
+            cluster_specifier: Some(ClusterSpecifier::WeightedClusters(wc)),
+            ..
+        })) = &routes[0].action
+        else {
+            panic!("weighted clusters expected");
+        };
+        let got: Vec<Split<'_>> = wc
+            .clusters
+            .iter()
+            .map(|c| {
+                let add = c.request_headers_to_add.iter().any(|h| {
+                    h.append_action == HeaderAppendAction::OverwriteIfExistsOrAdd as i32
+                        && h.header
+                            .as_ref()
+                            .is_some_and(|v| v.key == DEFAULT_HEADER && v.value == "true")
+                });
+                let name = if c.name == "a" { "a" } else { "a@v2" };
+                (
+                    name,
+                    c.weight.map(|x| x.value).unwrap_or(0),
+                    add,
+                    c.request_headers_to_remove
+                        .iter()
+                        .map(|_| DEFAULT_HEADER)
+                        .collect(),
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "weight {w}");
+        assert_eq!(routes[0].r#match.as_ref().map(|m| m.headers.len()), Some(1));
+        // Non-canary routes strip the marker, even a spoofed one.
+        for r in &routes[1..] {
+            assert_eq!(r.request_headers_to_remove, vec![DEFAULT_HEADER.to_owned()]);
+        }
+        assert_eq!(
+            routes[2]
+                .r#match
+                .as_ref()
+                .and_then(|m| m.path_specifier.clone()),
+            Some(PathSpecifier::Prefix("/".into()))
+        );
+    }
+}
+
+#[test]
+fn listeners_point_at_their_routes() {
+    let r = translate(&[policy("a", 8080, None, true)], &Weights::new());
+    let l: Listener = decode(&r, ResourceType::Listener, "egress_8080");
+    let Some(address::Address::SocketAddress(s)) = l.address.and_then(|a| a.address) else {
+        panic!()
+    };
+    assert_eq!(
+        (s.address.as_str(), s.port_specifier),
+        (
+            "127.0.0.1",
+            Some(socket_address::PortSpecifier::PortValue(8080))
+        )
+    );
+    let Some(filter::ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type
+    else {
+        panic!()
+    };
+    let h = HttpConnectionManager::decode(any.value.as_slice()).expect("hcm");
+    assert!(
+        matches!(h.route_specifier, Some(RouteSpecifier::Rds(ref rds)) if rds.route_config_name == "egress_8080")
+    );
+    for name in ["a.example.com", "a.example.com:8080"] {
+        let l: Listener = decode(&r, ResourceType::Listener, name);
+        let any = l
+            .api_listener
+            .and_then(|a| a.api_listener)
+            .expect("api listener");
+        let h = HttpConnectionManager::decode(any.value.as_slice()).expect("hcm");
+        assert!(
+            matches!(h.route_specifier, Some(RouteSpecifier::Rds(ref rds)) if rds.route_config_name == "grpc_a")
+        );
+        let Some(http_filter::ConfigType::TypedConfig(router)) = &h.http_filters[0].config_type
+        else {
+            panic!()
+        };
+        assert_eq!(
+            router.type_url,
+            "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+        );
+    }
+}
+
+#[test]
+fn output_is_deterministic_and_order_independent() {
+    let a = policy("a", 80, Some(("v2", 5)), false);
+    let b = policy("b", 80, None, false);
+    let r1 = translate(&[a.clone(), b.clone()], &Weights::new());
+    let r2 = translate(&[b, a], &Weights::new());
+    assert_eq!(r1, r2);
+}
+
+#[test]
+fn render_is_typed_json_and_filters() {
+    let v = render(
+        &[policy("a", 80, None, false), policy("b", 80, None, false)],
+        &Weights::new(),
+        Some("a"),
+    );
+    assert_eq!(v["clusters"].as_array().map(Vec::len), Some(1));
+    assert_eq!(v["clusters"][0]["name"], "a");
+    assert!(v["listeners"].as_array().is_some_and(|l| l.len() == 3));
+}
+
+#[test]
+#[ignore = "performance; run with --release -- --ignored"]
+fn perf_15k_policies() {
+    let policies: Vec<Policy> = (0..15_000)
+        .map(|i| {
+            policy(
+                &format!("p{i}"),
+                8000 + (i % 4),
+                Some(("v2", 10)),
+                i % 2 == 0,
+            )
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    let r = translate(&policies, &Weights::new());
+    let took = start.elapsed();
+    eprintln!("translate 15k policies: {took:?}");
+    assert_eq!(r.len(ResourceType::Cluster), 30_000);
+    assert!(took < std::time::Duration::from_secs(3));
+}

@@ -1,0 +1,50 @@
+//! HTTP backends that stand for a zone's endpoints: each answers any
+//! request with its zone, its version and the request headers it got, so
+//! tests can count where traffic went and what it carried.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Json;
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+
+pub struct Backend {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Backend {
+    /// Serves on `ip:port` (port 0 picks one). Use a distinct loopback
+    /// address per zone (127.0.0.2, 127.0.0.3, ...) to tell zones apart.
+    pub async fn start(ip: &str, port: u16, zone: &str, version: &str) -> Backend {
+        let listener = tokio::net::TcpListener::bind((ip, port))
+            .await
+            .unwrap_or_else(|e| panic!("bind backend {ip}:{port}: {e}"));
+        let addr = listener.local_addr().unwrap();
+        let who = json!({"zone": zone, "version": version, "addr": addr.to_string()});
+        let app = axum::Router::new().fallback(answer).with_state(who);
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.ok();
+        });
+        Backend { addr, task }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn answer(State(who): State<Value>, headers: HeaderMap) -> Json<Value> {
+    let headers: BTreeMap<String, String> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let mut body = who;
+    body["headers"] = json!(headers);
+    Json(body)
+}

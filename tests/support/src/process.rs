@@ -1,0 +1,108 @@
+//! The real `meridian` binary as a child process: what an operator runs,
+//! with the addresses it prints read back from its standard output.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub struct Meridian {
+    child: Child,
+    /// `http://127.0.0.1:PORT` of the REST API.
+    pub api: String,
+    /// Port of the xDS server on 127.0.0.1.
+    pub xds_port: u16,
+}
+
+impl Meridian {
+    /// Starts `meridian serve` on `database_url` with every role, on free
+    /// loopback ports, and waits until it is ready.
+    pub async fn start(bin: &Path, database_url: &str) -> Meridian {
+        let mut child = Command::new(bin)
+            .args([
+                "serve",
+                "--api-addr",
+                "127.0.0.1:0",
+                "--xds-addr",
+                "127.0.0.1:0",
+            ])
+            .args(["--xds-debounce-ms", "20"])
+            .env("DATABASE_URL", database_url)
+            .env("MERIDIAN_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start meridian serve");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut api, mut xds_port) = (None, None);
+        let started = tokio::time::timeout(Duration::from_secs(60), async {
+            while api.is_none() || xds_port.is_none() {
+                let line = lines
+                    .next_line()
+                    .await
+                    .unwrap()
+                    .expect("meridian exited before listening");
+                let addr = line
+                    .split_whitespace()
+                    .last()
+                    .unwrap_or_default()
+                    .to_owned();
+                if line.starts_with("Meridian API listening on") {
+                    api = Some(addr);
+                } else if line.starts_with("Meridian xDS listening on") {
+                    xds_port = addr.rsplit(':').next().and_then(|p| p.parse().ok());
+                }
+            }
+        })
+        .await;
+        assert!(
+            started.is_ok(),
+            "meridian did not print its addresses within 60 s"
+        );
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let m = Meridian {
+            child,
+            api: api.unwrap(),
+            xds_port: xds_port.unwrap(),
+        };
+        m.wait_ready().await;
+        m
+    }
+
+    async fn wait_ready(&self) {
+        let url = format!("{}/readyz", self.api);
+        for _ in 0..300 {
+            if reqwest::get(&url)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("meridian at {} not ready within 30 s", self.api);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.api)
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+        assert!(
+            matches!(status, Ok(Ok(s)) if s.success()),
+            "meridian did not exit cleanly: {status:?}"
+        );
+    }
+}
