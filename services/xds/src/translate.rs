@@ -123,8 +123,8 @@ pub fn grpc_route_name(policy: &str) -> String {
 /// Typed resources, before encoding.
 #[derive(Debug, Default)]
 struct Typed {
-    /// (listener, is egress, egress port)
-    listeners: Vec<(Listener, Option<u32>)>,
+    /// (listener, egress port if a sidecar egress listener, route config it uses)
+    listeners: Vec<(Listener, Option<u32>, String)>,
     routes: Vec<(RouteConfiguration, Vec<String>)>,
     clusters: Vec<Cluster>,
     assignments: Vec<ClusterLoadAssignment>,
@@ -134,10 +134,11 @@ struct Typed {
 pub fn translate(policies: &[Policy], weights: &Weights) -> Resources {
     let typed = build(policies, weights);
     let mut out = Resources::new();
-    for (l, egress_port) in typed.listeners {
+    for (l, egress_port, route) in typed.listeners {
         let mut e = Entry::new(l.name.clone(), encode(&l, ResourceType::Listener));
         e.wildcard = egress_port.is_some();
         e.egress_port = egress_port;
+        e.refs = Box::new([Arc::from(route)]);
         out.insert(ResourceType::Listener, e);
     }
     for (r, refs) in typed.routes {
@@ -176,14 +177,37 @@ pub fn render(policies: &[Policy], weights: &Weights, policy_filter: Option<&str
         .cloned()
         .collect();
     let typed = build(&selected, weights);
-    let to_json =
-        |v: Result<Value, serde_json::Error>| v.unwrap_or_else(|e| json!({"error": e.to_string()}));
+    let to_json = |v: Result<Value, serde_json::Error>| {
+        let mut v = v.unwrap_or_else(|e| json!({"error": e.to_string()}));
+        drop_empty_any_values(&mut v);
+        v
+    };
     json!({
-        "listeners": typed.listeners.iter().map(|(l, _)| to_json(serde_json::to_value(l))).collect::<Vec<_>>(),
+        "listeners": typed.listeners.iter().map(|(l, _, _)| to_json(serde_json::to_value(l))).collect::<Vec<_>>(),
         "routeConfigurations": typed.routes.iter().map(|(r, _)| to_json(serde_json::to_value(r))).collect::<Vec<_>>(),
         "clusters": typed.clusters.iter().map(|c| to_json(serde_json::to_value(c))).collect::<Vec<_>>(),
         "clusterLoadAssignments": typed.assignments.iter().map(|a| to_json(serde_json::to_value(a))).collect::<Vec<_>>(),
     })
+}
+
+/// pbjson prints an `Any` whose type it cannot expand as `{"@type", "value": [bytes]}`.
+/// For an empty message (the router filter's config) that `value` is `[]`,
+/// which Envoy's JSON loader rejects; an empty message is just its `@type`.
+fn drop_empty_any_values(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            if map.contains_key("@type")
+                && map
+                    .get("value")
+                    .is_some_and(|x| x.as_array().is_some_and(Vec::is_empty))
+            {
+                map.remove("value");
+            }
+            map.values_mut().for_each(drop_empty_any_values);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_empty_any_values),
+        _ => {}
+    }
 }
 
 fn encode<M: Message>(m: &M, ty: ResourceType) -> Any {
@@ -278,7 +302,7 @@ fn build(policies: &[Policy], weights: &Weights) -> Typed {
         ] {
             typed
                 .listeners
-                .push((api_listener(&lname, &grpc_route), None));
+                .push((api_listener(&lname, &grpc_route), None, grpc_route.clone()));
         }
         typed.routes.push((
             RouteConfiguration {
@@ -294,9 +318,11 @@ fn build(policies: &[Policy], weights: &Weights) -> Typed {
         slot.1.extend(refs);
     }
     for (port, (vhosts, refs)) in egress {
-        typed
-            .listeners
-            .push((egress_listener(port, DEFAULT_EGRESS_ADDRESS), Some(port)));
+        typed.listeners.push((
+            egress_listener(port, DEFAULT_EGRESS_ADDRESS),
+            Some(port),
+            egress_name(port),
+        ));
         typed.routes.push((
             RouteConfiguration {
                 name: egress_name(port),
@@ -531,6 +557,7 @@ pub(crate) fn egress_entry(port: u32, bind_address: &str) -> Entry {
     let l = egress_listener(port, bind_address);
     let mut e = Entry::new(l.name.clone(), encode(&l, ResourceType::Listener));
     e.egress_port = Some(port);
+    e.refs = Box::new([Arc::from(egress_name(port))]);
     e
 }
 

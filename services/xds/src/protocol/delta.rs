@@ -52,6 +52,8 @@ impl DeltaStream {
         }
         let rds_acked =
             ty == ResourceType::RouteConfiguration && matches!(outcome, AckOutcome::Ack);
+        // A listener removal the client accepted may release its routes' clusters.
+        let lds_acked = ty == ResourceType::Listener && matches!(outcome, AckOutcome::Ack);
 
         let st = self.core.types[ty.index()].get_or_insert_with(TypeState::default);
         let before = st.sub.clone();
@@ -106,7 +108,7 @@ impl DeltaStream {
         for t in ResourceType::PUSH_ORDER {
             let resp = if t == ty {
                 self.build(t, res, &newly, first_wildcard)
-            } else if (rds_acked || rds_sub_changed)
+            } else if (rds_acked || lds_acked || rds_sub_changed)
                 && matches!(
                     t,
                     ResourceType::Cluster | ResourceType::ClusterLoadAssignment

@@ -239,8 +239,11 @@ impl Core {
         self.acked_routes.retain(|n, _| sub.covers(n));
     }
 
+    /// Whether a route the client may still be using references `cluster`.
     fn referenced(&self, cluster: &str) -> bool {
-        let hit = |e: &Entry| e.refs.binary_search_by(|r| (**r).cmp(cluster)).is_ok();
+        let hit = |e: &Entry| {
+            self.route_in_use(&e.name) && e.refs.binary_search_by(|r| (**r).cmp(cluster)).is_ok()
+        };
         if self.acked_routes.values().any(|e| hit(e)) {
             return true;
         }
@@ -250,6 +253,21 @@ impl Core {
                     .values()
                     .any(|k| k.entry.as_deref().is_some_and(hit))
             })
+    }
+
+    /// A route config is in use while a listener this client holds names it.
+    /// Without this, a route whose listener was removed (its policy deleted)
+    /// is never superseded by an ACKed replacement, and would pin its
+    /// clusters forever. A stream with no LDS state (RDS only) keeps all.
+    fn route_in_use(&self, route: &str) -> bool {
+        let Some(lds) = self.state(ResourceType::Listener) else {
+            return true;
+        };
+        lds.known.values().any(|k| {
+            k.entry
+                .as_deref()
+                .is_some_and(|l| l.refs.iter().any(|r| &**r == route))
+        })
     }
 
     /// What the subscription selects from a snapshot, for this node, plus

@@ -56,6 +56,8 @@ impl SotwStream {
         }
         let rds_acked =
             ty == ResourceType::RouteConfiguration && matches!(outcome, AckOutcome::Ack);
+        // A listener removal the client accepted may release its routes' clusters.
+        let lds_acked = ty == ResourceType::Listener && matches!(outcome, AckOutcome::Ack);
 
         let st = self.core.types[ty.index()].get_or_insert_with(TypeState::default);
         let new_sub = next_subscription(exists.then_some(&st.sub), &req.resource_names);
@@ -76,7 +78,7 @@ impl SotwStream {
         for t in ResourceType::PUSH_ORDER {
             let resp = if t == ty {
                 self.build(t, res, sub_changed && t.is_full_state())
-            } else if (rds_acked || rds_sub_changed)
+            } else if (rds_acked || lds_acked || rds_sub_changed)
                 && matches!(
                     t,
                     ResourceType::Cluster | ResourceType::ClusterLoadAssignment

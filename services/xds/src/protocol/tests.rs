@@ -420,3 +420,40 @@ fn delta_wildcard_lds_excludes_api_listeners() {
     );
     assert_eq!(dnames(&out[0]).0, ["a.example.com"]);
 }
+
+#[test]
+fn deleting_the_last_policy_on_a_port_removes_listener_then_clusters() {
+    let r1 = snap(&[("a", Some(("v2", 10)))]);
+    let mut s = synced_sidecar(&r1);
+    let r2 = translate(&[], &Weights::new());
+    let out = s.on_snapshot(&r2);
+    // The listener goes at once (full-state LDS without it); its routes go
+    // with it, so nothing references a's clusters any more.
+    let lds = out
+        .iter()
+        .find(|r| r.type_url == LDS.type_url())
+        .expect("an LDS response");
+    assert!(names_of(lds).is_empty(), "{:?}", names_of(lds));
+    let cds_now = out.iter().find(|r| r.type_url == CDS.type_url());
+    // Either CDS drops them in this push, or after the client ACKs the LDS removal.
+    let cds = match cds_now {
+        Some(c) if names_of(c).is_empty() => c.clone(),
+        _ => {
+            let names = names_for(&s, LDS);
+            let after = s.handle_request(
+                &req(LDS, &names, &lds.version_info, &lds.nonce, false),
+                Some(&r2),
+                0,
+            );
+            after
+                .into_iter()
+                .find(|r| r.type_url == CDS.type_url())
+                .expect("CDS after the LDS ACK")
+        }
+    };
+    assert!(
+        names_of(&cds).is_empty(),
+        "clusters of a deleted policy linger: {:?}",
+        names_of(&cds)
+    );
+}
