@@ -1,0 +1,240 @@
+//! A real proxyless gRPC client (grpcio's xDS support, driven by
+//! `tests/interop/grpc_xds_client.py`) resolves a `protocol: grpc` policy
+//! through Meridian and splits its calls by the zone weights, and follows a
+//! weight change made through the REST API.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use meridian_test_support::{database, process::Meridian, repo_root};
+use prost::Message;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use xds_api::pb::envoy::config::core::v3::Node;
+use xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use xds_api::pb::envoy::service::discovery::v3::{
+    aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DiscoveryRequest,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meridian");
+const POLICY: &str = "greet";
+const HOST: &str = "greet.example.com";
+const CLA_TYPE: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+const CALLS: u64 = 1000;
+/// Allowed distance, in percentage points, from the configured share.
+/// gRPC's weighted_target picks a locality at random by weight: over 1000
+/// calls one standard deviation is about 1.5 points at 70/30, so 7 points
+/// (over 4.5 sigma) keeps chance out while a wrong weight still fails.
+const TOLERANCE: f64 = 7.0;
+
+fn python() -> PathBuf {
+    let py = repo_root().join(".venv/bin/python");
+    assert!(
+        py.is_file(),
+        "{} is missing: run scripts/install-deps --test (it installs grpcio into .venv)",
+        py.display()
+    );
+    py
+}
+
+/// A port free on both 127.0.0.2 and 127.0.0.3, so that the two zones'
+/// endpoints can share one port and differ only by address, as the policy
+/// model expects of a service deployed in several zones.
+fn free_port_on_both() -> u16 {
+    for _ in 0..50 {
+        let a = std::net::TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2:0");
+        let port = a.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.3", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free on both 127.0.0.2 and 127.0.0.3 after 50 tries");
+}
+
+fn zones(port: u16, a: u32, b: u32) -> Value {
+    json!([
+        {"name": "zone-a", "weight": a, "endpoints": [{"address": "127.0.0.2", "port": port}]},
+        {"name": "zone-b", "weight": b, "endpoints": [{"address": "127.0.0.3", "port": port}]},
+    ])
+}
+
+/// Runs the Python client once against Meridian and returns its JSON report.
+async fn run_client(m: &Meridian, port: u16, target: &str, run: &str) -> Value {
+    let script = repo_root().join("tests/interop/grpc_xds_client.py");
+    let child = tokio::process::Command::new(python())
+        .arg(&script)
+        .args(["--xds-port", &m.xds_port.to_string()])
+        .args(["--target", target])
+        .args(["--backend", &format!("zone-a=127.0.0.2:{port}")])
+        .args(["--backend", &format!("zone-b=127.0.0.3:{port}")])
+        .args(["--calls", &CALLS.to_string()])
+        .args(["--node-id", &format!("grpc-interop-{run}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the Python gRPC client");
+    let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
+        .await
+        .expect("Python gRPC client did not finish within 300 s")
+        .expect("wait for the Python gRPC client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "gRPC client ({run}) failed: {}\nstdout: {stdout}\nstderr: {stderr}",
+        out.status
+    );
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| {
+        panic!(
+            "gRPC client ({run}) printed no JSON report ({e})\nstdout: {stdout}\nstderr: {stderr}"
+        )
+    })
+}
+
+fn assert_split(report: &Value, want_a: f64, want_b: f64) {
+    // Shown with --nocapture: the measured split, for whoever tunes this.
+    eprintln!("gRPC client report: {report}");
+    assert_eq!(report["errors"], 0, "calls failed: {report}");
+    let a = report["counts"]["zone-a"].as_u64().unwrap_or(0);
+    let b = report["counts"]["zone-b"].as_u64().unwrap_or(0);
+    assert_eq!(
+        a + b,
+        CALLS,
+        "every call answered by one of the zones: {report}"
+    );
+    let pct = |n: u64| n as f64 * 100.0 / CALLS as f64;
+    assert!(
+        (pct(a) - want_a).abs() <= TOLERANCE && (pct(b) - want_b).abs() <= TOLERANCE,
+        "want {want_a}/{want_b} ±{TOLERANCE}, got {:.1}/{:.1}: {report}",
+        pct(a),
+        pct(b)
+    );
+}
+
+/// Watches the policy's load assignment over ADS (as a second, hand-driven
+/// client) until its zone weights are `want`. A fresh gRPC client started
+/// before Meridian has published the patched snapshot would measure the old
+/// weights; this makes the second run wait on the fact, not on a sleep.
+async fn wait_for_weights(m: &Meridian, want: &[(&str, u32)]) {
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", m.xds_port))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to Meridian xDS");
+    let mut client = AggregatedDiscoveryServiceClient::new(channel);
+    let (tx, rx) = mpsc::channel(8);
+    let node = Node {
+        id: "weights-watcher".into(),
+        cluster: "meridian-test".into(),
+        ..Default::default()
+    };
+    let mut req = DiscoveryRequest {
+        node: Some(node),
+        type_url: CLA_TYPE.into(),
+        resource_names: vec![POLICY.into()],
+        ..Default::default()
+    };
+    tx.send(req.clone()).await.unwrap();
+    let mut stream = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .expect("open ADS stream")
+        .into_inner();
+    let mut last = Vec::new();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(resp) = stream.message().await.expect("ADS stream") {
+            // ACK, so the server treats this like any well-behaved client.
+            req.version_info = resp.version_info.clone();
+            req.response_nonce = resp.nonce.clone();
+            tx.send(req.clone()).await.unwrap();
+            for any in &resp.resources {
+                let cla = ClusterLoadAssignment::decode(any.value.as_slice()).unwrap();
+                last = cla
+                    .endpoints
+                    .iter()
+                    .map(|l| {
+                        let zone = l.locality.as_ref().map(|l| l.zone.clone());
+                        (
+                            zone.unwrap_or_default(),
+                            l.load_balancing_weight.map(|w| w.value),
+                        )
+                    })
+                    .collect();
+                let got: Vec<(&str, Option<u32>)> =
+                    last.iter().map(|(z, w)| (z.as_str(), *w)).collect();
+                let want: Vec<(&str, Option<u32>)> =
+                    want.iter().map(|(z, w)| (*z, Some(*w))).collect();
+                if got == want {
+                    return;
+                }
+            }
+        }
+        panic!("ADS stream ended");
+    })
+    .await;
+    assert!(
+        found.is_ok(),
+        "load assignment {POLICY} never had weights {want:?} within 30 s; last {last:?}"
+    );
+}
+
+#[tokio::test]
+async fn proxyless_grpc_client_splits_calls_by_zone_weight() {
+    // Fail before any setup when the Python peer is not installed.
+    python();
+    let db = database().await;
+    let m = Meridian::start(BIN.as_ref(), &db.url).await;
+    let port = free_port_on_both();
+    let http = reqwest::Client::new();
+
+    let policy = json!({
+        "metadata": {"name": POLICY},
+        "spec": {
+            "host": HOST,
+            "port": 50051,
+            "protocol": "grpc",
+            "zones": zones(port, 70, 30),
+            // The backends speak only gRPC: a TCP check (were health checking
+            // to run) sees them up, and manual failover keeps the weights
+            // exactly as written, which is what this test measures.
+            "healthCheck": {"protocol": "tcp"},
+            "failover": {"mode": "manual"},
+        }
+    });
+    let resp = http
+        .post(m.url("/api/v1/policies"))
+        .json(&policy)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    assert_eq!(status, 201, "{}", resp.text().await.unwrap());
+    wait_for_weights(&m, &[("zone-a", 70), ("zone-b", 30)]).await;
+
+    // `host:port`: the listener name a client dialling with a port looks up.
+    let first = run_client(&m, port, &format!("{HOST}:50051"), "70-30").await;
+    assert_split(&first, 70.0, 30.0);
+
+    // Merge patch replaces arrays whole, so the zones go in full.
+    let resp = http
+        .patch(m.url(&format!("/api/v1/policies/{POLICY}")))
+        .header("content-type", "application/merge-patch+json")
+        .body(json!({"spec": {"zones": zones(port, 20, 80)}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    assert_eq!(status, 200, "{}", resp.text().await.unwrap());
+    wait_for_weights(&m, &[("zone-a", 20), ("zone-b", 80)]).await;
+
+    // Bare `host`: the other listener name Meridian serves for the policy.
+    let second = run_client(&m, port, HOST, "20-80").await;
+    assert_split(&second, 20.0, 80.0);
+
+    m.stop().await;
+}
