@@ -102,12 +102,21 @@ impl Writer {
     }
 
     async fn reload(&mut self) -> Result<(), meridian_store::Error> {
+        let started = Instant::now();
         let all = self.store.all().await?;
+        let load_ms = started.elapsed().as_millis() as u64;
         self.policies = all
             .into_iter()
             .map(|p| (p.metadata.name.clone(), p))
             .collect();
+        let built = Instant::now();
         self.publish();
+        tracing::info!(
+            policies = self.policies.len(),
+            load_ms,
+            build_ms = built.elapsed().as_millis() as u64,
+            "xDS snapshot loaded from the store"
+        );
         Ok(())
     }
 
