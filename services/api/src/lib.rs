@@ -5,6 +5,7 @@
 //! it listens.
 
 pub mod error;
+mod failover;
 mod openapi;
 mod policies;
 pub mod request;
@@ -64,6 +65,20 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/policies/:name/revisions", get(policies::revisions))
         .route("/api/v1/policies/:name/rollback", post(policies::rollback))
+        .route(
+            "/api/v1/policies/:name/override",
+            axum::routing::put(failover::set_override).delete(failover::clear_override),
+        )
+        .route(
+            "/api/v1/policies/:name/zones/:zone/drain",
+            post(failover::drain),
+        )
+        .route(
+            "/api/v1/policies/:name/zones/:zone/undrain",
+            post(failover::undrain),
+        )
+        .route("/api/v1/policies/:name/status", get(failover::status))
+        .route("/api/v1/events", get(failover::events))
         .route("/api/v1/xds/clients", get(xds_clients))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

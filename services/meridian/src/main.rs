@@ -96,9 +96,13 @@ pub struct ServeArgs {
         env = "MERIDIAN_ROLES",
         value_enum,
         value_delimiter = ',',
-        default_value = "api,xds"
+        default_value = "api,xds,health,failover"
     )]
     pub roles: Vec<serve::Role>,
+    /// This replica's name: the health checker and failover lease holder it
+    /// appears as. Default: host name and process id.
+    #[arg(long, env = "MERIDIAN_REPLICA_ID")]
+    pub replica_id: Option<String>,
     /// Address of the REST API.
     #[arg(long, env = "MERIDIAN_API_ADDR", default_value = "0.0.0.0:8080")]
     pub api_addr: SocketAddr,

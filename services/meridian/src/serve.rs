@@ -20,6 +20,10 @@ pub enum Role {
     Api,
     /// The xDS server for Envoy sidecars and proxyless gRPC clients.
     Xds,
+    /// Probes every zone's endpoints and reports what it saw.
+    Health,
+    /// Competes for the failover lease; the leader decides effective weights.
+    Failover,
 }
 
 /// Name of the database inside a private cluster.
@@ -161,6 +165,32 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
         });
     }
 
+    let replica = args.replica_id.clone().unwrap_or_else(default_replica_id);
+    if args.roles.contains(&Role::Health) {
+        let config = meridian_health::Config {
+            checker: replica.clone(),
+            report_every: Duration::from_millis(500),
+            refresh_every: Duration::from_secs(2),
+        };
+        let prober = meridian_health::Prober::new(store.clone(), config);
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            prober.run(stop).await;
+            Ok(())
+        });
+    }
+    if args.roles.contains(&Role::Failover) {
+        let leader = meridian_failover_loop::Leader::new(
+            store.clone(),
+            meridian_failover_loop::Config::new(replica.clone()),
+        );
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            leader.run(stop).await;
+            Ok(())
+        });
+    }
+
     if let Some(listener) = listeners.api {
         println!(
             "Meridian API listening on http://{}",
@@ -233,6 +263,11 @@ async fn load_examples(store: &Store, dir: &std::path::Path) -> anyhow::Result<(
     }
     tracing::info!(loaded, dir = %dir.display(), "example policies loaded");
     Ok(())
+}
+
+fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
 }
 
 fn display_addr(addr: std::net::SocketAddr) -> String {

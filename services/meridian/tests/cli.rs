@@ -166,6 +166,8 @@ async fn serve_without_database_url_runs_a_private_postgres_with_the_examples() 
             "serve",
             "--api-addr",
             "127.0.0.1:0",
+            "--xds-addr",
+            "127.0.0.1:0",
             "--data-dir",
             data_dir.to_str().unwrap(),
         ])
@@ -179,7 +181,7 @@ async fn serve_without_database_url_runs_a_private_postgres_with_the_examples() 
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let line = tokio::time::timeout(Duration::from_secs(120), async {
         while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("listening on") {
+            if line.starts_with("Meridian API listening on") {
                 return line;
             }
         }

@@ -4,7 +4,6 @@
 //! `envoy --mode validate` on what `meridian xds render` prints.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +11,7 @@ use std::time::{Duration, Instant};
 use meridian_test_support::backend::Backend;
 use meridian_test_support::envoy::{envoy_binary, Ads, Envoy};
 use meridian_test_support::process::Meridian;
+use meridian_test_support::traffic::{self, eventually, free_port, share};
 use meridian_test_support::{database, repo_root};
 use reqwest::Client;
 use serde_json::{json, Value};
@@ -20,20 +20,6 @@ use tokio::task::JoinSet;
 const BIN: &str = env!("CARGO_BIN_EXE_meridian");
 const HOST: &str = "track.example.com";
 const CANARY: &str = "x-envoy-upstream-canary";
-
-/// A port free on every loopback address the test uses.
-fn free_port(ips: &[&str]) -> u16 {
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if ips.iter().all(|ip| TcpListener::bind((*ip, port)).is_ok()) {
-            return port;
-        }
-    }
-}
 
 /// Zone a: v1 on 127.0.0.2 and the v2 canary on 127.0.0.4; zone b: v1 on 127.0.0.3.
 struct Zones {
@@ -87,70 +73,15 @@ fn zone_weights(a: u32, b: u32, backend_port: u16) -> Value {
     policy(0, backend_port, (a, b), 10)["spec"]["zones"].clone()
 }
 
-/// One request through Envoy's egress listener; Ok(backend's answer) or Err(status or error).
+/// One request through Envoy's egress listener to the test policy's host.
 async fn request(client: &Client, port: u16, path: &str, spoof: bool) -> Result<Value, String> {
-    let mut req = client
-        .get(format!("http://127.0.0.1:{port}{path}"))
-        .header("host", HOST);
-    if spoof {
-        req = req.header(CANARY, "true");
-    }
-    let r = req.send().await.map_err(|e| e.to_string())?;
-    if r.status() != 200 {
-        return Err(format!("status {}", r.status()));
-    }
-    r.json().await.map_err(|e| e.to_string())
+    let extra: &[(&str, &str)] = if spoof { &[(CANARY, "true")] } else { &[] };
+    traffic::request(client, port, HOST, path, extra).await
 }
 
-/// `n` requests, 8 at a time; every answer, or the first failure.
+/// `n` requests; every `spoof_every`-th sends a forged canary header.
 async fn burst(port: u16, path: &str, n: usize, spoof_every: usize) -> Vec<Value> {
-    let client = Client::new();
-    let mut out = Vec::with_capacity(n);
-    let mut set = JoinSet::new();
-    for i in 0..n {
-        let (client, path) = (client.clone(), path.to_owned());
-        set.spawn(async move {
-            request(
-                &client,
-                port,
-                &path,
-                spoof_every > 0 && i % spoof_every == 0,
-            )
-            .await
-        });
-        if set.len() >= 8 {
-            out.push(
-                set.join_next()
-                    .await
-                    .unwrap()
-                    .unwrap()
-                    .expect("request through envoy"),
-            );
-        }
-    }
-    while let Some(r) = set.join_next().await {
-        out.push(r.unwrap().expect("request through envoy"));
-    }
-    out
-}
-
-fn share(answers: &[Value], key: &str, value: &str) -> f64 {
-    answers.iter().filter(|a| a[key] == value).count() as f64 * 100.0 / answers.len() as f64
-}
-
-async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what}: not within {within:?}");
+    traffic::burst(port, HOST, path, n, spoof_every, &[(CANARY, "true")]).await
 }
 
 async fn envoy_routes(port: u16) {

@@ -25,6 +25,9 @@ pub enum Error {
     /// The caller expected a policy to exist (If-Match) and there is none.
     #[error("policy {name:?} does not exist, so If-Match cannot match")]
     PreconditionOnMissing { name: String },
+    /// This replica's failover lease expired or was taken over: it must stop deciding.
+    #[error("the failover lease {lease:?} is no longer held with token {token}")]
+    LeaseLost { lease: String, token: i64 },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]

@@ -10,6 +10,7 @@
 //! This is the only crate that speaks SQL.
 
 mod error;
+pub mod failover;
 pub mod notify;
 mod policies;
 

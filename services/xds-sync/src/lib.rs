@@ -39,6 +39,8 @@ pub struct Writer {
     publisher: Publisher,
     config: Config,
     policies: BTreeMap<String, Policy>,
+    /// Decided by the failover leader; a policy without a decision uses its spec weights.
+    weights: Weights,
     ready: Arc<AtomicBool>,
 }
 
@@ -49,6 +51,7 @@ impl Writer {
             publisher,
             config,
             policies: BTreeMap::new(),
+            weights: Weights::new(),
             ready: Arc::default(),
         }
     }
@@ -104,6 +107,8 @@ impl Writer {
     async fn reload(&mut self) -> Result<(), meridian_store::Error> {
         let started = Instant::now();
         let all = self.store.all().await?;
+        let weights = self.store.effective_weights().await?;
+        self.weights = weights.into_iter().map(|(p, w)| (p, w.weights)).collect();
         let load_ms = started.elapsed().as_millis() as u64;
         self.policies = all
             .into_iter()
@@ -126,10 +131,16 @@ impl Writer {
             return self.reload().await;
         }
         let names: Vec<String> = burst.names.into_iter().collect();
+        // A burst may hold policy writes and weight decisions alike
+        // (both are announced under the policy's name): re-read both.
         let fresh = self.store.get_many(&names).await?;
+        let weights = self.store.effective_weights_of(&names).await?;
         for name in &names {
             self.policies.remove(name);
+            self.weights.remove(name);
         }
+        self.weights
+            .extend(weights.into_iter().map(|(p, w)| (p, w.weights)));
         for p in fresh {
             self.policies.insert(p.metadata.name.clone(), p);
         }
@@ -140,8 +151,7 @@ impl Writer {
     fn publish(&mut self) {
         let started = Instant::now();
         let policies: Vec<Policy> = self.policies.values().cloned().collect();
-        // Effective weights arrive with failover; until then the spec weights rule.
-        let resources = translate(&policies, &Weights::new());
+        let resources = translate(&policies, &self.weights);
         let generation = self.publisher.publish(resources);
         self.ready.store(true, Ordering::Release);
         tracing::debug!(

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 pub struct Backend {
     pub addr: SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
     task: JoinHandle<()>,
 }
 
@@ -26,16 +27,28 @@ impl Backend {
         let addr = listener.local_addr().unwrap();
         let who = json!({"zone": zone, "version": version, "addr": addr.to_string()});
         let app = axum::Router::new().fallback(answer).with_state(who);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let signal = stop.clone().cancelled_owned();
         let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.ok();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(signal)
+                .await
+                .ok();
         });
-        Backend { addr, task }
+        Backend { addr, stop, task }
+    }
+
+    /// Stops like a crashed zone: no new connections, and the open ones
+    /// (Envoy's pooled keep-alives included) are closed.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut self.task).await;
     }
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop.cancel();
     }
 }
 

@@ -16,6 +16,7 @@
 pub mod backend;
 pub mod envoy;
 pub mod process;
+pub mod traffic;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

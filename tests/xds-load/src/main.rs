@@ -172,7 +172,7 @@ async fn stream(
         cluster: "bench".into(),
         ..Default::default()
     });
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         let (tx, rx) = mpsc::channel(4);
         // A SotW request always names the whole subscription, ACKs included.
         let names = vec![policy];

@@ -1,0 +1,235 @@
+//! Failover endpoints: overrides, drains, per-policy status and events.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use meridian_policy::FieldError;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::request::{self, query_pairs};
+use crate::AppState;
+
+const ACTOR: &str = "anonymous";
+/// Reports older than this are from checkers that stopped (as the leader sees them).
+const REPORT_FRESHNESS: Duration = Duration::from_secs(10);
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct OverrideRequest {
+    weights: BTreeMap<String, u32>,
+    reason: String,
+    #[serde(default)]
+    expires_at: Option<DateTime<Utc>>,
+}
+
+async fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
+    let ct = request::content_type(headers);
+    if ct.as_deref() != Some("application/json") {
+        return Err(ApiError::unsupported_media_type(
+            ct.as_deref(),
+            "application/json",
+        ));
+    }
+    let bytes = request::read_body(headers, body).await?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        if e.is_data() {
+            ApiError::invalid(vec![FieldError::new("", e.to_string())])
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed",
+                format!("malformed JSON: {e}"),
+            )
+        }
+    })
+}
+
+/// Pin a policy's weights; wins over automation until cleared or expired.
+pub async fn set_override(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: OverrideRequest = json_body(&headers, body).await?;
+    let policy = state.store.get(&name).await?;
+    let ov = meridian_failover::decide::Override {
+        weights: req.weights.clone(),
+        reason: req.reason.clone(),
+        expires_at_ms: req.expires_at.map(|t| t.timestamp_millis()),
+    };
+    let mut problems: Vec<FieldError> =
+        meridian_failover::decide::validate_override(&policy.spec, &ov)
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| FieldError::new("weights", m))
+            .collect();
+    if req.reason.trim().is_empty() {
+        problems.push(FieldError::new("reason", "say why the weights are pinned"));
+    }
+    if req.expires_at.is_some_and(|t| t <= Utc::now()) {
+        problems.push(FieldError::new("expiresAt", "must be in the future"));
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::invalid(problems));
+    }
+    let stored = state
+        .store
+        .set_override(&name, &req.weights, &req.reason, req.expires_at, ACTOR)
+        .await?;
+    Ok(Json(stored).into_response())
+}
+
+pub async fn clear_override(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    state.store.get(&name).await?;
+    if state.store.clear_override(&name, ACTOR).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("policy {name:?} has no override"),
+        ))
+    }
+}
+
+pub async fn drain(
+    state: State<AppState>,
+    path: Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    set_drain(state, path, true).await
+}
+
+pub async fn undrain(
+    state: State<AppState>,
+    path: Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    set_drain(state, path, false).await
+}
+
+async fn set_drain(
+    State(state): State<AppState>,
+    Path((name, zone)): Path<(String, String)>,
+    drained: bool,
+) -> Result<Response, ApiError> {
+    let policy = state.store.get(&name).await?;
+    if !policy.spec.zones.iter().any(|z| z.name == zone) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("policy {name:?} has no zone {zone:?}"),
+        ));
+    }
+    let changed = state.store.set_drain(&name, &zone, drained, ACTOR).await?;
+    Ok(
+        Json(json!({"policy": name, "zone": zone, "drained": drained, "changed": changed}))
+            .into_response(),
+    )
+}
+
+/// Where traffic goes now and why, zone by zone.
+pub async fn status(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let policy = state.store.get(&name).await?;
+    let reports = state.store.health_reports(REPORT_FRESHNESS).await?;
+    let states = state.store.zone_states().await?;
+    let effective = state
+        .store
+        .effective_weights_of(std::slice::from_ref(&name))
+        .await?
+        .remove(&name);
+    let ov = state.store.override_of(&name).await?;
+    let drains = state
+        .store
+        .drains()
+        .await?
+        .remove(&name)
+        .unwrap_or_default();
+    let zones: Vec<Value> = policy
+        .spec
+        .zones
+        .iter()
+        .map(|z| {
+            let mine: Vec<_> = reports.iter().filter(|r| r.policy_name == name && r.zone == z.name).collect();
+            let samples: i64 = mine.iter().map(|r| i64::from(r.samples)).sum();
+            let failures: i64 = mine.iter().map(|r| i64::from(r.failures)).sum();
+            let zone_state = states.get(&(name.clone(), z.name.clone()));
+            let effective_weight = effective.as_ref().and_then(|e| e.weights.get(&z.name).copied()).unwrap_or(z.weight);
+            json!({
+                "name": z.name,
+                "health": zone_state.and_then(|s| s.get("health").cloned()).unwrap_or(json!("unknown")),
+                "failureRatePercent": if samples > 0 { failures as f64 * 100.0 / samples as f64 } else { 0.0 },
+                "samples": samples,
+                "checkers": mine.iter().map(|r| json!({"checker": r.checker, "samples": r.samples, "failures": r.failures, "lastError": r.last_error, "reportedAt": r.reported_at})).collect::<Vec<_>>(),
+                "lastReportAt": mine.iter().map(|r| r.reported_at).max(),
+                "specWeight": z.weight,
+                "effectiveWeight": effective_weight,
+                "drained": drains.contains(&z.name),
+                "reason": effective.as_ref().and_then(|e| e.reasons.get(&z.name).cloned()),
+            })
+        })
+        .collect();
+    let predicted = meridian_failover::timeline::predicted_failover_ms(&policy.spec, 0);
+    Ok(Json(json!({
+        "policy": name,
+        "cause": effective.as_ref().map_or("spec", |e| e.cause.as_str()),
+        "decidedAt": effective.as_ref().map(|e| e.decided_at),
+        "zones": zones,
+        "override": ov,
+        "predictedFailover": predicted,
+        "dns": {"providers": [], "note": "DNS providers are not implemented yet"},
+    }))
+    .into_response())
+}
+
+/// `GET /api/v1/events?policy=NAME&since=RFC3339&limit=N`, oldest first.
+pub async fn events(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let (mut policy, mut since, mut limit) = (None, None, 500_i64);
+    for (k, v) in query_pairs(query.as_deref(), &["policy", "since", "limit"])? {
+        match k.as_str() {
+            "policy" => policy = Some(v),
+            "since" => {
+                since = Some(
+                    DateTime::parse_from_rfc3339(&v)
+                        .map_err(|_| {
+                            ApiError::bad_request(format!(
+                                "since must be an RFC 3339 time, not {v:?}"
+                            ))
+                        })?
+                        .with_timezone(&Utc),
+                )
+            }
+            _ => {
+                limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=5000).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!("limit must be 1 to 5000, not {v:?}"))
+                    })?
+            }
+        }
+    }
+    let items = state.store.events(policy.as_deref(), since, limit).await?;
+    Ok(Json(json!({"items": items})).into_response())
+}

@@ -1,0 +1,285 @@
+//! The health role: probes every endpoint of every zone and reports.
+//!
+//! One task per endpoint probes on the policy's interval with its timeout
+//! (HTTP status in `expectedStatus`, TCP connect, or the gRPC health
+//! service). Results land in a sliding window per policy and zone; every
+//! [`Config::report_every`] this checker's tallies are upserted to the
+//! store, where the failover leader combines the reports of every checker.
+//! The prober decides nothing: a replica with its own network trouble only
+//! casts one vote.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use meridian_failover::health::{tally, Sample, Window};
+use meridian_policy::{validate::status_ranges, HealthCheck, HealthProtocol, Policy};
+use meridian_store::Store;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This checker's name in the reports (unique per replica).
+    pub checker: String,
+    pub report_every: Duration,
+    /// How often the set of endpoints is re-read from the store.
+    pub refresh_every: Duration,
+}
+
+/// One endpoint to probe, and how. Equal targets keep their running task.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Target {
+    policy: String,
+    zone: String,
+    address: String,
+    port: u32,
+    check: CheckKey,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct CheckKey {
+    protocol: HealthProtocol,
+    path: String,
+    interval_ms: u32,
+    timeout_ms: u32,
+    expected_status: String,
+}
+
+impl From<&HealthCheck> for CheckKey {
+    fn from(h: &HealthCheck) -> Self {
+        CheckKey {
+            protocol: h.protocol,
+            path: h.path.clone(),
+            interval_ms: h.interval_ms,
+            timeout_ms: h.timeout_ms,
+            expected_status: h.expected_status.clone(),
+        }
+    }
+}
+
+struct Outcome {
+    policy: String,
+    zone: String,
+    sample: Sample,
+    error: Option<String>,
+}
+
+/// The windows of one zone as this checker saw it.
+struct ZoneWindow {
+    window: Window,
+    last_error: Option<String>,
+}
+
+pub struct Prober {
+    store: Store,
+    config: Config,
+}
+
+impl Prober {
+    pub fn new(store: Store, config: Config) -> Prober {
+        Prober { store, config }
+    }
+
+    /// Probes until `shutdown`; every probe task stops with it.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let (tx, mut rx) = mpsc::channel::<Outcome>(4096);
+        let http = reqwest::Client::builder()
+            // A fresh connection per probe: a pooled one can hide a listener that is gone.
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("HTTP client");
+        let mut tasks: HashMap<Target, JoinHandle<()>> = HashMap::new();
+        let mut windows: BTreeMap<(String, String), ZoneWindow> = BTreeMap::new();
+        let mut refresh = tokio::time::interval(self.config.refresh_every);
+        let mut report = tokio::time::interval(self.config.report_every);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = refresh.tick() => match self.store.all().await {
+                    Ok(policies) => reconcile(&policies, &mut tasks, &mut windows, &tx, &http, &shutdown),
+                    Err(e) => tracing::warn!(error = %e, "health: cannot read policies; probing the last known set"),
+                },
+                Some(o) = rx.recv() => {
+                    if let Some(w) = windows.get_mut(&(o.policy, o.zone)) {
+                        w.window.insert(o.sample);
+                        if o.error.is_some() {
+                            w.last_error = o.error;
+                        }
+                    }
+                }
+                _ = report.tick() => {
+                    let now = chrono::Utc::now().timestamp_millis();
+                    let rows: Vec<_> = windows
+                        .iter_mut()
+                        .map(|((p, z), w)| {
+                            w.window.prune(now);
+                            let t = tally(&w.window, &self.config.checker);
+                            (p.clone(), z.clone(), t.samples as i32, t.failures as i32, w.last_error.clone())
+                        })
+                        .collect();
+                    if let Err(e) = self.store.report_health(&self.config.checker, &rows).await {
+                        tracing::warn!(error = %e, "health: cannot report; will retry next round");
+                    }
+                }
+            }
+        }
+        for (_, task) in tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Starts tasks for new endpoints, stops those of removed or changed ones.
+fn reconcile(
+    policies: &[Policy],
+    tasks: &mut HashMap<Target, JoinHandle<()>>,
+    windows: &mut BTreeMap<(String, String), ZoneWindow>,
+    tx: &mpsc::Sender<Outcome>,
+    http: &reqwest::Client,
+    shutdown: &CancellationToken,
+) {
+    let mut wanted = HashSet::new();
+    let mut zones = BTreeMap::new();
+    for p in policies {
+        for z in &p.spec.zones {
+            zones.insert(
+                (p.metadata.name.clone(), z.name.clone()),
+                p.spec.failover.window_seconds,
+            );
+            for e in &z.endpoints {
+                let t = Target {
+                    policy: p.metadata.name.clone(),
+                    zone: z.name.clone(),
+                    address: e.address.clone(),
+                    port: e.port,
+                    check: CheckKey::from(&p.spec.health_check),
+                };
+                wanted.insert(t);
+            }
+        }
+    }
+    tasks.retain(|t, task| {
+        let keep = wanted.contains(t);
+        if !keep {
+            task.abort();
+        }
+        keep
+    });
+    for t in wanted {
+        if let std::collections::hash_map::Entry::Vacant(slot) = tasks.entry(t) {
+            let t = slot.key().clone();
+            slot.insert(tokio::spawn(probe_loop(
+                t,
+                tx.clone(),
+                http.clone(),
+                shutdown.clone(),
+            )));
+        }
+    }
+    windows.retain(|k, _| zones.contains_key(k));
+    for (k, secs) in zones {
+        let w = windows.entry(k).or_insert_with(|| ZoneWindow {
+            window: Window::new(secs),
+            last_error: None,
+        });
+        if w.window.window_ms() != i64::from(secs) * 1000 {
+            *w = ZoneWindow {
+                window: Window::new(secs),
+                last_error: None,
+            };
+        }
+    }
+}
+
+async fn probe_loop(
+    t: Target,
+    tx: mpsc::Sender<Outcome>,
+    http: reqwest::Client,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(u64::from(t.check.interval_ms)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let timeout = Duration::from_millis(u64::from(t.check.timeout_ms));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let result = match tokio::time::timeout(timeout, probe(&t, &http)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {} ms", t.check.timeout_ms)),
+        };
+        let at_ms = chrono::Utc::now().timestamp_millis();
+        let outcome = Outcome {
+            policy: t.policy.clone(),
+            zone: t.zone.clone(),
+            sample: Sample {
+                at_ms,
+                ok: result.is_ok(),
+            },
+            error: result
+                .err()
+                .map(|e| format!("{}:{}: {e}", t.address, t.port)),
+        };
+        if tx.send(outcome).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn authority(address: &str, port: u32) -> String {
+    match address.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => format!("[{v6}]:{port}"),
+        _ => format!("{address}:{port}"),
+    }
+}
+
+async fn probe(t: &Target, http: &reqwest::Client) -> Result<(), String> {
+    let authority = authority(&t.address, t.port);
+    match t.check.protocol {
+        HealthProtocol::Tcp => tokio::net::TcpStream::connect(&authority)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        HealthProtocol::Http => {
+            let response = http
+                .get(format!("http://{authority}{}", t.check.path))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = response.status().as_u16();
+            let ranges = status_ranges(&t.check.expected_status).unwrap_or_default();
+            if ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status)) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "HTTP {status}, expected {}",
+                    t.check.expected_status
+                ))
+            }
+        }
+        HealthProtocol::Grpc => {
+            use tonic_health::pb::{
+                health_check_response::ServingStatus, health_client::HealthClient,
+                HealthCheckRequest,
+            };
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{authority}"))
+                .map_err(|e| e.to_string())?
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
+            let reply = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+            match reply.into_inner().status() {
+                ServingStatus::Serving => Ok(()),
+                other => Err(format!("gRPC health {other:?}")),
+            }
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Health checks and failover end to end: a real `meridian` (every role),
+//! real backends per zone that the test stops and restarts, a real Envoy.
+
+use std::time::{Duration, Instant};
+
+use meridian_test_support::backend::Backend;
+use meridian_test_support::database;
+use meridian_test_support::envoy::{Ads, Envoy};
+use meridian_test_support::process::Meridian;
+use meridian_test_support::traffic::{burst, eventually, free_port, share};
+use reqwest::Client;
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meridian");
+const HOST: &str = "orders.example.com";
+
+fn policy(listen: u16, backend_port: u16) -> Value {
+    json!({
+        "metadata": {"name": "orders"},
+        "spec": {
+            "host": HOST, "port": listen,
+            "zones": [
+                {"name": "zone-a", "weight": 70, "endpoints": [{"address": "127.0.0.2", "port": backend_port}]},
+                {"name": "zone-b", "weight": 30, "endpoints": [{"address": "127.0.0.3", "port": backend_port}]}
+            ],
+            // Fast settings so the test runs in seconds; the logic is the same at the defaults.
+            "healthCheck": {"protocol": "http", "path": "/healthz", "intervalMs": 200, "timeoutMs": 150},
+            "failover": {"mode": "weighted", "failureRatePercent": 5, "windowSeconds": 3, "minSamples": 5, "recoverySeconds": 2}
+        }
+    })
+}
+
+async fn status(m: &Meridian) -> Value {
+    reqwest::get(m.url("/api/v1/policies/orders/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn effective(status: &Value) -> (u64, u64) {
+    let w = |i: usize| status["zones"][i]["effectiveWeight"].as_u64().unwrap();
+    (w(0), w(1))
+}
+
+async fn wait_weights(m: &Meridian, want: (u64, u64), within: Duration, what: &str) {
+    eventually(what, within, || async move {
+        effective(&status(m).await) == want
+    })
+    .await;
+}
+
+async fn events(m: &Meridian) -> Vec<Value> {
+    let v: Value = reqwest::get(m.url("/api/v1/events?policy=orders"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["items"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_zone_is_drained_from_envoy_and_returns_after_recovery() {
+    let db = database().await;
+    let m = Meridian::start(BIN.as_ref(), &db.url).await;
+    let port = free_port(&["127.0.0.2", "127.0.0.3"]);
+    let zone_a = Backend::start("127.0.0.2", port, "zone-a", "v1").await;
+    let _zone_b = Backend::start("127.0.0.3", port, "zone-b", "v1").await;
+    let listen = free_port(&["127.0.0.1"]);
+    let r = Client::new()
+        .post(m.url("/api/v1/policies"))
+        .json(&policy(listen, port))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let _envoy = Envoy::start("failover", m.xds_port, Ads::StateOfTheWorld).await;
+    eventually("both zones healthy", Duration::from_secs(20), || async {
+        let s = status(&m).await;
+        s["zones"][0]["health"] == "healthy" && s["zones"][1]["health"] == "healthy"
+    })
+    .await;
+    eventually("envoy routes", Duration::from_secs(20), || async {
+        meridian_test_support::traffic::request(&Client::new(), listen, HOST, "/", &[])
+            .await
+            .is_ok()
+    })
+    .await;
+    let a = share(
+        &burst(listen, HOST, "/", 1000, 0, &[]).await,
+        "zone",
+        "zone-a",
+    );
+    assert!((63.0..=77.0).contains(&a), "zone-a {a}% before the outage");
+
+    // Zone A goes down: it turns unhealthy, weights become 0/100, Envoy follows.
+    zone_a.stop().await;
+    let outage = Instant::now();
+    wait_weights(&m, (0, 100), Duration::from_secs(15), "failover to zone-b").await;
+    eprintln!("decision {:?} after the outage", outage.elapsed());
+    eventually(
+        "envoy sends everything to zone-b",
+        Duration::from_secs(5),
+        || async {
+            let answers = burst(listen, HOST, "/", 100, 0, &[]).await;
+            share(&answers, "zone", "zone-b") == 100.0
+        },
+    )
+    .await;
+    eprintln!("envoy shifted {:?} after the outage", outage.elapsed());
+    let s = status(&m).await;
+    assert_eq!(s["zones"][0]["health"], "unhealthy", "{s}");
+    assert_eq!(s["cause"], "failover", "{s}");
+    let kinds: Vec<String> = events(&m)
+        .await
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        kinds.contains(&"zone-unhealthy".to_owned())
+            && kinds.contains(&"weights-changed".to_owned()),
+        "{kinds:?}"
+    );
+
+    // An override wins over automation until cleared.
+    let r = Client::new()
+        .put(m.url("/api/v1/policies/orders/override"))
+        .json(&json!({"weights": {"zone-a": 50, "zone-b": 50}, "reason": "game day"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    wait_weights(&m, (50, 50), Duration::from_secs(10), "override applied").await;
+    assert_eq!(status(&m).await["cause"], "override");
+    let r = Client::new()
+        .put(m.url("/api/v1/policies/orders/override"))
+        .json(&json!({"weights": {"zone-a": 60}, "reason": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422, "an override must sum to 100");
+    let r = Client::new()
+        .delete(m.url("/api/v1/policies/orders/override"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    wait_weights(
+        &m,
+        (0, 100),
+        Duration::from_secs(10),
+        "automation back after the override",
+    )
+    .await;
+
+    // Zone A returns: healthy again only after the recovery period, then 70/30.
+    let back = Instant::now();
+    let _zone_a = Backend::start("127.0.0.2", port, "zone-a", "v1").await;
+    wait_weights(&m, (70, 30), Duration::from_secs(30), "recovery to 70/30").await;
+    assert!(
+        back.elapsed() >= Duration::from_secs(2),
+        "recovered before recoverySeconds: {:?}",
+        back.elapsed()
+    );
+    eventually("envoy back to 70/30", Duration::from_secs(10), || async {
+        let a = share(
+            &burst(listen, HOST, "/", 400, 0, &[]).await,
+            "zone",
+            "zone-a",
+        );
+        (60.0..=80.0).contains(&a)
+    })
+    .await;
+
+    // Drain wins too, and undrain restores.
+    let r = Client::new()
+        .post(m.url("/api/v1/policies/orders/zones/zone-b/drain"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    wait_weights(&m, (100, 0), Duration::from_secs(10), "zone-b drained").await;
+    let r = Client::new()
+        .post(m.url("/api/v1/policies/orders/zones/zone-b/undrain"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    wait_weights(&m, (70, 30), Duration::from_secs(10), "zone-b restored").await;
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_zone_down_keeps_the_spec_weights_and_raises_a_critical_event() {
+    let db = database().await;
+    let m = Meridian::start(BIN.as_ref(), &db.url).await;
+    // Nothing listens on these: every probe fails from the start.
+    let port = free_port(&["127.0.0.2", "127.0.0.3"]);
+    let r = Client::new()
+        .post(m.url("/api/v1/policies"))
+        .json(&policy(free_port(&["127.0.0.1"]), port))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    eventually("both zones unhealthy", Duration::from_secs(20), || async {
+        let s = status(&m).await;
+        s["zones"][0]["health"] == "unhealthy" && s["zones"][1]["health"] == "unhealthy"
+    })
+    .await;
+    eventually("critical event", Duration::from_secs(10), || async {
+        events(&m).await.iter().any(|e| e["severity"] == "critical")
+    })
+    .await;
+    assert_eq!(
+        effective(&status(&m).await),
+        (70, 30),
+        "fail open: never drain everything"
+    );
+    m.stop().await;
+}
