@@ -82,10 +82,16 @@ async fn a_failing_zone_is_drained_from_envoy_and_returns_after_recovery() {
         s["zones"][0]["health"] == "healthy" && s["zones"][1]["health"] == "healthy"
     })
     .await;
+    // Warm: 20 requests in a row succeed (both localities' endpoints are in).
     eventually("envoy routes", Duration::from_secs(20), || async {
-        meridian_test_support::traffic::request(&Client::new(), listen, HOST, "/", &[])
-            .await
-            .is_ok()
+        let client = Client::new();
+        for _ in 0..20 {
+            let r = meridian_test_support::traffic::request(&client, listen, HOST, "/", &[]).await;
+            if r.is_err() {
+                return false;
+            }
+        }
+        true
     })
     .await;
     let a = share(
