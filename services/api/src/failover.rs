@@ -233,3 +233,66 @@ pub async fn events(
     let items = state.store.events(policy.as_deref(), since, limit).await?;
     Ok(Json(json!({"items": items})).into_response())
 }
+
+/// `GET /api/v1/events/stream?policy=NAME`: server-sent events, one per
+/// stored event, from now on (or after `Last-Event-ID` when a client
+/// reconnects, so it misses nothing). Ends when the server shuts down.
+pub async fn event_stream(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event as Sse, KeepAlive};
+    let mut policy = None;
+    for (_, v) in query_pairs(query.as_deref(), &["policy"])? {
+        policy = Some(v);
+    }
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok());
+    let cursor = match resume {
+        Some(id) => id,
+        None => state.store.last_event_id().await?,
+    };
+    let store = state.store.clone();
+    let shutdown = state.shutdown.clone();
+    // Events are rows, written by any replica; polling the table by id is
+    // simple, ordered and resumable. Half a second is well inside what a
+    // person watching an incident notices.
+    let stream = futures::stream::unfold(
+        (
+            cursor,
+            Vec::<meridian_store::failover::Event>::new().into_iter(),
+        ),
+        move |(mut cursor, mut pending)| {
+            let (store, shutdown, policy) = (store.clone(), shutdown.clone(), policy.clone());
+            async move {
+                loop {
+                    if let Some(e) = pending.next() {
+                        cursor = e.id;
+                        let sse = Sse::default()
+                            .id(e.id.to_string())
+                            .event(e.kind.clone())
+                            .json_data(&e)
+                            .ok()?;
+                        return Some((Ok::<_, std::convert::Infallible>(sse), (cursor, pending)));
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                    match store.events_after(cursor, policy.as_deref(), 500).await {
+                        Ok(batch) => pending = batch.into_iter(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "event stream: cannot read events; retrying")
+                        }
+                    }
+                }
+            }
+        },
+    );
+    Ok(axum::response::sse::Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}

@@ -37,6 +37,9 @@ pub struct AppState {
     /// xDS snapshot is loaded), so a load balancer never sends clients to a
     /// replica that would serve them an empty config.
     pub ready: Vec<Arc<AtomicBool>>,
+    /// Cancelled at shutdown: long-lived responses (event streams) end with it,
+    /// so draining does not wait on them.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -45,6 +48,7 @@ impl AppState {
             store,
             xds_clients: None,
             ready: Vec::new(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
         }
     }
 }
@@ -79,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/policies/:name/status", get(failover::status))
         .route("/api/v1/events", get(failover::events))
+        .route("/api/v1/events/stream", get(failover::event_stream))
         .route("/api/v1/xds/clients", get(xds_clients))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -134,6 +134,7 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
     let shutdown = CancellationToken::new();
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
     let mut state = meridian_api::AppState::new(store.clone());
+    state.shutdown = shutdown.clone();
 
     if let Some(listener) = listeners.xds {
         let (publisher, subscriber) = meridian_xds::snapshot_channel();

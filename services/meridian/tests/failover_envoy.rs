@@ -227,3 +227,128 @@ async fn every_zone_down_keeps_the_spec_weights_and_raises_a_critical_event() {
     );
     m.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_leader_dies_another_replica_takes_over_within_10_s() {
+    let db = database().await;
+    let first = Meridian::start(BIN.as_ref(), &db.url).await;
+    let leaders = |m: &Meridian| {
+        let url = m.url("/api/v1/events");
+        async move {
+            let v: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+            v["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["kind"] == "leader-changed")
+                .map(|e| e["details"]["holder"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    eventually("a leader", Duration::from_secs(10), || async {
+        leaders(&first).await.len() == 1
+    })
+    .await;
+    let second = Meridian::start(BIN.as_ref(), &db.url).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        leaders(&second).await.len(),
+        1,
+        "a live leader keeps its lease"
+    );
+
+    first.kill().await;
+    let died = Instant::now();
+    eventually("takeover", Duration::from_secs(10), || async {
+        leaders(&second).await.len() == 2
+    })
+    .await;
+    eprintln!("takeover {:?} after the leader was killed", died.elapsed());
+    let holders = leaders(&second).await;
+    assert_ne!(holders[0], holders[1], "a different replica leads");
+    second.stop().await;
+}
+
+/// The failover timeline with the default health-check and failover
+/// settings (1 s probes, 5 %, 30 s window, 10 samples). A benchmark, not a
+/// test of speed: run by `scripts/bench-failover`, which prints the figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: scripts/bench-failover"]
+async fn failover_timeline_with_default_settings() {
+    let db = database().await;
+    let m = Meridian::start(BIN.as_ref(), &db.url).await;
+    let port = free_port(&["127.0.0.2", "127.0.0.3"]);
+    let zone_a = Backend::start("127.0.0.2", port, "zone-a", "v1").await;
+    let _zone_b = Backend::start("127.0.0.3", port, "zone-b", "v1").await;
+    let listen = free_port(&["127.0.0.1"]);
+    let mut p = policy(listen, port);
+    let spec = p["spec"].as_object_mut().unwrap();
+    spec.remove("healthCheck");
+    spec.remove("failover");
+    assert_eq!(
+        Client::new()
+            .post(m.url("/api/v1/policies"))
+            .json(&p)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let _envoy = Envoy::start("timeline", m.xds_port, Ads::StateOfTheWorld).await;
+    eventually("both zones healthy", Duration::from_secs(60), || async {
+        let s = status(&m).await;
+        s["zones"][0]["health"] == "healthy" && s["zones"][1]["health"] == "healthy"
+    })
+    .await;
+    eventually("envoy routes", Duration::from_secs(20), || async {
+        meridian_test_support::traffic::request(&Client::new(), listen, HOST, "/", &[])
+            .await
+            .is_ok()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    zone_a.stop().await;
+    let outage = Instant::now();
+    let mut decided = None;
+    let mut shifted = None;
+    while decided.is_none() || shifted.is_none() {
+        assert!(
+            outage.elapsed() < Duration::from_secs(60),
+            "no failover within 60 s"
+        );
+        if decided.is_none() && effective(&status(&m).await) == (0, 100) {
+            decided = Some(outage.elapsed());
+        }
+        if shifted.is_none() {
+            let client = Client::new();
+            let mut all_b = true;
+            for _ in 0..10 {
+                let r =
+                    meridian_test_support::traffic::request(&client, listen, HOST, "/", &[]).await;
+                all_b &= r.is_ok_and(|v| v["zone"] == "zone-b");
+            }
+            if all_b {
+                shifted = Some(outage.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = status(&m).await;
+    println!("BENCH failover timeline (defaults: 1 s probes, 5 %, 30 s window, 10 samples):");
+    println!(
+        "BENCH   decision (effective weights 0/100 stored): {:?} after zone A stopped",
+        decided.unwrap()
+    );
+    println!(
+        "BENCH   Envoy traffic shifted (10 requests in a row to zone B): {:?} after zone A stopped",
+        shifted.unwrap()
+    );
+    println!(
+        "BENCH   predicted by the policy: {}",
+        s["predictedFailover"]
+    );
+    println!("BENCH   DNS change submitted: not measured (DNS providers are not implemented yet)");
+    m.stop().await;
+}

@@ -500,3 +500,33 @@ async fn insert_event<'e>(exec: impl sqlx::PgExecutor<'e>, e: &NewEvent) -> Resu
         .await?;
     Ok(())
 }
+
+impl Store {
+    /// Events with an id above `after`, oldest first: the cursor of a live stream.
+    pub async fn events_after(
+        &self,
+        after: i64,
+        policy: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Event>, Error> {
+        Ok(sqlx::query_as(
+            "SELECT id, at, policy_name, kind, severity, message, details FROM events
+             WHERE id > $1 AND ($2::text IS NULL OR policy_name = $2)
+             ORDER BY id LIMIT $3",
+        )
+        .bind(after)
+        .bind(policy)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The newest event id (0 when there is none): where a new live stream starts.
+    pub async fn last_event_id(&self) -> Result<i64, Error> {
+        Ok(
+            sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM events")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+}

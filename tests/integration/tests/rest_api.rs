@@ -1006,3 +1006,156 @@ async fn every_write_is_announced_after_commit() {
     };
     assert_eq!((change.op.as_str(), change.name.as_str()), ("delete", "a"));
 }
+
+/// Reads server-sent events until one of `kind` arrives; returns its id and data.
+async fn next_event(stream: &mut reqwest::Response, buf: &mut String, kind: &str) -> (i64, Value) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            let field = |name: &str| {
+                frame
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+            };
+            if field("event:").as_deref() == Some(kind) {
+                let id = field("id:").unwrap().parse().unwrap();
+                return (id, serde_json::from_str(&field("data:").unwrap()).unwrap());
+            }
+        }
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no {kind} event within 10 s"))
+            .unwrap()
+            .expect("stream open");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+#[tokio::test]
+async fn overrides_drains_and_the_live_event_stream() {
+    let api = Api::start().await;
+    api.create(&policy("a", "a.example.com")).await;
+    let url = api.url("/api/v1/events/stream?policy=a");
+    let mut stream = api.client.get(&url).send().await.unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    assert!(stream.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut buf = String::new();
+
+    let put = |body: Value| {
+        api.client
+            .put(api.url("/api/v1/policies/a/override"))
+            .json(&body)
+            .send()
+    };
+    let r = put(json!({"weights": {"us-west-2a": 0, "eu-west-1a": 100}, "reason": "maintenance"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let (id, event) = next_event(&mut stream, &mut buf, "override-set").await;
+    assert_eq!(event["policyName"], "a");
+    assert!(event["message"].as_str().unwrap().contains("maintenance"));
+
+    // Invalid overrides are refused with every problem, and change nothing.
+    let body = error_of(
+        put(json!({"weights": {"nope": 50, "us-west-2a": 40}, "reason": ""}))
+            .await
+            .unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+    )
+    .await;
+    assert!(body["details"].as_array().unwrap().len() >= 2, "{body}");
+    error_of(
+        api.client
+            .put(api.url("/api/v1/policies/ghost/override"))
+            .json(&json!({"weights": {}, "reason": "x"}))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+
+    // A client that reconnects with Last-Event-ID gets what it missed, and only that.
+    drop(stream);
+    assert_eq!(
+        api.client
+            .delete(api.url("/api/v1/policies/a/override"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    error_of(
+        api.client
+            .delete(api.url("/api/v1/policies/a/override"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    let r = api
+        .client
+        .post(api.url("/api/v1/policies/a/zones/eu-west-1a/drain"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    error_of(
+        api.client
+            .post(api.url("/api/v1/policies/a/zones/nope/drain"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    let mut stream = api
+        .client
+        .get(&url)
+        .header("last-event-id", id.to_string())
+        .send()
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    let (cleared, _) = next_event(&mut stream, &mut buf, "override-cleared").await;
+    let (drained, e) = next_event(&mut stream, &mut buf, "zone-drained").await;
+    assert!(id < cleared && cleared < drained);
+    assert_eq!(e["details"]["zone"], "eu-west-1a");
+
+    let listed: Value = api
+        .client
+        .get(api.url("/api/v1/events?policy=a"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["override-set", "override-cleared", "zone-drained"]);
+    error_of(
+        api.client
+            .get(api.url("/api/v1/events?since=yesterday"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+}

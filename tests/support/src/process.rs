@@ -91,6 +91,12 @@ impl Meridian {
         format!("{}{path}", self.api)
     }
 
+    /// SIGKILL: a crash, with no chance to release leases or drain.
+    pub async fn kill(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
     /// SIGTERM, then wait for a clean exit.
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
