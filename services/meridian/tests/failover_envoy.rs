@@ -69,13 +69,7 @@ async fn a_failing_zone_is_drained_from_envoy_and_returns_after_recovery() {
     let zone_a = Backend::start("127.0.0.2", port, "zone-a", "v1").await;
     let _zone_b = Backend::start("127.0.0.3", port, "zone-b", "v1").await;
     let listen = free_port(&["127.0.0.1"]);
-    let r = Client::new()
-        .post(m.url("/api/v1/policies"))
-        .json(&policy(listen, port))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    m.create_policy(&policy(listen, port)).await;
     let _envoy = Envoy::start("failover", m.xds_port, Ads::StateOfTheWorld).await;
     eventually("both zones healthy", Duration::from_secs(20), || async {
         let s = status(&m).await;
@@ -204,13 +198,8 @@ async fn every_zone_down_keeps_the_spec_weights_and_raises_a_critical_event() {
     let m = Meridian::start(BIN.as_ref(), &db.url).await;
     // Nothing listens on these: every probe fails from the start.
     let port = free_port(&["127.0.0.2", "127.0.0.3"]);
-    let r = Client::new()
-        .post(m.url("/api/v1/policies"))
-        .json(&policy(free_port(&["127.0.0.1"]), port))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    m.create_policy(&policy(free_port(&["127.0.0.1"]), port))
+        .await;
     eventually("both zones unhealthy", Duration::from_secs(20), || async {
         let s = status(&m).await;
         s["zones"][0]["health"] == "unhealthy" && s["zones"][1]["health"] == "unhealthy"
@@ -285,16 +274,7 @@ async fn failover_timeline_with_default_settings() {
     let spec = p["spec"].as_object_mut().unwrap();
     spec.remove("healthCheck");
     spec.remove("failover");
-    assert_eq!(
-        Client::new()
-            .post(m.url("/api/v1/policies"))
-            .json(&p)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        201
-    );
+    m.create_policy(&p).await;
     let _envoy = Envoy::start("timeline", m.xds_port, Ads::StateOfTheWorld).await;
     eventually("both zones healthy", Duration::from_secs(60), || async {
         let s = status(&m).await;

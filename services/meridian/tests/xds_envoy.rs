@@ -98,13 +98,7 @@ async fn weighted_zones_and_canary(ads: Ads) {
     let m = Meridian::start(BIN.as_ref(), &db.url).await;
     let z = zones().await;
     let listen = free_port(&["127.0.0.1"]);
-    let r = Client::new()
-        .post(m.url("/api/v1/policies"))
-        .json(&policy(listen, z.port, (70, 30), 10))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    m.create_policy(&policy(listen, z.port, (70, 30), 10)).await;
     let envoy = Envoy::start(&format!("sidecar-{ads:?}"), m.xds_port, ads).await;
     envoy_routes(listen).await;
 
@@ -241,13 +235,9 @@ async fn a_write_through_one_replica_reaches_envoy_on_another() {
     let z = zones().await;
     let listen = free_port(&["127.0.0.1"]);
     let _envoy = Envoy::start("two-replicas", server.xds_port, Ads::Delta).await;
-    let r = Client::new()
-        .post(writer.url("/api/v1/policies"))
-        .json(&policy(listen, z.port, (100, 0), 0))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    writer
+        .create_policy(&policy(listen, z.port, (100, 0), 0))
+        .await;
     envoy_routes(listen).await;
     assert!(burst(listen, "/", 100, 0)
         .await
@@ -279,13 +269,7 @@ async fn no_request_fails_while_weights_change_and_the_canary_goes() {
     let m = Meridian::start(BIN.as_ref(), &db.url).await;
     let z = zones().await;
     let listen = free_port(&["127.0.0.1"]);
-    let r = Client::new()
-        .post(m.url("/api/v1/policies"))
-        .json(&policy(listen, z.port, (70, 30), 50))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    m.create_policy(&policy(listen, z.port, (70, 30), 50)).await;
     let _envoy = Envoy::start("steady", m.xds_port, Ads::StateOfTheWorld).await;
     envoy_routes(listen).await;
 

@@ -208,6 +208,8 @@ async fn sotw_nack_is_recorded_not_resent_and_next_change_is_sent() {
     assert_eq!(st["lastSentVersion"], first.version_info.as_str(), "{st}");
     // The rejected version is not taken as ACKed.
     assert_eq!(st["lastAckedVersion"], json!(acked), "{st}");
+    // Standard tooling sees the same through CSDS.
+    assert_csds_nacked(&m, id).await;
 
     // A server that resends the rejected configuration would loop forever
     // with a client that keeps rejecting it.
@@ -368,4 +370,38 @@ async fn delta_nack_is_recorded_not_resent_and_next_change_is_sent() {
     drop(stream);
     drop(client);
     m.stop().await;
+}
+
+/// Asks the Client Status Discovery Service, as `istioctl`-style tools do,
+/// and checks it reports this node's rejected cluster with the NACK message.
+async fn assert_csds_nacked(m: &Meridian, node_id: &str) {
+    use xds_api::pb::envoy::admin::v3::ClientResourceStatus;
+    use xds_api::pb::envoy::service::status::v3::client_status_discovery_service_client::ClientStatusDiscoveryServiceClient;
+    use xds_api::pb::envoy::service::status::v3::ClientStatusRequest;
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{}", m.xds_port))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let reply = ClientStatusDiscoveryServiceClient::new(channel)
+        .fetch_client_status(ClientStatusRequest::default())
+        .await
+        .expect("CSDS answers")
+        .into_inner();
+    let mine = reply
+        .config
+        .iter()
+        .find(|c| c.node.as_ref().is_some_and(|n| n.id == node_id))
+        .unwrap_or_else(|| panic!("CSDS does not list node {node_id}"));
+    let nacked = mine
+        .generic_xds_configs
+        .iter()
+        .find(|g| g.type_url == CDS && g.client_status() == ClientResourceStatus::Nacked)
+        .expect("CSDS reports a NACKed cluster");
+    let details = nacked
+        .error_state
+        .as_ref()
+        .map(|e| e.details.as_str())
+        .unwrap_or_default();
+    assert_eq!(details, NACK_MESSAGE);
 }

@@ -7,7 +7,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
-use xds_api::pb::envoy::admin::v3::UpdateFailureState;
+// GenericXdsConfig.client_status is the admin ClientResourceStatus, not the
+// per-client ClientConfigStatus: their numbers differ (NACKED is 4 vs 3).
+use xds_api::pb::envoy::admin::v3::{ClientResourceStatus, UpdateFailureState};
 use xds_api::pb::envoy::config::core::v3::Node;
 use xds_api::pb::envoy::service::discovery::v3::{
     aggregated_discovery_service_server::{
@@ -20,7 +22,7 @@ use xds_api::pb::envoy::service::status::v3::{
     client_status_discovery_service_server::{
         ClientStatusDiscoveryService, ClientStatusDiscoveryServiceServer,
     },
-    ClientConfig, ClientConfigStatus, ClientStatusRequest, ClientStatusResponse, ConfigStatus,
+    ClientConfig, ClientStatusRequest, ClientStatusResponse, ConfigStatus,
 };
 
 use crate::protocol::{DeltaStream, NodeView, ResourceStatus, SotwStream};
@@ -80,16 +82,16 @@ impl Server {
                     .map(|k| {
                         let (config_status, client_status) = match k.status {
                             ResourceStatus::NotSent => {
-                                (ConfigStatus::NotSent, ClientConfigStatus::ClientUnknown)
+                                (ConfigStatus::NotSent, ClientResourceStatus::Unknown)
                             }
                             ResourceStatus::Sent => {
-                                (ConfigStatus::Stale, ClientConfigStatus::ClientRequested)
+                                (ConfigStatus::Stale, ClientResourceStatus::Requested)
                             }
                             ResourceStatus::Acked => {
-                                (ConfigStatus::Synced, ClientConfigStatus::ClientAcked)
+                                (ConfigStatus::Synced, ClientResourceStatus::Acked)
                             }
                             ResourceStatus::Nacked => {
-                                (ConfigStatus::Error, ClientConfigStatus::ClientNacked)
+                                (ConfigStatus::Error, ClientResourceStatus::Nacked)
                             }
                         };
                         let error_state = (k.status == ResourceStatus::Nacked).then(|| {

@@ -91,6 +91,23 @@ impl Meridian {
         format!("{}{path}", self.api)
     }
 
+    /// Creates a policy through the REST API; panics with the server's answer unless 201.
+    pub async fn create_policy(&self, policy: &serde_json::Value) {
+        let r = reqwest::Client::new()
+            .post(self.url("/api/v1/policies"))
+            .json(policy)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        assert_eq!(
+            status,
+            201,
+            "creating a policy: {}",
+            r.text().await.unwrap_or_default()
+        );
+    }
+
     /// SIGKILL: a crash, with no chance to release leases or drain.
     pub async fn kill(mut self) {
         let _ = self.child.start_kill();
