@@ -97,7 +97,10 @@ impl From<meridian_store::Error> for ApiError {
         use meridian_store::Error as E;
         let message = e.to_string();
         match e {
-            E::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, "not_found", message),
+            E::NotFound { .. } | E::ProviderNotFound { .. } => {
+                Self::new(StatusCode::NOT_FOUND, "not_found", message)
+            }
+            E::ProviderExists { .. } => Self::new(StatusCode::CONFLICT, "already_exists", message),
             E::RevisionNotFound { .. } => {
                 let mut err = Self::invalid(vec![FieldError::new("revision", message.clone())]);
                 err.body.message = message;

@@ -8,6 +8,7 @@ pub mod error;
 mod failover;
 mod openapi;
 mod policies;
+mod providers;
 pub mod request;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,6 +83,16 @@ pub fn router(state: AppState) -> Router {
             post(failover::undrain),
         )
         .route("/api/v1/policies/:name/status", get(failover::status))
+        .route(
+            "/api/v1/providers",
+            get(providers::list).post(providers::create),
+        )
+        .route(
+            "/api/v1/providers/:name",
+            get(providers::get)
+                .put(providers::replace)
+                .delete(providers::delete),
+        )
         .route("/api/v1/events", get(failover::events))
         .route("/api/v1/events/stream", get(failover::event_stream))
         .route("/api/v1/xds/clients", get(xds_clients))

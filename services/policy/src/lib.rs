@@ -8,6 +8,7 @@
 pub mod decode;
 pub mod merge_patch;
 pub mod model;
+pub mod provider;
 pub mod validate;
 
 pub use decode::{DecodeError, Format};

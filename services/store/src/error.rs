@@ -4,6 +4,12 @@ pub enum Error {
     /// No policy has that name.
     #[error("policy {name:?} not found")]
     NotFound { name: String },
+    /// No DNS provider has that name.
+    #[error("DNS provider {name:?} not found")]
+    ProviderNotFound { name: String },
+    /// A DNS provider with that name exists already.
+    #[error("a DNS provider named {name:?} already exists")]
+    ProviderExists { name: String },
     /// The policy has no such revision.
     #[error("policy {name:?} has no revision {revision}")]
     RevisionNotFound { name: String, revision: i64 },

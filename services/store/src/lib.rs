@@ -13,6 +13,7 @@ mod error;
 pub mod failover;
 pub mod notify;
 mod policies;
+pub mod providers;
 
 pub use error::Error;
 pub use policies::{ListQuery, Precondition, Write};

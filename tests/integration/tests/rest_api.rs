@@ -1159,3 +1159,121 @@ async fn overrides_drains_and_the_live_event_stream() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn dns_providers_store_credential_references_never_secrets() {
+    let api = Api::start().await;
+    let url = api.url("/api/v1/providers");
+    let pdns = json!({"name": "pdns-local", "kind": "pdns", "apiUrl": "http://127.0.0.1:8081",
+                      "zone": "example.com.", "apiKey": {"env": "PDNS_API_KEY"}, "useLua": true});
+    let r = api.client.post(&url).json(&pdns).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.headers()["location"], "/api/v1/providers/pdns-local");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["apiKey"], json!({"env": "PDNS_API_KEY"}));
+    error_of(
+        api.client.post(&url).json(&pdns).send().await.unwrap(),
+        StatusCode::CONFLICT,
+        "already_exists",
+    )
+    .await;
+
+    // A literal secret is refused, with every other problem.
+    let mut leaky = pdns.clone();
+    leaky["name"] = json!("leaky");
+    leaky["apiKey"] = json!("s3cr3t-value");
+    leaky["apiUrl"] = json!("not a url");
+    let err = error_of(
+        api.client.post(&url).json(&leaky).send().await.unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+    )
+    .await;
+    let fields: Vec<&str> = err["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["config.apiUrl", "config.apiKey"]);
+    assert!(
+        !err.to_string().contains("s3cr3t-value"),
+        "the error must not echo the secret: {err}"
+    );
+    error_of(
+        api.client
+            .get(api.url("/api/v1/providers/leaky"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+
+    // A provider used by a policy's zone cannot be deleted from under it.
+    let mut p = policy("a", "a.example.com");
+    p["spec"]["zones"][0]["dns"] = json!({"target": "192.0.2.10", "provider": "pdns-local"});
+    assert_eq!(api.create(&p).await.status(), StatusCode::CREATED);
+    let body = error_of(
+        api.client
+            .delete(api.url("/api/v1/providers/pdns-local"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CONFLICT,
+        "in_use",
+    )
+    .await;
+    assert!(
+        body["message"].as_str().unwrap().contains("\"a\"")
+            || body["message"].as_str().unwrap().contains(" a"),
+        "{body}"
+    );
+
+    let mut replaced = pdns.clone();
+    replaced["useLua"] = json!(false);
+    let r = api
+        .client
+        .put(api.url("/api/v1/providers/pdns-local"))
+        .json(&replaced)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let list: Value = api
+        .client
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["items"][0]["useLua"], false);
+
+    api.client
+        .delete(api.url("/api/v1/policies/a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        api.client
+            .delete(api.url("/api/v1/providers/pdns-local"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    error_of(
+        api.client
+            .delete(api.url("/api/v1/providers/pdns-local"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+}

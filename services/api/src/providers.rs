@@ -1,0 +1,142 @@
+//! `/api/v1/providers`: DNS providers. The body is flat, as
+//! `{"name": "aws-prod", "kind": "route53", "hostedZoneId": "...", ...}`;
+//! everything but `name` and `kind` is the kind's configuration, in which
+//! credentials are references (`{"env": NAME}` or `{"file": PATH}`), so
+//! nothing secret is ever stored or returned.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use meridian_policy::provider::validate_provider;
+use meridian_policy::FieldError;
+use meridian_store::providers::ProviderRow;
+use serde_json::{json, Map, Value};
+
+use crate::error::ApiError;
+use crate::request;
+use crate::AppState;
+
+fn to_json(row: ProviderRow) -> Value {
+    let mut out = Map::new();
+    out.insert("name".into(), json!(row.name));
+    out.insert("kind".into(), json!(row.kind));
+    if let Some(config) = row.config.0.as_object() {
+        out.extend(config.clone());
+    }
+    out.insert("createdAt".into(), json!(row.created_at));
+    out.insert("updatedAt".into(), json!(row.updated_at));
+    Value::Object(out)
+}
+
+/// Splits a flat body into (name, kind, config) and validates it.
+async fn body(headers: &HeaderMap, body: Body) -> Result<(String, String, Value), ApiError> {
+    let ct = request::content_type(headers);
+    if ct.as_deref() != Some("application/json") {
+        return Err(ApiError::unsupported_media_type(
+            ct.as_deref(),
+            "application/json",
+        ));
+    }
+    let bytes = request::read_body(headers, body).await?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            format!("malformed JSON: {e}"),
+        )
+    })?;
+    let Value::Object(mut map) = value else {
+        return Err(ApiError::invalid(vec![FieldError::new(
+            "",
+            "must be an object",
+        )]));
+    };
+    map.remove("createdAt");
+    map.remove("updatedAt");
+    let take = |map: &mut Map<String, Value>, key: &str| {
+        map.remove(key).and_then(|v| v.as_str().map(str::to_owned))
+    };
+    let name = take(&mut map, "name").unwrap_or_default();
+    let kind = take(&mut map, "kind").unwrap_or_default();
+    let config = Value::Object(map);
+    validate_provider(&name, &kind, &config).map_err(ApiError::invalid)?;
+    Ok((name, kind, config))
+}
+
+pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let items: Vec<Value> = state
+        .store
+        .providers()
+        .await?
+        .into_iter()
+        .map(to_json)
+        .collect();
+    Ok(Json(json!({"items": items})).into_response())
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(to_json(state.store.provider(&name).await?)).into_response())
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    b: Body,
+) -> Result<Response, ApiError> {
+    let (name, kind, config) = body(&headers, b).await?;
+    let (row, _) = state
+        .store
+        .put_provider(&name, &kind, &config, true)
+        .await?;
+    let mut response = (StatusCode::CREATED, Json(to_json(row))).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/providers/{name}")) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
+}
+
+pub async fn replace(
+    State(state): State<AppState>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    b: Body,
+) -> Result<Response, ApiError> {
+    let (name, kind, config) = body(&headers, b).await?;
+    if name != path {
+        return Err(ApiError::bad_request(format!(
+            "name {name:?} does not match the path {path:?}"
+        )));
+    }
+    let (row, created) = state
+        .store
+        .put_provider(&name, &kind, &config, false)
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(to_json(row))).into_response())
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    state.store.provider(&name).await?;
+    let users = state.store.policies_using_provider(&name).await?;
+    if !users.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "in_use",
+            format!("DNS provider {name:?} is used by policies {}; change their zones' dns.provider first", users.join(", ")),
+        ));
+    }
+    state.store.delete_provider(&name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,119 @@
+//! DNS provider entries. Only settings and credential references are
+//! stored; the store never sees a secret.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::types::Json;
+
+use crate::{Error, Store};
+
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderRow {
+    pub name: String,
+    pub kind: String,
+    pub config: Json<Value>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Store {
+    pub async fn providers(&self) -> Result<Vec<ProviderRow>, Error> {
+        Ok(sqlx::query_as(
+            "SELECT name, kind, config, created_at, updated_at FROM dns_providers ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn provider(&self, name: &str) -> Result<ProviderRow, Error> {
+        sqlx::query_as(
+            "SELECT name, kind, config, created_at, updated_at FROM dns_providers WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| Error::ProviderNotFound {
+            name: name.to_owned(),
+        })
+    }
+
+    /// Creates (`create == true`, 409 if it exists) or replaces a provider.
+    pub async fn put_provider(
+        &self,
+        name: &str,
+        kind: &str,
+        config: &Value,
+        create: bool,
+    ) -> Result<(ProviderRow, bool), Error> {
+        let sql = if create {
+            "INSERT INTO dns_providers (name, kind, config) VALUES ($1, $2, $3)
+             RETURNING name, kind, config, created_at, updated_at, true AS created"
+        } else {
+            "INSERT INTO dns_providers (name, kind, config) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, config = EXCLUDED.config, updated_at = now()
+             RETURNING name, kind, config, created_at, updated_at, (xmax = 0) AS created"
+        };
+        let row: Result<
+            (
+                String,
+                String,
+                Json<Value>,
+                DateTime<Utc>,
+                DateTime<Utc>,
+                bool,
+            ),
+            _,
+        > = sqlx::query_as(sql)
+            .bind(name)
+            .bind(kind)
+            .bind(Json(config))
+            .fetch_one(&self.pool)
+            .await;
+        match row {
+            Ok((name, kind, config, created_at, updated_at, created)) => Ok((
+                ProviderRow {
+                    name,
+                    kind,
+                    config,
+                    created_at,
+                    updated_at,
+                },
+                created,
+            )),
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                Err(Error::ProviderExists {
+                    name: name.to_owned(),
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn delete_provider(&self, name: &str) -> Result<(), Error> {
+        let done = sqlx::query("DELETE FROM dns_providers WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::ProviderNotFound {
+                name: name.to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Policies with a zone that publishes through `provider`.
+    pub async fn policies_using_provider(&self, provider: &str) -> Result<Vec<String>, Error> {
+        Ok(sqlx::query_scalar(
+            "SELECT name FROM policies WHERE spec -> 'zones' @> jsonb_build_array(jsonb_build_object('dns', jsonb_build_object('provider', $1::text)))
+             ORDER BY name",
+        )
+        .bind(provider)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
