@@ -18,6 +18,14 @@ pub struct ProviderRow {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A written row, and whether the write created it.
+#[derive(sqlx::FromRow)]
+struct Written {
+    #[sqlx(flatten)]
+    row: ProviderRow,
+    created: bool,
+}
+
 impl Store {
     pub async fn providers(&self) -> Result<Vec<ProviderRow>, Error> {
         Ok(sqlx::query_as(
@@ -55,33 +63,14 @@ impl Store {
              ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, config = EXCLUDED.config, updated_at = now()
              RETURNING name, kind, config, created_at, updated_at, (xmax = 0) AS created"
         };
-        let row: Result<
-            (
-                String,
-                String,
-                Json<Value>,
-                DateTime<Utc>,
-                DateTime<Utc>,
-                bool,
-            ),
-            _,
-        > = sqlx::query_as(sql)
+        let written: Result<Written, _> = sqlx::query_as(sql)
             .bind(name)
             .bind(kind)
             .bind(Json(config))
             .fetch_one(&self.pool)
             .await;
-        match row {
-            Ok((name, kind, config, created_at, updated_at, created)) => Ok((
-                ProviderRow {
-                    name,
-                    kind,
-                    config,
-                    created_at,
-                    updated_at,
-                },
-                created,
-            )),
+        match written {
+            Ok(w) => Ok((w.row, w.created)),
             Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
                 Err(Error::ProviderExists {
                     name: name.to_owned(),
