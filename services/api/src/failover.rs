@@ -156,6 +156,7 @@ pub async fn status(
         .await?
         .remove(&name);
     let ov = state.store.override_of(&name).await?;
+    let dns = state.store.dns_status(&name).await?;
     let drains = state
         .store
         .drains()
@@ -194,7 +195,7 @@ pub async fn status(
         "zones": zones,
         "override": ov,
         "predictedFailover": predicted,
-        "dns": {"providers": [], "note": "DNS providers are not implemented yet"},
+        "dns": {"providers": dns},
     }))
     .into_response())
 }

@@ -17,7 +17,10 @@ use meridian_policy::Policy;
 use meridian_store::failover::{NewEvent, WeightDecision};
 use meridian_store::Store;
 use serde_json::json;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+pub mod dns;
 
 /// Name of the lease row.
 pub const LEASE: &str = "failover";
@@ -60,6 +63,11 @@ impl Leader {
         let mut tick = tokio::time::interval(self.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut held: Option<i64> = None;
+        // The DNS reconciler follows the lease through this channel, in a task
+        // of its own so provider latency never delays a decision.
+        let (leading, following) = watch::channel(None);
+        let reconciler = dns::Reconciler::new(self.store.clone(), Duration::from_secs(1));
+        let dns_task = tokio::spawn(reconciler.run(following, shutdown.clone()));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -88,11 +96,13 @@ impl Leader {
                         }
                     }
                     held = Some(token);
+                    leading.send_if_modified(|t| t.replace(token) != Some(token));
                     if let Err(e) = self.step(token).await {
                         tracing::warn!(error = %e, "failover step failed; retrying next tick");
                     }
                 }
                 Ok(None) => {
+                    leading.send_if_modified(|t| t.take().is_some());
                     if held.take().is_some() {
                         tracing::warn!("lost the failover lease");
                     }
@@ -102,6 +112,7 @@ impl Leader {
                 }
             }
         }
+        let _ = dns_task.await;
         if held.is_some() {
             if let Err(e) = self.store.release_lease(LEASE, &self.config.holder).await {
                 tracing::warn!(error = %e, "releasing the failover lease");
@@ -247,7 +258,7 @@ fn fmt(w: &BTreeMap<String, u32>) -> String {
         .join(",")
 }
 
-fn event(
+pub(crate) fn event(
     policy: &str,
     kind: &str,
     severity: &str,

@@ -205,13 +205,13 @@ async fn serve_without_database_url_runs_a_private_postgres_with_the_examples() 
         .collect();
     let want: Vec<String> = examples().iter().map(|p| p.metadata.name.clone()).collect();
     assert_eq!(names, want);
-    assert_eq!(
+    // Ready once every role has loaded (the first xDS snapshot included).
+    meridian_test_support::traffic::eventually("ready", Duration::from_secs(30), || async {
         reqwest::get(format!("{base}/readyz"))
             .await
-            .unwrap()
-            .status(),
-        200
-    );
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
 
     // SIGTERM: drains, stops its PostgreSQL, exits 0.
     let pid = child.id().unwrap().to_string();

@@ -332,3 +332,84 @@ async fn failover_timeline_with_default_settings() {
     println!("BENCH   DNS change submitted: not measured (DNS providers are not implemented yet)");
     m.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn powerdns_follows_failover_and_drift_is_restored() {
+    use meridian_test_support::pdns::{query_a, Pdns};
+    use std::collections::BTreeSet;
+
+    // Starts with the zone example.com. created.
+    let pdns = Pdns::start().await;
+    let db = database().await;
+    let key_var = "MERIDIAN_TEST_PDNS_API_KEY";
+    let m =
+        Meridian::start_with_env(BIN.as_ref(), &db.url, &[(key_var, pdns.api_key.as_str())]).await;
+    let provider = json!({"name": "pdns-test", "kind": "pdns", "apiUrl": pdns.api_url,
+                          "zone": "example.com.", "apiKey": {"env": key_var}, "useLua": false});
+    let r = Client::new()
+        .post(m.url("/api/v1/providers"))
+        .json(&provider)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+
+    let port = free_port(&["127.0.0.2", "127.0.0.3"]);
+    let zone_a = Backend::start("127.0.0.2", port, "zone-a", "v1").await;
+    let _zone_b = Backend::start("127.0.0.3", port, "zone-b", "v1").await;
+    let mut p = policy(free_port(&["127.0.0.1"]), port);
+    p["spec"]["zones"][0]["dns"] = json!({"target": "192.0.2.10", "provider": "pdns-test"});
+    p["spec"]["zones"][1]["dns"] = json!({"target": "192.0.2.11", "provider": "pdns-test"});
+    m.create_policy(&p).await;
+
+    let answers = || async {
+        query_a(pdns.dns_port, "orders.example.com.")
+            .await
+            .unwrap_or_default()
+    };
+    let both: BTreeSet<String> = ["192.0.2.10", "192.0.2.11"].map(String::from).into();
+    let only_b: BTreeSet<String> = ["192.0.2.11".to_owned()].into();
+    eventually("both zones published", Duration::from_secs(20), || async {
+        answers().await == both
+    })
+    .await;
+    assert_eq!(status(&m).await["dns"]["providers"][0]["state"], "synced");
+
+    // Zone A fails: DNS stops answering its target.
+    zone_a.stop().await;
+    eventually(
+        "zone A withdrawn from DNS",
+        Duration::from_secs(20),
+        || async { answers().await == only_b },
+    )
+    .await;
+
+    // A record changed by hand is restored, with a drift event.
+    pdns.edit_by_hand("orders.example.com.", "A", &["198.51.100.1"])
+        .await;
+    let edited: BTreeSet<String> = ["198.51.100.1".to_owned()].into();
+    assert_eq!(
+        answers().await,
+        edited,
+        "the hand edit is live before Meridian restores it"
+    );
+    eventually("drift restored", Duration::from_secs(20), || async {
+        answers().await == only_b
+    })
+    .await;
+    eventually("drift event", Duration::from_secs(10), || async {
+        events(&m)
+            .await
+            .iter()
+            .any(|e| e["kind"] == "dns-drift-restored")
+    })
+    .await;
+
+    // Zone A returns: both answered again after recovery.
+    let _zone_a = Backend::start("127.0.0.2", port, "zone-a", "v1").await;
+    eventually("zone A back in DNS", Duration::from_secs(30), || async {
+        answers().await == both
+    })
+    .await;
+    m.stop().await;
+}

@@ -106,3 +106,67 @@ impl Store {
         .await?)
     }
 }
+
+/// What the reconciler last did for one policy and provider.
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsStatus {
+    pub provider: String,
+    /// `synced`, `pending` or `error`.
+    pub state: String,
+    pub last_change_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Store {
+    pub async fn set_dns_status(
+        &self,
+        policy: &str,
+        provider: &str,
+        state: &str,
+        changed: bool,
+        error: Option<&str>,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO dns_status (policy_name, provider, state, last_change_at, last_error, updated_at)
+             SELECT $1, $2, $3, CASE WHEN $4 THEN now() END, $5, now()
+             WHERE EXISTS (SELECT 1 FROM policies WHERE name = $1)
+             ON CONFLICT (policy_name, provider) DO UPDATE
+             SET state = EXCLUDED.state,
+                 last_change_at = CASE WHEN $4 THEN now() ELSE dns_status.last_change_at END,
+                 last_error = EXCLUDED.last_error, updated_at = now()",
+        )
+        .bind(policy)
+        .bind(provider)
+        .bind(state)
+        .bind(changed)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn dns_status(&self, policy: &str) -> Result<Vec<DnsStatus>, Error> {
+        Ok(sqlx::query_as(
+            "SELECT provider, state, last_change_at, last_error, updated_at FROM dns_status
+             WHERE policy_name = $1 ORDER BY provider",
+        )
+        .bind(policy)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Whether `token` still holds lease `name`: checked right before a
+    /// provider call, which the database cannot fence.
+    pub async fn lease_held(&self, name: &str, token: i64) -> Result<bool, Error> {
+        Ok(sqlx::query_scalar::<_, i64>(
+            "SELECT token FROM leases WHERE name = $1 AND token = $2 AND expires_at > now()",
+        )
+        .bind(name)
+        .bind(token)
+        .fetch_optional(&self.pool)
+        .await?
+        .is_some())
+    }
+}

@@ -20,6 +20,12 @@ impl Meridian {
     /// Starts `meridian serve` on `database_url` with every role, on free
     /// loopback ports, and waits until it is ready.
     pub async fn start(bin: &Path, database_url: &str) -> Meridian {
+        Self::start_with_env(bin, database_url, &[]).await
+    }
+
+    /// Like [`Meridian::start`], with extra environment (e.g. the variable a
+    /// DNS provider's credential reference names).
+    pub async fn start_with_env(bin: &Path, database_url: &str, env: &[(&str, &str)]) -> Meridian {
         let mut child = Command::new(bin)
             .args([
                 "serve",
@@ -31,6 +37,7 @@ impl Meridian {
             .args(["--xds-debounce-ms", "20"])
             .env("DATABASE_URL", database_url)
             .env("MERIDIAN_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)

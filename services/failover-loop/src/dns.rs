@@ -1,0 +1,229 @@
+//! The leader's DNS reconciler: desired records (pure, from the policy and
+//! its effective weights) against what each provider holds, applying only
+//! differences. It runs beside the decision loop, never inside it, so a
+//! slow or failing provider delays neither xDS nor the other providers.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use meridian_dns::desired::{desired_records, Record};
+use meridian_dns::pdns::{ApiKey, PdnsConfig, PdnsProvider};
+use meridian_dns::provider::reconcile;
+use meridian_store::providers::ProviderRow;
+use meridian_store::Store;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::{event, LEASE};
+
+/// Longest a provider may take for one policy before it is reported failed.
+const CALL_LIMIT: Duration = Duration::from_secs(10);
+
+/// What was last applied per (policy, provider): tells drift (the provider
+/// changed while our desired state did not) from our own changes.
+type Applied = BTreeMap<(String, String), Vec<Record>>;
+
+pub struct Reconciler {
+    store: Store,
+    every: Duration,
+    applied: Applied,
+    /// Last error per (policy, provider), so a persisting failure is one event.
+    failing: BTreeMap<(String, String), String>,
+}
+
+impl Reconciler {
+    pub fn new(store: Store, every: Duration) -> Reconciler {
+        Reconciler {
+            store,
+            every,
+            applied: Applied::new(),
+            failing: BTreeMap::new(),
+        }
+    }
+
+    /// Reconciles while `leader` holds a token, until `shutdown`.
+    pub async fn run(
+        mut self,
+        mut leader: watch::Receiver<Option<i64>>,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(self.every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+                _ = leader.changed() => {}
+            }
+            let token = *leader.borrow_and_update();
+            if let Some(token) = token {
+                if let Err(e) = self.step(token).await {
+                    tracing::warn!(error = %e, "DNS reconcile step failed; retrying next tick");
+                }
+            }
+        }
+    }
+
+    /// One pass over every policy that publishes in DNS.
+    pub async fn step(&mut self, token: i64) -> Result<(), meridian_store::Error> {
+        let policies = self.store.all().await?;
+        let providers: BTreeMap<String, ProviderRow> = self
+            .store
+            .providers()
+            .await?
+            .into_iter()
+            .map(|p| (p.name.clone(), p))
+            .collect();
+        let effective = self.store.effective_weights().await?;
+        for policy in policies
+            .iter()
+            .filter(|p| p.spec.zones.iter().any(|z| z.dns.is_some()))
+        {
+            let name = &policy.metadata.name;
+            let weights = effective
+                .get(name)
+                .map(|e| e.weights.clone())
+                .unwrap_or_else(|| {
+                    policy
+                        .spec
+                        .zones
+                        .iter()
+                        .map(|z| (z.name.clone(), z.weight))
+                        .collect()
+                });
+            let wanted = match desired_records(policy, &weights) {
+                Ok(w) => w,
+                Err(e) => {
+                    self.fail(name, "*", &e.to_string()).await?;
+                    continue;
+                }
+            };
+            for (provider_name, records) in wanted {
+                // The database fences decisions; a provider call it cannot,
+                // so check the lease right before each one.
+                if !self.store.lease_held(LEASE, token).await? {
+                    return Ok(());
+                }
+                let result = match providers.get(&provider_name) {
+                    None => Err(format!("no DNS provider named {provider_name:?}")),
+                    Some(row) => self.apply(row, &policy.spec.host, &records).await,
+                };
+                let key = (name.clone(), provider_name.clone());
+                match result {
+                    Ok(changes) => {
+                        let drift = changes > 0 && self.applied.get(&key) == Some(&records);
+                        self.store
+                            .set_dns_status(name, &provider_name, "synced", changes > 0, None)
+                            .await?;
+                        if self.failing.remove(&key).is_some() || changes > 0 {
+                            let (kind, severity, message) = if drift {
+                                ("dns-drift-restored", "warning", format!("{provider_name}: records changed outside Meridian were restored ({changes} changes)"))
+                            } else {
+                                (
+                                    "dns-change-applied",
+                                    "info",
+                                    format!("{provider_name}: {changes} record changes applied"),
+                                )
+                            };
+                            self.store
+                                .record_event(&event(
+                                    name,
+                                    kind,
+                                    severity,
+                                    message,
+                                    json!({"provider": provider_name, "changes": changes}),
+                                ))
+                                .await?;
+                        }
+                        self.applied.insert(key, records);
+                    }
+                    Err(message) => self.fail(name, &provider_name, &message).await?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn fail(
+        &mut self,
+        policy: &str,
+        provider: &str,
+        message: &str,
+    ) -> Result<(), meridian_store::Error> {
+        self.store
+            .set_dns_status(policy, provider, "error", false, Some(message))
+            .await?;
+        let key = (policy.to_owned(), provider.to_owned());
+        if self.failing.get(&key).map(String::as_str) != Some(message) {
+            tracing::warn!(
+                policy,
+                provider,
+                error = message,
+                "DNS change failed; will retry"
+            );
+            let e = event(
+                policy,
+                "dns-change-failed",
+                "warning",
+                format!("{provider}: {message}"),
+                json!({"provider": provider}),
+            );
+            self.store.record_event(&e).await?;
+            self.failing.insert(key, message.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Brings one provider to `records` for `host`; the number of changes made.
+    async fn apply(
+        &self,
+        row: &ProviderRow,
+        host: &str,
+        records: &[Record],
+    ) -> Result<usize, String> {
+        let config = &row.config.0;
+        match row.kind.as_str() {
+            "pdns" => {
+                let text = |k: &str| {
+                    config
+                        .get(k)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                let provider = PdnsProvider::new(PdnsConfig {
+                    api_url: text("apiUrl"),
+                    api_key: ApiKey::new(secret(config.get("apiKey"))?),
+                    zone: text("zone"),
+                    use_lua: config
+                        .get("useLua")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
+                })
+                .map_err(|e| e.to_string())?;
+                match tokio::time::timeout(CALL_LIMIT, reconcile(&provider, host, records)).await {
+                    Ok(Ok(outcome)) => Ok(outcome.changes),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {CALL_LIMIT:?}")),
+                }
+            }
+            other => Err(format!("provider kind {other:?} is not implemented yet")),
+        }
+    }
+}
+
+/// Reads a credential from where its reference points. The value is never
+/// logged or stored; errors name the reference, not the secret.
+fn secret(reference: Option<&Value>) -> Result<String, String> {
+    let r = reference.ok_or("credential reference missing")?;
+    if let Some(env) = r.get("env").and_then(Value::as_str) {
+        return std::env::var(env).map_err(|_| format!("environment variable {env} is not set"));
+    }
+    if let Some(path) = r.get("file").and_then(Value::as_str) {
+        return std::fs::read_to_string(path)
+            .map(|s| s.trim().to_owned())
+            .map_err(|e| format!("cannot read credential file {path}: {e}"));
+    }
+    Err("credential reference must be {\"env\": NAME} or {\"file\": PATH}".into())
+}
