@@ -22,10 +22,14 @@
 //! # }
 //! ```
 
+pub mod alidns;
 pub mod desired;
 pub mod pdns;
 pub mod provider;
+pub mod route53;
 
+pub use alidns::{AlidnsConfig, AlidnsProvider};
 pub use desired::{desired_records, diff, fqdn, Change, DesiredError, Record, RecordKind};
 pub use pdns::{ApiKey, PdnsConfig, PdnsProvider};
 pub use provider::{reconcile, reconcile_with, Backoff, Error, Outcome, Provider};
+pub use route53::{AwsSecret, Route53Config, Route53Provider};

@@ -7,8 +7,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use meridian_dns::desired::{desired_records, Record};
-use meridian_dns::pdns::{ApiKey, PdnsConfig, PdnsProvider};
-use meridian_dns::provider::reconcile;
+use meridian_dns::{
+    reconcile, AlidnsConfig, AlidnsProvider, ApiKey, AwsSecret, PdnsConfig, PdnsProvider, Provider,
+    Route53Config, Route53Provider,
+};
 use meridian_store::providers::ProviderRow;
 use meridian_store::Store;
 use serde_json::{json, Value};
@@ -76,6 +78,7 @@ impl Reconciler {
             .map(|p| (p.name.clone(), p))
             .collect();
         let effective = self.store.effective_weights().await?;
+        let mut jobs = Vec::new();
         for policy in policies
             .iter()
             .filter(|p| p.spec.zones.iter().any(|z| z.dns.is_some()))
@@ -100,46 +103,62 @@ impl Reconciler {
                 }
             };
             for (provider_name, records) in wanted {
-                // The database fences decisions; a provider call it cannot,
-                // so check the lease right before each one.
-                if !self.store.lease_held(LEASE, token).await? {
-                    return Ok(());
-                }
-                let result = match providers.get(&provider_name) {
+                jobs.push((
+                    name.clone(),
+                    policy.spec.host.clone(),
+                    provider_name,
+                    records,
+                ));
+            }
+        }
+        // The database fences decisions; provider calls it cannot, so check
+        // the lease right before them.
+        if jobs.is_empty() || !self.store.lease_held(LEASE, token).await? {
+            return Ok(());
+        }
+        // Every provider at once, each bounded by CALL_LIMIT: one slow or
+        // failing provider delays neither the others nor the next decision.
+        let (this, providers) = (&*self, &providers);
+        let results = futures::future::join_all(jobs.iter().map(
+            |(_, host, provider_name, records)| async move {
+                match providers.get(provider_name) {
                     None => Err(format!("no DNS provider named {provider_name:?}")),
-                    Some(row) => self.apply(row, &policy.spec.host, &records).await,
-                };
-                let key = (name.clone(), provider_name.clone());
-                match result {
-                    Ok(changes) => {
-                        let drift = changes > 0 && self.applied.get(&key) == Some(&records);
-                        self.store
-                            .set_dns_status(name, &provider_name, "synced", changes > 0, None)
-                            .await?;
-                        if self.failing.remove(&key).is_some() || changes > 0 {
-                            let (kind, severity, message) = if drift {
-                                ("dns-drift-restored", "warning", format!("{provider_name}: records changed outside Meridian were restored ({changes} changes)"))
-                            } else {
-                                (
-                                    "dns-change-applied",
-                                    "info",
-                                    format!("{provider_name}: {changes} record changes applied"),
-                                )
-                            };
-                            self.store
-                                .record_event(&event(
-                                    name,
-                                    kind,
-                                    severity,
-                                    message,
-                                    json!({"provider": provider_name, "changes": changes}),
-                                ))
-                                .await?;
-                        }
-                        self.applied.insert(key, records);
-                    }
-                    Err(message) => self.fail(name, &provider_name, &message).await?,
+                    Some(row) => this.apply(row, host, records).await,
                 }
+            },
+        ))
+        .await;
+        for ((name, _, provider_name, records), result) in jobs.into_iter().zip(results) {
+            let name = &name;
+            let key = (name.clone(), provider_name.clone());
+            match result {
+                Ok(changes) => {
+                    let drift = changes > 0 && self.applied.get(&key) == Some(&records);
+                    self.store
+                        .set_dns_status(name, &provider_name, "synced", changes > 0, None)
+                        .await?;
+                    if self.failing.remove(&key).is_some() || changes > 0 {
+                        let (kind, severity, message) = if drift {
+                            (
+                                "dns-drift-restored",
+                                "warning",
+                                format!("{provider_name}: records changed outside Meridian were restored ({changes} changes)"),
+                            )
+                        } else {
+                            (
+                                "dns-change-applied",
+                                "info",
+                                format!("{provider_name}: {changes} record changes applied"),
+                            )
+                        };
+                        let details = json!({"provider": provider_name, "changes": changes});
+                        self.store
+                            .record_event(&event(name, kind, severity, message, details))
+                            .await?;
+                    }
+                    self.applied.insert(key, records);
+                }
+                Err(message) => self.fail(name, &provider_name, &message).await?,
             }
         }
         Ok(())
@@ -183,15 +202,17 @@ impl Reconciler {
         records: &[Record],
     ) -> Result<usize, String> {
         let config = &row.config.0;
+        let text = |k: &str| {
+            config
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let optional = |k: &str| config.get(k).and_then(Value::as_str).map(str::to_owned);
+        let err = |e: meridian_dns::Error| e.to_string();
         match row.kind.as_str() {
             "pdns" => {
-                let text = |k: &str| {
-                    config
-                        .get(k)
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned()
-                };
                 let provider = PdnsProvider::new(PdnsConfig {
                     api_url: text("apiUrl"),
                     api_key: ApiKey::new(secret(config.get("apiKey"))?),
@@ -201,15 +222,50 @@ impl Reconciler {
                         .and_then(Value::as_bool)
                         .unwrap_or(false),
                 })
-                .map_err(|e| e.to_string())?;
-                match tokio::time::timeout(CALL_LIMIT, reconcile(&provider, host, records)).await {
-                    Ok(Ok(outcome)) => Ok(outcome.changes),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("no answer within {CALL_LIMIT:?}")),
-                }
+                .map_err(err)?;
+                bounded(&provider, host, records).await
             }
-            other => Err(format!("provider kind {other:?} is not implemented yet")),
+            "route53" => {
+                let provider = Route53Provider::new(Route53Config {
+                    hosted_zone_id: text("hostedZoneId"),
+                    region: optional("region"),
+                    endpoint_url: optional("endpointUrl"),
+                    access_key_id: AwsSecret::new(secret(config.get("accessKeyId"))?),
+                    secret_access_key: AwsSecret::new(secret(config.get("secretAccessKey"))?),
+                })
+                .map_err(err)?;
+                bounded(&provider, host, records).await
+            }
+            "alidns" => {
+                let provider = AlidnsProvider::new(AlidnsConfig {
+                    endpoint: optional("endpoint")
+                        .unwrap_or_else(|| meridian_dns::alidns::DEFAULT_ENDPOINT.to_owned()),
+                    domain_name: text("domainName"),
+                    access_key_id: meridian_dns::alidns::Secret::new(secret(
+                        config.get("accessKeyId"),
+                    )?),
+                    access_key_secret: meridian_dns::alidns::Secret::new(secret(
+                        config.get("accessKeySecret"),
+                    )?),
+                })
+                .map_err(err)?;
+                bounded(&provider, host, records).await
+            }
+            other => Err(format!("unknown provider kind {other:?}")),
         }
+    }
+}
+
+/// One reconcile, bounded by [`CALL_LIMIT`].
+async fn bounded(
+    provider: &impl Provider,
+    host: &str,
+    records: &[Record],
+) -> Result<usize, String> {
+    match tokio::time::timeout(CALL_LIMIT, reconcile(provider, host, records)).await {
+        Ok(Ok(outcome)) => Ok(outcome.changes),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {CALL_LIMIT:?}")),
     }
 }
 

@@ -413,3 +413,113 @@ async fn powerdns_follows_failover_and_drift_is_restored() {
     .await;
     m.stop().await;
 }
+
+/// The scenario: the Route53 API goes away mid-failover. The failure
+/// is reported and retried, xDS shifts regardless, and once the API is
+/// back the records converge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route53_outage_is_reported_and_retried_while_xds_shifts() {
+    use meridian_dns::{Provider, Route53Provider};
+    use meridian_test_support::moto::{Moto, Relay};
+
+    let moto = Moto::start().await;
+    let zone_id = moto.create_zone().await;
+    let relay = Relay::start(moto.url.trim_start_matches("http://")).await;
+    let db = database().await;
+    let (id_var, secret_var) = ("MERIDIAN_TEST_AWS_KEY_ID", "MERIDIAN_TEST_AWS_SECRET");
+    // Any SigV4-shaped credentials pass moto.
+    let env = [
+        (id_var, "AKIAIOSFODNN7EXAMPLE"),
+        (secret_var, "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
+    ];
+    let m = Meridian::start_with_env(BIN.as_ref(), &db.url, &env).await;
+    let provider = json!({"name": "aws-test", "kind": "route53", "hostedZoneId": zone_id,
+                          "endpointUrl": relay.url(), "accessKeyId": {"env": id_var}, "secretAccessKey": {"env": secret_var}});
+    let r = Client::new()
+        .post(m.url("/api/v1/providers"))
+        .json(&provider)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+
+    let port = free_port(&["127.0.0.2", "127.0.0.3"]);
+    let zone_a = Backend::start("127.0.0.2", port, "zone-a", "v1").await;
+    let _zone_b = Backend::start("127.0.0.3", port, "zone-b", "v1").await;
+    let listen = free_port(&["127.0.0.1"]);
+    let mut p = policy(listen, port);
+    p["spec"]["zones"][0]["dns"] = json!({"target": "192.0.2.10", "provider": "aws-test"});
+    p["spec"]["zones"][1]["dns"] = json!({"target": "192.0.2.11", "provider": "aws-test"});
+    m.create_policy(&p).await;
+    let _envoy = Envoy::start("route53-outage", m.xds_port, Ads::Delta).await;
+
+    // Read Route53 directly (not through the relay) as an SRE would.
+    let route53 = Route53Provider::new(moto.config(&zone_id)).unwrap();
+    let weights = || async {
+        let records = route53
+            .read("orders.example.com.")
+            .await
+            .unwrap_or_default();
+        records
+            .iter()
+            .map(|r| (r.set_id.clone(), r.weight))
+            .collect::<Vec<_>>()
+    };
+    let w = |a: u32, b: u32| vec![("zone-a".to_owned(), a), ("zone-b".to_owned(), b)];
+    eventually("70/30 in Route53", Duration::from_secs(20), || async {
+        weights().await == w(70, 30)
+    })
+    .await;
+
+    // The Route53 API goes away, then zone A fails.
+    relay.cut().await;
+    zone_a.stop().await;
+    wait_weights(
+        &m,
+        (0, 100),
+        Duration::from_secs(15),
+        "failover decided without DNS",
+    )
+    .await;
+    eventually(
+        "envoy shifted without DNS",
+        Duration::from_secs(10),
+        || async {
+            share(
+                &burst(listen, HOST, "/", 50, 0, &[]).await,
+                "zone",
+                "zone-b",
+            ) == 100.0
+        },
+    )
+    .await;
+    eventually("DNS failure reported", Duration::from_secs(30), || async {
+        let s = status(&m).await;
+        s["dns"]["providers"][0]["state"] == "error"
+            && s["dns"]["providers"][0]["lastError"].is_string()
+    })
+    .await;
+    assert!(events(&m)
+        .await
+        .iter()
+        .any(|e| e["kind"] == "dns-change-failed"));
+    assert_eq!(
+        weights().await,
+        w(70, 30),
+        "nothing reached Route53 while it was away"
+    );
+
+    // The API returns: the records converge on the decision.
+    relay.restore().await;
+    eventually(
+        "Route53 converges to 0/100",
+        Duration::from_secs(30),
+        || async { weights().await == w(0, 100) },
+    )
+    .await;
+    eventually("DNS synced", Duration::from_secs(10), || async {
+        status(&m).await["dns"]["providers"][0]["state"] == "synced"
+    })
+    .await;
+    m.stop().await;
+}

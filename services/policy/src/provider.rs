@@ -35,8 +35,8 @@ fn schema(kind: &str) -> &'static [(&'static str, bool, Field)] {
             ("hostedZoneId", true, Field::Text),
             ("region", false, Field::Text),
             ("endpointUrl", false, Field::Url),
-            ("accessKeyId", false, Field::Secret),
-            ("secretAccessKey", false, Field::Secret),
+            ("accessKeyId", true, Field::Secret),
+            ("secretAccessKey", true, Field::Secret),
         ],
         "alidns" => &[
             ("domainName", true, Field::Text),
@@ -187,7 +187,16 @@ mod tests {
                 json!({"domainName": "example.com", "accessKeyId": {"env": "lower"}, "accessKeySecret": {"file": "relative"}}),
                 vec!["config.accessKeyId", "config.accessKeySecret"],
             ),
-            ("x", "route53", json!({}), vec!["config.hostedZoneId"]),
+            (
+                "x",
+                "route53",
+                json!({}),
+                vec![
+                    "config.hostedZoneId",
+                    "config.accessKeyId",
+                    "config.secretAccessKey",
+                ],
+            ),
             (
                 "x",
                 "pdns",
