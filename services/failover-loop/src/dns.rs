@@ -14,7 +14,9 @@ use meridian_dns::{
 use meridian_store::providers::ProviderRow;
 use meridian_store::Store;
 use serde_json::{json, Value};
-use tokio::sync::watch;
+use std::sync::Arc;
+
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::{event, LEASE};
@@ -44,10 +46,12 @@ impl Reconciler {
         }
     }
 
-    /// Reconciles while `leader` holds a token, until `shutdown`.
+    /// Reconciles while `leader` holds a token, every tick and at once when
+    /// `decided` fires, until `shutdown`.
     pub async fn run(
         mut self,
         mut leader: watch::Receiver<Option<i64>>,
+        decided: Arc<Notify>,
         shutdown: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(self.every);
@@ -57,6 +61,7 @@ impl Reconciler {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
                 _ = leader.changed() => {}
+                _ = decided.notified() => {}
             }
             let token = *leader.borrow_and_update();
             if let Some(token) = token {

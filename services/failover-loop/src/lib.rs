@@ -17,7 +17,9 @@ use meridian_policy::Policy;
 use meridian_store::failover::{NewEvent, WeightDecision};
 use meridian_store::Store;
 use serde_json::json;
-use tokio::sync::watch;
+use std::sync::Arc;
+
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 pub mod dns;
@@ -50,11 +52,18 @@ impl Config {
 pub struct Leader {
     store: Store,
     config: Config,
+    /// Wakes the DNS reconciler as soon as weights change, instead of at its
+    /// next tick: DNS should follow a decision within a second.
+    decided: Arc<Notify>,
 }
 
 impl Leader {
     pub fn new(store: Store, config: Config) -> Leader {
-        Leader { store, config }
+        Leader {
+            store,
+            config,
+            decided: Arc::default(),
+        }
     }
 
     /// Competes for the lease and decides while holding it, until `shutdown`;
@@ -67,7 +76,8 @@ impl Leader {
         // of its own so provider latency never delays a decision.
         let (leading, following) = watch::channel(None);
         let reconciler = dns::Reconciler::new(self.store.clone(), Duration::from_secs(1));
-        let dns_task = tokio::spawn(reconciler.run(following, shutdown.clone()));
+        let dns_task =
+            tokio::spawn(reconciler.run(following, self.decided.clone(), shutdown.clone()));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -235,6 +245,7 @@ impl Leader {
                     .decide(LEASE, token, name, weights, &changed_states, &events)
                     .await?;
                 if weights_changed {
+                    self.decided.notify_one();
                     tracing::info!(policy = %name, from = %fmt(&was_weights), to = %fmt(&decision.weights), %cause, "effective weights changed");
                 }
             }

@@ -264,8 +264,30 @@ async fn when_the_leader_dies_another_replica_takes_over_within_10_s() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: scripts/bench-failover"]
 async fn failover_timeline_with_default_settings() {
+    use meridian_dns::{Provider, Route53Provider};
+    use meridian_test_support::moto::Moto;
+
+    let moto = Moto::start().await;
+    let zone_id = moto.create_zone().await;
     let db = database().await;
-    let m = Meridian::start(BIN.as_ref(), &db.url).await;
+    let (id_var, secret_var) = ("MERIDIAN_TEST_AWS_KEY_ID", "MERIDIAN_TEST_AWS_SECRET");
+    let env = [
+        (id_var, "AKIAIOSFODNN7EXAMPLE"),
+        (secret_var, "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
+    ];
+    let m = Meridian::start_with_env(BIN.as_ref(), &db.url, &env).await;
+    let provider = json!({"name": "aws-bench", "kind": "route53", "hostedZoneId": zone_id,
+                          "endpointUrl": moto.url, "accessKeyId": {"env": id_var}, "secretAccessKey": {"env": secret_var}});
+    assert_eq!(
+        Client::new()
+            .post(m.url("/api/v1/providers"))
+            .json(&provider)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
     let port = free_port(&["127.0.0.2", "127.0.0.3"]);
     let zone_a = Backend::start("127.0.0.2", port, "zone-a", "v1").await;
     let _zone_b = Backend::start("127.0.0.3", port, "zone-b", "v1").await;
@@ -274,8 +296,21 @@ async fn failover_timeline_with_default_settings() {
     let spec = p["spec"].as_object_mut().unwrap();
     spec.remove("healthCheck");
     spec.remove("failover");
+    p["spec"]["zones"][0]["dns"] = json!({"target": "192.0.2.10", "provider": "aws-bench"});
+    p["spec"]["zones"][1]["dns"] = json!({"target": "192.0.2.11", "provider": "aws-bench"});
     m.create_policy(&p).await;
     let _envoy = Envoy::start("timeline", m.xds_port, Ads::StateOfTheWorld).await;
+    let route53 = Route53Provider::new(moto.config(&zone_id)).unwrap();
+    let dns_weight_a = || async {
+        let records = route53
+            .read("orders.example.com.")
+            .await
+            .unwrap_or_default();
+        records
+            .iter()
+            .find(|r| r.set_id == "zone-a")
+            .map(|r| r.weight)
+    };
     eventually("both zones healthy", Duration::from_secs(60), || async {
         let s = status(&m).await;
         s["zones"][0]["health"] == "healthy" && s["zones"][1]["health"] == "healthy"
@@ -287,19 +322,25 @@ async fn failover_timeline_with_default_settings() {
             .is_ok()
     })
     .await;
+    eventually("Route53 at 70/30", Duration::from_secs(20), || async {
+        dns_weight_a().await == Some(70)
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
 
     zone_a.stop().await;
     let outage = Instant::now();
-    let mut decided = None;
-    let mut shifted = None;
-    while decided.is_none() || shifted.is_none() {
+    let (mut decided, mut shifted, mut dns) = (None, None, None);
+    while decided.is_none() || shifted.is_none() || dns.is_none() {
         assert!(
             outage.elapsed() < Duration::from_secs(60),
             "no failover within 60 s"
         );
         if decided.is_none() && effective(&status(&m).await) == (0, 100) {
             decided = Some(outage.elapsed());
+        }
+        if dns.is_none() && dns_weight_a().await == Some(0) {
+            dns = Some(outage.elapsed());
         }
         if shifted.is_none() {
             let client = Client::new();
@@ -326,10 +367,13 @@ async fn failover_timeline_with_default_settings() {
         shifted.unwrap()
     );
     println!(
+        "BENCH   Route53 (moto) change in sync, zone A weight 0: {:?} after zone A stopped",
+        dns.unwrap()
+    );
+    println!(
         "BENCH   predicted by the policy: {}",
         s["predictedFailover"]
     );
-    println!("BENCH   DNS change submitted: not measured (DNS providers are not implemented yet)");
     m.stop().await;
 }
 
@@ -522,4 +566,113 @@ async fn route53_outage_is_reported_and_retried_while_xds_shifts() {
     })
     .await;
     m.stop().await;
+}
+
+/// Two replicas share one database: each failover is decided and published
+/// to DNS exactly once, also across a leader that dies in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_apply_each_dns_change_once_across_a_leader_death() {
+    use meridian_test_support::pdns::{query_a, Pdns};
+    use std::collections::BTreeSet;
+
+    let pdns = Pdns::start().await;
+    let db = database().await;
+    let key_var = "MERIDIAN_TEST_PDNS_API_KEY";
+    let env = [(key_var, pdns.api_key.as_str())];
+    let first = Meridian::start_with_env(BIN.as_ref(), &db.url, &env).await;
+    // The first replica leads before the second exists.
+    eventually("a leader", Duration::from_secs(10), || async {
+        events_of(&first, "leader-changed", None).await.len() == 1
+    })
+    .await;
+    let second = Meridian::start_with_env(BIN.as_ref(), &db.url, &env).await;
+    let provider = json!({"name": "pdns-test", "kind": "pdns", "apiUrl": pdns.api_url,
+                          "zone": "example.com.", "apiKey": {"env": key_var}, "useLua": false});
+    assert_eq!(
+        Client::new()
+            .post(second.url("/api/v1/providers"))
+            .json(&provider)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let port = free_port(&["127.0.0.2", "127.0.0.3"]);
+    let zone_a = Backend::start("127.0.0.2", port, "zone-a", "v1").await;
+    let _zone_b = Backend::start("127.0.0.3", port, "zone-b", "v1").await;
+    let mut p = policy(free_port(&["127.0.0.1"]), port);
+    p["spec"]["zones"][0]["dns"] = json!({"target": "192.0.2.10", "provider": "pdns-test"});
+    p["spec"]["zones"][1]["dns"] = json!({"target": "192.0.2.11", "provider": "pdns-test"});
+    second.create_policy(&p).await;
+    let answers = || async {
+        query_a(pdns.dns_port, "orders.example.com.")
+            .await
+            .unwrap_or_default()
+    };
+    let both: BTreeSet<String> = ["192.0.2.10", "192.0.2.11"].map(String::from).into();
+    let only_b: BTreeSet<String> = ["192.0.2.11".to_owned()].into();
+    eventually("published", Duration::from_secs(20), || async {
+        answers().await == both
+    })
+    .await;
+    let applied_at_start = events_of(&second, "dns-change-applied", None).await.len();
+
+    zone_a.stop().await;
+    eventually("failed over in DNS", Duration::from_secs(20), || async {
+        answers().await == only_b
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        events_of(&second, "weights-changed", None).await.len(),
+        1,
+        "one decision"
+    );
+    assert_eq!(
+        events_of(&second, "dns-change-applied", None).await.len(),
+        applied_at_start + 1,
+        "one DNS change"
+    );
+
+    // The leader dies; the other replica takes over and applies the recovery once.
+    first.kill().await;
+    let _zone_a = Backend::start("127.0.0.2", port, "zone-a", "v1").await;
+    eventually("recovered in DNS", Duration::from_secs(40), || async {
+        answers().await == both
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        events_of(&second, "leader-changed", None).await.len(),
+        2,
+        "one takeover"
+    );
+    assert_eq!(
+        events_of(&second, "weights-changed", None).await.len(),
+        2,
+        "one recovery decision"
+    );
+    assert_eq!(
+        events_of(&second, "dns-change-applied", None).await.len(),
+        applied_at_start + 2,
+        "one DNS change each way"
+    );
+    second.stop().await;
+}
+
+/// Events of one kind, optionally of one policy.
+async fn events_of(m: &Meridian, kind: &str, policy: Option<&str>) -> Vec<Value> {
+    let url = match policy {
+        Some(p) => m.url(&format!("/api/v1/events?policy={p}")),
+        None => m.url("/api/v1/events"),
+    };
+    let v: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .cloned()
+        .collect()
 }
