@@ -26,6 +26,9 @@ pub struct Config {
     pub report_every: Duration,
     /// How often the set of endpoints is re-read from the store.
     pub refresh_every: Duration,
+    /// Local address HTTP and TCP probes leave from (`--probe-source`): on a
+    /// host with several interfaces, the path this checker vouches for.
+    pub source: Option<IpAddr>,
 }
 
 /// One endpoint to probe, and how. Equal targets keep their running task.
@@ -88,8 +91,13 @@ impl Prober {
         let http = reqwest::Client::builder()
             // A fresh connection per probe: a pooled one can hide a listener that is gone.
             .pool_max_idle_per_host(0)
+            .local_address(self.config.source)
             .build()
             .expect("HTTP client");
+        let client = ProbeClient {
+            http,
+            source: self.config.source,
+        };
         let mut tasks: HashMap<Target, JoinHandle<()>> = HashMap::new();
         let mut windows: BTreeMap<(String, String), ZoneWindow> = BTreeMap::new();
         let mut refresh = tokio::time::interval(self.config.refresh_every);
@@ -98,7 +106,7 @@ impl Prober {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = refresh.tick() => match self.store.all().await {
-                    Ok(policies) => reconcile(&policies, &mut tasks, &mut windows, &tx, &http, &shutdown),
+                    Ok(policies) => reconcile(&policies, &mut tasks, &mut windows, &tx, &client, &shutdown),
                     Err(e) => tracing::warn!(error = %e, "health: cannot read policies; probing the last known set"),
                 },
                 Some(o) = rx.recv() => {
@@ -137,7 +145,7 @@ fn reconcile(
     tasks: &mut HashMap<Target, JoinHandle<()>>,
     windows: &mut BTreeMap<(String, String), ZoneWindow>,
     tx: &mpsc::Sender<Outcome>,
-    http: &reqwest::Client,
+    client: &ProbeClient,
     shutdown: &CancellationToken,
 ) {
     let mut wanted = HashSet::new();
@@ -173,7 +181,7 @@ fn reconcile(
             slot.insert(tokio::spawn(probe_loop(
                 t,
                 tx.clone(),
-                http.clone(),
+                client.clone(),
                 shutdown.clone(),
             )));
         }
@@ -196,7 +204,7 @@ fn reconcile(
 async fn probe_loop(
     t: Target,
     tx: mpsc::Sender<Outcome>,
-    http: reqwest::Client,
+    client: ProbeClient,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(u64::from(t.check.interval_ms)));
@@ -207,7 +215,7 @@ async fn probe_loop(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let result = match tokio::time::timeout(timeout, probe(&t, &http)).await {
+        let result = match tokio::time::timeout(timeout, probe(&t, &client)).await {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {} ms", t.check.timeout_ms)),
         };
@@ -236,13 +244,40 @@ fn authority(address: &str, port: u32) -> String {
     }
 }
 
-async fn probe(t: &Target, http: &reqwest::Client) -> Result<(), String> {
+/// What probes go out with: one HTTP client (no pooling) and the source address.
+#[derive(Clone)]
+struct ProbeClient {
+    http: reqwest::Client,
+    source: Option<IpAddr>,
+}
+
+async fn probe(t: &Target, client: &ProbeClient) -> Result<(), String> {
+    let http = &client.http;
     let authority = authority(&t.address, t.port);
     match t.check.protocol {
-        HealthProtocol::Tcp => tokio::net::TcpStream::connect(&authority)
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string()),
+        HealthProtocol::Tcp => {
+            let addr = tokio::net::lookup_host(&authority)
+                .await
+                .map_err(|e| e.to_string())?
+                .next()
+                .ok_or_else(|| format!("{authority} resolves to nothing"))?;
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
+            }
+            .map_err(|e| e.to_string())?;
+            if let Some(source) = client.source {
+                socket
+                    .bind((source, 0).into())
+                    .map_err(|e| format!("binding {source}: {e}"))?;
+            }
+            socket
+                .connect(addr)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
         HealthProtocol::Http => {
             let response = http
                 .get(format!("http://{authority}{}", t.check.path))

@@ -103,6 +103,9 @@ pub struct ServeArgs {
     /// appears as. Default: host name and process id.
     #[arg(long, env = "MERIDIAN_REPLICA_ID")]
     pub replica_id: Option<String>,
+    /// Local address this replica's HTTP and TCP health probes leave from.
+    #[arg(long, env = "MERIDIAN_PROBE_SOURCE")]
+    pub probe_source: Option<std::net::IpAddr>,
     /// Address of the REST API.
     #[arg(long, env = "MERIDIAN_API_ADDR", default_value = "0.0.0.0:8080")]
     pub api_addr: SocketAddr,

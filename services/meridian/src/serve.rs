@@ -172,6 +172,7 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
             checker: replica.clone(),
             report_every: Duration::from_millis(500),
             refresh_every: Duration::from_secs(2),
+            source: args.probe_source,
         };
         let prober = meridian_health::Prober::new(store.clone(), config);
         let stop = shutdown.clone();

@@ -676,3 +676,62 @@ async fn events_of(m: &Meridian, kind: &str, policy: Option<&str>) -> Vec<Value>
         .cloned()
         .collect()
 }
+
+/// One checker with its own network trouble (every probe it sends to zone A
+/// fails) cannot fail the zone over; when every checker sees it, it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checker_that_alone_cannot_reach_a_zone_does_not_fail_it_over() {
+    let db = database().await;
+    let m = Meridian::start(BIN.as_ref(), &db.url).await;
+    // The second replica's probes leave from 127.0.0.9, a path that is broken to zone A.
+    let _lonely = Meridian::start_with_env(
+        BIN.as_ref(),
+        &db.url,
+        &[("MERIDIAN_PROBE_SOURCE", "127.0.0.9")],
+    )
+    .await;
+    let port = free_port(&["127.0.0.2", "127.0.0.3"]);
+    let broken_path: std::net::IpAddr = "127.0.0.9".parse().unwrap();
+    let zone_a =
+        Backend::start_failing_for("127.0.0.2", port, "zone-a", "v1", Some(broken_path)).await;
+    let _zone_b = Backend::start("127.0.0.3", port, "zone-b", "v1").await;
+    m.create_policy(&policy(free_port(&["127.0.0.1"]), port))
+        .await;
+
+    // Both checkers report, and the lonely one sees zone A failing...
+    eventually(
+        "two checkers, one failing",
+        Duration::from_secs(20),
+        || async {
+            let s = status(&m).await;
+            let checkers = s["zones"][0]["checkers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            checkers.len() == 2 && checkers.iter().any(|c| c["failures"].as_i64() > Some(5))
+        },
+    )
+    .await;
+    // ...for longer than detection takes, and nothing moves.
+    let watch_until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < watch_until {
+        let s = status(&m).await;
+        assert_ne!(
+            s["zones"][0]["health"], "unhealthy",
+            "one checker failed the zone over: {s}"
+        );
+        assert_eq!(effective(&s), (70, 30));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // When the zone is really down, every checker agrees and it fails over.
+    zone_a.stop().await;
+    wait_weights(
+        &m,
+        (0, 100),
+        Duration::from_secs(15),
+        "failover when all checkers agree",
+    )
+    .await;
+    m.stop().await;
+}

@@ -21,12 +21,27 @@ impl Backend {
     /// Serves on `ip:port` (port 0 picks one). Use a distinct loopback
     /// address per zone (127.0.0.2, 127.0.0.3, ...) to tell zones apart.
     pub async fn start(ip: &str, port: u16, zone: &str, version: &str) -> Backend {
+        Self::start_failing_for(ip, port, zone, version, None).await
+    }
+
+    /// Like [`Backend::start`], but answers 503 to every request that comes
+    /// from `failing_peer`: one client's broken path to a healthy zone.
+    pub async fn start_failing_for(
+        ip: &str,
+        port: u16,
+        zone: &str,
+        version: &str,
+        failing_peer: Option<std::net::IpAddr>,
+    ) -> Backend {
         let listener = tokio::net::TcpListener::bind((ip, port))
             .await
             .unwrap_or_else(|e| panic!("bind backend {ip}:{port}: {e}"));
         let addr = listener.local_addr().unwrap();
         let who = json!({"zone": zone, "version": version, "addr": addr.to_string()});
-        let app = axum::Router::new().fallback(answer).with_state(who);
+        let app = axum::Router::new()
+            .fallback(answer)
+            .with_state((who, failing_peer))
+            .into_make_service_with_connect_info::<SocketAddr>();
         let stop = tokio_util::sync::CancellationToken::new();
         let signal = stop.clone().cancelled_owned();
         let task = tokio::spawn(async move {
@@ -52,12 +67,19 @@ impl Drop for Backend {
     }
 }
 
-async fn answer(State(who): State<Value>, headers: HeaderMap) -> Json<Value> {
+async fn answer(
+    State((who, failing_peer)): State<(Value, Option<std::net::IpAddr>)>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, axum::http::StatusCode> {
+    if failing_peer == Some(peer.ip()) {
+        return Err(axum::http::StatusCode::SERVICE_UNAVAILABLE);
+    }
     let headers: BTreeMap<String, String> = headers
         .iter()
         .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
         .collect();
     let mut body = who;
     body["headers"] = json!(headers);
-    Json(body)
+    Ok(Json(body))
 }
