@@ -121,6 +121,31 @@ impl Reconciler {
         if jobs.is_empty() || !self.store.lease_held(LEASE, token).await? {
             return Ok(());
         }
+        // A decision changed what a provider should hold: say so before
+        // calling it (status pending), so an SRE sees the change in flight.
+        for (name, _, provider_name, records) in &jobs {
+            let key = (name.clone(), provider_name.clone());
+            if self.applied.get(&key).is_some_and(|last| last != records) {
+                self.store
+                    .set_dns_status(name, provider_name, "pending", false, None)
+                    .await?;
+                let to: Vec<_> = records
+                    .iter()
+                    .map(|r| json!({"zone": r.set_id, "weight": r.weight, "target": r.target}))
+                    .collect();
+                let message = format!("{provider_name}: change submitted");
+                let details = json!({"provider": provider_name, "records": to});
+                self.store
+                    .record_event(&event(
+                        name,
+                        "dns-change-submitted",
+                        "info",
+                        message,
+                        details,
+                    ))
+                    .await?;
+            }
+        }
         // Every provider at once, each bounded by CALL_LIMIT: one slow or
         // failing provider delays neither the others nor the next decision.
         let (this, providers) = (&*self, &providers);

@@ -565,6 +565,17 @@ async fn route53_outage_is_reported_and_retried_while_xds_shifts() {
         status(&m).await["dns"]["providers"][0]["state"] == "synced"
     })
     .await;
+    assert!(events(&m)
+        .await
+        .iter()
+        .any(|e| e["kind"] == "dns-change-submitted"));
+
+    // Zone A returns: after the recovery period Route53 is back at 70/30.
+    let _zone_a = Backend::start("127.0.0.2", port, "zone-a", "v1").await;
+    eventually("Route53 back to 70/30", Duration::from_secs(30), || async {
+        weights().await == w(70, 30)
+    })
+    .await;
     m.stop().await;
 }
 
@@ -731,6 +742,68 @@ async fn a_checker_that_alone_cannot_reach_a_zone_does_not_fail_it_over() {
         (0, 100),
         Duration::from_secs(15),
         "failover when all checkers agree",
+    )
+    .await;
+    m.stop().await;
+}
+
+/// `healthCheck.protocol: grpc` asks each endpoint's standard gRPC health
+/// service; NOT_SERVING fails the zone over, SERVING brings it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_checks_drive_failover() {
+    use tonic_health::ServingStatus;
+
+    let port = free_port(&["127.0.0.2", "127.0.0.3"]);
+    let mut reporters = Vec::new();
+    for ip in ["127.0.0.2", "127.0.0.3"] {
+        let (mut reporter, service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        let listener = tokio::net::TcpListener::bind((ip, port)).await.unwrap();
+        let incoming =
+            tonic::transport::server::TcpIncoming::from_listener(listener, true, None).unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming),
+        );
+        reporters.push(reporter);
+    }
+    let db = database().await;
+    let m = Meridian::start(BIN.as_ref(), &db.url).await;
+    let mut p = policy(free_port(&["127.0.0.1"]), port);
+    p["spec"]["protocol"] = json!("grpc");
+    p["spec"]["healthCheck"] = json!({"protocol": "grpc", "intervalMs": 200, "timeoutMs": 150});
+    m.create_policy(&p).await;
+    eventually(
+        "both zones healthy over gRPC health",
+        Duration::from_secs(20),
+        || async {
+            let s = status(&m).await;
+            s["zones"][0]["health"] == "healthy" && s["zones"][1]["health"] == "healthy"
+        },
+    )
+    .await;
+
+    reporters[0]
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    wait_weights(
+        &m,
+        (0, 100),
+        Duration::from_secs(15),
+        "NOT_SERVING fails zone A over",
+    )
+    .await;
+    reporters[0]
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    wait_weights(
+        &m,
+        (70, 30),
+        Duration::from_secs(30),
+        "SERVING brings zone A back",
     )
     .await;
     m.stop().await;
