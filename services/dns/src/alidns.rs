@@ -38,7 +38,6 @@
 //! documented worked example (see the tests).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -64,28 +63,8 @@ const PAGE_SIZE: u64 = 500;
 /// Bound on pagination, should the API report a total it never delivers.
 const MAX_PAGES: u64 = 100;
 
-/// An Alibaba Cloud credential part. Its `Debug` does not print it, so
-/// configs can be logged.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The value itself, for signing.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
+/// An Alibaba Cloud credential part.
+pub use crate::provider::Secret;
 
 /// Where and how to publish in Alibaba Cloud DNS.
 #[derive(Clone, Debug)]

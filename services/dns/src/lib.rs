@@ -31,5 +31,5 @@ pub mod route53;
 pub use alidns::{AlidnsConfig, AlidnsProvider};
 pub use desired::{desired_records, diff, fqdn, Change, DesiredError, Record, RecordKind};
 pub use pdns::{ApiKey, PdnsConfig, PdnsProvider};
-pub use provider::{reconcile, reconcile_with, Backoff, Error, Outcome, Provider};
+pub use provider::{reconcile, reconcile_with, Backoff, Error, Outcome, Provider, Secret};
 pub use route53::{AwsSecret, Route53Config, Route53Provider};

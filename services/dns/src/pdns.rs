@@ -32,7 +32,6 @@
 //! deleting the ones the desired records do not render to.
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -47,27 +46,8 @@ const COMMENT_ACCOUNT: &str = "meridian";
 const MANAGED_TYPES: [&str; 4] = ["A", "AAAA", "CNAME", "LUA"];
 const UNMANAGED_PREFIX: &str = "unmanaged:";
 
-/// A PowerDNS API key. Its `Debug` does not print it, so configs can be logged.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ApiKey(String);
-
-impl ApiKey {
-    /// Wraps a key.
-    pub fn new(key: impl Into<String>) -> Self {
-        Self(key.into())
-    }
-
-    /// The key itself, for the `X-API-Key` header.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ApiKey(<redacted>)")
-    }
-}
+/// A PowerDNS API key.
+pub type ApiKey = crate::provider::Secret;
 
 /// Where and how to publish in PowerDNS.
 #[derive(Clone, Debug)]

@@ -302,3 +302,26 @@ mod tests {
         assert_eq!(*p.reads.lock().unwrap(), 0);
     }
 }
+
+/// A credential: `Debug` prints `Secret(<redacted>)`, so configs holding it
+/// can be logged. Every provider's keys use this one type.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value itself, for a header or a signature.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}

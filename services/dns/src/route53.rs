@@ -105,28 +105,8 @@ const RETRYABLE_CODES: [&str; 7] = [
     "RequestTimeout",
 ];
 
-/// An AWS credential part. Its `Debug` prints `<redacted>`, so configs can
-/// be logged.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AwsSecret(String);
-
-impl AwsSecret {
-    /// Wraps a value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The value itself, for signing.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for AwsSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+/// An AWS credential part.
+pub type AwsSecret = crate::provider::Secret;
 
 /// Where and how to publish in Route 53.
 #[derive(Clone, Debug)]
@@ -665,7 +645,7 @@ mod tests {
 
     #[test]
     fn secrets_are_not_printed() {
-        assert_eq!(format!("{:?}", AwsSecret::new("x")), "<redacted>");
+        assert_eq!(format!("{:?}", AwsSecret::new("x")), "Secret(<redacted>)");
         let config = config();
         let printed = format!("{config:?}");
         assert!(!printed.contains("s3cret-key") && !printed.contains("AKIDEXAMPLE"));
