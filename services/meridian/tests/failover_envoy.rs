@@ -7,7 +7,7 @@ use meridian_test_support::backend::Backend;
 use meridian_test_support::database;
 use meridian_test_support::envoy::{Ads, Envoy};
 use meridian_test_support::process::Meridian;
-use meridian_test_support::traffic::{burst, eventually, free_port, share};
+use meridian_test_support::traffic::{all_reach, burst, eventually, free_port, share};
 use reqwest::Client;
 use serde_json::{json, Value};
 
@@ -103,10 +103,7 @@ async fn a_failing_zone_is_drained_from_envoy_and_returns_after_recovery() {
     eventually(
         "envoy sends everything to zone-b",
         Duration::from_secs(5),
-        || async {
-            let answers = burst(listen, HOST, "/", 100, 0, &[]).await;
-            share(&answers, "zone", "zone-b") == 100.0
-        },
+        || all_reach(listen, HOST, 100, "zone-b"),
     )
     .await;
     eprintln!("envoy shifted {:?} after the outage", outage.elapsed());
@@ -525,17 +522,9 @@ async fn route53_outage_is_reported_and_retried_while_xds_shifts() {
         "failover decided without DNS",
     )
     .await;
-    eventually(
-        "envoy shifted without DNS",
-        Duration::from_secs(10),
-        || async {
-            share(
-                &burst(listen, HOST, "/", 50, 0, &[]).await,
-                "zone",
-                "zone-b",
-            ) == 100.0
-        },
-    )
+    eventually("envoy shifted without DNS", Duration::from_secs(10), || {
+        all_reach(listen, HOST, 50, "zone-b")
+    })
     .await;
     eventually("DNS failure reported", Duration::from_secs(30), || async {
         let s = status(&m).await;

@@ -105,3 +105,17 @@ where
     }
     panic!("{what}: not within {within:?}");
 }
+
+/// True when `n` requests in a row all succeed and land in `zone`. For
+/// waiting on a shift: failures while Envoy still routes to a zone that
+/// just went down are expected then, and only mean "not yet".
+pub async fn all_reach(port: u16, host: &str, n: usize, zone: &str) -> bool {
+    let client = Client::new();
+    for _ in 0..n {
+        match request(&client, port, host, "/", &[]).await {
+            Ok(answer) if answer["zone"] == zone => {}
+            _ => return false,
+        }
+    }
+    true
+}
