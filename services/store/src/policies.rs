@@ -394,7 +394,20 @@ fn check(current: &Policy, pre: &Precondition) -> Result<(), Error> {
     }
 }
 
-async fn next_version(tx: &mut Transaction<'_, Postgres>) -> Result<i64, Error> {
+/// Advisory lock key that fences resource versions (the bytes of "meridian").
+pub(crate) const VERSION_FENCE: i64 = 0x6d65_7269_6469_616e;
+
+/// Takes the next resource version. The shared fence lock is held from here
+/// until the transaction ends: writers never wait on each other for it, but
+/// a watcher that takes it exclusively for an instant knows that every
+/// version handed out before that instant is committed or rolled back, so
+/// it can read the change log up to there without skipping a write that
+/// commits out of version order (see `watch.rs`).
+pub(crate) async fn next_version(tx: &mut Transaction<'_, Postgres>) -> Result<i64, Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+        .bind(VERSION_FENCE)
+        .execute(&mut **tx)
+        .await?;
     Ok(sqlx::query_scalar("SELECT nextval('resource_version_seq')")
         .fetch_one(&mut **tx)
         .await?)
