@@ -11,15 +11,13 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use meridian_policy::FieldError;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::error::ApiError;
 use crate::request::{self, query_pairs};
 use crate::AppState;
 
 const ACTOR: &str = "anonymous";
-/// Reports older than this are from checkers that stopped (as the leader sees them).
-const REPORT_FRESHNESS: Duration = Duration::from_secs(10);
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -148,56 +146,13 @@ pub async fn status(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let policy = state.store.get(&name).await?;
-    let reports = state.store.health_reports(REPORT_FRESHNESS).await?;
-    let states = state.store.zone_states().await?;
-    let effective = state
-        .store
-        .effective_weights_of(std::slice::from_ref(&name))
-        .await?
-        .remove(&name);
-    let ov = state.store.override_of(&name).await?;
-    let dns = state.store.dns_status(&name).await?;
-    let drains = state
-        .store
-        .drains()
-        .await?
-        .remove(&name)
-        .unwrap_or_default();
-    let zones: Vec<Value> = policy
-        .spec
-        .zones
-        .iter()
-        .map(|z| {
-            let mine: Vec<_> = reports.iter().filter(|r| r.policy_name == name && r.zone == z.name).collect();
-            let samples: i64 = mine.iter().map(|r| i64::from(r.samples)).sum();
-            let failures: i64 = mine.iter().map(|r| i64::from(r.failures)).sum();
-            let zone_state = states.get(&(name.clone(), z.name.clone()));
-            let effective_weight = effective.as_ref().and_then(|e| e.weights.get(&z.name).copied()).unwrap_or(z.weight);
-            json!({
-                "name": z.name,
-                "health": zone_state.and_then(|s| s.get("health").cloned()).unwrap_or(json!("unknown")),
-                "failureRatePercent": if samples > 0 { failures as f64 * 100.0 / samples as f64 } else { 0.0 },
-                "samples": samples,
-                "checkers": mine.iter().map(|r| json!({"checker": r.checker, "samples": r.samples, "failures": r.failures, "lastError": r.last_error, "reportedAt": r.reported_at})).collect::<Vec<_>>(),
-                "lastReportAt": mine.iter().map(|r| r.reported_at).max(),
-                "specWeight": z.weight,
-                "effectiveWeight": effective_weight,
-                "drained": drains.contains(&z.name),
-                "reason": effective.as_ref().and_then(|e| e.reasons.get(&z.name).cloned()),
-            })
-        })
-        .collect();
-    let predicted = meridian_failover::timeline::predicted_failover_ms(&policy.spec, 0);
-    Ok(Json(json!({
-        "policy": name,
-        "cause": effective.as_ref().map_or("spec", |e| e.cause.as_str()),
-        "decidedAt": effective.as_ref().map(|e| e.decided_at),
-        "zones": zones,
-        "override": ov,
-        "predictedFailover": predicted,
-        "dns": {"providers": dns},
-    }))
-    .into_response())
+    let status = state.store.policy_status(&name).await?;
+    let mut body = json!(status);
+    body["predictedFailover"] = json!(meridian_failover::timeline::predicted_failover_ms(
+        &policy.spec,
+        0
+    ));
+    Ok(Json(body).into_response())
 }
 
 /// `GET /api/v1/events?policy=NAME&since=RFC3339&limit=N`, oldest first.

@@ -285,7 +285,7 @@ impl Store {
                 .await?;
         }
         for e in events {
-            insert_event(&mut *tx, e).await?;
+            insert_event(&mut tx, e).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -375,7 +375,9 @@ impl Store {
             message: format!("weights pinned by {actor}: {reason}"),
             details: json!({"weights": weights, "expiresAt": expires_at}),
         };
-        insert_event(&mut *tx, &event).await?;
+        insert_event(&mut tx, &event).await?;
+        let after = json!({"weights": weights, "reason": reason, "expiresAt": expires_at});
+        audit(&mut tx, actor, "override-set", policy, Some(after)).await?;
         tx.commit().await?;
         Ok(Override {
             weights: weights.clone(),
@@ -403,7 +405,8 @@ impl Store {
             message: format!("override cleared by {actor}"),
             details: json!({}),
         };
-        insert_event(&mut *tx, &event).await?;
+        insert_event(&mut tx, &event).await?;
+        audit(&mut tx, actor, "override-cleared", policy, None).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -446,7 +449,9 @@ impl Store {
                 message: format!("zone {zone} {verb} by {actor}"),
                 details: json!({"zone": zone}),
             };
-            insert_event(&mut *tx, &event).await?;
+            insert_event(&mut tx, &event).await?;
+            let after = json!({"zone": zone, "drained": drained});
+            audit(&mut tx, actor, kind, policy, Some(after)).await?;
         }
         tx.commit().await?;
         Ok(changed.rows_affected() > 0)
@@ -466,7 +471,10 @@ impl Store {
     }
 
     pub async fn record_event(&self, event: &NewEvent) -> Result<(), Error> {
-        insert_event(&self.pool, event).await
+        let mut tx = self.pool.begin().await?;
+        insert_event(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Events, oldest first, optionally of one policy and after a time.
@@ -489,14 +497,42 @@ impl Store {
     }
 }
 
-async fn insert_event<'e>(exec: impl sqlx::PgExecutor<'e>, e: &NewEvent) -> Result<(), Error> {
+/// An operator action in the audit log, beside the policy writes there.
+async fn audit(
+    conn: &mut sqlx::PgConnection,
+    actor: &str,
+    action: &str,
+    policy: &str,
+    after: Option<Value>,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO audit_log (actor, action, policy_name, after) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(actor)
+    .bind(action)
+    .bind(policy)
+    .bind(after.map(Json))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Advisory lock key that fences event ids, as `VERSION_FENCE` does resource
+/// versions: a reader of `events` by id never skips one that commits late.
+pub(crate) const EVENT_FENCE: i64 = 0x6d65_7269_6469_6576;
+
+async fn insert_event(conn: &mut sqlx::PgConnection, e: &NewEvent) -> Result<(), Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+        .bind(EVENT_FENCE)
+        .execute(&mut *conn)
+        .await?;
     sqlx::query("INSERT INTO events (policy_name, kind, severity, message, details) VALUES ($1, $2, $3, $4, $5)")
         .bind(&e.policy_name)
         .bind(&e.kind)
         .bind(&e.severity)
         .bind(&e.message)
         .bind(Json(&e.details))
-        .execute(exec)
+        .execute(&mut *conn)
         .await?;
     Ok(())
 }
@@ -509,24 +545,24 @@ impl Store {
         policy: Option<&str>,
         limit: i64,
     ) -> Result<Vec<Event>, Error> {
+        // Only up to the settled id: an event with a lower id may still be
+        // committing, and a cursor past it would skip it for good.
+        let settled = self.settled(EVENT_FENCE, "events_id_seq").await?;
         Ok(sqlx::query_as(
             "SELECT id, at, policy_name, kind, severity, message, details FROM events
-             WHERE id > $1 AND ($2::text IS NULL OR policy_name = $2)
+             WHERE id > $1 AND id <= $4 AND ($2::text IS NULL OR policy_name = $2)
              ORDER BY id LIMIT $3",
         )
         .bind(after)
         .bind(policy)
         .bind(limit)
+        .bind(settled)
         .fetch_all(&self.pool)
         .await?)
     }
 
     /// The newest event id (0 when there is none): where a new live stream starts.
     pub async fn last_event_id(&self) -> Result<i64, Error> {
-        Ok(
-            sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM events")
-                .fetch_one(&self.pool)
-                .await?,
-        )
+        self.settled(EVENT_FENCE, "events_id_seq").await
     }
 }

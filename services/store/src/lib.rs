@@ -14,6 +14,8 @@ pub mod failover;
 pub mod notify;
 mod policies;
 pub mod providers;
+pub mod status;
+pub mod watch;
 
 pub use error::Error;
 pub use policies::{ListQuery, Precondition, Write};

@@ -124,9 +124,8 @@ impl Store {
 
     /// Every policy, ordered by name (for caches and the xDS snapshot).
     pub async fn all(&self) -> Result<Vec<Policy>, Error> {
-        let sql = format!("SELECT {COLUMNS} FROM policies ORDER BY name");
-        let rows = sqlx::query_as::<_, Row>(&sql).fetch_all(&self.pool).await?;
-        Ok(rows.into_iter().map(Row::into_policy).collect())
+        let mut conn = self.pool.acquire().await?;
+        all_in(&mut conn).await
     }
 
     /// Stores a new policy; fails with [`Error::NameTaken`] if the name exists.
@@ -148,10 +147,18 @@ impl Store {
         w: &Write<'_>,
     ) -> Result<(Policy, bool), Error> {
         let name = &policy.metadata.name;
-        self.transact(name, pre, w, Mode::Replace, |_| {
-            Ok::<_, Error>(policy.clone())
-        })
-        .await
+        let attempt = || {
+            self.transact(name, pre, w, Mode::Replace, |_| {
+                Ok::<_, Error>(policy.clone())
+            })
+        };
+        match attempt().await {
+            // Two writers both found no row and both inserted; the loser's
+            // insert hit the primary key. The row exists now, so a second
+            // attempt locks it and updates it, as if it had come second.
+            Err(Error::NameTaken { .. }) => attempt().await,
+            other => other,
+        }
     }
 
     /// Read-modify-write of an existing policy in one transaction: `change`
@@ -351,6 +358,13 @@ impl Store {
         finish(tx, w.dry_run).await?;
         Ok((after, before.is_none()))
     }
+}
+
+/// Every policy, ordered by name, read on the caller's connection.
+pub(crate) async fn all_in(conn: &mut sqlx::PgConnection) -> Result<Vec<Policy>, Error> {
+    let sql = format!("SELECT {COLUMNS} FROM policies ORDER BY name");
+    let rows = sqlx::query_as::<_, Row>(&sql).fetch_all(conn).await?;
+    Ok(rows.into_iter().map(Row::into_policy).collect())
 }
 
 async fn host_owner<'e>(
