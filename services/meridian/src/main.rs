@@ -6,6 +6,7 @@
 mod client;
 mod files;
 mod serve;
+mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,6 +57,9 @@ enum Command {
     /// xDS debugging.
     #[command(subcommand)]
     Xds(XdsCommand),
+    /// Print policy changes as they commit (or, with --events, failover
+    /// events) from the gRPC API; reconnects and resumes where it left off.
+    Watch(watch::WatchArgs),
 }
 
 #[derive(Subcommand)]
@@ -96,7 +100,7 @@ pub struct ServeArgs {
         env = "MERIDIAN_ROLES",
         value_enum,
         value_delimiter = ',',
-        default_value = "api,xds,health,failover"
+        default_value = "api,xds,health,failover,grpc"
     )]
     pub roles: Vec<serve::Role>,
     /// This replica's name: the health checker and failover lease holder it
@@ -112,6 +116,9 @@ pub struct ServeArgs {
     /// Address of the xDS (ADS and CSDS) gRPC server.
     #[arg(long, env = "MERIDIAN_XDS_ADDR", default_value = "0.0.0.0:18000")]
     pub xds_addr: SocketAddr,
+    /// Address of the gRPC automation API.
+    #[arg(long, env = "MERIDIAN_GRPC_ADDR", default_value = "0.0.0.0:9090")]
+    pub grpc_addr: SocketAddr,
     /// How long a burst of policy changes is gathered into one xDS push, in ms.
     #[arg(long, env = "MERIDIAN_XDS_DEBOUNCE_MS", default_value_t = 50,
           value_parser = clap::value_parser!(u64).range(0..=10_000))]
@@ -167,6 +174,7 @@ fn main() -> ExitCode {
                 policy,
                 server,
             }) => client::render(&server.server, &node, policy.as_deref()).await,
+            Command::Watch(args) => watch::run(args).await,
         }
     });
     match result {

@@ -24,6 +24,8 @@ pub enum Role {
     Health,
     /// Competes for the failover lease; the leader decides effective weights.
     Failover,
+    /// The gRPC automation API (proto/meridian/v1).
+    Grpc,
 }
 
 /// Name of the database inside a private cluster.
@@ -94,6 +96,7 @@ pub async fn migrate(args: DatabaseArgs) -> anyhow::Result<()> {
 struct Listeners {
     api: Option<TcpListener>,
     xds: Option<TcpListener>,
+    grpc: Option<TcpListener>,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -107,6 +110,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
         xds: match has(Role::Xds) {
             true => Some(bind(args.xds_addr, "xDS").await?),
+            false => None,
+        },
+        grpc: match has(Role::Grpc) {
+            true => Some(bind(args.grpc_addr, "gRPC").await?),
             false => None,
         },
     };
@@ -190,6 +197,19 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
         tasks.spawn(async move {
             leader.run(stop).await;
             Ok(())
+        });
+    }
+
+    if let Some(listener) = listeners.grpc {
+        println!(
+            "Meridian gRPC listening on {}",
+            display_addr(listener.local_addr()?)
+        );
+        let (store, stop) = (store.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            meridian_grpc::serve(listener, store, stop)
+                .await
+                .context("gRPC automation API")
         });
     }
 

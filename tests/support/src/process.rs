@@ -14,6 +14,8 @@ pub struct Meridian {
     pub api: String,
     /// Port of the xDS server on 127.0.0.1.
     pub xds_port: u16,
+    /// `http://127.0.0.1:PORT` of the gRPC automation API.
+    pub grpc: String,
 }
 
 impl Meridian {
@@ -26,6 +28,17 @@ impl Meridian {
     /// Like [`Meridian::start`], with extra environment (e.g. the variable a
     /// DNS provider's credential reference names).
     pub async fn start_with_env(bin: &Path, database_url: &str, env: &[(&str, &str)]) -> Meridian {
+        Self::start_full(bin, database_url, env, "127.0.0.1:0").await
+    }
+
+    /// Like [`Meridian::start_with_env`], with the gRPC API on a given
+    /// address (to restart a replica where its clients will reconnect).
+    pub async fn start_full(
+        bin: &Path,
+        database_url: &str,
+        env: &[(&str, &str)],
+        grpc_addr: &str,
+    ) -> Meridian {
         let mut child = Command::new(bin)
             .args([
                 "serve",
@@ -33,6 +46,8 @@ impl Meridian {
                 "127.0.0.1:0",
                 "--xds-addr",
                 "127.0.0.1:0",
+                "--grpc-addr",
+                grpc_addr,
             ])
             .args(["--xds-debounce-ms", "20"])
             .env("DATABASE_URL", database_url)
@@ -44,9 +59,9 @@ impl Meridian {
             .spawn()
             .expect("start meridian serve");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut api, mut xds_port) = (None, None);
+        let (mut api, mut xds_port, mut grpc) = (None, None, None);
         let started = tokio::time::timeout(Duration::from_secs(60), async {
-            while api.is_none() || xds_port.is_none() {
+            while api.is_none() || xds_port.is_none() || grpc.is_none() {
                 let line = lines
                     .next_line()
                     .await
@@ -59,6 +74,8 @@ impl Meridian {
                     .to_owned();
                 if line.starts_with("Meridian API listening on") {
                     api = Some(addr);
+                } else if line.starts_with("Meridian gRPC listening on") {
+                    grpc = Some(format!("http://{addr}"));
                 } else if line.starts_with("Meridian xDS listening on") {
                     xds_port = addr.rsplit(':').next().and_then(|p| p.parse().ok());
                 }
@@ -75,6 +92,7 @@ impl Meridian {
             child,
             api: api.unwrap(),
             xds_port: xds_port.unwrap(),
+            grpc: grpc.unwrap(),
         };
         m.wait_ready().await;
         m

@@ -1,0 +1,454 @@
+//! Policy model ⇄ protobuf messages. Both directions are total over valid
+//! input; `Rust → proto → Rust` is the identity (tested below), and so is
+//! `JSON → Rust → proto → Rust → JSON`.
+
+use chrono::{DateTime, Utc};
+use meridian_policy as m;
+use meridian_policy::FieldError;
+
+use crate::v1 as pb;
+
+/// A message that does not describe a policy; each problem names its field
+/// with the same path the REST API would use.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; "))]
+pub struct ConvertError(pub Vec<FieldError>);
+
+pub fn to_timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+pub fn from_timestamp(t: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?)
+}
+
+impl From<&m::Policy> for pb::GlobalTrafficPolicy {
+    fn from(p: &m::Policy) -> Self {
+        let md = &p.metadata;
+        pb::GlobalTrafficPolicy {
+            api_version: Some(p.api_version.clone()),
+            kind: Some(p.kind.clone()),
+            metadata: Some(pb::Metadata {
+                name: md.name.clone(),
+                labels: md.labels.clone().into_iter().collect(),
+                resource_version: md.resource_version.clone(),
+                generation: md.generation,
+                created_at: md.created_at.map(to_timestamp),
+                updated_at: md.updated_at.map(to_timestamp),
+                source: md.source.clone(),
+            }),
+            spec: Some(spec_to_pb(&p.spec)),
+        }
+    }
+}
+
+fn spec_to_pb(s: &m::Spec) -> pb::Spec {
+    pb::Spec {
+        host: s.host.clone(),
+        port: s.port,
+        protocol: match s.protocol {
+            m::Protocol::Http => pb::Protocol::Http,
+            m::Protocol::Grpc => pb::Protocol::Grpc,
+        } as i32,
+        zones: s
+            .zones
+            .iter()
+            .map(|z| pb::Zone {
+                name: z.name.clone(),
+                region: z.region.clone(),
+                weight: z.weight,
+                priority: Some(z.priority),
+                endpoints: z
+                    .endpoints
+                    .iter()
+                    .map(|e| pb::Endpoint {
+                        address: e.address.clone(),
+                        port: e.port,
+                        version: Some(e.version.clone()),
+                    })
+                    .collect(),
+                dns: z.dns.as_ref().map(|d| pb::ZoneDns {
+                    target: d.target.clone(),
+                    provider: d.provider.clone(),
+                }),
+            })
+            .collect(),
+        routes: s
+            .routes
+            .iter()
+            .map(|r| pb::Route {
+                name: r.name.clone(),
+                r#match: Some(pb::RouteMatch {
+                    path_prefix: Some(r.matcher.path_prefix.clone()),
+                    headers: r
+                        .matcher
+                        .headers
+                        .iter()
+                        .map(|h| pb::HeaderMatch {
+                            name: h.name.clone(),
+                            exact: h.exact.clone(),
+                        })
+                        .collect(),
+                }),
+                canary: r.canary.as_ref().map(|c| pb::Canary {
+                    version: c.version.clone(),
+                    weight: c.weight,
+                    header: Some(c.header.clone()),
+                }),
+            })
+            .collect(),
+        health_check: Some(pb::HealthCheck {
+            protocol: match s.health_check.protocol {
+                m::HealthProtocol::Http => pb::HealthProtocol::Http,
+                m::HealthProtocol::Tcp => pb::HealthProtocol::Tcp,
+                m::HealthProtocol::Grpc => pb::HealthProtocol::Grpc,
+            } as i32,
+            path: Some(s.health_check.path.clone()),
+            interval_ms: Some(s.health_check.interval_ms),
+            timeout_ms: Some(s.health_check.timeout_ms),
+            expected_status: Some(s.health_check.expected_status.clone()),
+        }),
+        failover: Some(pb::Failover {
+            mode: match s.failover.mode {
+                m::FailoverMode::Weighted => pb::FailoverMode::Weighted,
+                m::FailoverMode::Priority => pb::FailoverMode::Priority,
+                m::FailoverMode::Manual => pb::FailoverMode::Manual,
+            } as i32,
+            failure_rate_percent: Some(s.failover.failure_rate_percent),
+            window_seconds: Some(s.failover.window_seconds),
+            min_samples: Some(s.failover.min_samples),
+            recovery_seconds: Some(s.failover.recovery_seconds),
+        }),
+        mtls: Some(pb::Mtls {
+            mode: match s.mtls.mode {
+                m::MtlsMode::Disabled => pb::MtlsMode::Disabled,
+                m::MtlsMode::Permissive => pb::MtlsMode::Permissive,
+                m::MtlsMode::Strict => pb::MtlsMode::Strict,
+            } as i32,
+            allowed_sans: s.mtls.allowed_sans.clone(),
+        }),
+        dns: Some(pb::Dns {
+            ttl: Some(s.dns.ttl),
+        }),
+    }
+}
+
+/// Collects every problem instead of stopping at the first.
+#[derive(Default)]
+struct Problems(Vec<FieldError>);
+
+impl Problems {
+    fn enumeration<T>(
+        &mut self,
+        field: String,
+        value: i32,
+        decode: impl Fn(i32) -> Option<T>,
+    ) -> Option<T> {
+        match decode(value) {
+            Some(v) => Some(v),
+            None => {
+                self.0.push(FieldError::new(
+                    field,
+                    format!("unknown enum value {value}"),
+                ));
+                None
+            }
+        }
+    }
+
+    fn time(&mut self, field: &str, t: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
+        let t = t?;
+        let parsed = from_timestamp(t);
+        if parsed.is_none() {
+            self.0.push(FieldError::new(field, "not a valid timestamp"));
+        }
+        parsed
+    }
+}
+
+impl TryFrom<pb::GlobalTrafficPolicy> for m::Policy {
+    type Error = ConvertError;
+
+    fn try_from(p: pb::GlobalTrafficPolicy) -> Result<Self, ConvertError> {
+        let mut problems = Problems::default();
+        let md = p.metadata.unwrap_or_default();
+        if p.spec.is_none() {
+            problems
+                .0
+                .push(FieldError::new("spec", "missing field `spec`"));
+        }
+        let metadata = m::Metadata {
+            name: md.name,
+            labels: md.labels.into_iter().collect(),
+            resource_version: md.resource_version,
+            generation: md.generation,
+            created_at: problems.time("metadata.createdAt", md.created_at.as_ref()),
+            updated_at: problems.time("metadata.updatedAt", md.updated_at.as_ref()),
+            source: md.source,
+        };
+        let spec = spec_from_pb(p.spec.unwrap_or_default(), &mut problems);
+        if !problems.0.is_empty() {
+            return Err(ConvertError(problems.0));
+        }
+        Ok(m::Policy {
+            api_version: p.api_version.unwrap_or_else(|| m::API_VERSION.to_owned()),
+            kind: p.kind.unwrap_or_else(|| m::KIND.to_owned()),
+            metadata,
+            spec,
+        })
+    }
+}
+
+fn spec_from_pb(s: pb::Spec, problems: &mut Problems) -> m::Spec {
+    let protocol = match problems.enumeration("spec.protocol".into(), s.protocol, |v| {
+        pb::Protocol::try_from(v).ok()
+    }) {
+        Some(pb::Protocol::Grpc) => m::Protocol::Grpc,
+        _ => m::Protocol::Http,
+    };
+    let zones = s
+        .zones
+        .into_iter()
+        .map(|z| m::Zone {
+            name: z.name,
+            region: z.region,
+            weight: z.weight,
+            priority: z.priority.unwrap_or_default(),
+            endpoints: z
+                .endpoints
+                .into_iter()
+                .map(|e| m::Endpoint {
+                    address: e.address,
+                    port: e.port,
+                    version: e.version.unwrap_or_else(|| m::DEFAULT_VERSION.to_owned()),
+                })
+                .collect(),
+            dns: z.dns.map(|d| m::ZoneDns {
+                target: d.target,
+                provider: d.provider,
+            }),
+        })
+        .collect();
+    let routes = s
+        .routes
+        .into_iter()
+        .map(|r| {
+            let matcher = r.r#match.unwrap_or_default();
+            m::Route {
+                name: r.name,
+                matcher: m::RouteMatch {
+                    path_prefix: matcher
+                        .path_prefix
+                        .unwrap_or_else(|| m::RouteMatch::default().path_prefix),
+                    headers: matcher
+                        .headers
+                        .into_iter()
+                        .map(|h| m::HeaderMatch {
+                            name: h.name,
+                            exact: h.exact,
+                        })
+                        .collect(),
+                },
+                canary: r.canary.map(|c| m::Canary {
+                    version: c.version,
+                    weight: c.weight,
+                    header: c
+                        .header
+                        .unwrap_or_else(|| m::DEFAULT_CANARY_HEADER.to_owned()),
+                }),
+            }
+        })
+        .collect();
+    let health_check = match s.health_check {
+        None => m::HealthCheck::default(),
+        Some(h) => {
+            let d = m::HealthCheck::default();
+            m::HealthCheck {
+                protocol: match problems.enumeration(
+                    "spec.healthCheck.protocol".into(),
+                    h.protocol,
+                    |v| pb::HealthProtocol::try_from(v).ok(),
+                ) {
+                    Some(pb::HealthProtocol::Tcp) => m::HealthProtocol::Tcp,
+                    Some(pb::HealthProtocol::Grpc) => m::HealthProtocol::Grpc,
+                    _ => d.protocol,
+                },
+                path: h.path.unwrap_or(d.path),
+                interval_ms: h.interval_ms.unwrap_or(d.interval_ms),
+                timeout_ms: h.timeout_ms.unwrap_or(d.timeout_ms),
+                expected_status: h.expected_status.unwrap_or(d.expected_status),
+            }
+        }
+    };
+    let failover = match s.failover {
+        None => m::Failover::default(),
+        Some(f) => {
+            let d = m::Failover::default();
+            m::Failover {
+                mode: match problems.enumeration("spec.failover.mode".into(), f.mode, |v| {
+                    pb::FailoverMode::try_from(v).ok()
+                }) {
+                    Some(pb::FailoverMode::Priority) => m::FailoverMode::Priority,
+                    Some(pb::FailoverMode::Manual) => m::FailoverMode::Manual,
+                    _ => d.mode,
+                },
+                failure_rate_percent: f.failure_rate_percent.unwrap_or(d.failure_rate_percent),
+                window_seconds: f.window_seconds.unwrap_or(d.window_seconds),
+                min_samples: f.min_samples.unwrap_or(d.min_samples),
+                recovery_seconds: f.recovery_seconds.unwrap_or(d.recovery_seconds),
+            }
+        }
+    };
+    let mtls = match s.mtls {
+        None => m::Mtls::default(),
+        Some(t) => m::Mtls {
+            mode: match problems.enumeration("spec.mtls.mode".into(), t.mode, |v| {
+                pb::MtlsMode::try_from(v).ok()
+            }) {
+                Some(pb::MtlsMode::Permissive) => m::MtlsMode::Permissive,
+                Some(pb::MtlsMode::Strict) => m::MtlsMode::Strict,
+                _ => m::MtlsMode::Disabled,
+            },
+            allowed_sans: t.allowed_sans,
+        },
+    };
+    let dns = m::Dns {
+        ttl: s.dns.and_then(|d| d.ttl).unwrap_or(m::Dns::default().ttl),
+    };
+    m::Spec {
+        host: s.host,
+        port: s.port,
+        protocol,
+        zones,
+        routes,
+        health_check,
+        failover,
+        mtls,
+        dns,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn policy(json: &str) -> m::Policy {
+        meridian_policy::decode::from_bytes(json.as_bytes(), meridian_policy::Format::Json).unwrap()
+    }
+
+    fn round_trip(p: &m::Policy) -> m::Policy {
+        let bytes = pb::GlobalTrafficPolicy::from(p).encode_to_vec();
+        let decoded = pb::GlobalTrafficPolicy::decode(bytes.as_slice()).unwrap();
+        m::Policy::try_from(decoded).unwrap()
+    }
+
+    const FULL: &str = r#"{
+      "apiVersion": "meridian/v1", "kind": "GlobalTrafficPolicy",
+      "metadata": {"name": "pay", "labels": {"team": "payments", "tier": "1"},
+                   "resourceVersion": "42", "generation": 3,
+                   "createdAt": "2026-11-22T10:00:00.123456789Z",
+                   "updatedAt": "2026-11-22T11:00:00Z", "source": "gitops:repo@abc"},
+      "spec": {
+        "host": "pay.example.com", "port": 8443, "protocol": "grpc",
+        "zones": [
+          {"name": "a", "region": "eu-west-1", "weight": 70, "priority": 1,
+           "endpoints": [{"address": "10.0.0.1", "port": 9000, "version": "v2"}],
+           "dns": {"target": "198.51.100.1", "provider": "r53"}},
+          {"name": "b", "weight": 30, "endpoints": [{"address": "b.internal", "port": 9000}]}
+        ],
+        "routes": [
+          {"name": "canary", "match": {"pathPrefix": "/api", "headers": [{"name": "x-user", "exact": "beta"}]},
+           "canary": {"version": "v2", "weight": 10, "header": "x-canary"}},
+          {"name": "default"}
+        ],
+        "healthCheck": {"protocol": "tcp", "path": "/h", "intervalMs": 250, "timeoutMs": 100, "expectedStatus": "200,204"},
+        "failover": {"mode": "priority", "failureRatePercent": 0, "windowSeconds": 10, "minSamples": 3, "recoverySeconds": 5},
+        "mtls": {"mode": "strict", "allowedSans": ["spiffe://m/ns/a/sa/b"]},
+        "dns": {"ttl": 60}
+      }
+    }"#;
+
+    #[test]
+    fn rust_to_proto_and_back_is_the_identity() {
+        for p in [policy(FULL), policy(MINIMAL)] {
+            assert_eq!(round_trip(&p), p);
+        }
+    }
+
+    #[test]
+    fn json_to_proto_and_back_gives_the_same_json() {
+        for text in [FULL, MINIMAL] {
+            let p = policy(text);
+            let json_before = serde_json::to_value(&p).unwrap();
+            let json_after = serde_json::to_value(round_trip(&p)).unwrap();
+            assert_eq!(json_after, json_before);
+        }
+        // A zero that JSON states stays a zero; it is not mistaken for "absent".
+        let p = round_trip(&policy(FULL));
+        assert_eq!(p.spec.failover.failure_rate_percent, 0);
+        assert_eq!(
+            p.metadata.created_at.unwrap().timestamp_subsec_nanos(),
+            123_456_789
+        );
+    }
+
+    const MINIMAL: &str = r#"{"metadata": {"name": "min"},
+      "spec": {"host": "min.example.com", "port": 80,
+               "zones": [{"name": "a", "weight": 100, "endpoints": [{"address": "127.0.0.1", "port": 80}]}]}}"#;
+
+    #[test]
+    fn absent_proto_fields_take_the_json_defaults() {
+        let from_json = policy(MINIMAL);
+        let msg = pb::GlobalTrafficPolicy {
+            metadata: Some(pb::Metadata {
+                name: "min".into(),
+                ..Default::default()
+            }),
+            spec: Some(pb::Spec {
+                host: "min.example.com".into(),
+                port: 80,
+                zones: vec![pb::Zone {
+                    name: "a".into(),
+                    weight: 100,
+                    endpoints: vec![pb::Endpoint {
+                        address: "127.0.0.1".into(),
+                        port: 80,
+                        version: None,
+                    }],
+                    ..Default::default()
+                }],
+                health_check: Some(pb::HealthCheck {
+                    interval_ms: None,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(m::Policy::try_from(msg).unwrap(), from_json);
+    }
+
+    #[test]
+    fn unknown_enum_values_and_missing_spec_are_reported_with_paths() {
+        let msg = pb::GlobalTrafficPolicy {
+            spec: Some(pb::Spec {
+                protocol: 9,
+                mtls: Some(pb::Mtls {
+                    mode: 7,
+                    allowed_sans: vec![],
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let err = m::Policy::try_from(msg).unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["spec.protocol", "spec.mtls.mode"]);
+        let err = m::Policy::try_from(pb::GlobalTrafficPolicy::default()).unwrap_err();
+        assert_eq!(err.0[0].field, "spec");
+    }
+}
