@@ -100,7 +100,10 @@ impl From<meridian_store::Error> for ApiError {
             E::NotFound { .. } | E::ProviderNotFound { .. } => {
                 Self::new(StatusCode::NOT_FOUND, "not_found", message)
             }
-            E::ProviderExists { .. } => Self::new(StatusCode::CONFLICT, "already_exists", message),
+            E::ProviderExists { .. } | E::TokenExists { .. } => {
+                Self::new(StatusCode::CONFLICT, "already_exists", message)
+            }
+            E::TokenNotFound { .. } => Self::new(StatusCode::NOT_FOUND, "not_found", message),
             E::RevisionNotFound { .. } => {
                 let mut err = Self::invalid(vec![FieldError::new("revision", message.clone())]);
                 err.body.message = message;

@@ -13,11 +13,10 @@ use meridian_policy::FieldError;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::auth::caller;
 use crate::error::ApiError;
 use crate::request::{self, query_pairs};
 use crate::AppState;
-
-const ACTOR: &str = "anonymous";
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -85,7 +84,13 @@ pub async fn set_override(
     }
     let stored = state
         .store
-        .set_override(&name, &req.weights, &req.reason, req.expires_at, ACTOR)
+        .set_override(
+            &name,
+            &req.weights,
+            &req.reason,
+            req.expires_at,
+            &caller().actor,
+        )
         .await?;
     Ok(Json(stored).into_response())
 }
@@ -95,7 +100,7 @@ pub async fn clear_override(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     state.store.get(&name).await?;
-    if state.store.clear_override(&name, ACTOR).await? {
+    if state.store.clear_override(&name, &caller().actor).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::new(
@@ -133,7 +138,10 @@ async fn set_drain(
             format!("policy {name:?} has no zone {zone:?}"),
         ));
     }
-    let changed = state.store.set_drain(&name, &zone, drained, ACTOR).await?;
+    let changed = state
+        .store
+        .set_drain(&name, &zone, drained, &caller().actor)
+        .await?;
     Ok(
         Json(json!({"policy": name, "zone": zone, "drained": drained, "changed": changed}))
             .into_response(),

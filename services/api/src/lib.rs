@@ -4,12 +4,14 @@
 //! nothing, so tests can drive it in-process and the binary decides where
 //! it listens.
 
+pub mod auth;
 pub mod error;
 mod failover;
 mod openapi;
 mod policies;
 mod providers;
 pub mod request;
+mod tokens;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -41,6 +43,8 @@ pub struct AppState {
     /// Cancelled at shutdown: long-lived responses (event streams) end with it,
     /// so draining does not wait on them.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Who may call; off (everyone is an anonymous admin) unless set.
+    pub auth: Arc<meridian_auth::Authenticator>,
 }
 
 impl AppState {
@@ -50,6 +54,7 @@ impl AppState {
             xds_clients: None,
             ready: Vec::new(),
             shutdown: tokio_util::sync::CancellationToken::new(),
+            auth: Arc::new(meridian_auth::Authenticator::off()),
         }
     }
 }
@@ -96,9 +101,20 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events", get(failover::events))
         .route("/api/v1/events/stream", get(failover::event_stream))
         .route("/api/v1/xds/clients", get(xds_clients))
+        .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
+        .route(
+            "/api/v1/tokens/:name",
+            axum::routing::delete(tokens::revoke),
+        )
+        .route("/api/v1/audit", get(tokens::audit))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi::serve))
+        // After routing, so it knows the route and so what the request needs.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require,
+        ))
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(axum::middleware::map_response(error::json_errors))
         // Our handlers read bodies through `request::read_body`, which

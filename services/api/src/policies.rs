@@ -10,15 +10,15 @@ use meridian_store::{ListQuery, Write};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::auth::caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::request::{self, dry_run, etag, precondition, query_pairs};
 use crate::AppState;
+use meridian_auth::Role;
 
 pub const DEFAULT_PAGE: u32 = 100;
 pub const MAX_PAGE: u32 = 1000;
 
-/// Who the audit log names until authentication lands.
-const ACTOR: &str = "anonymous";
 const SOURCE: &str = "api";
 
 #[derive(Serialize, ToSchema)]
@@ -66,9 +66,9 @@ pub struct DryRunParam {
     dry_run: Option<bool>,
 }
 
-fn write(dry_run: bool) -> Write<'static> {
+fn write(actor: &str, dry_run: bool) -> Write<'_> {
     Write {
-        actor: ACTOR,
+        actor,
         source: SOURCE,
         dry_run,
     }
@@ -112,8 +112,9 @@ pub async fn create(
     body: Body,
 ) -> Result<Response, ApiError> {
     let dry = dry_run(query.as_deref())?;
+    let who = caller();
     let policy = checked(request::policy_body(&headers, body).await?)?;
-    let stored = state.store.create(&policy, &write(dry)).await?;
+    let stored = state.store.create(&policy, &write(&who.actor, dry)).await?;
     Ok(with_etag(StatusCode::CREATED, stored, true))
 }
 
@@ -190,11 +191,15 @@ pub async fn replace(
     body: Body,
 ) -> Result<Response, ApiError> {
     let dry = dry_run(query.as_deref())?;
+    let who = caller();
     let pre = precondition(&headers)?;
     let policy = request::policy_body(&headers, body).await?;
     same_name(&name, &policy)?;
     let policy = checked(policy)?;
-    let (stored, created) = state.store.replace(&policy, &pre, &write(dry)).await?;
+    let (stored, created) = state
+        .store
+        .replace(&policy, &pre, &write(&who.actor, dry))
+        .await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -232,6 +237,7 @@ pub async fn patch(
     body: Body,
 ) -> Result<Response, ApiError> {
     let dry = dry_run(query.as_deref())?;
+    let who = caller();
     let pre = precondition(&headers)?;
     let ct = request::content_type(&headers);
     if ct.as_deref() != Some("application/merge-patch+json") {
@@ -250,12 +256,23 @@ pub async fn patch(
     })?;
     let stored = state
         .store
-        .modify(&name, &pre, &write(dry), |current| {
+        .modify(&name, &pre, &write(&who.actor, dry), |current| {
             let mut doc = serde_json::to_value(&current).expect("a policy serializes");
             merge_patch::apply(&mut doc, &patch);
             let mut patched = decode::from_value(doc)?;
             patched.metadata.clear_server_fields();
             same_name(&name, &patched)?;
+            // Refused for what it changes before it is judged for how.
+            if who.role < Role::Admin && !meridian_auth::operator_may_change(&current, &patched) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!(
+                        "{} has role {}: operators may change only canary weights; other changes need admin",
+                        who.actor, who.role
+                    ),
+                ));
+            }
             checked(patched)
         })
         .await?;
@@ -276,8 +293,12 @@ pub async fn delete(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let dry = dry_run(query.as_deref())?;
+    let who = caller();
     let pre = precondition(&headers)?;
-    state.store.delete(&name, &pre, &write(dry)).await?;
+    state
+        .store
+        .delete(&name, &pre, &write(&who.actor, dry))
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -310,6 +331,7 @@ pub async fn rollback(
     body: Body,
 ) -> Result<Response, ApiError> {
     let dry = dry_run(query.as_deref())?;
+    let who = caller();
     let pre = precondition(&headers)?;
     let ct = request::content_type(&headers);
     if ct.as_deref() != Some("application/json") {
@@ -333,7 +355,7 @@ pub async fn rollback(
     let target = state.store.revision(&name, req.revision).await?;
     let stored = state
         .store
-        .modify(&name, &pre, &write(dry), |mut current| {
+        .modify(&name, &pre, &write(&who.actor, dry), |mut current| {
             current.spec = target.spec.clone();
             current.metadata.clear_server_fields();
             checked(current)

@@ -27,12 +27,14 @@ pub fn from_store(e: meridian_store::Error) -> Status {
     use meridian_store::Error as E;
     let message = e.to_string();
     match e {
-        E::NotFound { .. } | E::ProviderNotFound { .. } | E::RevisionNotFound { .. } => {
-            Status::not_found(message)
-        }
-        E::NameTaken { .. } | E::HostTaken { .. } | E::ProviderExists { .. } => {
-            Status::already_exists(message)
-        }
+        E::NotFound { .. }
+        | E::ProviderNotFound { .. }
+        | E::RevisionNotFound { .. }
+        | E::TokenNotFound { .. } => Status::not_found(message),
+        E::NameTaken { .. }
+        | E::HostTaken { .. }
+        | E::ProviderExists { .. }
+        | E::TokenExists { .. } => Status::already_exists(message),
         E::StaleVersion { .. } => Status::failed_precondition(message),
         E::PreconditionOnMissing { name } => Status::not_found(format!(
             "policy {name:?} does not exist, so the expected resource version cannot match"

@@ -17,8 +17,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::authorize;
 use crate::error::{from_store, invalid};
-use crate::ACTOR;
+use meridian_auth::{Authenticator, Identity, Role};
+use std::sync::Arc;
 
 /// Events are rows any replica writes; polling them by id is ordered and
 /// resumable, and a quarter second is well inside what automation needs.
@@ -26,15 +28,26 @@ const EVENT_POLL: Duration = Duration::from_millis(250);
 
 pub struct Failover {
     store: Store,
+    auth: Arc<Authenticator>,
     shutdown: CancellationToken,
 }
 
 impl Failover {
-    pub fn new(store: Store, shutdown: CancellationToken) -> Failover {
-        Failover { store, shutdown }
+    pub fn new(store: Store, auth: Arc<Authenticator>, shutdown: CancellationToken) -> Failover {
+        Failover {
+            store,
+            auth,
+            shutdown,
+        }
     }
 
-    async fn set_drain(&self, policy: &str, zone: &str, drained: bool) -> Result<bool, Status> {
+    async fn set_drain(
+        &self,
+        who: &Identity,
+        policy: &str,
+        zone: &str,
+        drained: bool,
+    ) -> Result<bool, Status> {
         let p = self.store.get(policy).await.map_err(from_store)?;
         if !p.spec.zones.iter().any(|z| z.name == zone) {
             return Err(Status::not_found(format!(
@@ -42,7 +55,7 @@ impl Failover {
             )));
         }
         self.store
-            .set_drain(policy, zone, drained, ACTOR)
+            .set_drain(policy, zone, drained, &who.actor)
             .await
             .map_err(from_store)
     }
@@ -102,6 +115,7 @@ impl FailoverService for Failover {
         &self,
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
+        authorize(&self.auth, &request, Role::Viewer).await?;
         let s = self
             .store
             .policy_status(&request.into_inner().policy)
@@ -148,6 +162,7 @@ impl FailoverService for Failover {
         &self,
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
+        authorize(&self.auth, &request, Role::Viewer).await?;
         let r = request.into_inner();
         let policy = (!r.policy.is_empty()).then_some(r.policy);
         let mut cursor = match r.after_id {
@@ -186,6 +201,7 @@ impl FailoverService for Failover {
         &self,
         request: Request<pb::SetOverrideRequest>,
     ) -> Result<Response<pb::SetOverrideResponse>, Status> {
+        let who = authorize(&self.auth, &request, Role::Operator).await?;
         let r = request.into_inner();
         let policy = self.store.get(&r.policy).await.map_err(from_store)?;
         let weights: BTreeMap<String, u32> = r.weights.into_iter().collect();
@@ -218,7 +234,7 @@ impl FailoverService for Failover {
         }
         let stored = self
             .store
-            .set_override(&r.policy, &weights, &r.reason, expires_at, ACTOR)
+            .set_override(&r.policy, &weights, &r.reason, expires_at, &who.actor)
             .await
             .map_err(from_store)?;
         Ok(Response::new(pb::SetOverrideResponse {
@@ -230,11 +246,12 @@ impl FailoverService for Failover {
         &self,
         request: Request<pb::ClearOverrideRequest>,
     ) -> Result<Response<pb::ClearOverrideResponse>, Status> {
+        let who = authorize(&self.auth, &request, Role::Operator).await?;
         let policy = request.into_inner().policy;
         self.store.get(&policy).await.map_err(from_store)?;
         if self
             .store
-            .clear_override(&policy, ACTOR)
+            .clear_override(&policy, &who.actor)
             .await
             .map_err(from_store)?
         {
@@ -250,8 +267,9 @@ impl FailoverService for Failover {
         &self,
         request: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
+        let who = authorize(&self.auth, &request, Role::Operator).await?;
         let r = request.into_inner();
-        let changed = self.set_drain(&r.policy, &r.zone, true).await?;
+        let changed = self.set_drain(&who, &r.policy, &r.zone, true).await?;
         Ok(Response::new(pb::DrainResponse { changed }))
     }
 
@@ -259,8 +277,9 @@ impl FailoverService for Failover {
         &self,
         request: Request<pb::UndrainRequest>,
     ) -> Result<Response<pb::UndrainResponse>, Status> {
+        let who = authorize(&self.auth, &request, Role::Operator).await?;
         let r = request.into_inner();
-        let changed = self.set_drain(&r.policy, &r.zone, false).await?;
+        let changed = self.set_drain(&who, &r.policy, &r.zone, false).await?;
         Ok(Response::new(pb::UndrainResponse { changed }))
     }
 }

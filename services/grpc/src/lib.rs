@@ -16,18 +16,43 @@ pub mod watch;
 
 use meridian_proto::v1::failover_service_server::FailoverServiceServer;
 use meridian_proto::v1::policy_service_server::PolicyServiceServer;
+use std::sync::Arc;
+
+use meridian_auth::{AuthError, Authenticator, Identity, Role};
 use meridian_store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Who the audit log names until authentication lands (as in the REST API).
-const ACTOR: &str = "anonymous";
+/// The caller of a request, if it may act with `needed`: the same tokens,
+/// JWTs and roles as the REST API, from the `authorization` metadata.
+pub(crate) async fn authorize<T>(
+    auth: &Authenticator,
+    request: &tonic::Request<T>,
+    needed: Role,
+) -> Result<Identity, tonic::Status> {
+    let header = request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    auth.authorize(header, needed).await.map_err(|e| {
+        let message = e.to_string();
+        match e {
+            AuthError::Missing | AuthError::Invalid(_) => tonic::Status::unauthenticated(message),
+            AuthError::Forbidden { .. } => tonic::Status::permission_denied(message),
+            AuthError::RateLimited { .. } => tonic::Status::resource_exhausted(message),
+            AuthError::Unavailable(_) => {
+                tonic::Status::unavailable("cannot check credentials now; retry")
+            }
+        }
+    })
+}
 
 /// Serves the automation API on `listener` until `shutdown`, and runs the
 /// watch feed beside it.
 pub async fn serve(
     listener: TcpListener,
     store: Store,
+    auth: Arc<Authenticator>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let feed = watch::Feed::new(store.clone());
@@ -55,10 +80,12 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(PolicyServiceServer::new(policies::Policies::new(
             feed,
+            auth.clone(),
             shutdown.clone(),
         )))
         .add_service(FailoverServiceServer::new(failover::Failover::new(
             store,
+            auth,
             shutdown.clone(),
         )))
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())

@@ -15,9 +15,11 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::authorize;
 use crate::error::{from_store, invalid};
 use crate::watch::{self, Feed, Item, Start};
-use crate::ACTOR;
+use meridian_auth::{Authenticator, Role};
+use std::sync::Arc;
 
 const SOURCE: &str = "grpc";
 const DEFAULT_PAGE: u32 = 100;
@@ -25,12 +27,17 @@ const MAX_PAGE: u32 = 1000;
 
 pub struct Policies {
     feed: Feed,
+    auth: Arc<Authenticator>,
     shutdown: CancellationToken,
 }
 
 impl Policies {
-    pub fn new(feed: Feed, shutdown: CancellationToken) -> Policies {
-        Policies { feed, shutdown }
+    pub fn new(feed: Feed, auth: Arc<Authenticator>, shutdown: CancellationToken) -> Policies {
+        Policies {
+            feed,
+            auth,
+            shutdown,
+        }
     }
 }
 
@@ -58,6 +65,7 @@ impl PolicyService for Policies {
         &self,
         request: Request<pb::GetPolicyRequest>,
     ) -> Result<Response<pb::GetPolicyResponse>, Status> {
+        authorize(&self.auth, &request, Role::Viewer).await?;
         let policy = self
             .feed
             .store()
@@ -73,6 +81,7 @@ impl PolicyService for Policies {
         &self,
         request: Request<pb::ListPoliciesRequest>,
     ) -> Result<Response<pb::ListPoliciesResponse>, Status> {
+        authorize(&self.auth, &request, Role::Viewer).await?;
         let r = request.into_inner();
         let limit = match r.page_size {
             0 => DEFAULT_PAGE,
@@ -100,6 +109,7 @@ impl PolicyService for Policies {
         &self,
         request: Request<pb::ApplyPolicyRequest>,
     ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
+        let who = authorize(&self.auth, &request, Role::Admin).await?;
         let r = request.into_inner();
         let message = r
             .policy
@@ -108,7 +118,7 @@ impl PolicyService for Policies {
         policy.metadata.clear_server_fields();
         validate(&policy).map_err(invalid)?;
         let write = Write {
-            actor: ACTOR,
+            actor: &who.actor,
             source: SOURCE,
             dry_run: r.dry_run,
         };
@@ -128,9 +138,10 @@ impl PolicyService for Policies {
         &self,
         request: Request<pb::DeletePolicyRequest>,
     ) -> Result<Response<pb::DeletePolicyResponse>, Status> {
+        let who = authorize(&self.auth, &request, Role::Admin).await?;
         let r = request.into_inner();
         let write = Write {
-            actor: ACTOR,
+            actor: &who.actor,
             source: SOURCE,
             dry_run: false,
         };
@@ -151,6 +162,7 @@ impl PolicyService for Policies {
         &self,
         request: Request<pb::WatchPoliciesRequest>,
     ) -> Result<Response<WatchStream>, Status> {
+        authorize(&self.auth, &request, Role::Viewer).await?;
         let r = request.into_inner();
         let start = match r.resource_version.as_str() {
             "" => Start::Snapshot,

@@ -21,14 +21,25 @@ struct Api {
 
 impl Api {
     async fn start() -> Api {
+        Self::start_with(|_| meridian_auth::Authenticator::off())
+            .await
+            .0
+    }
+
+    /// With the authenticator `auth` builds from the test's store.
+    async fn start_with(
+        auth: impl FnOnce(&meridian_store::Store) -> meridian_auth::Authenticator,
+    ) -> (Api, meridian_store::Store) {
         let db = database().await;
+        let auth = std::sync::Arc::new(auth(&db.store));
+        let store = db.store.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
         let task = tokio::spawn({
             let stop = stop.clone();
             async move {
-                meridian_grpc::serve(listener, db.store, stop)
+                meridian_grpc::serve(listener, db.store, auth, stop)
                     .await
                     .unwrap()
             }
@@ -38,11 +49,14 @@ impl Api {
             .connect()
             .await
             .unwrap();
-        Api {
-            channel,
-            stop,
-            task,
-        }
+        (
+            Api {
+                channel,
+                stop,
+                task,
+            },
+            store,
+        )
     }
 
     fn policies(&self) -> PolicyServiceClient<Channel> {
@@ -513,5 +527,90 @@ async fn overrides_and_drains_are_audited_events_that_a_resumed_event_watch_sees
         again.push(resumed.message().await.unwrap().unwrap().kind);
     }
     assert_eq!(again, ["zone-drained", "override-cleared"]);
+    api.stop().await;
+}
+
+fn with<T>(secret: Option<&str>, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Some(s) = secret {
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {s}").parse().unwrap());
+    }
+    r
+}
+
+#[tokio::test]
+async fn the_same_tokens_and_roles_as_rest() {
+    use meridian_auth::{token, Authenticator, Config, Role};
+    let (api, store) = Api::start_with(|s| Authenticator::new(s.clone(), Config::default())).await;
+    let mut secrets = Vec::new();
+    for role in Role::ALL {
+        let secret = token::generate();
+        store
+            .create_token(role.as_str(), role.as_str(), &token::hash(&secret), "test")
+            .await
+            .unwrap();
+        secrets.push(secret);
+    }
+    let mut c = api.policies();
+    let none = c
+        .apply_policy(with(None, apply(policy("g", (50, 50)), None)))
+        .await
+        .unwrap_err();
+    assert_eq!(none.code(), Code::Unauthenticated);
+    let viewer = c
+        .apply_policy(with(Some(&secrets[0]), apply(policy("g", (50, 50)), None)))
+        .await
+        .unwrap_err();
+    assert_eq!(viewer.code(), Code::PermissionDenied, "{viewer:?}");
+    let written = c
+        .apply_policy(with(Some(&secrets[2]), apply(policy("g", (50, 50)), None)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        written.policy.unwrap().metadata.unwrap().source.as_deref(),
+        Some("grpc")
+    );
+    let mut f = api.failover();
+    let drain = |s: &str| {
+        with(
+            Some(s),
+            pb::DrainRequest {
+                policy: "g".into(),
+                zone: "a".into(),
+            },
+        )
+    };
+    assert_eq!(
+        f.drain(drain(&secrets[0])).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    assert!(
+        f.drain(drain(&secrets[1]))
+            .await
+            .unwrap()
+            .into_inner()
+            .changed
+    );
+    let audit = store
+        .audit(&meridian_store::tokens::AuditQuery {
+            policy: Some("g".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let actors: Vec<(&str, &str)> = audit
+        .iter()
+        .map(|e| (e.action.as_str(), e.actor.as_str()))
+        .collect();
+    assert_eq!(
+        actors,
+        [
+            ("zone-drained", "token:operator"),
+            ("create", "token:admin")
+        ]
+    );
     api.stop().await;
 }

@@ -33,6 +33,18 @@ async fn fail(what: &str, response: Response) -> anyhow::Error {
     anyhow::anyhow!(message)
 }
 
+/// An HTTP client that sends `MERIDIAN_TOKEN`, when set, as a bearer token.
+fn http_client() -> anyhow::Result<Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(token) = std::env::var("MERIDIAN_TOKEN") {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| anyhow::anyhow!("MERIDIAN_TOKEN is not a valid header value"))?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    Ok(Client::builder().default_headers(headers).build()?)
+}
+
 async fn send(what: &str, request: reqwest::RequestBuilder) -> anyhow::Result<Response> {
     request
         .send()
@@ -64,7 +76,7 @@ async fn fetch_all(client: &Client, server: &str) -> anyhow::Result<Vec<Policy>>
 }
 
 pub async fn get(server: &str, name: Option<&str>, output: Output) -> anyhow::Result<()> {
-    let client = Client::new();
+    let client = http_client()?;
     let policies = match name {
         Some(name) => {
             let response = send(
@@ -124,7 +136,7 @@ pub async fn apply(server: &str, path: &Path) -> anyhow::Result<()> {
     if docs.is_empty() {
         bail!("no policy documents under {}", path.display());
     }
-    let client = Client::new();
+    let client = http_client()?;
     for (file, policy) in docs {
         let name = &policy.metadata.name;
         let what = format!("applying {name} from {}", file.display());
@@ -165,7 +177,7 @@ pub async fn apply(server: &str, path: &Path) -> anyhow::Result<()> {
 pub async fn delete(server: &str, name: &str) -> anyhow::Result<()> {
     let response = send(
         "deleting policy",
-        Client::new().delete(url(server, &format!("/{name}"))),
+        http_client()?.delete(url(server, &format!("/{name}"))),
     )
     .await?;
     if !response.status().is_success() {
@@ -178,7 +190,7 @@ pub async fn delete(server: &str, name: &str) -> anyhow::Result<()> {
 /// Renders locally from the server's stored policies: the translation is a
 /// pure function of them, so this prints what the server serves.
 pub async fn render(server: &str, node: &str, policy: Option<&str>) -> anyhow::Result<()> {
-    let client = Client::new();
+    let client = http_client()?;
     let policies = fetch_all(&client, server).await?;
     if let Some(name) = policy {
         if !policies.iter().any(|p| p.metadata.name == name) {

@@ -29,7 +29,7 @@ struct Cli {
 enum Command {
     /// Run the control plane. Without DATABASE_URL, starts a private PostgreSQL
     /// under --data-dir and loads the example policies.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply pending database migrations and exit.
     Migrate(DatabaseArgs),
     /// Show one policy, or list all of them.
@@ -57,9 +57,38 @@ enum Command {
     /// xDS debugging.
     #[command(subcommand)]
     Xds(XdsCommand),
+    /// Create, list and revoke API tokens, in the database directly (so the
+    /// first admin token can be made before anyone can call the API).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Print policy changes as they commit (or, with --events, failover
     /// events) from the gRPC API; reconnects and resumes where it left off.
     Watch(watch::WatchArgs),
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it: the only time it is shown.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long)]
+        role: String,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// List tokens (names and roles; never the tokens).
+    List {
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// Revoke a token for good.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -129,6 +158,30 @@ pub struct ServeArgs {
     /// Largest number of database connections of this process.
     #[arg(long, env = "MERIDIAN_DB_POOL", default_value_t = 32)]
     pub db_pool: u32,
+    /// Serve the REST and gRPC APIs without authentication: every caller is
+    /// an anonymous admin. Refused unless both bind to loopback; for local use.
+    #[arg(long, env = "MERIDIAN_NO_AUTH")]
+    pub no_auth: bool,
+    /// OIDC issuer whose JWTs are accepted (with --oidc-audience and --oidc-jwks-url).
+    #[arg(long, env = "MERIDIAN_OIDC_ISSUER", requires_all = ["oidc_audience", "oidc_jwks_url"])]
+    pub oidc_issuer: Option<String>,
+    /// Audience the JWTs must be issued for.
+    #[arg(long, env = "MERIDIAN_OIDC_AUDIENCE")]
+    pub oidc_audience: Option<String>,
+    /// Where the issuer publishes its signing keys (JWKS).
+    #[arg(long, env = "MERIDIAN_OIDC_JWKS_URL")]
+    pub oidc_jwks_url: Option<String>,
+    /// JWT claim that holds the caller's role: viewer, operator or admin.
+    #[arg(
+        long,
+        env = "MERIDIAN_OIDC_ROLE_CLAIM",
+        default_value = "meridian_role"
+    )]
+    pub oidc_role_claim: String,
+    /// Requests per second each caller (token or OIDC subject) may make, in
+    /// bursts of twice that; 0 for no limit.
+    #[arg(long, env = "MERIDIAN_RATE_LIMIT", default_value_t = 100)]
+    pub rate_limit: u32,
     /// How long to wait for in-flight requests at shutdown, in seconds.
     #[arg(long, env = "MERIDIAN_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
@@ -160,7 +213,7 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve::run(args).await,
+            Command::Serve(args) => serve::run(*args).await,
             Command::Migrate(db) => serve::migrate(db).await,
             Command::Get {
                 name,
@@ -175,6 +228,7 @@ fn main() -> ExitCode {
                 server,
             }) => client::render(&server.server, &node, policy.as_deref()).await,
             Command::Watch(args) => watch::run(args).await,
+            Command::Token(command) => serve::token(command).await,
         }
     });
     match result {

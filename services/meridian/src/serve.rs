@@ -76,6 +76,116 @@ impl Database {
     }
 }
 
+/// `meridian token …`: straight to the database, since the first admin
+/// token cannot come from an API that needs one.
+pub async fn token(command: crate::TokenCommand) -> anyhow::Result<()> {
+    use crate::TokenCommand as T;
+    let db_args = match &command {
+        T::Create { db, .. } | T::List { db } | T::Revoke { db, .. } => db,
+    };
+    let db = Database::open(db_args).await?;
+    let result = async {
+        let store = Store::connect(&db.url, 2)
+            .await
+            .context("connecting to PostgreSQL")?;
+        store.migrate().await?;
+        let actor = format!(
+            "cli:{}",
+            std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+        );
+        match &command {
+            T::Create { name, role, .. } => {
+                let role: meridian_auth::Role = role.parse().map_err(anyhow::Error::msg)?;
+                meridian_policy::validate::dns_label(name)
+                    .map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+                let secret = meridian_auth::token::generate();
+                store
+                    .create_token(
+                        name,
+                        role.as_str(),
+                        &meridian_auth::token::hash(&secret),
+                        &actor,
+                    )
+                    .await?;
+                eprintln!("token {name:?} ({role}) created; it is shown only now:");
+                println!("{secret}");
+            }
+            T::List { .. } => {
+                println!("{:<24} {:<9} {:<20} REVOKED", "NAME", "ROLE", "CREATED BY");
+                for t in store.tokens().await? {
+                    let revoked = t.revoked_at.map(|t| t.to_rfc3339()).unwrap_or_default();
+                    println!(
+                        "{:<24} {:<9} {:<20} {revoked}",
+                        t.name, t.role, t.created_by
+                    );
+                }
+            }
+            T::Revoke { name, .. } => {
+                if store.revoke_token(name, &actor).await? {
+                    println!("token {name:?} revoked");
+                } else {
+                    println!("token {name:?} was revoked already");
+                }
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    db.close().await;
+    result
+}
+
+/// Refuses `--no-auth` on an address other machines can reach, before
+/// anything binds; warns loudly when it is allowed.
+fn check_auth_settings(args: &ServeArgs) -> anyhow::Result<()> {
+    if !args.no_auth {
+        return Ok(());
+    }
+    let exposed: Vec<String> = [
+        (Role::Api, args.api_addr, "--api-addr"),
+        (Role::Grpc, args.grpc_addr, "--grpc-addr"),
+    ]
+    .into_iter()
+    .filter(|(role, addr, _)| args.roles.contains(role) && !addr.ip().is_loopback())
+    .map(|(_, addr, flag)| format!("{flag} {addr}"))
+    .collect();
+    if !exposed.is_empty() {
+        anyhow::bail!(
+            "--no-auth is only for local use, on loopback addresses; {} can be reached from other machines. \
+             Bind to 127.0.0.1, or drop --no-auth and create a token with `meridian token create`",
+            exposed.join(" and ")
+        );
+    }
+    eprintln!(
+        "WARNING: authentication is OFF (--no-auth): anyone on this machine can read and change \
+         traffic policies through the REST and gRPC APIs. For local use only."
+    );
+    Ok(())
+}
+
+fn authenticator(args: &ServeArgs, store: &Store) -> Arc<meridian_auth::Authenticator> {
+    if args.no_auth {
+        return Arc::new(meridian_auth::Authenticator::off());
+    }
+    let oidc = args
+        .oidc_issuer
+        .as_ref()
+        .map(|issuer| meridian_auth::OidcConfig {
+            issuer: issuer.clone(),
+            audience: args.oidc_audience.clone().unwrap_or_default(),
+            jwks_url: args.oidc_jwks_url.clone().unwrap_or_default(),
+            role_claim: args.oidc_role_claim.clone(),
+        });
+    let rate = (args.rate_limit > 0).then(|| meridian_auth::Rate {
+        per_second: f64::from(args.rate_limit),
+        burst: 2.0 * f64::from(args.rate_limit),
+    });
+    Arc::new(meridian_auth::Authenticator::new(
+        store.clone(),
+        meridian_auth::Config { oidc, rate },
+    ))
+}
+
 pub async fn migrate(args: DatabaseArgs) -> anyhow::Result<()> {
     let db = Database::open(&args).await?;
     let result = async {
@@ -102,6 +212,7 @@ struct Listeners {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Bind first: a taken port is an operator error worth hearing about
     // before a database is started.
+    check_auth_settings(&args)?;
     let has = |role| args.roles.contains(&role);
     let listeners = Listeners {
         api: match has(Role::Api) {
@@ -142,6 +253,13 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
     let mut state = meridian_api::AppState::new(store.clone());
     state.shutdown = shutdown.clone();
+    state.auth = authenticator(args, &store);
+    if state.auth.is_on() && args.oidc_issuer.is_none() && store.tokens().await?.is_empty() {
+        eprintln!(
+            "No API tokens exist yet, so every API call will get 401. Create the first one with\n  \
+             meridian token create --name admin --role admin"
+        );
+    }
 
     if let Some(listener) = listeners.xds {
         let (publisher, subscriber) = meridian_xds::snapshot_channel();
@@ -205,9 +323,9 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
             "Meridian gRPC listening on {}",
             display_addr(listener.local_addr()?)
         );
-        let (store, stop) = (store.clone(), shutdown.clone());
+        let (store, auth, stop) = (store.clone(), state.auth.clone(), shutdown.clone());
         tasks.spawn(async move {
-            meridian_grpc::serve(listener, store, stop)
+            meridian_grpc::serve(listener, store, auth, stop)
                 .await
                 .context("gRPC automation API")
         });

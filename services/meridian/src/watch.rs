@@ -29,6 +29,41 @@ pub struct WatchArgs {
     grpc_server: String,
 }
 
+/// Adds `MERIDIAN_TOKEN`, when set, as the bearer token of every call.
+#[derive(Clone)]
+struct Token(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Token {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+fn token() -> anyhow::Result<Token> {
+    match std::env::var("MERIDIAN_TOKEN") {
+        Ok(t) => Ok(Token(Some(format!("Bearer {t}").parse().map_err(
+            |_| anyhow::anyhow!("MERIDIAN_TOKEN is not a valid header value"),
+        )?))),
+        Err(_) => Ok(Token(None)),
+    }
+}
+
+async fn channel(server: &str) -> anyhow::Result<tonic::transport::Channel> {
+    tonic::transport::Endpoint::from_shared(server.to_owned())
+        .with_context(|| format!("--grpc-server {server:?}"))?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {server}"))
+}
+
 /// Stop after this many failed reconnects in a row.
 const MAX_RETRIES: u32 = 10;
 
@@ -54,9 +89,8 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
 }
 
 async fn policies(args: &WatchArgs, position: &mut Option<String>) -> anyhow::Result<()> {
-    let mut client = PolicyServiceClient::connect(args.grpc_server.clone())
-        .await
-        .with_context(|| format!("connecting to {}", args.grpc_server))?;
+    let mut client =
+        PolicyServiceClient::with_interceptor(channel(&args.grpc_server).await?, token()?);
     let request = pb::WatchPoliciesRequest {
         resource_version: position.clone().unwrap_or_default(),
         name: args.policy.clone().unwrap_or_default(),
@@ -96,9 +130,8 @@ async fn events(args: &WatchArgs, position: &mut Option<String>) -> anyhow::Resu
         Some(id) => Some(id.parse().context("--from must be an event id")?),
         None => None,
     };
-    let mut client = FailoverServiceClient::connect(args.grpc_server.clone())
-        .await
-        .with_context(|| format!("connecting to {}", args.grpc_server))?;
+    let mut client =
+        FailoverServiceClient::with_interceptor(channel(&args.grpc_server).await?, token()?);
     let request = pb::WatchEventsRequest {
         after_id,
         policy: args.policy.clone().unwrap_or_default(),

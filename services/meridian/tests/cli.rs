@@ -170,6 +170,7 @@ async fn serve_without_database_url_runs_a_private_postgres_with_the_examples() 
             "127.0.0.1:0",
             "--grpc-addr",
             "127.0.0.1:0",
+            "--no-auth",
             "--data-dir",
             data_dir.to_str().unwrap(),
         ])

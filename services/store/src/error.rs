@@ -10,6 +10,12 @@ pub enum Error {
     /// A DNS provider with that name exists already.
     #[error("a DNS provider named {name:?} already exists")]
     ProviderExists { name: String },
+    /// An API token with that name exists already.
+    #[error("a token named {name:?} already exists")]
+    TokenExists { name: String },
+    /// No API token has that name.
+    #[error("token {name:?} not found")]
+    TokenNotFound { name: String },
     /// The policy has no such revision.
     #[error("policy {name:?} has no revision {revision}")]
     RevisionNotFound { name: String, revision: i64 },

@@ -15,6 +15,7 @@ pub mod notify;
 mod policies;
 pub mod providers;
 pub mod status;
+pub mod tokens;
 pub mod watch;
 
 pub use error::Error;

@@ -48,6 +48,8 @@ impl Meridian {
                 "127.0.0.1:0",
                 "--grpc-addr",
                 grpc_addr,
+                // Loopback only; the access-control tests start their own.
+                "--no-auth",
             ])
             .args(["--xds-debounce-ms", "20"])
             .env("DATABASE_URL", database_url)

@@ -1,0 +1,114 @@
+//! `/api/v1/tokens` and `/api/v1/audit` (admin).
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use meridian_auth::{token, Role};
+use meridian_policy::FieldError;
+use meridian_store::tokens::AuditQuery;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::caller;
+use crate::error::ApiError;
+use crate::request::{self, query_pairs};
+use crate::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    name: String,
+    role: String,
+}
+
+/// Creates a token and returns it, the only time it is ever shown.
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = request::read_body(&headers, body).await?;
+    let req: NewToken = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::invalid(vec![FieldError::new("", e.to_string())]))?;
+    let mut problems = Vec::new();
+    if meridian_policy::validate::dns_label(&req.name).is_err() {
+        problems.push(FieldError::new(
+            "name",
+            "must be a DNS label: lowercase letters, digits and '-', at most 63",
+        ));
+    }
+    let role = req.role.parse::<Role>();
+    if let Err(e) = &role {
+        problems.push(FieldError::new("role", e.clone()));
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::invalid(problems));
+    }
+    let secret = token::generate();
+    let stored = state
+        .store
+        .create_token(
+            &req.name,
+            role.expect("checked").as_str(),
+            &token::hash(&secret),
+            &caller().actor,
+        )
+        .await?;
+    let mut body = json!(stored);
+    body["token"] = json!(secret);
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
+    Ok(Json(json!({"items": state.store.tokens().await?})).into_response())
+}
+
+pub async fn revoke(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    state.store.revoke_token(&name, &caller().actor).await?;
+    state.auth.forget_tokens();
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /api/v1/audit?policy=&actor=&since=RFC3339&limit=N`, newest first.
+pub async fn audit(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let mut q = AuditQuery {
+        limit: 500,
+        ..AuditQuery::default()
+    };
+    for (k, v) in query_pairs(query.as_deref(), &["policy", "actor", "since", "limit"])? {
+        match k.as_str() {
+            "policy" => q.policy = Some(v),
+            "actor" => q.actor = Some(v),
+            "since" => {
+                q.since = Some(
+                    DateTime::parse_from_rfc3339(&v)
+                        .map_err(|_| {
+                            ApiError::bad_request(format!(
+                                "since must be an RFC 3339 time, not {v:?}"
+                            ))
+                        })?
+                        .with_timezone(&Utc),
+                )
+            }
+            _ => {
+                q.limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=5000).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!("limit must be 1 to 5000, not {v:?}"))
+                    })?
+            }
+        }
+    }
+    Ok(Json(json!({"items": state.store.audit(&q).await?})).into_response())
+}
