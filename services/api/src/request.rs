@@ -129,7 +129,13 @@ pub fn encode_continue(name: &str) -> String {
 pub fn decode_continue(token: &str) -> Result<String, ApiError> {
     let bad =
         || ApiError::bad_request("invalid continue token; pass the one the previous page returned");
-    if !token.len().is_multiple_of(2) || token.len() > 126 {
+    // Checked as bytes first: slicing a &str in the middle of a multi-byte
+    // character panics (schemathesis found that), and from_str_radix
+    // would take a "+".
+    if !token.bytes().all(|b| b.is_ascii_hexdigit())
+        || !token.len().is_multiple_of(2)
+        || token.len() > 126
+    {
         return Err(bad());
     }
     let bytes = (0..token.len())
@@ -149,7 +155,7 @@ mod tests {
             decode_continue(&encode_continue("track-api")).unwrap(),
             "track-api"
         );
-        for bad in ["zz", "abc", "ff"] {
+        for bad in ["zz", "abc", "ff", "\u{fbaad}æ\u{56465}", "é1", "+1"] {
             assert!(decode_continue(bad).is_err(), "{bad}");
         }
     }
