@@ -121,8 +121,32 @@ pub fn router(state: AppState) -> Router {
         // enforces the 1 MiB limit with our own error; this keeps axum's
         // extractors from applying their 2 MiB default instead.
         .layer(axum::extract::DefaultBodyLimit::max(request::MAX_BODY))
+        // A bug must cost one request a 500, not the connection: a panic
+        // would otherwise close it without an answer.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            internal_error,
+        ))
+        // Every response is started within this; streams (SSE) send their
+        // headers at once and are not cut.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIME_LIMIT,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// How long a request may take before it gets 408.
+pub const REQUEST_TIME_LIMIT: Duration = Duration::from_secs(30);
+
+fn internal_error(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    tracing::error!("a request handler panicked; answering 500");
+    error::ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error; see the server log",
+    )
+    .into_response()
 }
 
 /// Alive: the process answers.

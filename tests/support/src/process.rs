@@ -12,9 +12,9 @@ pub struct Meridian {
     child: Child,
     /// `http://127.0.0.1:PORT` of the REST API.
     pub api: String,
-    /// Port of the xDS server on 127.0.0.1.
+    /// Port of the xDS server on 127.0.0.1 (0 without the xds role).
     pub xds_port: u16,
-    /// `http://127.0.0.1:PORT` of the gRPC automation API.
+    /// `http://127.0.0.1:PORT` of the gRPC automation API (empty without the grpc role).
     pub grpc: String,
 }
 
@@ -39,19 +39,23 @@ impl Meridian {
         env: &[(&str, &str)],
         grpc_addr: &str,
     ) -> Meridian {
+        let mut all = vec![("MERIDIAN_GRPC_ADDR", grpc_addr)];
+        all.extend_from_slice(env);
+        Self::start_with(bin, database_url, &all).await
+    }
+
+    /// `meridian serve` with every setting from the environment: loopback
+    /// ports chosen by the OS, no authentication (loopback only; the
+    /// access-control tests start their own), every role, unless `env`
+    /// says otherwise (e.g. `MERIDIAN_ROLES=api`).
+    pub async fn start_with(bin: &Path, database_url: &str, env: &[(&str, &str)]) -> Meridian {
         let mut child = Command::new(bin)
-            .args([
-                "serve",
-                "--api-addr",
-                "127.0.0.1:0",
-                "--xds-addr",
-                "127.0.0.1:0",
-                "--grpc-addr",
-                grpc_addr,
-                // Loopback only; the access-control tests start their own.
-                "--no-auth",
-            ])
-            .args(["--xds-debounce-ms", "20"])
+            .arg("serve")
+            .env("MERIDIAN_API_ADDR", "127.0.0.1:0")
+            .env("MERIDIAN_XDS_ADDR", "127.0.0.1:0")
+            .env("MERIDIAN_GRPC_ADDR", "127.0.0.1:0")
+            .env("MERIDIAN_NO_AUTH", "true")
+            .env("MERIDIAN_XDS_DEBOUNCE_MS", "20")
             .env("DATABASE_URL", database_url)
             .env("MERIDIAN_LOG", "warn")
             .envs(env.iter().copied())
@@ -61,9 +65,10 @@ impl Meridian {
             .spawn()
             .expect("start meridian serve");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // The API prints its address last, after the roles it may serve.
         let (mut api, mut xds_port, mut grpc) = (None, None, None);
         let started = tokio::time::timeout(Duration::from_secs(60), async {
-            while api.is_none() || xds_port.is_none() || grpc.is_none() {
+            while api.is_none() {
                 let line = lines
                     .next_line()
                     .await
@@ -93,8 +98,8 @@ impl Meridian {
         let m = Meridian {
             child,
             api: api.unwrap(),
-            xds_port: xds_port.unwrap(),
-            grpc: grpc.unwrap(),
+            xds_port: xds_port.unwrap_or_default(),
+            grpc: grpc.unwrap_or_default(),
         };
         m.wait_ready().await;
         m
