@@ -6,6 +6,7 @@
 
 pub mod error;
 mod failover;
+pub mod metrics;
 mod openapi;
 mod policies;
 mod providers;
@@ -99,6 +100,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi::serve))
+        .route("/metrics", get(metrics::serve))
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(axum::middleware::map_response(error::json_errors))
         // Our handlers read bodies through `request::read_body`, which
@@ -106,6 +108,10 @@ pub fn router(state: AppState) -> Router {
         // extractors from applying their 2 MiB default instead.
         .layer(axum::extract::DefaultBodyLimit::max(request::MAX_BODY))
         .layer(TraceLayer::new_for_http())
+        // Outermost, so it sees the final status (after json_errors) and
+        // its span encloses every log line of the request. `Router::layer`
+        // runs after routing, so the matched route template is known.
+        .layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
 }
 
@@ -123,6 +129,11 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             Json(json!({"error": "unavailable", "message": message})),
         )
     };
+    // A draining replica stops taking new work: load balancers that still
+    // hold a kept-alive connection to it move away.
+    if state.shutdown.is_cancelled() {
+        return unavailable("shutting down");
+    }
     if !state.ready.iter().all(|flag| flag.load(Ordering::Acquire)) {
         return unavailable("still loading the initial configuration");
     }

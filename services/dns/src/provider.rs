@@ -1,7 +1,10 @@
 //! The provider seam and the reconcile loop that drives it.
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use meridian_telemetry::{counter, histogram, Counter, Family, HistogramFamily, Labels};
 
 use crate::desired::{diff, Change, Record};
 
@@ -137,12 +140,71 @@ pub async fn reconcile_with(
     }
 }
 
+static CALLS: LazyLock<Family<Labels<3>, Counter>> = LazyLock::new(|| {
+    counter(
+        "meridian_dns_provider_calls",
+        "DNS provider calls by provider kind, operation (read or apply) and outcome (ok or error).",
+    )
+});
+
+static ERRORS: LazyLock<Family<Labels<3>, Counter>> = LazyLock::new(|| {
+    counter(
+        "meridian_dns_provider_errors",
+        "Failed DNS provider calls by provider kind, operation and error kind (unavailable, rejected, invalid).",
+    )
+});
+
+static LATENCY: LazyLock<HistogramFamily<2>> = LazyLock::new(|| {
+    histogram(
+        "meridian_dns_provider_call_duration_seconds",
+        "DNS provider call time by provider kind and operation.",
+        meridian_telemetry::LATENCY_SECONDS,
+    )
+});
+
+/// Runs one provider call and records it.
+async fn measured<T>(
+    kind: &'static str,
+    op: &'static str,
+    call: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let started = Instant::now();
+    let result = call.await;
+    LATENCY
+        .get_or_create(&[("provider", kind.into()), ("op", op.into())])
+        .observe(started.elapsed().as_secs_f64());
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    CALLS
+        .get_or_create(&[
+            ("provider", kind.into()),
+            ("op", op.into()),
+            ("outcome", outcome.into()),
+        ])
+        .inc();
+    if let Err(e) = &result {
+        let error = match e {
+            Error::Unavailable { .. } => "unavailable",
+            Error::Rejected { .. } => "rejected",
+            Error::Invalid(_) => "invalid",
+        };
+        ERRORS
+            .get_or_create(&[
+                ("provider", kind.into()),
+                ("op", op.into()),
+                ("kind", error.into()),
+            ])
+            .inc();
+    }
+    result
+}
+
 async fn reconcile_once(
     provider: &impl Provider,
     name: &str,
     desired: &[Record],
 ) -> Result<Outcome, Error> {
-    let current = provider.read(name).await?;
+    let kind = provider.kind();
+    let current = measured(kind, "read", provider.read(name)).await?;
     let changes = diff(&current, desired);
     if changes.is_empty() {
         return Ok(Outcome::default());
@@ -153,7 +215,7 @@ async fn reconcile_once(
         changes = changes.len(),
         "applying dns changes"
     );
-    provider.apply(name, &changes, desired).await?;
+    measured(kind, "apply", provider.apply(name, &changes, desired)).await?;
     Ok(Outcome {
         changes: changes.len(),
     })

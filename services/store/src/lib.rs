@@ -11,6 +11,7 @@
 
 mod error;
 pub mod failover;
+mod metrics;
 pub mod notify;
 mod policies;
 pub mod providers;
@@ -54,6 +55,12 @@ impl Store {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Exposes this store's pool in `/metrics` (connections idle and in
+    /// use, and the maximum). Call once per process, for its main store.
+    pub fn export_metrics(&self) {
+        metrics::export(self.pool.clone());
     }
 
     /// Applies pending migrations; safe to run from several replicas at once
