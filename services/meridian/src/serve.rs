@@ -130,6 +130,7 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
     if db.private.is_some() && args.examples.exists() {
         load_examples(&store, &args.examples).await?;
     }
+    export_metrics(&store);
 
     let shutdown = CancellationToken::new();
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
@@ -234,14 +235,39 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
     })
     .await;
     if drained.is_err() {
+        // Aborting is safe for the data: a write cut off here never
+        // committed, and PostgreSQL rolls its transaction back when the
+        // connection goes; its client got no success answer either.
         tracing::warn!("drain time limit reached; closing what is left");
         tasks.abort_all();
     }
-    store.pool().close().await;
+    // Closing waits for connections still checked out by aborted requests;
+    // it must not stretch the grace period.
+    if tokio::time::timeout(Duration::from_secs(2), store.pool().close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("database connections still busy at exit; dropping them");
+    }
+    tracing::info!("stopped");
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// Lists every family in `/metrics` from the start, so dashboards and
+/// alerts see zeros rather than gaps before the first event.
+fn export_metrics(store: &Store) {
+    store.export_metrics();
+    meridian_xds::metrics::init();
+    meridian_failover_loop::init_metrics();
+    meridian_telemetry::gauge::<1>(
+        "meridian_build_info",
+        "Always 1; the version label says which build runs.",
+    )
+    .get_or_create(&[("version", env!("CARGO_PKG_VERSION").to_owned())])
+    .set(1);
 }
 
 /// Loads the examples into a fresh private database. A policy that exists
