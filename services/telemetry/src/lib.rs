@@ -95,6 +95,16 @@ pub fn gauge<const N: usize>(name: &str, help: &str) -> Family<Labels<N>, Gauge>
     family
 }
 
+/// A gauge of fractions (ratios, rates), which an integer gauge would round away.
+pub type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// A family of [`FloatGauge`]s.
+pub fn float_gauge<const N: usize>(name: &str, help: &str) -> Family<Labels<N>, FloatGauge> {
+    let family = Family::default();
+    register(name, help, family.clone());
+    family
+}
+
 /// One gauge without labels (a family with no labels would render `name{}`).
 pub fn single_gauge(name: &str, help: &str) -> Gauge {
     let gauge = Gauge::default();
