@@ -254,6 +254,14 @@ pub fn validate(args: &mut ServeArgs) -> Result<(), Error> {
 
 /// Reads `--database-url-file` into the URL, and checks the URL's shape.
 pub fn resolve_database_url(db: &mut DatabaseArgs) -> Result<(), Error> {
+    // An empty DATABASE_URL (a template left blank) means "not given".
+    if db
+        .database_url
+        .as_deref()
+        .is_some_and(|u| u.trim().is_empty())
+    {
+        db.database_url = None;
+    }
     if let Some(path) = db.database_url_file.clone() {
         if db.database_url.is_some() {
             return Err(invalid(

@@ -2,8 +2,8 @@
 //! with the addresses it prints read back from its standard output.
 
 use std::path::Path;
-use std::process::Stdio;
-use std::time::Duration;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -26,6 +26,17 @@ impl Meridian {
     /// Like [`Meridian::start`], with extra environment (e.g. the variable a
     /// DNS provider's credential reference names).
     pub async fn start_with_env(bin: &Path, database_url: &str, env: &[(&str, &str)]) -> Meridian {
+        Self::start_with(bin, database_url, env, &[]).await
+    }
+
+    /// Like [`Meridian::start_with_env`], with extra `serve` arguments
+    /// (e.g. `--drain-seconds 5`).
+    pub async fn start_with(
+        bin: &Path,
+        database_url: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Meridian {
         let mut child = Command::new(bin)
             .args([
                 "serve",
@@ -35,6 +46,7 @@ impl Meridian {
                 "127.0.0.1:0",
             ])
             .args(["--xds-debounce-ms", "20"])
+            .args(args)
             .env("DATABASE_URL", database_url)
             .env("MERIDIAN_LOG", "warn")
             .envs(env.iter().copied())
@@ -119,6 +131,29 @@ impl Meridian {
     pub async fn kill(mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
+    }
+
+    /// SIGTERM, as an orchestrator stops a replica; returns how the process
+    /// exited and how long that took (up to `limit`; `None` if it was still
+    /// running then, and then it is killed).
+    pub async fn terminate(mut self, limit: Duration) -> (Option<ExitStatus>, Duration) {
+        let started = Instant::now();
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        let status = tokio::time::timeout(limit, self.child.wait()).await;
+        let took = started.elapsed();
+        match status {
+            Ok(Ok(s)) => (Some(s), took),
+            _ => {
+                let _ = self.child.start_kill();
+                let _ = self.child.wait().await;
+                (None, took)
+            }
+        }
     }
 
     /// SIGTERM, then wait for a clean exit.
