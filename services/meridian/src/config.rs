@@ -56,6 +56,7 @@ pub struct File {
     /// is not accepted in the file, so it never sits in a config map.
     pub database_url_file: Option<PathBuf>,
     pub log_format: Option<String>,
+    pub migrate: Option<bool>,
 }
 
 impl File {
@@ -109,6 +110,7 @@ pub fn merge(args: &mut ServeArgs, file: File, matches: &ArgMatches) -> Result<(
     take!(examples);
     take!(db_pool);
     take!(drain_seconds);
+    take!(migrate);
     take!(replica_id, optional);
     take!(probe_source, optional);
     if let Some(dir) = file.data_dir {

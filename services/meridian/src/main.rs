@@ -57,6 +57,12 @@ enum Command {
     /// xDS debugging.
     #[command(subcommand)]
     Xds(XdsCommand),
+    /// Exit 0 when the server answers `/readyz` with 200: a health check
+    /// for images without a shell or curl.
+    Ready {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -134,6 +140,11 @@ pub struct ServeArgs {
     /// Largest number of database connections of this process.
     #[arg(long, env = "MERIDIAN_DB_POOL", default_value_t = 32)]
     pub db_pool: u32,
+    /// Apply pending migrations at start. With `false`, the replica only
+    /// checks that the schema is current and refuses to start otherwise,
+    /// for deployments that run `meridian migrate` once per upgrade.
+    #[arg(long, env = "MERIDIAN_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate: bool,
     /// How long to wait for in-flight requests at shutdown, in seconds.
     #[arg(long, env = "MERIDIAN_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
@@ -214,6 +225,7 @@ fn main() -> ExitCode {
                 policy,
                 server,
             }) => client::render(&server.server, &node, policy.as_deref()).await,
+            Command::Ready { server } => client::ready(&server.server).await,
         }
     });
     match result {

@@ -126,7 +126,17 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
     let store = Store::connect(&db.url, args.db_pool)
         .await
         .context("connecting to PostgreSQL")?;
-    store.migrate().await?;
+    if args.migrate || db.private.is_some() {
+        store.migrate().await?;
+    } else {
+        let pending = store.pending_migrations().await?;
+        if !pending.is_empty() {
+            anyhow::bail!(
+                "the database schema is behind this build (migrations {pending:?} not applied): \
+                 run `meridian migrate` first, or start with --migrate true"
+            );
+        }
+    }
     if db.private.is_some() && args.examples.exists() {
         load_examples(&store, &args.examples).await?;
     }

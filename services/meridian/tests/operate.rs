@@ -679,3 +679,67 @@ async fn settings_come_from_the_file_and_flags_override_it() {
     m.stop().await;
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Deployments that migrate once per upgrade (a Kubernetes Job) start
+/// replicas with `--migrate false`: such a replica refuses a schema that
+/// is behind instead of serving from it, and starts once it is current.
+#[tokio::test]
+async fn a_replica_that_does_not_migrate_refuses_an_old_schema() {
+    let db = database().await;
+    let name = format!("unmigrated_{}", std::process::id());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+    let (base, _) = db.url.rsplit_once('/').unwrap();
+    let url = format!("{base}/{name}");
+
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--api-addr",
+            "127.0.0.1:0",
+            "--xds-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--migrate", "false"])
+        .env("DATABASE_URL", &url)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("run `meridian migrate` first"), "{stderr}");
+
+    let migrated = tokio::process::Command::new(BIN)
+        .arg("migrate")
+        .env("DATABASE_URL", &url)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    let m = Meridian::start_with(BIN.as_ref(), &url, &[], &["--migrate", "false"]).await;
+    let m_api = m.api.clone();
+    // The image's health check: `meridian ready` (no shell, no curl there).
+    let ready = tokio::process::Command::new(BIN)
+        .args(["ready", "--server", &m.api])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        ready.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ready.stderr)
+    );
+    m.stop().await;
+    let gone = tokio::process::Command::new(BIN)
+        .args(["ready", "--server", &m_api])
+        .output()
+        .await
+        .unwrap();
+    assert!(!gone.status.success(), "ready after the server stopped");
+}

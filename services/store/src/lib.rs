@@ -69,6 +69,28 @@ impl Store {
         MIGRATOR.run(&self.pool).await.map_err(Error::Migrate)
     }
 
+    /// Versions of the migrations this build has that the database has not
+    /// applied yet: a replica that does not migrate by itself (the
+    /// operator runs `meridian migrate` once per upgrade) checks this
+    /// instead. A database never migrated has them all pending.
+    pub async fn pending_migrations(&self) -> Result<Vec<i64>, Error> {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await?;
+        let applied: Vec<i64> = if exists {
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await?
+        } else {
+            Vec::new()
+        };
+        Ok(MIGRATOR
+            .iter()
+            .map(|m| m.version)
+            .filter(|v| !applied.contains(v))
+            .collect())
+    }
+
     /// True when the database answers a trivial query.
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
