@@ -310,4 +310,20 @@ mod tests {
         assert_eq!(ok.db_pool, Some(4));
         assert!(parse("").unwrap().api_addr.is_none());
     }
+
+    /// The files shipped in deploy/ are valid settings files, and what
+    /// they ask for passes the same checks as flags would.
+    #[test]
+    fn shipped_config_files_parse() {
+        let demo = parse(include_str!("../../../deploy/demo/meridian.yaml")).unwrap();
+        assert_eq!(demo.migrate, Some(false));
+        assert!(demo.database_url_file.is_some());
+        let configmap: serde_json::Value =
+            serde_norway::from_str(include_str!("../../../deploy/kubernetes/configmap.yaml"))
+                .unwrap();
+        let text = configmap["data"]["meridian.yaml"].as_str().unwrap();
+        let k8s = parse(text).unwrap();
+        assert!(k8s.drain_seconds.unwrap() <= MAX_DRAIN_SECONDS);
+        assert_eq!(k8s.log_format.as_deref(), Some("json"));
+    }
 }
