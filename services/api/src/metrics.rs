@@ -43,7 +43,7 @@ pub async fn track(request: Request, next: Next) -> Response {
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = request.method().as_str().to_owned();
     let id = request_id(request.headers().get(REQUEST_ID));
-    let span = tracing::info_span!("request", request_id = %id, %method, %route);
+    let span = tracing::info_span!("http", request_id = %id, %method, %route);
     let mut response = next.run(request).instrument(span).await;
     let status = response.status().as_u16().to_string();
     REQUESTS

@@ -743,3 +743,74 @@ async fn a_replica_that_does_not_migrate_refuses_an_old_schema() {
         .unwrap();
     assert!(!gone.status.success(), "ready after the server stopped");
 }
+
+/// `--log-format json`: every line on standard error is one JSON object,
+/// and the lines a request causes carry its id (the client's, if sent).
+#[tokio::test]
+async fn json_logs_carry_the_request_id() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+    let db = database().await;
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--api-addr",
+            "127.0.0.1:0",
+            "--xds-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--log-format", "json"])
+        .env("DATABASE_URL", &db.url)
+        .env("MERIDIAN_LOG", "info,tower_http=debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let api = tokio::time::timeout(WAIT, async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("exited early");
+            if let Some(addr) = line.strip_prefix("Meridian API listening on ") {
+                return addr.to_owned();
+            }
+        }
+    })
+    .await
+    .expect("API address printed");
+    let mut stderr = child.stderr.take().unwrap();
+    let collected = tokio::spawn(async move {
+        let mut text = String::new();
+        stderr.read_to_string(&mut text).await.ok();
+        text
+    });
+    let r = reqwest::Client::new()
+        .get(format!("{api}/api/v1/policies/absent"))
+        .header("x-request-id", "req-json-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["x-request-id"], "req-json-42");
+    let pid = child.id().unwrap().to_string();
+    tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(child.wait().await.unwrap().success());
+    let text = collected.await.unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(events.len() >= 3, "{text}");
+    let tagged = events.iter().filter(|e| {
+        e["spans"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["request_id"] == "req-json-42"))
+    });
+    assert!(
+        tagged.count() >= 1,
+        "no log line carries the request id:\n{text}"
+    );
+}

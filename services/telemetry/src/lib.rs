@@ -166,7 +166,7 @@ pub fn init_logging(format: LogFormat, filter: &str) {
         LogFormat::Json => builder
             .json()
             .with_current_span(true)
-            .with_span_list(false)
+            .with_span_list(true)
             .flatten_event(true)
             .init(),
     }
