@@ -309,6 +309,9 @@ async fn metrics_are_listed_from_start_and_move_with_traffic() {
 
 /// Writers that each create their own policy and then patch a counter
 /// label on it, one request at a time, remembering what was acknowledged.
+/// What each writer's policy had acknowledged, by policy name.
+type Ledger = Arc<Mutex<BTreeMap<String, Acked>>>;
+
 #[derive(Default)]
 struct Acked {
     created: bool,
@@ -316,58 +319,14 @@ struct Acked {
     last_n: Option<u64>,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_during_writes_and_xds_loses_no_acknowledged_write_and_exits_in_time() {
-    const DRAIN: u64 = 5;
-    const WRITERS: usize = 6;
-    let db = database().await;
-    let m = Meridian::start_with(
-        BIN.as_ref(),
-        &db.url,
-        &[],
-        &["--drain-seconds", &DRAIN.to_string()],
-    )
-    .await;
-
-    // An xDS client holding a stream open.
-    let mut client = xds_client(m.xds_port).await;
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(cds_request(Some("drain-node"), None, false))
-        .await
-        .unwrap();
-    let mut stream = client
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .expect("open ADS stream")
-        .into_inner();
-    let first = tokio::time::timeout(WAIT, stream.message())
-        .await
-        .expect("first CDS")
-        .unwrap()
-        .unwrap();
-    tx.send(cds_request(None, Some(&first), false))
-        .await
-        .unwrap();
-    // It reads (and ACKs) pushes until the server ends the stream.
-    let xds = tokio::spawn(async move {
-        let mut pushes = 0u32;
-        let ended = loop {
-            match stream.message().await {
-                Ok(Some(r)) => {
-                    pushes += 1;
-                    let _ = tx.send(cds_request(None, Some(&r), false)).await;
-                }
-                Ok(None) => break Instant::now(),
-                Err(_) => break Instant::now(),
-            }
-        };
-        (pushes, ended)
-    });
-
-    let acked: Arc<Mutex<BTreeMap<String, Acked>>> = Arc::default();
+/// Starts `count` writers against `api`; each creates its own policy, then
+/// patches it over and over, recording what was acknowledged, until the
+/// server stops answering.
+fn spawn_writers(api: &str, count: usize) -> (Ledger, Vec<tokio::task::JoinHandle<()>>) {
+    let acked: Ledger = Arc::default();
     let mut writers = Vec::new();
-    for w in 0..WRITERS {
-        let api = m.api.clone();
+    for w in 0..count {
+        let api = api.to_owned();
         let acked = acked.clone();
         writers.push(tokio::spawn(async move {
             let http = reqwest::Client::builder()
@@ -424,6 +383,94 @@ async fn sigterm_during_writes_and_xds_loses_no_acknowledged_write_and_exits_in_
             }
         }));
     }
+    (acked, writers)
+}
+
+/// Every acknowledged write is in the database, and a write in flight when
+/// the replica stopped committed whole or not at all.
+async fn check_acknowledged(
+    db: &meridian_test_support::TestDb,
+    acked: &Mutex<BTreeMap<String, Acked>>,
+    count: usize,
+) {
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    assert_eq!(acked.len(), count, "every writer created its policy");
+    for (name, a) in acked.iter() {
+        assert!(a.created);
+        let stored = db
+            .store
+            .get(name)
+            .await
+            .unwrap_or_else(|e| panic!("{name} lost: {e}"));
+        let n: u64 = stored
+            .metadata
+            .labels
+            .get("n")
+            .map(|v| v.parse().unwrap())
+            .unwrap_or(0);
+        let last = a.last_n.unwrap_or(0);
+        assert!(
+            n == last || n == last + 1,
+            "{name}: acknowledged n={last}, stored n={n}"
+        );
+        let revisions = db.store.revisions(name).await.unwrap();
+        assert_eq!(
+            revisions.len() as u64,
+            n + 1,
+            "{name}: one revision per committed write"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_writes_and_xds_loses_no_acknowledged_write_and_exits_in_time() {
+    const DRAIN: u64 = 5;
+    const WRITERS: usize = 6;
+    let db = database().await;
+    let m = Meridian::start_with(
+        BIN.as_ref(),
+        &db.url,
+        &[],
+        &["--drain-seconds", &DRAIN.to_string()],
+    )
+    .await;
+
+    // An xDS client holding a stream open.
+    let mut client = xds_client(m.xds_port).await;
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(cds_request(Some("drain-node"), None, false))
+        .await
+        .unwrap();
+    let mut stream = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .expect("open ADS stream")
+        .into_inner();
+    let first = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .expect("first CDS")
+        .unwrap()
+        .unwrap();
+    tx.send(cds_request(None, Some(&first), false))
+        .await
+        .unwrap();
+    // It reads (and ACKs) pushes until the server ends the stream.
+    let xds = tokio::spawn(async move {
+        let mut pushes = 0u32;
+        let ended = loop {
+            match stream.message().await {
+                Ok(Some(r)) => {
+                    pushes += 1;
+                    let _ = tx.send(cds_request(None, Some(&r), false)).await;
+                }
+                Ok(None) => break Instant::now(),
+                Err(_) => break Instant::now(),
+            }
+        };
+        (pushes, ended)
+    });
+
+    let (acked, writers) = spawn_writers(&m.api, WRITERS);
 
     // Let writes and pushes flow, then stop the replica as Kubernetes would.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -467,35 +514,7 @@ async fn sigterm_during_writes_and_xds_loses_no_acknowledged_write_and_exits_in_
         "the xDS stream was not ended by the drain"
     );
 
-    // Every acknowledged write is in the database; a write in flight at
-    // the signal either committed whole or not at all.
-    let acked = std::mem::take(&mut *acked.lock().unwrap());
-    assert_eq!(acked.len(), WRITERS, "every writer created its policy");
-    for (name, a) in acked.iter() {
-        assert!(a.created);
-        let stored = db
-            .store
-            .get(name)
-            .await
-            .unwrap_or_else(|e| panic!("{name} lost: {e}"));
-        let n: u64 = stored
-            .metadata
-            .labels
-            .get("n")
-            .map(|v| v.parse().unwrap())
-            .unwrap_or(0);
-        let last = a.last_n.unwrap_or(0);
-        assert!(
-            n == last || n == last + 1,
-            "{name}: acknowledged n={last}, stored n={n}"
-        );
-        let revisions = db.store.revisions(name).await.unwrap();
-        assert_eq!(
-            revisions.len() as u64,
-            n + 1,
-            "{name}: one revision per committed write"
-        );
-    }
+    check_acknowledged(&db, &acked, WRITERS).await;
 
     // The lease was given up, not left to expire.
     let released: bool =
@@ -813,4 +832,20 @@ async fn json_logs_carry_the_request_id() {
         tagged.count() >= 1,
         "no log line carries the request id:\n{text}"
     );
+}
+
+/// A crash (SIGKILL) mid-write leaves no half-applied write: each policy's
+/// stored state and its revisions agree, and every acknowledged write is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_during_writes_leaves_no_half_applied_write() {
+    const WRITERS: usize = 4;
+    let db = database().await;
+    let m = Meridian::start(BIN.as_ref(), &db.url).await;
+    let (acked, writers) = spawn_writers(&m.api, WRITERS);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    m.kill().await;
+    for w in writers {
+        w.await.expect("a writer panicked");
+    }
+    check_acknowledged(&db, &acked, WRITERS).await;
 }
