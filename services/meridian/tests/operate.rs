@@ -3,6 +3,7 @@
 //! refused before anything starts.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,12 @@ use xds_api::pb::envoy::service::discovery::v3::{
 };
 use xds_api::pb::google::rpc::Status;
 
-const BIN: &str = env!("CARGO_BIN_EXE_meridian");
+/// The binary under test: the one cargo built for these tests, or the one
+/// named by `MERIDIAN_TEST_BIN` (scripts/supply-chain points it at the
+/// release build the image ships, and runs these tests again).
+static BIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    std::env::var("MERIDIAN_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_meridian").to_owned())
+});
 const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -85,8 +91,12 @@ async fn metrics_are_listed_from_start_and_move_with_traffic() {
     let pdns = Pdns::start().await;
     let db = database().await;
     let key_var = "MERIDIAN_TEST_PDNS_API_KEY";
-    let m =
-        Meridian::start_with_env(BIN.as_ref(), &db.url, &[(key_var, pdns.api_key.as_str())]).await;
+    let m = Meridian::start_with_env(
+        Path::new(BIN.as_str()),
+        &db.url,
+        &[(key_var, pdns.api_key.as_str())],
+    )
+    .await;
 
     // Listed before any traffic, at zero: dashboards see zeros, not gaps.
     let before = scrape(&m.api).await;
@@ -428,7 +438,7 @@ async fn sigterm_during_writes_and_xds_loses_no_acknowledged_write_and_exits_in_
     const WRITERS: usize = 6;
     let db = database().await;
     let m = Meridian::start_with(
-        BIN.as_ref(),
+        Path::new(BIN.as_str()),
         &db.url,
         &[],
         &["--drain-seconds", &DRAIN.to_string()],
@@ -535,7 +545,7 @@ async fn serve_with(args: &[&str], env: &[(&str, &str)]) -> Refused {
     let started = Instant::now();
     let out = tokio::time::timeout(
         Duration::from_secs(20),
-        tokio::process::Command::new(BIN)
+        tokio::process::Command::new(BIN.as_str())
             .arg("serve")
             .args(args)
             .env_remove("DATABASE_URL")
@@ -678,7 +688,7 @@ async fn settings_come_from_the_file_and_flags_override_it() {
     )
     .unwrap();
     let m = Meridian::start_with(
-        BIN.as_ref(),
+        Path::new(BIN.as_str()),
         "",
         &[("DATABASE_URL", "")],
         &["--config", config.to_str().unwrap(), "--drain-seconds", "3"],
@@ -713,7 +723,7 @@ async fn a_replica_that_does_not_migrate_refuses_an_old_schema() {
     let (base, _) = db.url.rsplit_once('/').unwrap();
     let url = format!("{base}/{name}");
 
-    let out = tokio::process::Command::new(BIN)
+    let out = tokio::process::Command::new(BIN.as_str())
         .args([
             "serve",
             "--api-addr",
@@ -730,7 +740,7 @@ async fn a_replica_that_does_not_migrate_refuses_an_old_schema() {
     assert!(!out.status.success());
     assert!(stderr.contains("run `meridian migrate` first"), "{stderr}");
 
-    let migrated = tokio::process::Command::new(BIN)
+    let migrated = tokio::process::Command::new(BIN.as_str())
         .arg("migrate")
         .env("DATABASE_URL", &url)
         .output()
@@ -741,10 +751,10 @@ async fn a_replica_that_does_not_migrate_refuses_an_old_schema() {
         "{}",
         String::from_utf8_lossy(&migrated.stderr)
     );
-    let m = Meridian::start_with(BIN.as_ref(), &url, &[], &["--migrate", "false"]).await;
+    let m = Meridian::start_with(Path::new(BIN.as_str()), &url, &[], &["--migrate", "false"]).await;
     let m_api = m.api.clone();
     // The image's health check: `meridian ready` (no shell, no curl there).
-    let ready = tokio::process::Command::new(BIN)
+    let ready = tokio::process::Command::new(BIN.as_str())
         .args(["ready", "--server", &m.api])
         .output()
         .await
@@ -755,7 +765,7 @@ async fn a_replica_that_does_not_migrate_refuses_an_old_schema() {
         String::from_utf8_lossy(&ready.stderr)
     );
     m.stop().await;
-    let gone = tokio::process::Command::new(BIN)
+    let gone = tokio::process::Command::new(BIN.as_str())
         .args(["ready", "--server", &m_api])
         .output()
         .await
@@ -769,7 +779,7 @@ async fn a_replica_that_does_not_migrate_refuses_an_old_schema() {
 async fn json_logs_carry_the_request_id() {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
     let db = database().await;
-    let mut child = tokio::process::Command::new(BIN)
+    let mut child = tokio::process::Command::new(BIN.as_str())
         .args([
             "serve",
             "--api-addr",
@@ -840,7 +850,7 @@ async fn json_logs_carry_the_request_id() {
 async fn a_kill_during_writes_leaves_no_half_applied_write() {
     const WRITERS: usize = 4;
     let db = database().await;
-    let m = Meridian::start(BIN.as_ref(), &db.url).await;
+    let m = Meridian::start(Path::new(BIN.as_str()), &db.url).await;
     let (acked, writers) = spawn_writers(&m.api, WRITERS);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     m.kill().await;
