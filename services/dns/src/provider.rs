@@ -234,6 +234,9 @@ mod tests {
         failures: Mutex<Vec<Error>>,
         reads: Mutex<u32>,
         applies: Mutex<u32>,
+        /// Its kind label; tests that read metrics use a kind of their own,
+        /// since tests run in parallel and share the registry.
+        kind: &'static str,
     }
 
     impl Fake {
@@ -250,7 +253,11 @@ mod tests {
 
     impl Provider for Fake {
         fn kind(&self) -> &'static str {
-            "fake"
+            if self.kind.is_empty() {
+                "fake"
+            } else {
+                self.kind
+            }
         }
         async fn read(&self, _name: &str) -> Result<Vec<Record>, Error> {
             *self.reads.lock().unwrap() += 1;
@@ -314,6 +321,30 @@ mod tests {
             1,
             "converged reconcile must not apply"
         );
+    }
+
+    #[tokio::test]
+    async fn calls_errors_and_latency_are_counted_per_provider_and_operation() {
+        let p = Fake {
+            kind: "metered",
+            ..Fake::default()
+        };
+        p.fail_next(unavailable());
+        reconcile_with(&p, "track.example.com.", &desired(), FAST)
+            .await
+            .unwrap();
+        let text = meridian_telemetry::render();
+        let has = |line: &str| text.lines().any(|l| l == line);
+        // A failed read, a retried read, one apply.
+        for line in [
+            "meridian_dns_provider_calls_total{provider=\"metered\",op=\"read\",outcome=\"error\"} 1",
+            "meridian_dns_provider_calls_total{provider=\"metered\",op=\"read\",outcome=\"ok\"} 1",
+            "meridian_dns_provider_calls_total{provider=\"metered\",op=\"apply\",outcome=\"ok\"} 1",
+            "meridian_dns_provider_errors_total{provider=\"metered\",op=\"read\",kind=\"unavailable\"} 1",
+            "meridian_dns_provider_call_duration_seconds_count{provider=\"metered\",op=\"read\"} 2",
+        ] {
+            assert!(has(line), "missing {line} in\n{text}");
+        }
     }
 
     #[tokio::test]
