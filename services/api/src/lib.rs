@@ -115,6 +115,17 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The operator's endpoints alone (`/metrics`, `/healthz`, `/readyz`), for
+/// a replica that does not serve the REST API (`--admin-addr`).
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::serve))
+        .fallback(|| async { StatusCode::NOT_FOUND })
+        .with_state(state)
+}
+
 /// Alive: the process answers.
 async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))

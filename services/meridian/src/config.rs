@@ -47,6 +47,7 @@ pub struct File {
     pub probe_source: Option<IpAddr>,
     pub api_addr: Option<SocketAddr>,
     pub xds_addr: Option<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
     pub xds_debounce_ms: Option<u64>,
     pub examples: Option<PathBuf>,
     pub db_pool: Option<u32>,
@@ -113,6 +114,7 @@ pub fn merge(args: &mut ServeArgs, file: File, matches: &ArgMatches) -> Result<(
     take!(migrate);
     take!(replica_id, optional);
     take!(probe_source, optional);
+    take!(admin_addr, optional);
     if let Some(dir) = file.data_dir {
         if unset("data_dir") {
             args.db.data_dir = dir;
@@ -183,6 +185,11 @@ const XDS_ADDR: Name = Name {
     flag: "xds-addr",
     env: "MERIDIAN_XDS_ADDR",
 };
+const ADMIN_ADDR: Name = Name {
+    key: "adminAddr",
+    flag: "admin-addr",
+    env: "MERIDIAN_ADMIN_ADDR",
+};
 const REPLICA: Name = Name {
     key: "replicaId",
     flag: "replica-id",
@@ -245,6 +252,20 @@ pub fn validate(args: &mut ServeArgs) -> Result<(), Error> {
             XDS_ADDR,
             format!("{} is also the API address", args.xds_addr),
         ));
+    }
+    if let Some(admin) = args.admin_addr {
+        let taken = [
+            (Role::Api, args.api_addr, "API"),
+            (Role::Xds, args.xds_addr, "xDS"),
+        ]
+        .into_iter()
+        .find(|(role, addr, _)| args.roles.contains(role) && addr.port() != 0 && *addr == admin);
+        if let Some((_, _, what)) = taken {
+            return Err(invalid(
+                ADMIN_ADDR,
+                format!("{admin} is also the {what} address"),
+            ));
+        }
     }
     if let Some(id) = &args.replica_id {
         if id.trim().is_empty() || id.len() > 200 {

@@ -29,7 +29,7 @@ struct Cli {
 enum Command {
     /// Run the control plane. Without DATABASE_URL, starts a private PostgreSQL
     /// under --data-dir and loads the example policies.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply pending database migrations and exit.
     Migrate(DatabaseArgs),
     /// Show one policy, or list all of them.
@@ -127,6 +127,10 @@ pub struct ServeArgs {
     /// Address of the REST API.
     #[arg(long, env = "MERIDIAN_API_ADDR", default_value = "0.0.0.0:8080")]
     pub api_addr: SocketAddr,
+    /// Optional address serving only /metrics, /healthz and /readyz: for
+    /// replicas without the api role, or to keep scrapes off the API port.
+    #[arg(long, env = "MERIDIAN_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
     /// Address of the xDS (ADS and CSDS) gRPC server.
     #[arg(long, env = "MERIDIAN_XDS_ADDR", default_value = "0.0.0.0:18000")]
     pub xds_addr: SocketAddr,
@@ -211,7 +215,7 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve::run(args).await,
+            Command::Serve(args) => serve::run(*args).await,
             Command::Migrate(db) => serve::migrate(db).await,
             Command::Get {
                 name,

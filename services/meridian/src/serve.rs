@@ -94,6 +94,7 @@ pub async fn migrate(args: DatabaseArgs) -> anyhow::Result<()> {
 struct Listeners {
     api: Option<TcpListener>,
     xds: Option<TcpListener>,
+    admin: Option<TcpListener>,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -108,6 +109,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         xds: match has(Role::Xds) {
             true => Some(bind(args.xds_addr, "xDS").await?),
             false => None,
+        },
+        admin: match args.admin_addr {
+            Some(addr) => Some(bind(addr, "admin").await?),
+            None => None,
         },
     };
     let db = Database::open(&args.db).await?;
@@ -204,6 +209,20 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
         });
     }
 
+    if let Some(listener) = listeners.admin {
+        println!(
+            "Meridian admin listening on http://{}",
+            display_addr(listener.local_addr()?)
+        );
+        let app = meridian_api::admin_router(state.clone());
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+                .context("admin server")
+        });
+    }
     if let Some(listener) = listeners.api {
         println!(
             "Meridian API listening on http://{}",

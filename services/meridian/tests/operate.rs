@@ -634,6 +634,11 @@ async fn a_bad_setting_stops_start_up_with_a_message_naming_it() {
             "databaseUrl",
         ),
         (
+            vec!["--admin-addr".into(), api.clone()],
+            vec![],
+            "adminAddr (--admin-addr, MERIDIAN_ADMIN_ADDR)",
+        ),
+        (
             vec![
                 "--config".into(),
                 dir.join("none.yaml").to_str().unwrap().into(),
@@ -858,4 +863,65 @@ async fn a_kill_during_writes_leaves_no_half_applied_write() {
         w.await.expect("a writer panicked");
     }
     check_acknowledged(&db, &acked, WRITERS).await;
+}
+
+/// A replica without the api role still exposes `/metrics` and its probes
+/// on `--admin-addr`, and nothing else there.
+#[tokio::test]
+async fn an_xds_only_replica_exposes_metrics_on_the_admin_address() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let db = database().await;
+    let mut child = tokio::process::Command::new(BIN.as_str())
+        .args(["serve", "--roles", "xds", "--xds-addr", "127.0.0.1:0"])
+        .args(["--admin-addr", "127.0.0.1:0"])
+        .env("DATABASE_URL", &db.url)
+        .env("MERIDIAN_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut admin, mut api_line) = (None, false);
+    tokio::time::timeout(WAIT, async {
+        while admin.is_none() {
+            let line = lines.next_line().await.unwrap().expect("exited early");
+            api_line |= line.starts_with("Meridian API listening");
+            if let Some(a) = line.strip_prefix("Meridian admin listening on ") {
+                admin = Some(a.to_owned());
+            }
+        }
+    })
+    .await
+    .expect("admin address printed");
+    let admin = admin.unwrap();
+    assert!(!api_line, "no API without the api role");
+    let ready = format!("{admin}/readyz");
+    eventually("ready", WAIT, || {
+        let ready = ready.clone();
+        async move { reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    let text = scrape(&admin).await;
+    assert_eq!(value(&text, "meridian_xds_connected_clients", &[]), 0.0);
+    assert!(sample(
+        &text,
+        "meridian_xds_connected_clients",
+        &[("variant", "sotw")]
+    )
+    .is_some());
+    let api = reqwest::get(format!("{admin}/api/v1/policies"))
+        .await
+        .unwrap();
+    assert_eq!(
+        api.status(),
+        404,
+        "the REST API is not on the admin address"
+    );
+    let pid = child.id().unwrap().to_string();
+    tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(child.wait().await.unwrap().success());
 }
