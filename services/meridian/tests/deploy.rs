@@ -216,9 +216,15 @@ fn the_drain_fits_the_grace_period_and_migrations_run_once() {
     let grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         .as_u64()
         .unwrap();
+    let pre_stop = deployment["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]
+        ["sleep"]["seconds"]
+        .as_u64()
+        .unwrap_or(0);
+    // SIGTERM comes after preStop; the drain, then up to 2 s closing
+    // connections, must end before the kubelet's SIGKILL.
     assert!(
-        drain + 5 <= grace,
-        "drain {drain} s must end well before SIGKILL at {grace} s"
+        pre_stop + drain + 2 < grace,
+        "preStop {pre_stop} s + drain {drain} s + 2 s must end before SIGKILL at {grace} s"
     );
     assert_eq!(
         settings["migrate"], false,
