@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod error;
 mod failover;
+pub mod metrics;
 mod openapi;
 mod policies;
 mod providers;
@@ -110,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi::serve))
+        .route("/metrics", get(metrics::serve))
         // After routing, so it knows the route and so what the request needs.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -133,6 +135,21 @@ pub fn router(state: AppState) -> Router {
             REQUEST_TIME_LIMIT,
         ))
         .layer(TraceLayer::new_for_http())
+        // Outermost, so it sees the final status (after json_errors) and
+        // its span encloses every log line of the request. `Router::layer`
+        // runs after routing, so the matched route template is known.
+        .layer(axum::middleware::from_fn(metrics::track))
+        .with_state(state)
+}
+
+/// The operator's endpoints alone (`/metrics`, `/healthz`, `/readyz`), for
+/// a replica that does not serve the REST API (`--admin-addr`).
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::serve))
+        .fallback(|| async { StatusCode::NOT_FOUND })
         .with_state(state)
 }
 
@@ -163,6 +180,11 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             Json(json!({"error": "unavailable", "message": message})),
         )
     };
+    // A draining replica stops taking new work: load balancers that still
+    // hold a kept-alive connection to it move away.
+    if state.shutdown.is_cancelled() {
+        return unavailable("shutting down");
+    }
     if !state.ready.iter().all(|flag| flag.load(Ordering::Acquire)) {
         return unavailable("still loading the initial configuration");
     }

@@ -1,7 +1,10 @@
 //! The provider seam and the reconcile loop that drives it.
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use meridian_telemetry::{counter, histogram, Counter, Family, HistogramFamily, Labels};
 
 use crate::desired::{diff, Change, Record};
 
@@ -137,12 +140,71 @@ pub async fn reconcile_with(
     }
 }
 
+static CALLS: LazyLock<Family<Labels<3>, Counter>> = LazyLock::new(|| {
+    counter(
+        "meridian_dns_provider_calls",
+        "DNS provider calls by provider kind, operation (read or apply) and outcome (ok or error).",
+    )
+});
+
+static ERRORS: LazyLock<Family<Labels<3>, Counter>> = LazyLock::new(|| {
+    counter(
+        "meridian_dns_provider_errors",
+        "Failed DNS provider calls by provider kind, operation and error kind (unavailable, rejected, invalid).",
+    )
+});
+
+static LATENCY: LazyLock<HistogramFamily<2>> = LazyLock::new(|| {
+    histogram(
+        "meridian_dns_provider_call_duration_seconds",
+        "DNS provider call time by provider kind and operation.",
+        meridian_telemetry::LATENCY_SECONDS,
+    )
+});
+
+/// Runs one provider call and records it.
+async fn measured<T>(
+    kind: &'static str,
+    op: &'static str,
+    call: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let started = Instant::now();
+    let result = call.await;
+    LATENCY
+        .get_or_create(&[("provider", kind.into()), ("op", op.into())])
+        .observe(started.elapsed().as_secs_f64());
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    CALLS
+        .get_or_create(&[
+            ("provider", kind.into()),
+            ("op", op.into()),
+            ("outcome", outcome.into()),
+        ])
+        .inc();
+    if let Err(e) = &result {
+        let error = match e {
+            Error::Unavailable { .. } => "unavailable",
+            Error::Rejected { .. } => "rejected",
+            Error::Invalid(_) => "invalid",
+        };
+        ERRORS
+            .get_or_create(&[
+                ("provider", kind.into()),
+                ("op", op.into()),
+                ("kind", error.into()),
+            ])
+            .inc();
+    }
+    result
+}
+
 async fn reconcile_once(
     provider: &impl Provider,
     name: &str,
     desired: &[Record],
 ) -> Result<Outcome, Error> {
-    let current = provider.read(name).await?;
+    let kind = provider.kind();
+    let current = measured(kind, "read", provider.read(name)).await?;
     let changes = diff(&current, desired);
     if changes.is_empty() {
         return Ok(Outcome::default());
@@ -153,7 +215,7 @@ async fn reconcile_once(
         changes = changes.len(),
         "applying dns changes"
     );
-    provider.apply(name, &changes, desired).await?;
+    measured(kind, "apply", provider.apply(name, &changes, desired)).await?;
     Ok(Outcome {
         changes: changes.len(),
     })
@@ -172,6 +234,9 @@ mod tests {
         failures: Mutex<Vec<Error>>,
         reads: Mutex<u32>,
         applies: Mutex<u32>,
+        /// Its kind label; tests that read metrics use a kind of their own,
+        /// since tests run in parallel and share the registry.
+        kind: &'static str,
     }
 
     impl Fake {
@@ -188,7 +253,11 @@ mod tests {
 
     impl Provider for Fake {
         fn kind(&self) -> &'static str {
-            "fake"
+            if self.kind.is_empty() {
+                "fake"
+            } else {
+                self.kind
+            }
         }
         async fn read(&self, _name: &str) -> Result<Vec<Record>, Error> {
             *self.reads.lock().unwrap() += 1;
@@ -252,6 +321,30 @@ mod tests {
             1,
             "converged reconcile must not apply"
         );
+    }
+
+    #[tokio::test]
+    async fn calls_errors_and_latency_are_counted_per_provider_and_operation() {
+        let p = Fake {
+            kind: "metered",
+            ..Fake::default()
+        };
+        p.fail_next(unavailable());
+        reconcile_with(&p, "track.example.com.", &desired(), FAST)
+            .await
+            .unwrap();
+        let text = meridian_telemetry::render();
+        let has = |line: &str| text.lines().any(|l| l == line);
+        // A failed read, a retried read, one apply.
+        for line in [
+            "meridian_dns_provider_calls_total{provider=\"metered\",op=\"read\",outcome=\"error\"} 1",
+            "meridian_dns_provider_calls_total{provider=\"metered\",op=\"read\",outcome=\"ok\"} 1",
+            "meridian_dns_provider_calls_total{provider=\"metered\",op=\"apply\",outcome=\"ok\"} 1",
+            "meridian_dns_provider_errors_total{provider=\"metered\",op=\"read\",kind=\"unavailable\"} 1",
+            "meridian_dns_provider_call_duration_seconds_count{provider=\"metered\",op=\"read\"} 2",
+        ] {
+            assert!(has(line), "missing {line} in\n{text}");
+        }
     }
 
     #[tokio::test]

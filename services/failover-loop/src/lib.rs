@@ -17,12 +17,44 @@ use meridian_policy::Policy;
 use meridian_store::failover::{NewEvent, WeightDecision};
 use meridian_store::Store;
 use serde_json::json;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
+use meridian_telemetry::{counter, single_gauge, Counter, Family, Gauge, Labels};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 pub mod dns;
+
+static DECISIONS: LazyLock<Family<Labels<2>, Counter>> = LazyLock::new(|| {
+    counter(
+        "meridian_failover_decisions",
+        "Effective weight changes this replica decided as leader, by policy and cause.",
+    )
+});
+
+static STEPS: LazyLock<Family<Labels<1>, Counter>> = LazyLock::new(|| {
+    counter(
+        "meridian_failover_steps",
+        "Decision passes this replica ran as leader, by outcome (ok or error).",
+    )
+});
+
+static LEADER: LazyLock<Gauge> = LazyLock::new(|| {
+    single_gauge(
+        "meridian_failover_leader",
+        "1 while this replica holds the failover lease, else 0.",
+    )
+});
+
+/// Lists the failover families from start-up.
+pub fn init_metrics() {
+    LEADER.set(0);
+    for outcome in ["ok", "error"] {
+        STEPS
+            .get_or_create(&[("outcome", outcome.into())])
+            .inc_by(0);
+    }
+}
 
 /// Name of the lease row.
 pub const LEASE: &str = "failover";
@@ -106,12 +138,19 @@ impl Leader {
                         }
                     }
                     held = Some(token);
+                    LEADER.set(1);
                     leading.send_if_modified(|t| t.replace(token) != Some(token));
-                    if let Err(e) = self.step(token).await {
-                        tracing::warn!(error = %e, "failover step failed; retrying next tick");
-                    }
+                    let outcome = match self.step(token).await {
+                        Ok(()) => "ok",
+                        Err(e) => {
+                            tracing::warn!(error = %e, "failover step failed; retrying next tick");
+                            "error"
+                        }
+                    };
+                    STEPS.get_or_create(&[("outcome", outcome.into())]).inc();
                 }
                 Ok(None) => {
+                    LEADER.set(0);
                     leading.send_if_modified(|t| t.take().is_some());
                     if held.take().is_some() {
                         tracing::warn!("lost the failover lease");
@@ -124,10 +163,14 @@ impl Leader {
         }
         let _ = dns_task.await;
         if held.is_some() {
-            if let Err(e) = self.store.release_lease(LEASE, &self.config.holder).await {
-                tracing::warn!(error = %e, "releasing the failover lease");
+            match self.store.release_lease(LEASE, &self.config.holder).await {
+                Ok(_) => {
+                    tracing::info!(holder = %self.config.holder, "released the failover lease")
+                }
+                Err(e) => tracing::warn!(error = %e, "releasing the failover lease"),
             }
         }
+        LEADER.set(0);
     }
 
     /// One bounded step over every policy, as leader with `token`.
@@ -245,6 +288,9 @@ impl Leader {
                     .decide(LEASE, token, name, weights, &changed_states, &events)
                     .await?;
                 if weights_changed {
+                    DECISIONS
+                        .get_or_create(&[("policy", name.clone()), ("cause", cause.clone())])
+                        .inc();
                     self.decided.notify_one();
                     tracing::info!(policy = %name, from = %fmt(&was_weights), to = %fmt(&decision.weights), %cause, "effective weights changed");
                 }

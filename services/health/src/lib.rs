@@ -10,14 +10,40 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
-use std::time::Duration;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
 
 use meridian_failover::health::{tally, Sample, Window};
 use meridian_policy::{validate::status_ranges, HealthCheck, HealthProtocol, Policy};
 use meridian_store::Store;
+use meridian_telemetry::{
+    counter, float_gauge, histogram, Counter, Family, FloatGauge, HistogramFamily, Labels,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+static PROBES: LazyLock<Family<Labels<3>, Counter>> = LazyLock::new(|| {
+    counter(
+        "meridian_health_probes",
+        "Probes this replica sent, by policy, zone and result (ok or fail).",
+    )
+});
+
+static PROBE_SECONDS: LazyLock<HistogramFamily<1>> = LazyLock::new(|| {
+    histogram(
+        "meridian_health_probe_duration_seconds",
+        "Probe round trip by protocol (http, tcp, grpc); a timeout counts as its limit.",
+        meridian_telemetry::LATENCY_SECONDS,
+    )
+});
+
+static FAILURE_RATIO: LazyLock<Family<Labels<2>, FloatGauge>> = LazyLock::new(|| {
+    float_gauge(
+        "meridian_health_zone_failure_ratio",
+        "Share of failed probes in the zone's window as this replica sees it (0 to 1), by policy and zone.",
+    )
+});
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -124,6 +150,13 @@ impl Prober {
                         .map(|((p, z), w)| {
                             w.window.prune(now);
                             let t = tally(&w.window, &self.config.checker);
+                            let ratio = match t.samples {
+                                0 => 0.0,
+                                n => f64::from(t.failures) / f64::from(n),
+                            };
+                            FAILURE_RATIO
+                                .get_or_create(&[("policy", p.clone()), ("zone", z.clone())])
+                                .set(ratio);
                             (p.clone(), z.clone(), t.samples as i32, t.failures as i32, w.last_error.clone())
                         })
                         .collect();
@@ -186,7 +219,14 @@ fn reconcile(
             )));
         }
     }
-    windows.retain(|k, _| zones.contains_key(k));
+    windows.retain(|k, _| {
+        let keep = zones.contains_key(k);
+        if !keep {
+            // A deleted zone's rate would otherwise stay frozen in /metrics.
+            FAILURE_RATIO.remove(&[("policy", k.0.clone()), ("zone", k.1.clone())]);
+        }
+        keep
+    });
     for (k, secs) in zones {
         let w = windows.entry(k).or_insert_with(|| ZoneWindow {
             window: Window::new(secs),
@@ -215,10 +255,21 @@ async fn probe_loop(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let started = Instant::now();
         let result = match tokio::time::timeout(timeout, probe(&t, &client)).await {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {} ms", t.check.timeout_ms)),
         };
+        PROBE_SECONDS
+            .get_or_create(&[("protocol", protocol_label(t.check.protocol).into())])
+            .observe(started.elapsed().as_secs_f64());
+        PROBES
+            .get_or_create(&[
+                ("policy", t.policy.clone()),
+                ("zone", t.zone.clone()),
+                ("result", if result.is_ok() { "ok" } else { "fail" }.into()),
+            ])
+            .inc();
         let at_ms = chrono::Utc::now().timestamp_millis();
         let outcome = Outcome {
             policy: t.policy.clone(),
@@ -234,6 +285,14 @@ async fn probe_loop(
         if tx.send(outcome).await.is_err() {
             return;
         }
+    }
+}
+
+fn protocol_label(p: HealthProtocol) -> &'static str {
+    match p {
+        HealthProtocol::Http => "http",
+        HealthProtocol::Tcp => "tcp",
+        HealthProtocol::Grpc => "grpc",
     }
 }
 

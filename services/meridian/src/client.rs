@@ -202,3 +202,20 @@ pub async fn render(server: &str, node: &str, policy: Option<&str>) -> anyhow::R
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }
+
+/// `GET /readyz`; an error unless it answers 200 within 5 seconds.
+pub async fn ready(server: &str) -> anyhow::Result<()> {
+    let url = format!("{}/readyz", server.trim_end_matches('/'));
+    let response = Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    if response.status() != StatusCode::OK {
+        bail!("{url} answered {}", response.status());
+    }
+    println!("ready");
+    Ok(())
+}

@@ -4,6 +4,7 @@
 //! run them until a signal, drain with a time limit.
 
 mod client;
+mod config;
 mod files;
 mod serve;
 mod watch;
@@ -12,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
@@ -57,6 +58,12 @@ enum Command {
     /// xDS debugging.
     #[command(subcommand)]
     Xds(XdsCommand),
+    /// Exit 0 when the server answers `/readyz` with 200: a health check
+    /// for images without a shell or curl.
+    Ready {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Create, list and revoke API tokens, in the database directly (so the
     /// first admin token can be made before anyone can call the API).
     #[command(subcommand)]
@@ -114,6 +121,10 @@ pub struct DatabaseArgs {
     /// PostgreSQL URL, e.g. postgres://user:pass@host/meridian.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// A file holding the PostgreSQL URL (e.g. a mounted Kubernetes secret),
+    /// instead of --database-url.
+    #[arg(long, env = "MERIDIAN_DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
     /// Where the private PostgreSQL keeps its data when no DATABASE_URL is given.
     #[arg(long, env = "MERIDIAN_DATA_DIR", default_value = ".meridian")]
     pub data_dir: PathBuf,
@@ -121,8 +132,15 @@ pub struct DatabaseArgs {
 
 #[derive(Args)]
 pub struct ServeArgs {
+    /// Settings file (YAML or JSON, camelCase keys named after these flags,
+    /// e.g. `apiAddr`). Flags and MERIDIAN_* variables override it.
+    #[arg(long, env = "MERIDIAN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub db: DatabaseArgs,
+    /// Log lines as readable text or as one JSON object per line.
+    #[arg(long, env = "MERIDIAN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Roles this process runs, comma-separated. Default: all.
     #[arg(
         long,
@@ -142,6 +160,10 @@ pub struct ServeArgs {
     /// Address of the REST API.
     #[arg(long, env = "MERIDIAN_API_ADDR", default_value = "0.0.0.0:8080")]
     pub api_addr: SocketAddr,
+    /// Optional address serving only /metrics, /healthz and /readyz: for
+    /// replicas without the api role, or to keep scrapes off the API port.
+    #[arg(long, env = "MERIDIAN_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
     /// Address of the xDS (ADS and CSDS) gRPC server.
     #[arg(long, env = "MERIDIAN_XDS_ADDR", default_value = "0.0.0.0:18000")]
     pub xds_addr: SocketAddr,
@@ -163,7 +185,7 @@ pub struct ServeArgs {
     #[arg(long, env = "MERIDIAN_NO_AUTH")]
     pub no_auth: bool,
     /// OIDC issuer whose JWTs are accepted (with --oidc-audience and --oidc-jwks-url).
-    #[arg(long, env = "MERIDIAN_OIDC_ISSUER", requires_all = ["oidc_audience", "oidc_jwks_url"])]
+    #[arg(long, env = "MERIDIAN_OIDC_ISSUER")]
     pub oidc_issuer: Option<String>,
     /// Audience the JWTs must be issued for.
     #[arg(long, env = "MERIDIAN_OIDC_AUDIENCE")]
@@ -182,6 +204,11 @@ pub struct ServeArgs {
     /// bursts of twice that; 0 for no limit.
     #[arg(long, env = "MERIDIAN_RATE_LIMIT", default_value_t = 100)]
     pub rate_limit: u32,
+    /// Apply pending migrations at start. With `false`, the replica only
+    /// checks that the schema is current and refuses to start otherwise,
+    /// for deployments that run `meridian migrate` once per upgrade.
+    #[arg(long, env = "MERIDIAN_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate: bool,
     /// How long to wait for in-flight requests at shutdown, in seconds.
     #[arg(long, env = "MERIDIAN_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
@@ -194,6 +221,12 @@ pub struct ServerArgs {
     pub server: String,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Output {
     Table,
@@ -201,15 +234,44 @@ pub enum Output {
     Yaml,
 }
 
+/// Merges the config file into `serve`'s settings and checks them all,
+/// before any port is bound or database started.
+fn prepare(args: &mut ServeArgs, matches: &clap::ArgMatches) -> Result<(), config::Error> {
+    if let Some(path) = args.config.clone() {
+        let file = config::File::load(&path)?;
+        config::merge(args, file, matches)?;
+    }
+    config::validate(args)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MERIDIAN_LOG")
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let mut log_format = LogFormat::Text;
+    match &mut cli.command {
+        Command::Serve(args) => {
+            let serve = matches.subcommand_matches("serve").expect("serve matches");
+            if let Err(e) = prepare(args, serve) {
+                eprintln!("error: {e}");
+                // 2, like a command-line usage error: nothing was started.
+                return ExitCode::from(2);
+            }
+            log_format = args.log_format;
+        }
+        Command::Migrate(db) => {
+            if let Err(e) = config::resolve_database_url(db) {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+        _ => {}
+    }
+    let filter = std::env::var("MERIDIAN_LOG").unwrap_or_else(|_| "info,sqlx=warn".into());
+    let format = match log_format {
+        LogFormat::Text => meridian_telemetry::LogFormat::Text,
+        LogFormat::Json => meridian_telemetry::LogFormat::Json,
+    };
+    meridian_telemetry::init_logging(format, &filter);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
@@ -229,6 +291,7 @@ fn main() -> ExitCode {
             }) => client::render(&server.server, &node, policy.as_deref()).await,
             Command::Watch(args) => watch::run(args).await,
             Command::Token(command) => serve::token(command).await,
+            Command::Ready { server } => client::ready(&server.server).await,
         }
     });
     match result {

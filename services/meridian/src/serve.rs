@@ -135,32 +135,15 @@ pub async fn token(command: crate::TokenCommand) -> anyhow::Result<()> {
     result
 }
 
-/// Refuses `--no-auth` on an address other machines can reach, before
-/// anything binds; warns loudly when it is allowed.
-fn check_auth_settings(args: &ServeArgs) -> anyhow::Result<()> {
-    if !args.no_auth {
-        return Ok(());
-    }
-    let exposed: Vec<String> = [
-        (Role::Api, args.api_addr, "--api-addr"),
-        (Role::Grpc, args.grpc_addr, "--grpc-addr"),
-    ]
-    .into_iter()
-    .filter(|(role, addr, _)| args.roles.contains(role) && !addr.ip().is_loopback())
-    .map(|(_, addr, flag)| format!("{flag} {addr}"))
-    .collect();
-    if !exposed.is_empty() {
-        anyhow::bail!(
-            "--no-auth is only for local use, on loopback addresses; {} can be reached from other machines. \
-             Bind to 127.0.0.1, or drop --no-auth and create a token with `meridian token create`",
-            exposed.join(" and ")
+/// Says loudly when the APIs run without authentication (which the
+/// settings check allows on loopback only).
+fn warn_if_unauthenticated(args: &ServeArgs) {
+    if args.no_auth {
+        eprintln!(
+            "WARNING: authentication is OFF (--no-auth): anyone on this machine can read and change \
+             traffic policies through the REST and gRPC APIs. For local use only."
         );
     }
-    eprintln!(
-        "WARNING: authentication is OFF (--no-auth): anyone on this machine can read and change \
-         traffic policies through the REST and gRPC APIs. For local use only."
-    );
-    Ok(())
 }
 
 fn authenticator(args: &ServeArgs, store: &Store) -> Arc<meridian_auth::Authenticator> {
@@ -207,12 +190,13 @@ struct Listeners {
     api: Option<TcpListener>,
     xds: Option<TcpListener>,
     grpc: Option<TcpListener>,
+    admin: Option<TcpListener>,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Bind first: a taken port is an operator error worth hearing about
     // before a database is started.
-    check_auth_settings(&args)?;
+    warn_if_unauthenticated(&args);
     let has = |role| args.roles.contains(&role);
     let listeners = Listeners {
         api: match has(Role::Api) {
@@ -226,6 +210,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         grpc: match has(Role::Grpc) {
             true => Some(bind(args.grpc_addr, "gRPC").await?),
             false => None,
+        },
+        admin: match args.admin_addr {
+            Some(addr) => Some(bind(addr, "admin").await?),
+            None => None,
         },
     };
     let db = Database::open(&args.db).await?;
@@ -244,10 +232,21 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
     let store = Store::connect(&db.url, args.db_pool)
         .await
         .context("connecting to PostgreSQL")?;
-    store.migrate().await?;
+    if args.migrate || db.private.is_some() {
+        store.migrate().await?;
+    } else {
+        let pending = store.pending_migrations().await?;
+        if !pending.is_empty() {
+            anyhow::bail!(
+                "the database schema is behind this build (migrations {pending:?} not applied): \
+                 run `meridian migrate` first, or start with --migrate true"
+            );
+        }
+    }
     if db.private.is_some() && args.examples.exists() {
         load_examples(&store, &args.examples).await?;
     }
+    export_metrics(&store);
 
     let shutdown = CancellationToken::new();
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
@@ -331,6 +330,20 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
         });
     }
 
+    if let Some(listener) = listeners.admin {
+        println!(
+            "Meridian admin listening on http://{}",
+            display_addr(listener.local_addr()?)
+        );
+        let app = meridian_api::admin_router(state.clone());
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+                .context("admin server")
+        });
+    }
     if let Some(listener) = listeners.api {
         println!(
             "Meridian API listening on http://{}",
@@ -372,14 +385,39 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
     })
     .await;
     if drained.is_err() {
+        // Aborting is safe for the data: a write cut off here never
+        // committed, and PostgreSQL rolls its transaction back when the
+        // connection goes; its client got no success answer either.
         tracing::warn!("drain time limit reached; closing what is left");
         tasks.abort_all();
     }
-    store.pool().close().await;
+    // Closing waits for connections still checked out by aborted requests;
+    // it must not stretch the grace period.
+    if tokio::time::timeout(Duration::from_secs(2), store.pool().close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("database connections still busy at exit; dropping them");
+    }
+    tracing::info!("stopped");
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// Lists every family in `/metrics` from the start, so dashboards and
+/// alerts see zeros rather than gaps before the first event.
+fn export_metrics(store: &Store) {
+    store.export_metrics();
+    meridian_xds::metrics::init();
+    meridian_failover_loop::init_metrics();
+    meridian_telemetry::gauge::<1>(
+        "meridian_build_info",
+        "Always 1; the version label says which build runs.",
+    )
+    .get_or_create(&[("version", env!("CARGO_PKG_VERSION").to_owned())])
+    .set(1);
 }
 
 /// Loads the examples into a fresh private database. A policy that exists

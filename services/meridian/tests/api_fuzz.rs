@@ -19,7 +19,7 @@ async fn schemathesis_finds_no_server_error_and_no_response_off_the_schema() {
     let db = database().await;
     // The API role only: the fuzzer invents endpoint addresses, and a health
     // role would probe them (tests keep their traffic on loopback).
-    let m = Meridian::start_with(BIN.as_ref(), &db.url, &[("MERIDIAN_ROLES", "api")]).await;
+    let m = Meridian::start_with(BIN.as_ref(), &db.url, &[("MERIDIAN_ROLES", "api")], &[]).await;
     let run = tokio::process::Command::new(&schemathesis)
         .arg("run")
         .arg(m.url("/openapi.json"))

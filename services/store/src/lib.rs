@@ -11,6 +11,7 @@
 
 mod error;
 pub mod failover;
+mod metrics;
 pub mod notify;
 mod policies;
 pub mod providers;
@@ -59,10 +60,38 @@ impl Store {
         &self.pool
     }
 
+    /// Exposes this store's pool in `/metrics` (connections idle and in
+    /// use, and the maximum). Call once per process, for its main store.
+    pub fn export_metrics(&self) {
+        metrics::export(self.pool.clone());
+    }
+
     /// Applies pending migrations; safe to run from several replicas at once
     /// (sqlx takes an advisory lock).
     pub async fn migrate(&self) -> Result<(), Error> {
         MIGRATOR.run(&self.pool).await.map_err(Error::Migrate)
+    }
+
+    /// Versions of the migrations this build has that the database has not
+    /// applied yet: a replica that does not migrate by itself (the
+    /// operator runs `meridian migrate` once per upgrade) checks this
+    /// instead. A database never migrated has them all pending.
+    pub async fn pending_migrations(&self) -> Result<Vec<i64>, Error> {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await?;
+        let applied: Vec<i64> = if exists {
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await?
+        } else {
+            Vec::new()
+        };
+        Ok(MIGRATOR
+            .iter()
+            .map(|m| m.version)
+            .filter(|v| !applied.contains(v))
+            .collect())
     }
 
     /// True when the database answers a trivial query.

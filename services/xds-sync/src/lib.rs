@@ -90,7 +90,10 @@ impl Writer {
                 _ = shutdown.cancelled() => return Ok(()),
                 event = listener.next() => event?,
             };
-            let mut burst = Burst::default();
+            let mut burst = Burst {
+                first_at: Some(Instant::now()),
+                ..Burst::default()
+            };
             burst.add(first);
             // Coalesce: everything that arrives within the window joins this snapshot.
             let deadline = tokio::time::Instant::now() + self.config.debounce;
@@ -115,7 +118,7 @@ impl Writer {
             .map(|p| (p.metadata.name.clone(), p))
             .collect();
         let built = Instant::now();
-        self.publish();
+        self.publish(None);
         tracing::info!(
             policies = self.policies.len(),
             load_ms,
@@ -144,15 +147,17 @@ impl Writer {
         for p in fresh {
             self.policies.insert(p.metadata.name.clone(), p);
         }
-        self.publish();
+        self.publish(burst.first_at);
         Ok(())
     }
 
-    fn publish(&mut self) {
+    /// `changed_at`: when the first change of this burst was heard of, so
+    /// streams can measure push latency from it.
+    fn publish(&mut self, changed_at: Option<Instant>) {
         let started = Instant::now();
         let policies: Vec<Policy> = self.policies.values().cloned().collect();
         let resources = translate(&policies, &self.weights);
-        let generation = self.publisher.publish(resources);
+        let generation = self.publisher.publish_change(resources, changed_at);
         self.ready.store(true, Ordering::Release);
         tracing::debug!(
             policies = policies.len(),
@@ -167,6 +172,7 @@ impl Writer {
 struct Burst {
     names: BTreeSet<String>,
     resync: bool,
+    first_at: Option<Instant>,
 }
 
 impl Burst {

@@ -18,6 +18,7 @@
 //!     .await?;
 //! ```
 
+pub mod metrics;
 pub mod protocol;
 pub mod registry;
 pub mod resources;

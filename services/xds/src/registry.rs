@@ -20,6 +20,16 @@ pub(crate) enum Machine {
 }
 
 impl Machine {
+    /// The ACK or NACK carried by the last handled request, once.
+    pub(crate) fn take_answer(
+        &mut self,
+    ) -> Option<(crate::resources::ResourceType, crate::protocol::Answer)> {
+        match self {
+            Machine::Sotw(s) => s.take_answer(),
+            Machine::Delta(d) => d.take_answer(),
+        }
+    }
+
     fn state(&self) -> &dyn StreamState {
         match self {
             Machine::Sotw(s) => s,
@@ -66,6 +76,9 @@ pub(crate) struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.registry.lock().clients.remove(&self.slot.id);
+        crate::metrics::CLIENTS
+            .get_or_create(&[("variant", self.slot.variant.into())])
+            .dec();
     }
 }
 
@@ -96,6 +109,9 @@ impl Registry {
         });
         inner.clients.insert(slot.id, slot.clone());
         drop(inner);
+        crate::metrics::CLIENTS
+            .get_or_create(&[("variant", variant.into())])
+            .inc();
         Registration {
             registry: self.clone(),
             slot,

@@ -25,7 +25,10 @@ use xds_api::pb::envoy::service::status::v3::{
     ClientConfig, ClientStatusRequest, ClientStatusResponse, ConfigStatus,
 };
 
-use crate::protocol::{DeltaStream, NodeView, ResourceStatus, SotwStream};
+use tracing::Instrument;
+
+use crate::metrics;
+use crate::protocol::{Answer, DeltaStream, NodeView, ResourceStatus, SotwStream};
 use crate::registry::{now_ms, Machine, Registry};
 use crate::resources::Resources;
 use crate::snapshot::Subscriber;
@@ -142,6 +145,7 @@ struct Variant<Req, Resp> {
     make: fn(NodeView) -> Machine,
     handle: fn(&mut Machine, &Req, Option<&Resources>, u64) -> Vec<Resp>,
     snapshot: fn(&mut Machine, &Resources) -> Vec<Resp>,
+    type_url: fn(&Resp) -> &str,
 }
 
 const SOTW: Variant<DiscoveryRequest, DiscoveryResponse> = Variant {
@@ -156,6 +160,7 @@ const SOTW: Variant<DiscoveryRequest, DiscoveryResponse> = Variant {
         Machine::Sotw(s) => s.on_snapshot(res),
         Machine::Delta(_) => Vec::new(),
     },
+    type_url: |r| &r.type_url,
 };
 
 const DELTA: Variant<DeltaDiscoveryRequest, DeltaDiscoveryResponse> = Variant {
@@ -170,6 +175,7 @@ const DELTA: Variant<DeltaDiscoveryRequest, DeltaDiscoveryResponse> = Variant {
         Machine::Delta(d) => d.on_snapshot(res),
         Machine::Sotw(_) => Vec::new(),
     },
+    type_url: |r| &r.type_url,
 };
 
 impl Server {
@@ -184,7 +190,14 @@ impl Server {
     {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let server = self.clone();
-        tokio::spawn(async move { server.run_stream(inbound, tx, variant).await });
+        // The node id is recorded once the first request names it, so every
+        // log line of the stream carries it.
+        let span = tracing::info_span!(
+            "xds_stream",
+            variant = variant.name,
+            node = tracing::field::Empty
+        );
+        tokio::spawn(async move { server.run_stream(inbound, tx, variant).await }.instrument(span));
         Box::pin(ReceiverStream::new(rx))
     }
 
@@ -207,13 +220,23 @@ impl Server {
                         let reg = registration.get_or_insert_with(|| {
                             let node = (variant.node)(&req).cloned().unwrap_or_default();
                             let view = NodeView::from_node(Some(&node));
+                            tracing::Span::current().record("node", node.id.as_str());
                             tracing::debug!(node = %node.id, variant = variant.name, "xds stream opened");
                             self.registry.register(node, variant.name, (variant.make)(view))
                         });
                         let snap = snapshots.borrow_and_update().clone();
                         let res = (snap.generation > 0).then_some(&*snap.resources);
-                        let out = (variant.handle)(&mut reg.slot.machine(), &req, res, now_ms());
-                        out
+                        let mut machine = reg.slot.machine();
+                        let out = (variant.handle)(&mut machine, &req, res, now_ms());
+                        if let Some((ty, answer)) = machine.take_answer() {
+                            let labels = [("variant", variant.name.into()), ("type", ty.short_name().into())];
+                            match answer {
+                                Answer::Ack => metrics::ACKS.get_or_create(&labels).inc(),
+                                Answer::Nack => metrics::NACKS.get_or_create(&labels).inc(),
+                            };
+                        }
+                        drop(machine);
+                        (out, None)
                     }
                     Ok(None) => {
                         tracing::debug!(variant = variant.name, "xds client closed its stream");
@@ -231,30 +254,45 @@ impl Server {
                         break;
                     }
                     let snap = snapshots.borrow_and_update().clone();
-                    match (&registration, snap.generation) {
+                    let out = match (&registration, snap.generation) {
                         (Some(reg), g) if g > 0 => (variant.snapshot)(&mut reg.slot.machine(), &snap.resources),
                         _ => Vec::new(),
-                    }
+                    };
+                    (out, snap.changed_at)
                 }
             };
-            if !self.send_all(&tx, out).await {
+            let (out, changed_at) = out;
+            let pushed = !out.is_empty();
+            if !self.send_all(&tx, out, &variant).await {
                 break;
+            }
+            if let (true, Some(at)) = (pushed, changed_at) {
+                metrics::PUSH_LATENCY
+                    .get_or_create(&[("variant", variant.name.into())])
+                    .observe(at.elapsed().as_secs_f64());
             }
         }
         drop(registration);
     }
 
-    async fn send_all<Resp>(
+    async fn send_all<Req, Resp>(
         &self,
         tx: &mpsc::Sender<Result<Resp, Status>>,
         out: Vec<Resp>,
+        variant: &Variant<Req, Resp>,
     ) -> bool {
         for r in out {
+            let labels = [
+                ("variant", variant.name.into()),
+                ("type", metrics::type_label((variant.type_url)(&r))),
+            ];
             tokio::select! {
                 _ = self.shutdown.cancelled() => return false,
                 sent = tx.send(Ok(r)) => if sent.is_err() {
                     tracing::debug!("xds client went away");
                     return false;
+                } else {
+                    metrics::PUSHES.get_or_create(&labels).inc();
                 },
             }
         }

@@ -4,6 +4,7 @@
 //! channel, which coalesces bursts (a slow stream skips to the newest).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::watch;
 
@@ -17,6 +18,9 @@ pub struct Snapshot {
     /// 0 until the first publish; streams wait for it before answering, so
     /// a replica that has not loaded its policies never serves an empty config.
     pub generation: u64,
+    /// When the writer learned of the first change this snapshot carries;
+    /// streams measure push latency from it. `None` for a full reload.
+    pub changed_at: Option<Instant>,
 }
 
 /// The single writer of snapshots.
@@ -41,6 +45,11 @@ impl Publisher {
     /// Publishes a new resource set and returns its generation. Publishing a
     /// set equal to the current one is a no-op (streams are not woken).
     pub fn publish(&self, resources: Resources) -> u64 {
+        self.publish_change(resources, None)
+    }
+
+    /// Like [`Publisher::publish`], for a change first seen at `changed_at`.
+    pub fn publish_change(&self, resources: Resources, changed_at: Option<Instant>) -> u64 {
         let mut generation = 0;
         self.tx.send_if_modified(|cur| {
             if cur.generation > 0 && *cur.resources == resources {
@@ -51,9 +60,11 @@ impl Publisher {
             *cur = Arc::new(Snapshot {
                 resources: Arc::new(resources),
                 generation,
+                changed_at,
             });
             true
         });
+        crate::metrics::GENERATION.set(i64::try_from(generation).unwrap_or(i64::MAX));
         generation
     }
 

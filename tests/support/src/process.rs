@@ -2,8 +2,8 @@
 //! with the addresses it prints read back from its standard output.
 
 use std::path::Path;
-use std::process::Stdio;
-use std::time::Duration;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -41,16 +41,23 @@ impl Meridian {
     ) -> Meridian {
         let mut all = vec![("MERIDIAN_GRPC_ADDR", grpc_addr)];
         all.extend_from_slice(env);
-        Self::start_with(bin, database_url, &all).await
+        Self::start_with(bin, database_url, &all, &[]).await
     }
 
-    /// `meridian serve` with every setting from the environment: loopback
-    /// ports chosen by the OS, no authentication (loopback only; the
-    /// access-control tests start their own), every role, unless `env`
-    /// says otherwise (e.g. `MERIDIAN_ROLES=api`).
-    pub async fn start_with(bin: &Path, database_url: &str, env: &[(&str, &str)]) -> Meridian {
+    /// `meridian serve` with extra arguments (e.g. `--drain-seconds 5`) and
+    /// environment. Defaults come from the environment, so either can
+    /// override them: loopback ports chosen by the OS, no authentication
+    /// (loopback only; the access-control tests start their own), every
+    /// role unless e.g. `MERIDIAN_ROLES=api`.
+    pub async fn start_with(
+        bin: &Path,
+        database_url: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Meridian {
         let mut child = Command::new(bin)
             .arg("serve")
+            .args(args)
             .env("MERIDIAN_API_ADDR", "127.0.0.1:0")
             .env("MERIDIAN_XDS_ADDR", "127.0.0.1:0")
             .env("MERIDIAN_GRPC_ADDR", "127.0.0.1:0")
@@ -144,6 +151,29 @@ impl Meridian {
     pub async fn kill(mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
+    }
+
+    /// SIGTERM, as an orchestrator stops a replica; returns how the process
+    /// exited and how long that took (up to `limit`; `None` if it was still
+    /// running then, and then it is killed).
+    pub async fn terminate(mut self, limit: Duration) -> (Option<ExitStatus>, Duration) {
+        let started = Instant::now();
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        let status = tokio::time::timeout(limit, self.child.wait()).await;
+        let took = started.elapsed();
+        match status {
+            Ok(Ok(s)) => (Some(s), took),
+            _ => {
+                let _ = self.child.start_kill();
+                let _ = self.child.wait().await;
+                (None, took)
+            }
+        }
     }
 
     /// SIGTERM, then wait for a clean exit.

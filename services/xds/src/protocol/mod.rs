@@ -168,6 +168,16 @@ pub(crate) struct Core {
     nonce_seq: u64,
     /// The RouteConfigurations the client has ACKed, by name.
     acked_routes: BTreeMap<Arc<str>, Arc<Entry>>,
+    /// The client's answer in the last request, if it was an ACK or NACK
+    /// of the current response: for metrics, taken by the I/O layer.
+    answer: Option<(ResourceType, Answer)>,
+}
+
+/// How a client answered a response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Ack,
+    Nack,
 }
 
 impl Core {
@@ -176,6 +186,11 @@ impl Core {
             node,
             ..Default::default()
         }
+    }
+
+    /// The ACK or NACK carried by the last request, once.
+    pub(crate) fn take_answer(&mut self) -> Option<(ResourceType, Answer)> {
+        self.answer.take()
     }
 
     fn state(&self, ty: ResourceType) -> Option<&TypeState> {
@@ -208,6 +223,7 @@ impl Core {
         match error {
             Some(message) => {
                 st.nacked = true;
+                self.answer = Some((ty, Answer::Nack));
                 st.last_nack = Some(Nack {
                     version: st.sent_version.clone().unwrap_or_default(),
                     message: message.to_owned(),
@@ -217,6 +233,7 @@ impl Core {
             }
             None => {
                 st.nacked = false;
+                self.answer = Some((ty, Answer::Ack));
                 st.acked_version = st.sent_version.clone();
                 if ty == ResourceType::RouteConfiguration {
                     self.acked_routes = st

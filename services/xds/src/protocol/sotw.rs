@@ -17,6 +17,11 @@ pub struct SotwStream {
 }
 
 impl SotwStream {
+    /// The ACK or NACK carried by the last handled request, once.
+    pub fn take_answer(&mut self) -> Option<(ResourceType, super::Answer)> {
+        self.core.take_answer()
+    }
+
     /// A new stream for a node.
     pub fn new(node: NodeView) -> Self {
         SotwStream {

@@ -457,3 +457,22 @@ fn deleting_the_last_policy_on_a_port_removes_listener_then_clusters() {
         names_of(&cds)
     );
 }
+
+#[test]
+fn answers_are_reported_once_and_stale_nonces_are_not_answers() {
+    let r1 = snap(&[("a", None)]);
+    let mut s = SotwStream::new(NodeView::default());
+    let out = s.handle_request(&req(CDS, &[], "", "", false), Some(&r1), 0);
+    assert_eq!(s.take_answer(), None, "a first request answers nothing");
+    let v1 = out[0].version_info.clone();
+    s.handle_request(&req(CDS, &[], &v1, &out[0].nonce, false), Some(&r1), 0);
+    assert_eq!(s.take_answer(), Some((CDS, Answer::Ack)));
+    assert_eq!(s.take_answer(), None, "taken once");
+    // A NACK of a newer response, then a stale nonce that answers nothing.
+    let r2 = snap(&[("a", None), ("b", None)]);
+    let out2 = s.on_snapshot(&r2);
+    s.handle_request(&req(CDS, &[], &v1, &out2[0].nonce, true), Some(&r2), 1);
+    assert_eq!(s.take_answer(), Some((CDS, Answer::Nack)));
+    s.handle_request(&req(CDS, &[], &v1, "old-nonce", false), Some(&r2), 2);
+    assert_eq!(s.take_answer(), None);
+}

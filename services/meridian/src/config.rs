@@ -1,0 +1,406 @@
+//! `meridian serve` settings: flags, environment and an optional file,
+//! merged and checked before anything binds a port or starts a database.
+//!
+//! Precedence, highest first: a flag, its `MERIDIAN_*` variable, the
+//! `--config` file, the built-in default. Every error names the setting
+//! the way the operator wrote it (file key, flag and variable).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, ValueEnum};
+use serde::Deserialize;
+
+use crate::serve::Role;
+use crate::{DatabaseArgs, LogFormat, ServeArgs};
+
+/// A setting that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML for the settings (unknown key, wrong type).
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A value is out of range or inconsistent with another.
+    #[error("invalid setting {name} (--{flag}, {env}): {message}")]
+    Invalid {
+        name: &'static str,
+        flag: &'static str,
+        env: &'static str,
+        message: String,
+    },
+}
+
+/// The `--config` file: YAML (or JSON), camelCase keys named after the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct File {
+    pub roles: Option<Vec<String>>,
+    pub replica_id: Option<String>,
+    pub probe_source: Option<IpAddr>,
+    pub api_addr: Option<SocketAddr>,
+    pub xds_addr: Option<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
+    pub xds_debounce_ms: Option<u64>,
+    pub examples: Option<PathBuf>,
+    pub db_pool: Option<u32>,
+    pub drain_seconds: Option<u64>,
+    pub data_dir: Option<PathBuf>,
+    /// A file holding the database URL (a mounted secret). The URL itself
+    /// is not accepted in the file, so it never sits in a config map.
+    pub database_url_file: Option<PathBuf>,
+    pub log_format: Option<String>,
+    pub migrate: Option<bool>,
+    pub grpc_addr: Option<SocketAddr>,
+    pub no_auth: Option<bool>,
+    pub oidc_issuer: Option<String>,
+    pub oidc_audience: Option<String>,
+    pub oidc_jwks_url: Option<String>,
+    pub oidc_role_claim: Option<String>,
+    pub rate_limit: Option<u32>,
+}
+
+impl File {
+    pub fn load(path: &Path) -> Result<File, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        parse(&text).map_err(|message| Error::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+}
+
+fn parse(text: &str) -> Result<File, String> {
+    if text.trim().is_empty() {
+        return Ok(File::default());
+    }
+    serde_norway::from_str(text).map_err(|e| e.to_string())
+}
+
+/// Fills every setting the operator did not give by flag or environment
+/// from `file`; `matches` are the `serve` subcommand's.
+pub fn merge(args: &mut ServeArgs, file: File, matches: &ArgMatches) -> Result<(), Error> {
+    let unset = |id: &str| {
+        !matches!(
+            matches.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    };
+    macro_rules! take {
+        ($field:ident) => {
+            if let Some(v) = file.$field {
+                if unset(stringify!($field)) {
+                    args.$field = v;
+                }
+            }
+        };
+        ($field:ident, optional) => {
+            if let Some(v) = file.$field {
+                if unset(stringify!($field)) {
+                    args.$field = Some(v);
+                }
+            }
+        };
+    }
+    take!(api_addr);
+    take!(xds_addr);
+    take!(xds_debounce_ms);
+    take!(examples);
+    take!(db_pool);
+    take!(drain_seconds);
+    take!(migrate);
+    take!(replica_id, optional);
+    take!(probe_source, optional);
+    take!(admin_addr, optional);
+    take!(grpc_addr);
+    take!(no_auth);
+    take!(oidc_issuer, optional);
+    take!(oidc_audience, optional);
+    take!(oidc_jwks_url, optional);
+    take!(oidc_role_claim);
+    take!(rate_limit);
+    if let Some(dir) = file.data_dir {
+        if unset("data_dir") {
+            args.db.data_dir = dir;
+        }
+    }
+    if let Some(path) = file.database_url_file {
+        if unset("database_url_file") {
+            args.db.database_url_file = Some(path);
+        }
+    }
+    if let Some(roles) = file.roles {
+        if unset("roles") {
+            args.roles = roles
+                .iter()
+                .map(|r| Role::from_str(r.trim(), true))
+                .collect::<Result<_, _>>()
+                .map_err(|_| {
+                    invalid(
+                        ROLES,
+                        format!(
+                            "unknown role in {roles:?}; roles are api, xds, health, failover, grpc"
+                        ),
+                    )
+                })?;
+        }
+    }
+    if let Some(format) = file.log_format {
+        if unset("log_format") {
+            args.log_format = LogFormat::from_str(&format, true)
+                .map_err(|_| invalid(LOG_FORMAT, format!("{format:?} is not text or json")))?;
+        }
+    }
+    Ok(())
+}
+
+/// How a setting is spelt in each source.
+struct Name {
+    key: &'static str,
+    flag: &'static str,
+    env: &'static str,
+}
+
+const ROLES: Name = Name {
+    key: "roles",
+    flag: "roles",
+    env: "MERIDIAN_ROLES",
+};
+const LOG_FORMAT: Name = Name {
+    key: "logFormat",
+    flag: "log-format",
+    env: "MERIDIAN_LOG_FORMAT",
+};
+const DB_POOL: Name = Name {
+    key: "dbPool",
+    flag: "db-pool",
+    env: "MERIDIAN_DB_POOL",
+};
+const DRAIN: Name = Name {
+    key: "drainSeconds",
+    flag: "drain-seconds",
+    env: "MERIDIAN_DRAIN_SECONDS",
+};
+const DEBOUNCE: Name = Name {
+    key: "xdsDebounceMs",
+    flag: "xds-debounce-ms",
+    env: "MERIDIAN_XDS_DEBOUNCE_MS",
+};
+const XDS_ADDR: Name = Name {
+    key: "xdsAddr",
+    flag: "xds-addr",
+    env: "MERIDIAN_XDS_ADDR",
+};
+const ADMIN_ADDR: Name = Name {
+    key: "adminAddr",
+    flag: "admin-addr",
+    env: "MERIDIAN_ADMIN_ADDR",
+};
+const REPLICA: Name = Name {
+    key: "replicaId",
+    flag: "replica-id",
+    env: "MERIDIAN_REPLICA_ID",
+};
+const DB_URL: Name = Name {
+    key: "databaseUrl",
+    flag: "database-url",
+    env: "DATABASE_URL",
+};
+const DB_URL_FILE: Name = Name {
+    key: "databaseUrlFile",
+    flag: "database-url-file",
+    env: "MERIDIAN_DATABASE_URL_FILE",
+};
+
+const NO_AUTH: Name = Name {
+    key: "noAuth",
+    flag: "no-auth",
+    env: "MERIDIAN_NO_AUTH",
+};
+const OIDC: Name = Name {
+    key: "oidcIssuer",
+    flag: "oidc-issuer",
+    env: "MERIDIAN_OIDC_ISSUER",
+};
+
+fn invalid(name: Name, message: String) -> Error {
+    Error::Invalid {
+        name: name.key,
+        flag: name.flag,
+        env: name.env,
+        message,
+    }
+}
+
+/// Largest drain: a replica that takes longer to stop is stuck, and an
+/// orchestrator kills it anyway (Kubernetes after its grace period).
+pub const MAX_DRAIN_SECONDS: u64 = 600;
+
+/// Checks the merged settings; reads `--database-url-file` into the URL.
+/// Binds nothing and connects to nothing.
+pub fn validate(args: &mut ServeArgs) -> Result<(), Error> {
+    if args.roles.is_empty() {
+        return Err(invalid(ROLES, "at least one role is needed".into()));
+    }
+    if !(1..=1000).contains(&args.db_pool) {
+        return Err(invalid(
+            DB_POOL,
+            format!("must be between 1 and 1000, got {}", args.db_pool),
+        ));
+    }
+    if args.drain_seconds > MAX_DRAIN_SECONDS {
+        return Err(invalid(
+            DRAIN,
+            format!(
+                "must be at most {MAX_DRAIN_SECONDS}, got {}",
+                args.drain_seconds
+            ),
+        ));
+    }
+    if args.xds_debounce_ms > 10_000 {
+        return Err(invalid(
+            DEBOUNCE,
+            format!("must be at most 10000, got {}", args.xds_debounce_ms),
+        ));
+    }
+    let both = args.roles.contains(&Role::Api) && args.roles.contains(&Role::Xds);
+    if both && args.api_addr.port() != 0 && args.api_addr == args.xds_addr {
+        return Err(invalid(
+            XDS_ADDR,
+            format!("{} is also the API address", args.xds_addr),
+        ));
+    }
+    if let Some(admin) = args.admin_addr {
+        let taken = [
+            (Role::Api, args.api_addr, "API"),
+            (Role::Xds, args.xds_addr, "xDS"),
+        ]
+        .into_iter()
+        .find(|(role, addr, _)| args.roles.contains(role) && addr.port() != 0 && *addr == admin);
+        if let Some((_, _, what)) = taken {
+            return Err(invalid(
+                ADMIN_ADDR,
+                format!("{admin} is also the {what} address"),
+            ));
+        }
+    }
+    if args.no_auth {
+        // Anyone who can reach an unauthenticated API can change traffic.
+        let exposed: Vec<String> = [
+            (Role::Api, args.api_addr, "--api-addr"),
+            (Role::Grpc, args.grpc_addr, "--grpc-addr"),
+        ]
+        .into_iter()
+        .filter(|(role, addr, _)| args.roles.contains(role) && !addr.ip().is_loopback())
+        .map(|(_, addr, flag)| format!("{flag} {addr}"))
+        .collect();
+        if !exposed.is_empty() {
+            return Err(invalid(
+                NO_AUTH,
+                format!(
+                    "only for local use on loopback addresses, but {} can be reached from other \
+                     machines; bind to 127.0.0.1, or drop --no-auth and create a token with \
+                     `meridian token create`",
+                    exposed.join(" and ")
+                ),
+            ));
+        }
+    }
+    if args.oidc_issuer.is_some() && (args.oidc_audience.is_none() || args.oidc_jwks_url.is_none())
+    {
+        return Err(invalid(
+            OIDC,
+            "needs --oidc-audience and --oidc-jwks-url as well".into(),
+        ));
+    }
+    if let Some(id) = &args.replica_id {
+        if id.trim().is_empty() || id.len() > 200 {
+            return Err(invalid(REPLICA, "must be 1 to 200 characters".into()));
+        }
+    }
+    resolve_database_url(&mut args.db)
+}
+
+/// Reads `--database-url-file` into the URL, and checks the URL's shape.
+pub fn resolve_database_url(db: &mut DatabaseArgs) -> Result<(), Error> {
+    // An empty DATABASE_URL (a template left blank) means "not given".
+    if db
+        .database_url
+        .as_deref()
+        .is_some_and(|u| u.trim().is_empty())
+    {
+        db.database_url = None;
+    }
+    if let Some(path) = db.database_url_file.clone() {
+        if db.database_url.is_some() {
+            return Err(invalid(
+                DB_URL_FILE,
+                "give the database URL or a file holding it, not both".into(),
+            ));
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| invalid(DB_URL_FILE, format!("cannot read {}: {e}", path.display())))?;
+        let url = text.trim();
+        if url.is_empty() {
+            return Err(invalid(DB_URL_FILE, format!("{} is empty", path.display())));
+        }
+        db.database_url = Some(url.to_owned());
+    }
+    if let Some(url) = &db.database_url {
+        // The value is a secret: say what is wrong without echoing it.
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            let name = if db.database_url_file.is_some() {
+                DB_URL_FILE
+            } else {
+                DB_URL
+            };
+            return Err(invalid(
+                name,
+                "must be a postgres:// or postgresql:// URL".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_errors_name_the_key() {
+        let unknown = parse("apiAdr: 127.0.0.1:1\n").unwrap_err();
+        assert!(unknown.contains("apiAdr"), "{unknown}");
+        let bad = parse("xdsAddr: nowhere\n").unwrap_err();
+        assert!(bad.contains("xdsAddr"), "{bad}");
+        let ok = parse("dbPool: 4\nroles: [api]\n").unwrap();
+        assert_eq!(ok.db_pool, Some(4));
+        assert!(parse("").unwrap().api_addr.is_none());
+    }
+
+    /// The files shipped in deploy/ are valid settings files, and what
+    /// they ask for passes the same checks as flags would.
+    #[test]
+    fn shipped_config_files_parse() {
+        let demo = parse(include_str!("../../../deploy/demo/meridian.yaml")).unwrap();
+        assert_eq!(demo.migrate, Some(false));
+        assert!(demo.database_url_file.is_some());
+        let configmap: serde_json::Value =
+            serde_norway::from_str(include_str!("../../../deploy/kubernetes/configmap.yaml"))
+                .unwrap();
+        let text = configmap["data"]["meridian.yaml"].as_str().unwrap();
+        let k8s = parse(text).unwrap();
+        assert!(k8s.drain_seconds.unwrap() <= MAX_DRAIN_SECONDS);
+        assert_eq!(k8s.log_format.as_deref(), Some("json"));
+    }
+}

@@ -1,0 +1,294 @@
+//! The deployment files say what the issue asks of them. The schemas are
+//! checked by scripts/check-deploy; this checks the choices in them: the
+//! image ships the binary the tests build, pods are locked down, secrets
+//! arrive as files, the drain fits the grace period.
+
+use std::path::Path;
+
+use meridian_test_support::repo_root;
+use serde_json::Value;
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo_root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn yaml(path: &str) -> Vec<Value> {
+    let text = read(path);
+    serde_norway::Deserializer::from_str(&text)
+        .map(|doc| serde::Deserialize::deserialize(doc).unwrap_or_else(|e| panic!("{path}: {e}")))
+        .collect()
+}
+
+fn manifests() -> Vec<(String, Value)> {
+    let dir = repo_root().join("deploy/kubernetes");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name.ends_with(".yaml") && name != "kustomization.yaml" {
+            for doc in yaml(&format!("deploy/kubernetes/{name}")) {
+                out.push((name.clone(), doc));
+            }
+        }
+    }
+    out
+}
+
+fn of_kind<'a>(all: &'a [(String, Value)], kind: &str) -> Vec<&'a Value> {
+    all.iter()
+        .filter(|(_, d)| d["kind"] == kind)
+        .map(|(_, d)| d)
+        .collect()
+}
+
+#[test]
+fn the_image_is_built_by_the_script_the_tests_run() {
+    let dockerfile = read("deploy/Dockerfile");
+    let script = read("scripts/build-release");
+    // One build command, in one place.
+    assert!(
+        script.contains(
+            "cargo auditable build --locked --profile \"$profile\" -p meridian --bin meridian"
+        ),
+        "scripts/build-release changed its build command"
+    );
+    assert!(read("scripts/supply-chain").contains("scripts/build-release"));
+    assert!(read("scripts/test").contains("scripts/supply-chain"));
+    let builds: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter(|l| {
+            l.contains("cargo build")
+                || l.contains("cargo auditable")
+                || l.contains("build-release")
+        })
+        .collect();
+    assert_eq!(
+        builds.len(),
+        1,
+        "the Dockerfile builds the binary one way: {builds:?}"
+    );
+    assert!(builds[0].contains("scripts/build-release"), "{}", builds[0]);
+    assert!(
+        !dockerfile.contains("--features"),
+        "features differ from the tested build"
+    );
+}
+
+#[test]
+fn the_production_image_is_distroless_and_not_root() {
+    let dockerfile = read("deploy/Dockerfile");
+    let stages: Vec<&str> = dockerfile.split("\nFROM ").skip(1).collect();
+    let production = stages.last().expect("stages");
+    assert!(production.starts_with("gcr.io/distroless/"), "{production}");
+    assert!(production.contains(" AS production"));
+    assert!(
+        production.contains("\nUSER 65532:65532"),
+        "numeric non-root user"
+    );
+    assert!(
+        !production.contains("\nRUN "),
+        "nothing runs in the final stage: it has no shell"
+    );
+    assert!(dockerfile.contains(" AS dev\n"), "a development target");
+    for arg in ["ARG RUST_VERSION=", "ARG PROFILE="] {
+        assert!(dockerfile.contains(arg), "{arg}");
+    }
+    let ignore = read(".dockerignore");
+    for entry in [
+        "target/",
+        ".git/",
+        "web/node_modules/",
+        ".meridian/",
+        ".venv/",
+        "deploy/demo/secrets/",
+        ".env",
+    ] {
+        assert!(
+            ignore.lines().any(|l| l == entry),
+            ".dockerignore lacks {entry}"
+        );
+    }
+}
+
+#[test]
+fn pods_are_locked_down_probed_and_given_secrets_as_files() {
+    let all = manifests();
+    let deployments = of_kind(&all, "Deployment");
+    let jobs = of_kind(&all, "Job");
+    assert_eq!(deployments.len(), 1);
+    assert_eq!(jobs.len(), 1, "the migrate Job");
+    let deployment = deployments[0];
+    assert!(deployment["spec"]["replicas"].as_u64().unwrap() >= 2);
+
+    for workload in deployments.iter().chain(&jobs) {
+        let pod = &workload["spec"]["template"]["spec"];
+        let name = &workload["metadata"]["name"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+            "{name}"
+        );
+        assert_eq!(pod["automountServiceAccountToken"], false, "{name}");
+        for c in pod["containers"].as_array().unwrap() {
+            let sc = &c["securityContext"];
+            assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+            assert_eq!(
+                sc["capabilities"]["drop"],
+                serde_json::json!(["ALL"]),
+                "{name}"
+            );
+            assert!(
+                c["resources"]["requests"]["cpu"].is_string(),
+                "{name}: cpu request"
+            );
+            assert!(
+                c["resources"]["requests"]["memory"].is_string(),
+                "{name}: memory request"
+            );
+            let env = c["env"].as_array().cloned().unwrap_or_default();
+            assert!(
+                env.iter().all(|e| e["valueFrom"]["secretKeyRef"].is_null()),
+                "{name}: secrets are mounted as files, not passed in the environment"
+            );
+        }
+        let secret_volumes = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["secret"].is_object())
+            .count();
+        assert!(
+            secret_volumes >= 1,
+            "{name}: the database URL comes from a mounted Secret"
+        );
+    }
+
+    let c = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+
+    // The PDB and the NetworkPolicy cover the Deployment's pods.
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let covers = |selector: &Value| {
+        selector["matchLabels"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .all(|(k, v)| &labels[k] == v)
+    };
+    let pdbs = of_kind(&all, "PodDisruptionBudget");
+    assert_eq!(pdbs.len(), 1);
+    assert!(covers(&pdbs[0]["spec"]["selector"]));
+    let policies = of_kind(&all, "NetworkPolicy");
+    assert_eq!(policies.len(), 1);
+    assert!(covers(&policies[0]["spec"]["podSelector"]));
+    let ports: Vec<u64> = policies[0]["spec"]["ingress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            r["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["port"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        [8080, 18000],
+        "ingress only to the API and xDS ports"
+    );
+}
+
+#[test]
+fn the_drain_fits_the_grace_period_and_migrations_run_once() {
+    let all = manifests();
+    let config = of_kind(&all, "ConfigMap")[0]["data"]["meridian.yaml"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let settings: Value = serde_norway::from_str(&config).unwrap();
+    let drain = settings["drainSeconds"].as_u64().unwrap();
+    let deployment = of_kind(&all, "Deployment")[0];
+    let grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .unwrap();
+    let pre_stop = deployment["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]
+        ["sleep"]["seconds"]
+        .as_u64()
+        .unwrap_or(0);
+    // SIGTERM comes after preStop; the drain, then up to 2 s closing
+    // connections, must end before the kubelet's SIGKILL.
+    assert!(
+        pre_stop + drain + 2 < grace,
+        "preStop {pre_stop} s + drain {drain} s + 2 s must end before SIGKILL at {grace} s"
+    );
+    assert_eq!(
+        settings["migrate"], false,
+        "replicas leave migrations to the Job"
+    );
+    let job = of_kind(&all, "Job")[0];
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        job["metadata"]["name"],
+        format!("meridian-migrate-{}", version.replace('.', "-")),
+        "one Job name per version: a new version runs it once"
+    );
+    let image = |w: &Value| {
+        w["spec"]["template"]["spec"]["containers"][0]["image"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        image(job),
+        image(deployment),
+        "the Job migrates with the image it deploys"
+    );
+    assert!(image(deployment).ends_with(&format!(":{version}")));
+
+    // The file mounted from the Secret is where the config looks.
+    let mount = deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "database")
+        .unwrap()["mountPath"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let file = settings["databaseUrlFile"].as_str().unwrap();
+    assert_eq!(Path::new(file).parent().unwrap(), Path::new(&mount));
+}
+
+#[test]
+fn the_compose_stack_has_every_part_of_the_demo() {
+    let compose = &yaml("deploy/compose.yaml")[0];
+    let services = compose["services"].as_object().unwrap();
+    for name in [
+        "postgres",
+        "migrate",
+        "meridian-1",
+        "meridian-2",
+        "envoy",
+        "backend-a",
+        "backend-b",
+        "pdns",
+        "moto",
+    ] {
+        assert!(services.contains_key(name), "compose lacks {name}");
+    }
+    // The demo policies' endpoints are the backends' fixed addresses.
+    for (backend, zone) in [("backend-a", "zone-a"), ("backend-b", "zone-b")] {
+        let ip = compose["services"][backend]["networks"][zone]["ipv4_address"]
+            .as_str()
+            .unwrap();
+        assert!(
+            read("deploy/demo/policies/shop.yaml").contains(ip),
+            "{backend} at {ip}"
+        );
+    }
+}
