@@ -736,7 +736,7 @@ async fn a_replica_that_does_not_migrate_refuses_an_old_schema() {
             "--xds-addr",
             "127.0.0.1:0",
         ])
-        .args(["--migrate", "false"])
+        .args(["--migrate", "false", "--grpc-addr", "127.0.0.1:0"])
         .env("DATABASE_URL", &url)
         .output()
         .await
@@ -792,6 +792,7 @@ async fn json_logs_carry_the_request_id() {
             "--xds-addr",
             "127.0.0.1:0",
         ])
+        .args(["--grpc-addr", "127.0.0.1:0", "--no-auth"])
         .args(["--log-format", "json"])
         .env("DATABASE_URL", &db.url)
         .env("MERIDIAN_LOG", "info,tower_http=debug")
