@@ -1,0 +1,263 @@
+// The dashboard end to end: the real `meridian` binary with its own
+// PostgreSQL (the examples loaded), real HTTP backends per zone on
+// 127.0.0.x, and Debian's Chromium driving the app as an SRE would.
+// Screenshots of each view go to web/test-output/.
+
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { Meridian, backend, browser, eventually, freePort, repo, screenshot } from './harness.mjs';
+
+/** Names of the policies in examples/, read from the files. */
+function exampleNames() {
+  const dir = path.join(repo, 'examples');
+  return fs
+    .readdirSync(dir)
+    .filter((f) => /\.ya?ml$/.test(f))
+    .map((f) => fs.readFileSync(path.join(dir, f), 'utf8').match(/^metadata:\s*\n\s+name:\s*(\S+)/m)?.[1])
+    .filter(Boolean)
+    .sort();
+}
+
+function ordersPolicy(listen, backendPort) {
+  return {
+    metadata: { name: 'orders', labels: { team: 'shop' } },
+    spec: {
+      host: 'orders.example.com',
+      port: listen,
+      zones: [
+        { name: 'zone-a', weight: 70, endpoints: [{ address: '127.0.0.2', port: backendPort }] },
+        { name: 'zone-b', weight: 30, endpoints: [{ address: '127.0.0.3', port: backendPort }] },
+      ],
+      // Fast settings so the test runs in seconds; the logic is the same at the defaults.
+      healthCheck: { protocol: 'http', path: '/healthz', intervalMs: 200, timeoutMs: 150 },
+      failover: { mode: 'weighted', failureRatePercent: 5, windowSeconds: 3, minSamples: 5, recoverySeconds: 2 },
+    },
+  };
+}
+
+const barWeights = (page, bar) =>
+  page.$$eval(`[data-testid="${bar}"] .seg`, (segs) => Object.fromEntries(segs.map((s) => [s.dataset.zone, Number(s.dataset.weight)])));
+
+describe('dashboard against a running Meridian', { timeout: 300_000 }, () => {
+  let m;
+  let b;
+  let page;
+  let zoneA;
+  let zoneB;
+  let backendPort;
+
+  before(async () => {
+    m = await Meridian.start();
+    b = await browser();
+    page = await b.context.newPage();
+    backendPort = await freePort();
+    zoneA = await backend('127.0.0.2', backendPort);
+    zoneB = await backend('127.0.0.3', backendPort);
+    const created = await m.api('POST', '/api/v1/policies', ordersPolicy(await freePort(), backendPort));
+    assert.equal(created.status, 201, JSON.stringify(created.body));
+  });
+
+  after(async () => {
+    await zoneA?.stop().catch(() => {});
+    await zoneB?.stop().catch(() => {});
+    await b?.close();
+    await m?.stop();
+    assert.deepEqual(b?.offLoopback ?? [], [], 'the app asked for something off loopback');
+  });
+
+  test('the overview lists the example policies and filters by name, host and label', async () => {
+    const examples = exampleNames();
+    assert.ok(examples.length >= 2, `examples found: ${examples}`);
+    const listed = (await m.api('GET', '/api/v1/policies?limit=1000')).body.items.map((p) => p.metadata.name).sort();
+    for (const name of examples) assert.ok(listed.includes(name), `${name} not loaded by the server`);
+
+    await page.goto(`${m.url}/`);
+    const rowNames = () => page.$$eval('[data-testid="overview"] tbody tr:not([hidden])', (rows) => rows.map((r) => r.dataset.policy).sort());
+    await eventually("every policy listed", 15_000, async () => {
+      const rows = await rowNames();
+      return JSON.stringify(rows) === JSON.stringify(listed) || { rows, listed };
+    });
+    // Every row says its state in words, not only in colour.
+    const states = await page.$$eval('[data-testid="overview"] tbody tr td:first-child', (tds) => tds.map((td) => td.textContent.trim()));
+    for (const s of states) assert.match(s, /healthy|degraded|down|unknown/);
+
+    // By label: the same set the API's label filter gives.
+    const [key, value] = Object.entries((await m.api('GET', `/api/v1/policies/${examples[0]}`)).body.metadata.labels)[0];
+    const byLabel = (await m.api('GET', `/api/v1/policies?label=${key}=${value}`)).body.items.map((p) => p.metadata.name).sort();
+    await page.fill('#search', `${key}=${value}`);
+    assert.deepEqual(await rowNames(), byLabel);
+    // By host and by part of a name.
+    await page.fill('#search', 'orders.example');
+    assert.deepEqual(await rowNames(), ['orders']);
+    await page.fill('#search', examples[0].slice(0, 5));
+    assert.ok((await rowNames()).includes(examples[0]));
+    await page.fill('#search', '');
+    await screenshot(page, 'overview');
+  });
+
+  test("stopping a zone's backends turns the policy degraded and moves the effective-weight bar without a reload", async () => {
+    await page.goto(`${m.url}/policies/orders`);
+    await page.evaluate(() => {
+      window.__sameDocument = true;
+    });
+    await eventually('orders healthy at 70/30', 20_000, async () => {
+      const w = await barWeights(page, 'effective-bar');
+      const health = await page.textContent('[data-testid="policy-health"]');
+      return w['zone-a'] === 70 && w['zone-b'] === 30 && health.includes('healthy') ? true : { w, health };
+    });
+    await screenshot(page, 'policy-healthy');
+
+    await zoneA.stop();
+    zoneA = null;
+    await eventually('effective weights move to zone-b', 30_000, async () => {
+      const w = await barWeights(page, 'effective-bar');
+      return w['zone-a'] === 0 && w['zone-b'] === 100 ? true : w;
+    });
+    assert.match(await page.textContent('[data-testid="policy-health"]'), /degraded/);
+    assert.deepEqual(await barWeights(page, 'spec-bar'), { 'zone-a': 70, 'zone-b': 30 }, 'the spec bar stays');
+    const zoneARow = await page.textContent('[data-testid="zones"] tr[data-zone="zone-a"]');
+    assert.match(zoneARow, /unhealthy/);
+    // The UI agrees with the API.
+    const status = (await m.api('GET', '/api/v1/policies/orders/status')).body;
+    assert.equal(status.cause, 'failover');
+    assert.equal(await page.textContent('[data-testid="cause"]'), 'failover');
+    assert.equal(await page.evaluate(() => window.__sameDocument), true, 'the page was reloaded');
+    await screenshot(page, 'policy-degraded');
+
+    // Back to the overview by its link, still without a reload.
+    await page.click('nav a[data-view="overview"]');
+    await eventually('orders degraded in the overview', 10_000, async () => (await page.getAttribute('tr[data-policy="orders"]', 'data-health')) === 'degraded');
+    assert.ok(await page.$('tr[data-policy="orders"] [data-flag="failed-over"]'), 'failed-over flag shown');
+    assert.equal(await page.evaluate(() => window.__sameDocument), true, 'the page was reloaded');
+    await screenshot(page, 'overview-degraded');
+
+    zoneA = await backend('127.0.0.2', backendPort);
+  });
+
+  test('a drain through the UI is confirmed, applied and visible in the API', async () => {
+    await page.goto(`${m.url}/policies/orders`);
+    await page.getByRole('button', { name: 'Drain zone-b…' }).click();
+    const dialog = page.locator('dialog#confirm');
+    await dialog.waitFor({ state: 'visible' });
+    assert.match(await dialog.textContent(), /Drain zone-b/);
+    // The preview names what moves before anything is applied.
+    assert.match(await dialog.locator('table.changes').textContent(), /zone-b/);
+    let status = (await m.api('GET', '/api/v1/policies/orders/status')).body;
+    assert.equal(status.zones.find((z) => z.name === 'zone-b').drained, false, 'drained before confirming');
+    await screenshot(page, 'drain-confirm');
+
+    await dialog.getByTestId('confirm-apply').click();
+    await dialog.waitFor({ state: 'hidden' });
+    status = (await m.api('GET', '/api/v1/policies/orders/status')).body;
+    assert.equal(status.zones.find((z) => z.name === 'zone-b').drained, true);
+    const events = (await m.api('GET', '/api/v1/events?policy=orders')).body.items;
+    assert.ok(events.some((e) => e.kind === 'zone-drained' && e.details.zone === 'zone-b'), 'zone-drained event');
+    await page.locator('tr[data-zone="zone-b"] [data-testid="drained"]').waitFor();
+
+    // And restored the same way.
+    await page.getByRole('button', { name: 'Restore zone-b…' }).click();
+    await dialog.getByTestId('confirm-apply').click();
+    await dialog.waitFor({ state: 'hidden' });
+    status = (await m.api('GET', '/api/v1/policies/orders/status')).body;
+    assert.equal(status.zones.find((z) => z.name === 'zone-b').drained, false);
+  });
+
+  test("a refused action shows the server's message and changes nothing", async () => {
+    await page.goto(`${m.url}/policies/orders`);
+    await page.getByRole('button', { name: /override/i }).first().click();
+    const dialog = page.locator('dialog#confirm');
+    await dialog.waitFor({ state: 'visible' });
+    await dialog.locator('input[data-zone="zone-a"]').fill('50');
+    await dialog.locator('input[data-zone="zone-b"]').fill('40');
+    await dialog.locator('#ov-reason').fill('load test');
+    await dialog.getByTestId('confirm-apply').click();
+    const error = dialog.locator('[role="alert"]');
+    await error.waitFor();
+    // What the server says to the same request, word for word.
+    const refused = await m.api('PUT', '/api/v1/policies/orders/override', { weights: { 'zone-a': 50, 'zone-b': 40 }, reason: 'load test' });
+    assert.equal(refused.status, 422);
+    const shown = await error.textContent();
+    assert.ok(shown.includes(refused.body.message), `${shown} lacks ${refused.body.message}`);
+    for (const d of refused.body.details) assert.ok(shown.includes(d.message), `${shown} lacks ${d.message}`);
+    assert.ok(await dialog.isVisible(), 'the dialog stays open to correct or cancel');
+    await screenshot(page, 'refused');
+    await dialog.getByRole('button', { name: 'Cancel' }).click();
+    const status = (await m.api('GET', '/api/v1/policies/orders/status')).body;
+    assert.equal(status.override, null, 'nothing was pinned');
+  });
+
+  test('the events timeline is live', async () => {
+    await page.goto(`${m.url}/events`);
+    const timeline = page.getByTestId('timeline');
+    await timeline.locator('li[data-kind="zone-drained"]').first().waitFor();
+    await page.evaluate(() => {
+      window.__sameDocument = true;
+    });
+    const newest = Number(await timeline.locator('li').first().getAttribute('data-id'));
+    // An event written by someone else shows up without a reload.
+    const r = await m.api('POST', '/api/v1/policies/orders/zones/zone-a/drain');
+    assert.equal(r.status, 200);
+    const stored = (await m.api('GET', '/api/v1/events?policy=orders')).body.items.filter((e) => e.kind === 'zone-drained' && e.id > newest);
+    assert.equal(stored.length, 1, 'the API recorded the drain');
+    const shown = timeline.locator(`li[data-id="${stored[0].id}"]`);
+    await shown.waitFor({ timeout: 10_000 });
+    assert.equal(await shown.getAttribute('data-kind'), 'zone-drained');
+    assert.match(await shown.textContent(), /zone-a/);
+    // Newest first.
+    const ids = await timeline.locator('li').evaluateAll((lis) => lis.map((li) => Number(li.dataset.id)));
+    assert.deepEqual(ids, [...ids].sort((a, b) => b - a));
+    assert.equal(await page.evaluate(() => window.__sameDocument), true);
+    await screenshot(page, 'events');
+    await m.api('POST', '/api/v1/policies/orders/zones/zone-a/undrain');
+  });
+
+  test('the xDS clients view shows what the API reports', async () => {
+    const clients = (await m.api('GET', '/api/v1/xds/clients')).body.items;
+    await page.goto(`${m.url}/xds`);
+    if (clients.length === 0) await page.getByText('No xDS client is connected').waitFor();
+    else await page.getByTestId('xds-clients').waitFor();
+    await screenshot(page, 'xds');
+  });
+
+  test('a canary weight change and a rollback through the UI, with the revision diff', async () => {
+    const name = exampleNames().find(async () => true);
+    const policies = (await m.api('GET', '/api/v1/policies?limit=1000')).body.items;
+    const withCanary = policies.find((p) => p.spec.routes.some((r) => r.canary));
+    assert.ok(withCanary, `no example with a canary among ${name}`);
+    const route = withCanary.spec.routes.find((r) => r.canary);
+    const from = route.canary.weight;
+    const to = from === 25 ? 30 : 25;
+    await page.goto(`${m.url}/policies/${withCanary.metadata.name}`);
+    await page.locator(`tr[data-route="${route.name}"] button`).click();
+    const dialog = page.locator('dialog#confirm');
+    await dialog.locator('#canary-weight').fill(String(to));
+    assert.match(await dialog.textContent(), new RegExp(`${from}% → ${to}%`));
+    await dialog.getByTestId('confirm-apply').click();
+    await dialog.waitFor({ state: 'hidden' });
+    const changed = (await m.api('GET', `/api/v1/policies/${withCanary.metadata.name}`)).body;
+    assert.equal(changed.spec.routes.find((r) => r.name === route.name).canary.weight, to);
+
+    // The diff between the last two revisions shows exactly that change.
+    const diff = page.getByTestId('diff');
+    await eventually('diff of the change', 15_000, async () => {
+      const text = await diff.textContent();
+      return text.includes(`- `) && text.includes(`"weight": ${from}`) && text.includes(`"weight": ${to}`) ? true : text;
+    });
+    const revs = (await m.api('GET', `/api/v1/policies/${withCanary.metadata.name}/revisions`)).body.items;
+    const previous = revs[1].revision;
+    await page.getByRole('button', { name: `Roll back to #${previous}…` }).click();
+    assert.match(await dialog.getByTestId('diff').textContent(), new RegExp(`"weight": ${from}`));
+    await screenshot(page, 'rollback-confirm');
+    await dialog.getByTestId('confirm-apply').click();
+    await dialog.waitFor({ state: 'hidden' });
+    const rolled = (await m.api('GET', `/api/v1/policies/${withCanary.metadata.name}`)).body;
+    assert.equal(rolled.spec.routes.find((r) => r.name === route.name).canary.weight, from);
+    await screenshot(page, 'revisions');
+  });
+
+  test('the app threw no script error', () => {
+    assert.deepEqual(b.errors, []);
+  });
+});

@@ -1,0 +1,200 @@
+// Test peers for the browser tests: the real `meridian` binary (with its
+// own private PostgreSQL), HTTP backends on 127.0.0.x, and a headless
+// Chromium that may reach nothing but loopback.
+
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const repo = path.resolve(here, '../..');
+export const outDir = process.env.TEST_OUTPUT ?? path.join(repo, 'web', 'test-output');
+
+function binary() {
+  const bin =
+    process.env.MERIDIAN_BIN ??
+    path.join(process.env.CARGO_TARGET_DIR ?? path.join(os.homedir(), '.cache/meridian/target'), 'debug/meridian');
+  if (!fs.existsSync(bin)) {
+    throw new Error(`no meridian binary at ${bin}: build it with \`cargo build -p meridian\` or set MERIDIAN_BIN`);
+  }
+  return bin;
+}
+
+export async function freePort(host = '127.0.0.1') {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, host, () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** Retries `check` until it returns `true`; anything else it returns is
+ *  kept to say what was seen last when time runs out. */
+export async function eventually(what, ms, check, every = 200) {
+  const deadline = Date.now() + ms;
+  let last;
+  for (;;) {
+    try {
+      last = await check();
+      if (last === true) return true;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms (last: ${last instanceof Error ? last.message : JSON.stringify(last)})`);
+    await new Promise((r) => setTimeout(r, every));
+  }
+}
+
+/** A running `meridian serve` on loopback ports, with its own data dir
+ *  (so its own PostgreSQL, and the examples loaded). */
+export class Meridian {
+  static async start({ roles } = {}) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'meridian-web-'));
+    fs.chmodSync(dir, 0o755);
+    const api = await freePort();
+    const xds = await freePort();
+    const args = ['serve', '--data-dir', path.join(dir, 'data'), '--api-addr', `127.0.0.1:${api}`, '--xds-addr', `127.0.0.1:${xds}`];
+    if (roles) args.push('--roles', roles);
+    const env = { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' };
+    delete env.DATABASE_URL;
+    const log = fs.openSync(path.join(dir, 'meridian.log'), 'w');
+    const child = spawn(binary(), args, { cwd: repo, env, stdio: ['ignore', log, log] });
+    const m = new Meridian(child, dir, `http://127.0.0.1:${api}`, xds);
+    try {
+      await eventually('meridian ready', 90_000, async () => {
+        if (child.exitCode !== null) throw new Error(`meridian exited with ${child.exitCode}: ${m.log()}`);
+        const r = await fetch(`${m.url}/readyz`);
+        return r.ok;
+      }, 300);
+    } catch (e) {
+      await m.stop();
+      throw e;
+    }
+    return m;
+  }
+
+  constructor(child, dir, url, xdsPort) {
+    this.child = child;
+    this.dir = dir;
+    this.url = url;
+    this.xdsPort = xdsPort;
+  }
+
+  log() {
+    try {
+      return fs.readFileSync(path.join(this.dir, 'meridian.log'), 'utf8').slice(-4000);
+    } catch {
+      return '';
+    }
+  }
+
+  async api(method, p, body, headers = {}) {
+    const init = { method, headers: { ...headers } };
+    if (body !== undefined) {
+      init.headers['content-type'] ??= 'application/json';
+      init.body = JSON.stringify(body);
+    }
+    const r = await fetch(`${this.url}${p}`, init);
+    const text = await r.text();
+    return { status: r.status, body: text ? JSON.parse(text) : null };
+  }
+
+  /** Stops it as an operator would (SIGTERM: it drains and stops its
+   *  PostgreSQL), then removes its directory. */
+  async stop() {
+    if (this.child.exitCode === null) {
+      const exited = new Promise((r) => this.child.once('exit', r));
+      this.child.kill('SIGTERM');
+      const timer = setTimeout(() => this.child.kill('SIGKILL'), 20_000);
+      await exited;
+      clearTimeout(timer);
+    }
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** An HTTP backend on `host:port` that answers every request with 200. */
+export async function backend(host, port) {
+  const sockets = new Set();
+  const server = http.createServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain' });
+    res.end(`ok from ${host}\n`);
+  });
+  server.on('connection', (s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+  });
+  await new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, resolve);
+  });
+  return {
+    async stop() {
+      const closed = new Promise((r) => server.close(r));
+      for (const s of sockets) s.destroy();
+      await closed;
+    },
+  };
+}
+
+const FLAGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+
+/** Debian's Chromium, with a fresh profile; every request off loopback is
+ *  refused, so a test can never reach the internet. */
+export async function browser() {
+  const executablePath = process.env.CHROMIUM ?? '/usr/bin/chromium';
+  if (!fs.existsSync(executablePath)) {
+    throw new Error(`no Chromium at ${executablePath}: run scripts/install-deps --test (Debian package chromium)`);
+  }
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'meridian-chromium-'));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath,
+    headless: true,
+    args: FLAGS,
+    viewport: { width: 1440, height: 1000 },
+    colorScheme: 'dark',
+  });
+  const offLoopback = [];
+  await context.route('**/*', (route) => {
+    const host = new URL(route.request().url()).hostname;
+    if (host === 'localhost' || host.startsWith('127.') || host === '[::1]') return route.continue();
+    offLoopback.push(route.request().url());
+    return route.abort('blockedbyclient');
+  });
+  const errors = [];
+  context.on('weberror', (e) => errors.push(String(e.error())));
+  return {
+    context,
+    /** Script errors the pages threw, and requests refused for leaving loopback. */
+    errors,
+    offLoopback,
+    async close() {
+      await context.close();
+      fs.rmSync(profile, { recursive: true, force: true });
+    },
+  };
+}
+
+export async function screenshot(page, name) {
+  fs.mkdirSync(outDir, { recursive: true });
+  const file = path.join(outDir, `${name}.png`);
+  await page.screenshot({ path: file, fullPage: true });
+  return file;
+}
