@@ -180,6 +180,11 @@ export async function browser() {
   });
   const errors = [];
   context.on('weberror', (e) => errors.push(String(e.error())));
+  // Console errors other than refused requests (which the tests provoke
+  // on purpose): a Content-Security-Policy violation shows up here.
+  context.on('console', (msg) => {
+    if (msg.type() === 'error' && !msg.text().startsWith('Failed to load resource')) errors.push(msg.text());
+  });
   return {
     context,
     /** Script errors the pages threw, and requests refused for leaving loopback. */
@@ -192,10 +197,10 @@ export async function browser() {
   };
 }
 
-export async function screenshot(page, name) {
+export async function screenshot(page, name, { fullPage = true } = {}) {
   fs.mkdirSync(outDir, { recursive: true });
   const file = path.join(outDir, `${name}.png`);
-  await page.screenshot({ path: file, fullPage: true });
+  await page.screenshot({ path: file, fullPage });
   return file;
 }
 
