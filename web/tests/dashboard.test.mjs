@@ -188,6 +188,31 @@ describe('dashboard against a running Meridian', { timeout: 300_000 }, () => {
     assert.equal(status.override, null, 'nothing was pinned');
   });
 
+  test('the policy page works from the keyboard, and redraws keep the focus', async () => {
+    await page.goto(`${m.url}/policies/orders`);
+    await page.locator('[data-key="drain-zone-b"]').waitFor();
+    let reached = false;
+    for (let i = 0; i < 60 && !reached; i++) {
+      await page.keyboard.press('Tab');
+      reached = await page.evaluate(() => document.activeElement?.dataset?.key === 'drain-zone-b');
+    }
+    assert.ok(reached, 'Tab never reached the drain button');
+    // The zones table is redrawn every 2 s; the keyboard stays put.
+    await page.waitForTimeout(2500);
+    assert.equal(await page.evaluate(() => document.activeElement?.dataset?.key), 'drain-zone-b');
+    // A visible focus ring.
+    const outline = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+    assert.notEqual(outline, 'none');
+    await page.keyboard.press('Enter');
+    const dialog = page.locator('dialog#confirm');
+    await dialog.waitFor({ state: 'visible' });
+    assert.equal(await page.evaluate(() => document.activeElement?.dataset?.testid), 'confirm-apply');
+    await page.keyboard.press('Escape');
+    await dialog.waitFor({ state: 'hidden' });
+    const status = (await m.api('GET', '/api/v1/policies/orders/status')).body;
+    assert.equal(status.zones.find((z) => z.name === 'zone-b').drained, false, 'Escape applied nothing');
+  });
+
   test('the events timeline is live', async () => {
     await page.goto(`${m.url}/events`);
     const timeline = page.getByTestId('timeline');

@@ -582,7 +582,9 @@ function sparkline(samples, threshold) {
   const max = Math.max(threshold * 2, ...values, 10);
   const y = hgt - (threshold / max) * (hgt - 2) - 1;
   box.append(svg('line', { x1: 0, x2: w, y1: y, y2: y, class: 'threshold' }));
-  if (values.length) box.append(svg('path', { d: sparkPath(values, w, hgt, max), class: values.at(-1) > threshold ? 'line bad' : 'line' }));
+  // One sample draws as a flat line rather than nothing.
+  const drawn = values.length === 1 ? [values[0], values[0]] : values;
+  if (drawn.length) box.append(svg('path', { d: sparkPath(drawn, w, hgt, max), class: values.at(-1) > threshold ? 'line bad' : 'line' }));
   const title = svg('title');
   title.textContent = values.length
     ? `failure rate over the last ${Math.round((samples.at(-1).at - samples[0].at) / 1000)} s: now ${values.at(-1).toFixed(1)}%, max ${Math.max(...values).toFixed(1)}%; threshold ${threshold}%`
