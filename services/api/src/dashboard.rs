@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use meridian_policy::Policy;
@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::request::query_pairs;
 use crate::AppState;
 
 /// Reports older than this are from checkers that stopped (as in `/status`).
@@ -341,6 +342,37 @@ pub async fn overview(State(state): State<AppState>) -> Result<Json<Overview>, A
         xds,
         items,
     }))
+}
+
+/// The newest events, newest first.
+#[derive(Serialize)]
+pub struct RecentEvents {
+    items: Vec<meridian_store::failover::Event>,
+}
+
+/// `GET /api/v1/dashboard/events?policy=NAME&limit=N`: the newest `N`
+/// events (default 200, at most 5000), newest first. `/api/v1/events`
+/// pages oldest first from a time, which cannot say "the last 200".
+pub async fn recent_events(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<RecentEvents>, ApiError> {
+    let (mut policy, mut limit) = (None, 200_i64);
+    for (k, v) in query_pairs(query.as_deref(), &["policy", "limit"])? {
+        if k == "policy" {
+            policy = Some(v);
+        } else {
+            limit = v
+                .parse()
+                .ok()
+                .filter(|n| (1..=5000).contains(n))
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("limit must be 1 to 5000, not {v:?}"))
+                })?;
+        }
+    }
+    let items = state.store.recent_events(policy.as_deref(), limit).await?;
+    Ok(Json(RecentEvents { items }))
 }
 
 #[cfg(test)]

@@ -98,6 +98,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events/stream", get(failover::event_stream))
         .route("/api/v1/xds/clients", get(xds_clients))
         .route("/api/v1/dashboard/overview", get(dashboard::overview))
+        .route("/api/v1/dashboard/events", get(dashboard::recent_events))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi::serve))

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::failover::Event;
 use crate::providers::DnsStatus;
 use crate::{Error, Store};
 
@@ -26,5 +27,23 @@ impl Store {
             out.entry(r.policy_name).or_default().push(r.status);
         }
         Ok(out)
+    }
+
+    /// The newest `limit` events (optionally of one policy), newest first:
+    /// what a timeline shows when it opens, however many events are older.
+    pub async fn recent_events(
+        &self,
+        policy: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Event>, Error> {
+        Ok(sqlx::query_as(
+            "SELECT id, at, policy_name, kind, severity, message, details FROM events
+             WHERE $1::text IS NULL OR policy_name = $1
+             ORDER BY id DESC LIMIT $2",
+        )
+        .bind(policy)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
     }
 }

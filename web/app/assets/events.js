@@ -3,7 +3,7 @@
 // syncs included): kinds this page does not know are shown as they come,
 // with their details.
 
-import { enc, get } from './api.js';
+import { get } from './api.js';
 import { onEvent } from './main.js';
 import { eventLevel } from './logic.js';
 import { errorBox, fill, h } from './ui.js';
@@ -49,13 +49,11 @@ export function mount(main) {
   });
 
   const off = onEvent((e) => add(e, true));
-  const since = new Date(Date.now() - 24 * 3600_000).toISOString();
-  get(`/api/v1/events?since=${enc(since)}&limit=5000`)
+  get(`/api/v1/dashboard/events?limit=${KEEP}`)
     .then((r) => {
-      // Oldest first from the API; the newest KEEP, newest on top. Events
-      // that arrived live meanwhile are already shown and are skipped.
-      const older = r.items.slice(-KEEP).reverse();
-      for (const e of older) add(e, false);
+      // Newest first from the API. Events that arrived live meanwhile are
+      // already shown and are skipped.
+      for (const e of r.items) add(e, false);
       items.sort((a, b) => b.e.id - a.e.id);
       list.append(...items.map((x) => x.li));
     })

@@ -89,10 +89,10 @@ export function mount(main, name) {
     }
   }
   async function loadEvents() {
-    const since = new Date(Date.now() - 3600_000).toISOString();
     try {
-      const r = await get(`/api/v1/events?policy=${enc(name)}&since=${enc(since)}&limit=5000`);
-      state.events = r.items.slice(-50).reverse();
+      const r = await get(`/api/v1/dashboard/events?policy=${enc(name)}&limit=50`);
+      const live = state.events.filter((e) => !r.items.some((x) => x.id === e.id));
+      state.events = [...live, ...r.items].sort((a, b) => b.id - a.id).slice(0, 50);
       renderEvents();
     } catch (e) {
       fill(events, h('h2', { id: 'ev-h' }, 'Recent events'), errorBox(e));
@@ -380,7 +380,7 @@ export function mount(main, name) {
     fill(events, 
       h('h2', { id: 'ev-h' }, 'Recent events'),
       state.events.length === 0
-        ? h('p', { class: 'muted' }, 'No event in the last hour.')
+        ? h('p', { class: 'muted' }, 'No event yet.')
         : h('ol', { class: 'timeline compact' }, state.events.slice(0, 15).map((e) => h('li', { class: `ev ${eventLevel(e)}` }, h('span', { class: 'kind' }, e.kind), ' ', e.message, h('span', { class: 'muted small' }, ` ${ago(e.at)}`)))),
     );
   }
