@@ -52,12 +52,14 @@ export function mount(main, name) {
   );
 
   let stopped = false;
-  const timers = [];
+  // One pending timer per loop; a loop waits for its request before
+  // scheduling the next, so a slow server is never asked twice at once.
+  const timers = new Map();
   const every = (ms, fn) => {
     const tick = async () => {
       if (stopped) return;
       await fn();
-      if (!stopped) timers.push(setTimeout(tick, ms));
+      if (!stopped) timers.set(fn, setTimeout(tick, ms));
     };
     tick();
   };
@@ -513,7 +515,7 @@ export function mount(main, name) {
   return {
     unmount() {
       stopped = true;
-      timers.forEach(clearTimeout);
+      timers.forEach((t) => clearTimeout(t));
       off();
     },
   };

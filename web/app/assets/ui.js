@@ -103,6 +103,7 @@ export function confirmAction({ title, intro, changes = [], body = null, confirm
     dialog.replaceChildren(form);
     dialog.setAttribute('aria-labelledby', 'confirm-title');
     let done = false;
+    let busy = false;
     const finish = (applied) => {
       if (done) return;
       done = true;
@@ -110,9 +111,16 @@ export function confirmAction({ title, intro, changes = [], body = null, confirm
       resolve(applied);
     };
     cancel.addEventListener('click', () => finish(false));
-    dialog.addEventListener('cancel', () => finish(false), { once: true });
+    // Escape cancels, except while the request is in flight: closing then
+    // would hide whether it was applied.
+    dialog.oncancel = (e) => {
+      e.preventDefault();
+      if (!busy) finish(false);
+    };
     form.addEventListener('submit', async (e) => {
       e.preventDefault();
+      if (busy) return;
+      busy = true;
       ok.disabled = true;
       cancel.disabled = true;
       status.replaceChildren(h('span', { class: 'muted' }, 'Applying…'));
@@ -121,6 +129,7 @@ export function confirmAction({ title, intro, changes = [], body = null, confirm
         finish(true);
         toast(`${title}: applied`, 'ok');
       } catch (err) {
+        busy = false;
         status.replaceChildren(errorBox(err));
         ok.disabled = false;
         cancel.disabled = false;
