@@ -133,6 +133,12 @@ describe('dashboard against a running Meridian', { timeout: 300_000 }, () => {
     assert.equal(await page.evaluate(() => window.__sameDocument), true, 'the page was reloaded');
     await screenshot(page, 'overview-degraded');
 
+    // A fresh page still shows when zone-a went down: the sparkline's
+    // history comes from the server's events, not only from this page.
+    await page.goto(`${m.url}/policies/orders`);
+    await page.locator('tr[data-zone="zone-a"] svg.spark rect.down').waitFor({ timeout: 10_000 });
+    assert.equal(await page.locator('tr[data-zone="zone-b"] svg.spark rect.down').count(), 0);
+
     zoneA = await backend('127.0.0.2', backendPort);
   });
 

@@ -2,7 +2,7 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { ago, attention, diffHunks, drainPreview, eventLevel, lineDiff, matches, parseSse, sparkPath, stableText, weightChanges } from '../app/assets/logic.js';
+import { ago, attention, diffHunks, drainPreview, eventLevel, healthSpans, lineDiff, matches, parseSse, sparkPath, stableText, weightChanges, zoneTransitions } from '../app/assets/logic.js';
 
 const track = { name: 'track-api', host: 'track.example.com', labels: { team: 'logistics', tier: 'frontend' }, health: 'degraded', flags: ['failed-over'] };
 const pay = { name: 'payments', host: 'payments.example.com', labels: { team: 'payments' }, health: 'healthy', flags: [] };
@@ -104,10 +104,12 @@ test('event colours come from the kind and severity, unknown kinds included', ()
   assert.equal(eventLevel({ kind: 'something-new', severity: 'strange' }), 'info');
 });
 
-test('sparkline path spans the box and clamps', () => {
-  assert.equal(sparkPath([], 100, 20), '');
-  const p = sparkPath([0, 50, 200], 100, 20, 100);
+test('sparkline path is on a time axis and clamps', () => {
+  assert.equal(sparkPath([], 0, 100, 100, 20), '');
+  const p = sparkPath([{ at: 1000, rate: 0 }, { at: 1050, rate: 50 }, { at: 1100, rate: 200 }], 1000, 100, 100, 20, 100);
   assert.equal(p, 'M0.0,19.0 L50.0,10.0 L100.0,1.0');
+  // Before the window clamps to the left edge; one point is a flat line.
+  assert.equal(sparkPath([{ at: 0, rate: 50 }], 1000, 100, 100, 20, 100), 'M0.0,10.0 L100.0,10.0');
 });
 
 test('ago reads like a person', () => {
@@ -115,4 +117,36 @@ test('ago reads like a person', () => {
   assert.equal(ago('2026-01-01T00:09:55Z', now), '5 s ago');
   assert.equal(ago('2026-01-01T00:00:00Z', now), '10 min ago');
   assert.equal(ago(null, now), 'never');
+});
+
+test('health spans over a window come from the transition events', () => {
+  const now = 1000;
+  // No transition: the current health throughout.
+  assert.deepEqual(healthSpans([], now, 300, 'healthy'), [{ from: 700, to: 1000, health: 'healthy' }]);
+  // Went unhealthy inside the window: healthy before it.
+  assert.deepEqual(healthSpans([{ at: 800, health: 'unhealthy' }], now, 300, 'unhealthy'), [
+    { from: 700, to: 800, health: 'healthy' },
+    { from: 800, to: 1000, health: 'unhealthy' },
+  ]);
+  // Recovered inside, after going down before the window.
+  assert.deepEqual(healthSpans([{ at: 100, health: 'unhealthy' }, { at: 900, health: 'healthy' }], now, 300, 'healthy'), [
+    { from: 700, to: 900, health: 'unhealthy' },
+    { from: 900, to: 1000, health: 'healthy' },
+  ]);
+  // A recovery first inside the window means it was unhealthy before.
+  assert.deepEqual(healthSpans([{ at: 750, health: 'healthy' }, { at: 850, health: 'unhealthy' }], now, 300, 'unhealthy'), [
+    { from: 700, to: 750, health: 'unhealthy' },
+    { from: 750, to: 850, health: 'healthy' },
+    { from: 850, to: 1000, health: 'unhealthy' },
+  ]);
+});
+
+test('zone transitions are read from the events of that zone only', () => {
+  const events = [
+    { kind: 'zone-recovered', at: '2026-01-01T00:00:02Z', details: { zone: 'a', failureRatePercent: 0 } },
+    { kind: 'weights-changed', at: '2026-01-01T00:00:01Z', details: {} },
+    { kind: 'zone-unhealthy', at: '2026-01-01T00:00:01Z', details: { zone: 'a', failureRatePercent: 40 } },
+    { kind: 'zone-unhealthy', at: '2026-01-01T00:00:01Z', details: { zone: 'b', failureRatePercent: 9 } },
+  ];
+  assert.deepEqual(zoneTransitions(events, 'a').map((t) => [t.health, t.rate]), [['unhealthy', 40], ['healthy', 0]]);
 });

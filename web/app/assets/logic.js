@@ -186,16 +186,15 @@ export function drainPreview(zones, zone) {
   return next;
 }
 
-/** SVG path of a sparkline of `values` (0..max) in a `w`×`h` box. */
-export function sparkPath(values, w, h, max = 100) {
-  if (values.length === 0) return '';
-  const step = values.length > 1 ? w / (values.length - 1) : 0;
-  return values
-    .map((v, i) => {
-      const y = h - (Math.min(Math.max(v, 0), max) / max) * (h - 2) - 1;
-      return `${i === 0 ? 'M' : 'L'}${(i * step).toFixed(1)},${y.toFixed(1)}`;
-    })
-    .join(' ');
+/** SVG path of a sparkline of `points` (`{at: ms, rate}`) on a time axis
+ *  `[start, start + windowMs]` in a `w`×`h` box, rates 0..max. One point
+ *  is drawn as a flat line to the right edge rather than nothing. */
+export function sparkPath(points, start, windowMs, w, h, max = 100) {
+  if (points.length === 0) return '';
+  const x = (t) => (Math.min(Math.max(t - start, 0), windowMs) / windowMs) * w;
+  const y = (v) => h - (Math.min(Math.max(v, 0), max) / max) * (h - 2) - 1;
+  const drawn = points.length === 1 ? [points[0], { at: start + windowMs, rate: points[0].rate }] : points;
+  return drawn.map((p, i) => `${i === 0 ? 'M' : 'L'}${x(p.at).toFixed(1)},${y(p.rate).toFixed(1)}`).join(' ');
 }
 
 /** Colour level of an event, from its severity and kind. Unknown kinds
@@ -239,4 +238,39 @@ export function ago(when, now = Date.now()) {
   if (s < 3600) return `${Math.floor(s / 60)} min ago`;
   if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
   return `${Math.floor(s / 86400)} d ago`;
+}
+
+/**
+ * A zone's health over the window `[now - windowMs, now]` as spans
+ * `{from, to, health}`, from its `zone-unhealthy` / `zone-recovered`
+ * events (`{at: ms, health}` in time order) and its health now. The
+ * events are the server's record, so this history survives a reload,
+ * unlike the samples a page collects itself.
+ */
+export function healthSpans(transitions, now, windowMs, current) {
+  const start = now - windowMs;
+  const before = transitions.filter((t) => t.at <= start).at(-1);
+  const inside = transitions.filter((t) => t.at > start && t.at <= now);
+  let health;
+  if (before) health = before.health;
+  else if (inside.length) health = inside[0].health === 'unhealthy' ? 'healthy' : 'unhealthy';
+  else health = current;
+  const spans = [];
+  let from = start;
+  for (const t of inside) {
+    if (t.health === health) continue;
+    if (t.at > from) spans.push({ from, to: t.at, health });
+    from = t.at;
+    health = t.health;
+  }
+  spans.push({ from, to: now, health });
+  return spans;
+}
+
+/** Transitions of `zone` from a policy's events, oldest first. */
+export function zoneTransitions(events, zone) {
+  return events
+    .filter((e) => (e.kind === 'zone-unhealthy' || e.kind === 'zone-recovered') && e.details?.zone === zone)
+    .map((e) => ({ at: Date.parse(e.at), health: e.kind === 'zone-unhealthy' ? 'unhealthy' : 'healthy', rate: e.details?.failureRatePercent }))
+    .sort((a, b) => a.at - b.at);
 }

@@ -4,7 +4,7 @@
 
 import { enc, get, send } from './api.js';
 import { onEvent } from './main.js';
-import { ago, diffHunks, drainPreview, eventLevel, flagOf, healthOf, lineDiff, sparkPath, stableText, weightChanges, zoneHealthOf } from './logic.js';
+import { ago, diffHunks, drainPreview, eventLevel, flagOf, healthOf, healthSpans, lineDiff, sparkPath, stableText, weightChanges, zoneHealthOf, zoneTransitions } from './logic.js';
 import { dnsBadge } from './overview.js';
 import { badge, confirmAction, errorBox, fill, h, keepFocus, svg } from './ui.js';
 
@@ -12,6 +12,9 @@ const STATUS_MS = 2000;
 const SLOW_MS = 10000;
 /** Failure-rate samples kept per zone: five minutes at one per 2 s. */
 const HISTORY = 150;
+const WINDOW_MS = 5 * 60_000;
+/** Events kept for the timeline and the zones' health history. */
+const EVENTS = 200;
 const ZONE_COLOURS = 6;
 
 /** Failure-rate history per policy and zone, kept while the app is open
@@ -92,9 +95,9 @@ export function mount(main, name) {
   }
   async function loadEvents() {
     try {
-      const r = await get(`/api/v1/dashboard/events?policy=${enc(name)}&limit=50`);
+      const r = await get(`/api/v1/dashboard/events?policy=${enc(name)}&limit=${EVENTS}`);
       const live = state.events.filter((e) => !r.items.some((x) => x.id === e.id));
-      state.events = [...live, ...r.items].sort((a, b) => b.id - a.id).slice(0, 50);
+      state.events = [...live, ...r.items].sort((a, b) => b.id - a.id).slice(0, EVENTS);
       renderEvents();
     } catch (e) {
       fill(events, h('h2', { id: 'ev-h' }, 'Recent events'), errorBox(e));
@@ -117,7 +120,7 @@ export function mount(main, name) {
   const off = onEvent((e) => {
     if (e.policyName !== name) return;
     state.events.unshift(e);
-    state.events.length = Math.min(state.events.length, 50);
+    state.events.length = Math.min(state.events.length, EVENTS);
     renderEvents();
     refreshSoon();
   });
@@ -186,7 +189,7 @@ export function mount(main, name) {
       h(
         'table',
         { class: 'grid', 'data-testid': 'zones' },
-        h('thead', {}, h('tr', {}, ['Zone', 'Health', 'Failure rate', 'Last 5 min', 'Spec', 'Effective', 'Checkers', ''].map((t) => h('th', {}, t)))),
+        h('thead', {}, h('tr', {}, ['Zone', 'Health', 'Failure rate', 'Recent (≤ 5 min)', 'Spec', 'Effective', 'Checkers', ''].map((t) => h('th', {}, t)))),
         h(
           'tbody',
           {},
@@ -197,10 +200,10 @@ export function mount(main, name) {
               h('td', {}, h('strong', {}, z.name), z.drained ? h('span', { class: 'badge info', 'data-testid': 'drained' }, ' ⏸ drained') : null),
               h('td', {}, badge(zoneHealthOf(z.health))),
               h('td', { class: 'num' }, `${z.failureRatePercent.toFixed(1)}%`, h('div', { class: 'muted small' }, `${z.samples} samples`)),
-              h('td', {}, sparkline(history.get(`${name}\u0000${z.name}`) ?? [], policy.spec.failover?.failureRatePercent ?? 5)),
+              h('td', {}, sparkline(history.get(`${name}\u0000${z.name}`) ?? [], zoneTransitions(state.events, z.name), z.health, policy.spec.failover?.failureRatePercent ?? 5)),
               h('td', { class: 'num' }, `${z.specWeight}%`),
               h('td', { class: `num ${z.effectiveWeight !== z.specWeight ? 'shift' : ''}` }, `${z.effectiveWeight}%`),
-              h('td', { class: 'small' }, z.checkers.map((c) => h('div', { title: c.lastError ?? '' }, `${c.checker}: ${c.failures}/${c.samples}`, c.lastError ? h('span', { class: 'muted' }, ` — ${c.lastError}`) : null))),
+              h('td', { class: 'small' }, z.checkers.map((c) => h('div', { title: c.lastError ?? '' }, `${c.checker}: ${c.failures}/${c.samples} failed`, c.failures > 0 && c.lastError ? h('span', { class: 'muted' }, ` — ${c.lastError}`) : null))),
               h(
                 'td',
                 {},
@@ -576,21 +579,40 @@ function weightBar(label, zones, field, testid) {
   );
 }
 
-function sparkline(samples, threshold) {
+/** The last (up to) five minutes of a zone: red where it was unhealthy (from the
+ *  server's events, so it survives a reload) and its failure rate (from
+ *  the transitions and the samples this page has seen). */
+function sparkline(samples, transitions, current, threshold) {
   const w = 120;
   const hgt = 28;
-  const values = samples.map((s) => s.rate);
+  const now = Date.now();
+  // Five minutes, or less while less is known (at least one), so a page
+  // opened mid-incident is not a flat line with a tick at its end.
+  const known = [...transitions.map((t) => t.at), ...samples.map((s) => s.at)].filter((t) => t > now - WINDOW_MS);
+  const windowMs = Math.min(WINDOW_MS, Math.max(60_000, known.length ? now - Math.min(...known) : WINDOW_MS));
+  const start = now - windowMs;
+  const points = [
+    ...transitions.filter((t) => t.at > start && typeof t.rate === 'number').map((t) => ({ at: t.at, rate: t.rate })),
+    ...samples.filter((s) => s.at > start),
+  ].sort((a, b) => a.at - b.at);
   const box = svg('svg', { width: w, height: hgt, viewBox: `0 0 ${w} ${hgt}`, class: 'spark', role: 'img' });
-  const max = Math.max(threshold * 2, ...values, 10);
+  const x = (t) => ((t - start) / windowMs) * w;
+  const spans = healthSpans(transitions, now, windowMs, current);
+  for (const span of spans.filter((sp) => sp.health === 'unhealthy')) {
+    box.append(svg('rect', { x: x(span.from).toFixed(1), y: 0, width: Math.max(1, x(span.to) - x(span.from)).toFixed(1), height: hgt, class: 'down' }));
+  }
+  const max = Math.max(threshold * 2, 10, ...points.map((p) => p.rate));
   const y = hgt - (threshold / max) * (hgt - 2) - 1;
   box.append(svg('line', { x1: 0, x2: w, y1: y, y2: y, class: 'threshold' }));
-  // One sample draws as a flat line rather than nothing.
-  const drawn = values.length === 1 ? [values[0], values[0]] : values;
-  if (drawn.length) box.append(svg('path', { d: sparkPath(drawn, w, hgt, max), class: values.at(-1) > threshold ? 'line bad' : 'line' }));
+  const last = points.at(-1);
+  if (points.length) box.append(svg('path', { d: sparkPath(points, start, windowMs, w, hgt, max), class: last.rate > threshold ? 'line bad' : 'line' }));
+  const down = spans.filter((sp) => sp.health === 'unhealthy');
   const title = svg('title');
-  title.textContent = values.length
-    ? `failure rate over the last ${Math.round((samples.at(-1).at - samples[0].at) / 1000)} s: now ${values.at(-1).toFixed(1)}%, max ${Math.max(...values).toFixed(1)}%; threshold ${threshold}%`
-    : 'collecting samples';
+  title.textContent = [
+    `last ${Math.round(windowMs / 1000)} s`,
+    points.length ? `failure rate now ${last.rate.toFixed(1)}%, max ${Math.max(...points.map((p) => p.rate)).toFixed(1)}% (threshold ${threshold}%)` : 'no failure-rate sample yet',
+    down.length ? `unhealthy ${down.map((sp) => `${new Date(sp.from).toLocaleTimeString()}–${sp.to >= now - 1 ? 'now' : new Date(sp.to).toLocaleTimeString()}`).join(', ')}` : 'not unhealthy in that time',
+  ].join('; ');
   box.prepend(title);
   box.setAttribute('aria-label', title.textContent);
   return box;
