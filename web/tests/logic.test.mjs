@@ -73,6 +73,9 @@ test('drain preview spreads the weight like the weighted mode and sums to 100', 
   // Already drained zones take nothing; zones at 0 share evenly.
   assert.deepEqual(drainPreview([{ name: 'a', effectiveWeight: 100 }, { name: 'b', effectiveWeight: 0, drained: true }, { name: 'c', effectiveWeight: 0 }], 'a'), { a: 0, b: 0, c: 100 });
   assert.equal(drainPreview([{ name: 'a', effectiveWeight: 100 }], 'a'), null);
+  // Unhealthy zones take nothing either.
+  assert.deepEqual(drainPreview([{ name: 'a', effectiveWeight: 50 }, { name: 'b', effectiveWeight: 25, health: 'unhealthy' }, { name: 'c', effectiveWeight: 25, health: 'healthy' }], 'a'), { a: 0, b: 0, c: 100 });
+  assert.equal(drainPreview([{ name: 'a', effectiveWeight: 100 }, { name: 'b', effectiveWeight: 0, health: 'unhealthy' }], 'a'), null);
   assert.deepEqual(weightChanges(zones, { a: 0, b: 50, c: 50 }), [
     { zone: 'a', from: 50, to: 0 },
     { zone: 'b', from: 25, to: 50 },

@@ -22,7 +22,7 @@ export const FLAGS = {
   'failed-over': { level: 'warn', icon: '⇄', label: 'failed over' },
   'fail-open': { level: 'bad', icon: '!', label: 'all zones down: fail open' },
   override: { level: 'info', icon: '⚑', label: 'override active' },
-  drained: { level: 'info', icon: '⏸', label: 'zone drained' },
+  drained: { level: 'info', icon: '∥', label: 'zone drained' },
   'dns-out-of-sync': { level: 'warn', icon: '⟳', label: 'DNS out of sync' },
   'xds-nack': { level: 'bad', icon: '✕', label: 'xDS NACK' },
 };
@@ -160,11 +160,12 @@ export function weightChanges(zones, next) {
 /**
  * The effective weights a drain would most likely give, for the
  * confirmation dialog: the drained zone's weight spread over the other
- * serving zones in proportion (what the `weighted` mode does). The leader
- * decides; this is labelled as a preview.
+ * serving zones (not drained, not unhealthy) in proportion, as the
+ * `weighted` mode does. `null` when no zone would be left serving. The
+ * leader decides; the dialog labels this as expected, not promised.
  */
 export function drainPreview(zones, zone) {
-  const serving = zones.filter((z) => z.name !== zone && !z.drained);
+  const serving = zones.filter((z) => z.name !== zone && !z.drained && z.health !== 'unhealthy');
   const total = serving.reduce((s, z) => s + z.effectiveWeight, 0);
   const next = {};
   for (const z of zones) next[z.name] = 0;

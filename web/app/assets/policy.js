@@ -197,7 +197,7 @@ export function mount(main, name) {
             h(
               'tr',
               { 'data-zone': z.name },
-              h('td', {}, h('strong', {}, z.name), z.drained ? h('span', { class: 'badge info', 'data-testid': 'drained' }, ' ⏸ drained') : null),
+              h('td', {}, h('strong', {}, z.name), z.drained ? h('span', { class: 'badge info', 'data-testid': 'drained' }, ' ∥ drained') : null),
               h('td', {}, badge(zoneHealthOf(z.health))),
               h('td', { class: 'num' }, `${z.failureRatePercent.toFixed(1)}%`, h('div', { class: 'muted small' }, `${z.samples} samples`)),
               h('td', {}, sparkline(history.get(`${name}\u0000${z.name}`) ?? [], zoneTransitions(state.events, z.name), z.health, policy.spec.failover?.failureRatePercent ?? 5)),
@@ -398,8 +398,11 @@ export function mount(main, name) {
       title: `Drain ${z.name}`,
       intro: next
         ? `Traffic leaves ${z.name}. Expected effective weights (the failover leader decides within a second or two):`
-        : `${z.name} is the last serving zone: with every zone drained the spec weights stay (fail open).`,
-      changes: next ? weightChanges(state.status.zones, next).map((c) => ({ what: c.zone, from: `${c.from}%`, to: `${c.to}%` })) : [],
+        : `No other zone is healthy and undrained: with every zone out, the spec weights stay (fail open), so draining ${z.name} may move nothing.`,
+      changes: [
+        { what: `${z.name} drained`, from: 'no', to: 'yes' },
+        ...(next ? weightChanges(state.status.zones, next).map((c) => ({ what: `${c.zone} weight (expected)`, from: `${c.from}%`, to: `${c.to}%` })) : []),
+      ],
       confirmLabel: `Drain ${z.name}`,
       danger: true,
       action: () => send('POST', `${path}/zones/${enc(z.name)}/drain`),
