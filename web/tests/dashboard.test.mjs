@@ -97,6 +97,32 @@ describe('dashboard against a running Meridian', { timeout: 300_000 }, () => {
     await screenshot(page, 'overview');
   });
 
+  test('deep links get the app; API paths keep their JSON answers, even for a browser', async () => {
+    const html = { accept: 'text/html,application/xhtml+xml,*/*;q=0.8' };
+    for (const p of ['/policies/orders', '/events', '/xds']) {
+      const r = await fetch(`${m.url}${p}`, { headers: html });
+      assert.equal(r.status, 200, p);
+      assert.match(r.headers.get('content-type'), /^text\/html/, p);
+      assert.match(await r.text(), /<title>Meridian<\/title>/, p);
+    }
+    for (const p of ['/api/v1/nope', '/api/v1/policies/nope', '/openapi.jsonx']) {
+      const r = await fetch(`${m.url}${p}`, { headers: html });
+      const body = await r.text();
+      if (p === '/openapi.jsonx') {
+        // Not reserved: an app path like any other.
+        assert.equal(r.status, 200, p);
+        continue;
+      }
+      assert.equal(r.status, 404, `${p}: ${body}`);
+      assert.equal(JSON.parse(body).error, 'not_found', p);
+    }
+    const doc = await fetch(`${m.url}/openapi.json`, { headers: html });
+    assert.equal(doc.status, 200);
+    assert.ok((await doc.json()).openapi);
+    const ready = await fetch(`${m.url}/readyz`, { headers: html });
+    assert.equal((await ready.json()).status, 'ready');
+  });
+
   test("stopping a zone's backends turns the policy degraded and moves the effective-weight bar without a reload", async () => {
     await page.goto(`${m.url}/policies/orders`);
     await page.evaluate(() => {
