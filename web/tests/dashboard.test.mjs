@@ -281,6 +281,12 @@ describe('dashboard against a running Meridian', { timeout: 300_000 }, () => {
         return answered ? true : JSON.stringify(items).slice(0, 300) + proxy.log();
       }).then(async () => (await m.api('GET', '/api/v1/xds/clients')).body.items.find((x) => x.nodeId === 'dashboard-envoy'));
 
+      // The overview counts it (and any other client of this replica).
+      const listed = (await m.api('GET', '/api/v1/xds/clients')).body.items;
+      const totals = (await m.api('GET', '/api/v1/dashboard/overview')).body.xds;
+      assert.equal(totals.clients, listed.length);
+      assert.equal(totals.nacking, listed.filter((c) => c.resources.some((r) => r.status === 'nacked')).length);
+
       await page.goto(`${m.url}/xds`);
       const rows = page.locator('[data-testid="xds-clients"] tr[data-node="dashboard-envoy"]');
       await rows.first().waitFor();

@@ -254,6 +254,27 @@ fn current_nacks(clients: &Value) -> Vec<String> {
     out
 }
 
+/// Counts of the xDS clients list (`GET /api/v1/xds/clients`' shape).
+fn xds_totals(clients: &Value) -> XdsTotals {
+    let list = clients.as_array().map(Vec::as_slice).unwrap_or_default();
+    let with_status = |status: &str| {
+        list.iter()
+            .filter(|c| {
+                c["resources"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|r| r["status"] == status)
+            })
+            .count()
+    };
+    XdsTotals {
+        clients: list.len(),
+        nacking: with_status("nacked"),
+        pending: with_status("sent"),
+    }
+}
+
 /// The overview's body.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -269,7 +290,11 @@ pub struct Overview {
 #[serde(rename_all = "camelCase")]
 pub struct XdsTotals {
     clients: usize,
+    /// Clients whose last answer to some type was a NACK.
     nacking: usize,
+    /// Clients that have not yet answered the latest version of some type:
+    /// the sidecars still catching up with a change.
+    pending: usize,
 }
 
 /// `GET /api/v1/dashboard/overview`: every policy's summary, ordered by name.
@@ -286,21 +311,7 @@ pub async fn overview(State(state): State<AppState>) -> Result<Json<Overview>, A
     )?;
     let clients = state.xds_clients.as_ref().map(|list| list());
     let nacks = clients.as_ref().map(current_nacks).unwrap_or_default();
-    let xds = clients.as_ref().map(|c| XdsTotals {
-        clients: c.as_array().map_or(0, Vec::len),
-        nacking: c
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| {
-                c["resources"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|r| r["status"] == "nacked")
-            })
-            .count(),
-    });
+    let xds = clients.as_ref().map(xds_totals);
 
     let mut health: BTreeMap<&str, BTreeMap<&str, &str>> = BTreeMap::new();
     for ((p, z), s) in &states {
@@ -564,5 +575,9 @@ mod tests {
             {"resources": []}
         ]);
         assert_eq!(current_nacks(&clients), ["m1"]);
+        let t = xds_totals(&clients);
+        assert_eq!((t.clients, t.nacking, t.pending), (2, 1, 0));
+        let t = xds_totals(&json!([{"resources": [{"status": "sent"}, {"status": "acked"}]}]));
+        assert_eq!((t.clients, t.nacking, t.pending), (1, 0, 1));
     }
 }

@@ -109,7 +109,7 @@ export function mount(main) {
       countChip('unknown', tally((s) => s.health === 'unknown')),
     );
     xdsLine.textContent = data.xds
-      ? `xDS on this replica: ${data.xds.clients} client${data.xds.clients === 1 ? '' : 's'} connected, ${data.xds.nacking} holding a NACK.`
+      ? `xDS on this replica: ${data.xds.clients} client${data.xds.clients === 1 ? '' : 's'} connected, ${data.xds.nacking} holding a NACK, ${data.xds.pending} not yet answering the latest version.`
       : 'This replica does not run the xDS role.';
   }
 
