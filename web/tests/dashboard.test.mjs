@@ -245,6 +245,32 @@ describe('dashboard against a running Meridian', { timeout: 300_000 }, () => {
     assert.equal(status.zones.find((z) => z.name === 'zone-b').drained, false, 'Escape applied nothing');
   });
 
+  test("each DNS provider's sync state on the policy page is the server's", async () => {
+    // The example track-api publishes through a provider that is not
+    // registered, so the reconciler records an error for it.
+    const withDns = (await m.api('GET', '/api/v1/policies?limit=1000')).body.items.find((p) => p.spec.zones.some((z) => z.dns));
+    assert.ok(withDns, 'an example with DNS');
+    const name = withDns.metadata.name;
+    const providers = await eventually('a DNS status recorded', 20_000, async () => {
+      const s = (await m.api('GET', `/api/v1/policies/${name}/status`)).body;
+      return s.dns.providers.length > 0 || 'none yet';
+    }).then(async () => (await m.api('GET', `/api/v1/policies/${name}/status`)).body.dns.providers);
+    await page.goto(`${m.url}/policies/${name}`);
+    const table = page.getByTestId('dns');
+    await table.waitFor();
+    for (const p of providers) {
+      const row = table.locator('tr', { hasText: p.provider });
+      await row.waitFor();
+      const text = await row.textContent();
+      const word = { synced: 'synced', pending: 'pending', error: 'error' }[p.state];
+      assert.ok(text.includes(word), `${text} vs ${p.state}`);
+      if (p.lastError) assert.ok(text.includes(p.lastError), `${text} lacks ${p.lastError}`);
+    }
+    const overview = (await m.api('GET', '/api/v1/dashboard/overview')).body.items.find((i) => i.name === name);
+    if (providers.some((p) => p.state !== 'synced')) assert.ok(overview.flags.includes('dns-out-of-sync'), JSON.stringify(overview));
+    await screenshot(page, 'policy-dns');
+  });
+
   test('the events timeline is live', async () => {
     await page.goto(`${m.url}/events`);
     const timeline = page.getByTestId('timeline');
