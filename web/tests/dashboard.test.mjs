@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { Meridian, backend, browser, envoy, eventually, freePort, repo, screenshot } from './harness.mjs';
+import { Meridian, backend, browser, envoy, eventually, firefoxBrowser, freePort, repo, screenshot } from './harness.mjs';
 
 /** Names of the policies in examples/, read from the files. */
 function exampleNames() {
@@ -369,6 +369,41 @@ describe('dashboard against a running Meridian', { timeout: 300_000 }, () => {
     const rolled = (await m.api('GET', `/api/v1/policies/${withCanary.metadata.name}`)).body;
     assert.equal(rolled.spec.routes.find((r) => r.name === route.name).canary.weight, from);
     await screenshot(page, 'revisions');
+  });
+
+  test('the same in Firefox: overview, live stream, weight bars, a confirmed drain', async () => {
+    const ff = await firefoxBrowser();
+    try {
+      const fp = await ff.newPage();
+      await fp.goto(`${m.url}/`);
+      const listed = (await m.api('GET', '/api/v1/policies?limit=1000')).body.items.map((p) => p.metadata.name).sort();
+      await eventually('every policy listed in Firefox', 15_000, async () => {
+        const rows = await fp.$$eval('[data-testid="overview"] tbody tr', (trs) => trs.map((r) => r.dataset.policy).sort());
+        return JSON.stringify(rows) === JSON.stringify(listed) || rows;
+      });
+      await eventually('the event stream open', 10_000, async () => (await fp.textContent('#live')).includes('live') || 'not live');
+      await screenshot(fp, 'firefox-overview');
+
+      await fp.click('a[href="/policies/orders"]');
+      const status = (await m.api('GET', '/api/v1/policies/orders/status')).body;
+      await eventually('bars as the API says', 15_000, async () => {
+        const w = await barWeights(fp, 'effective-bar');
+        return status.zones.every((z) => w[z.name] === z.effectiveWeight) || w;
+      });
+      await fp.locator('[data-key="drain-zone-b"]').click();
+      const dialog = fp.locator('dialog#confirm');
+      await dialog.waitFor({ state: 'visible' });
+      await dialog.getByTestId('confirm-apply').click();
+      await dialog.waitFor({ state: 'hidden' });
+      const after = (await m.api('GET', '/api/v1/policies/orders/status')).body;
+      assert.equal(after.zones.find((z) => z.name === 'zone-b').drained, true);
+      await fp.locator('tr[data-zone="zone-b"] [data-testid="drained"]').waitFor();
+      await screenshot(fp, 'firefox-policy');
+      await m.api('POST', '/api/v1/policies/orders/zones/zone-b/undrain');
+      assert.deepEqual(ff.errors, []);
+    } finally {
+      await ff.close();
+    }
   });
 
   test('the app threw no script error', () => {

@@ -197,7 +197,7 @@ export function mount(main, name) {
             h(
               'tr',
               { 'data-zone': z.name },
-              h('td', {}, h('strong', {}, z.name), z.drained ? h('span', { class: 'badge info', 'data-testid': 'drained' }, ' ∥ drained') : null),
+              h('td', {}, h('strong', {}, z.name), ' ', z.drained ? h('span', { class: 'badge info', 'data-testid': 'drained' }, '∥ drained') : null),
               h('td', {}, badge(zoneHealthOf(z.health))),
               h('td', { class: 'num' }, `${z.failureRatePercent.toFixed(1)}%`, h('div', { class: 'muted small' }, `${z.samples} samples`)),
               h('td', {}, sparkline(history.get(`${name}\u0000${z.name}`) ?? [], zoneTransitions(state.events, z.name), z.health, policy.spec.failover?.failureRatePercent ?? 5)),
