@@ -2,7 +2,7 @@
 // own private PostgreSQL), HTTP backends on 127.0.0.x, and a headless
 // Chromium that may reach nothing but loopback.
 
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
@@ -63,6 +63,9 @@ export class Meridian {
     const xds = await freePort();
     const args = ['serve', '--data-dir', path.join(dir, 'data'), '--api-addr', `127.0.0.1:${api}`, '--xds-addr', `127.0.0.1:${xds}`];
     if (roles) args.push('--roles', roles);
+    // A binary with access control needs `--no-auth` to serve the loopback
+    // demo these tests drive (it refuses the flag off loopback).
+    if (execFileSync(binary(), ['serve', '--help'], { encoding: 'utf8' }).includes('--no-auth')) args.push('--no-auth');
     const env = { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' };
     delete env.DATABASE_URL;
     const log = fs.openSync(path.join(dir, 'meridian.log'), 'w');

@@ -4,6 +4,37 @@
 
 import { parseSse } from './logic.js';
 
+// Credentials: when the API asks for them (401), the SRE pastes a token
+// (`meridian token create`), kept for this tab only (sessionStorage: gone
+// when the tab closes, never sent to another site) and sent as a bearer
+// token on every API call, the event stream included. A server without
+// authentication (the loopback demo) never asks.
+const TOKEN_KEY = 'meridian.token';
+
+export function token() {
+  try {
+    return sessionStorage.getItem(TOKEN_KEY);
+  } catch {
+    return null;
+  }
+}
+
+export function setToken(value) {
+  if (value) sessionStorage.setItem(TOKEN_KEY, value);
+  else sessionStorage.removeItem(TOKEN_KEY);
+  window.dispatchEvent(new Event('meridian-credentials'));
+}
+
+function withAuth(headers) {
+  const t = token();
+  return t ? { ...headers, authorization: `Bearer ${t}` } : headers;
+}
+
+/** Tells the shell that the API wants credentials (it shows the form). */
+function needCredentials(err) {
+  if (err.status === 401) window.dispatchEvent(new CustomEvent('meridian-unauthenticated', { detail: err.message }));
+}
+
 export class ApiError extends Error {
   constructor(status, body) {
     super(body?.message ?? `HTTP ${status}`);
@@ -23,14 +54,18 @@ async function answer(response) {
       body = { message: text };
     }
   }
-  if (!response.ok) throw new ApiError(response.status, body);
+  if (!response.ok) {
+    const err = new ApiError(response.status, body);
+    needCredentials(err);
+    throw err;
+  }
   return { body, etag: response.headers.get('etag') };
 }
 
 export async function get(path) {
   let response;
   try {
-    response = await fetch(path, { headers: { accept: 'application/json' }, cache: 'no-store' });
+    response = await fetch(path, { headers: withAuth({ accept: 'application/json' }), cache: 'no-store' });
   } catch (e) {
     throw new ApiError(0, { error: 'unreachable', message: `Meridian does not answer (${e.message})` });
   }
@@ -39,7 +74,7 @@ export async function get(path) {
 
 /** A write: JSON body (or none), optional extra headers. */
 export async function send(method, path, body, headers = {}) {
-  const init = { method, headers: { accept: 'application/json', ...headers } };
+  const init = { method, headers: withAuth({ accept: 'application/json', ...headers }) };
   if (body !== undefined) {
     init.headers['content-type'] ??= 'application/json';
     init.body = JSON.stringify(body);
@@ -70,9 +105,16 @@ export function followEvents(onEvent, onState) {
     while (!stopped) {
       controller = new AbortController();
       try {
-        const headers = { accept: 'text/event-stream' };
+        const headers = withAuth({ accept: 'text/event-stream' });
         if (lastId) headers['last-event-id'] = lastId;
         const response = await fetch('/api/v1/events/stream', { headers, signal: controller.signal, cache: 'no-store' });
+        if (response.status === 401) {
+          // Wait for credentials rather than hammering the server.
+          onState('signed-out');
+          needCredentials(new ApiError(401, await response.json().catch(() => null)));
+          await new Promise((r) => window.addEventListener('meridian-credentials', r, { once: true }));
+          continue;
+        }
         if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
         onState('live');
         delay = 500;

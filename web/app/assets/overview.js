@@ -108,6 +108,9 @@ export function mount(main) {
       countChip('healthy', tally((s) => s.health === 'healthy')),
       countChip('unknown', tally((s) => s.health === 'unknown')),
     );
+    // The tab says what needs a look, so it shows from another tab too.
+    const needy = data.items.filter((s) => attention(s) < 3).length;
+    document.title = `${needy ? `(${needy} need a look) ` : ''}Policies — Meridian`;
     xdsLine.textContent = data.xds
       ? `xDS on this replica: ${data.xds.clients} client${data.xds.clients === 1 ? '' : 's'} connected, ${data.xds.nacking} holding a NACK, ${data.xds.pending} not yet answering the latest version.`
       : 'This replica does not run the xDS role.';
