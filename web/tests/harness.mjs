@@ -64,8 +64,11 @@ export class Meridian {
     const args = ['serve', '--data-dir', path.join(dir, 'data'), '--api-addr', `127.0.0.1:${api}`, '--xds-addr', `127.0.0.1:${xds}`];
     if (roles) args.push('--roles', roles);
     // A binary with access control needs `--no-auth` to serve the loopback
-    // demo these tests drive (it refuses the flag off loopback).
-    if (execFileSync(binary(), ['serve', '--help'], { encoding: 'utf8' }).includes('--no-auth')) args.push('--no-auth');
+    // demo these tests drive, and refuses it unless every address it binds
+    // (the gRPC API's included, where there is one) is on loopback.
+    const help = execFileSync(binary(), ['serve', '--help'], { encoding: 'utf8' });
+    if (help.includes('--grpc-addr')) args.push('--grpc-addr', `127.0.0.1:${await freePort()}`);
+    if (help.includes('--no-auth')) args.push('--no-auth');
     const env = { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' };
     delete env.DATABASE_URL;
     const log = fs.openSync(path.join(dir, 'meridian.log'), 'w');
