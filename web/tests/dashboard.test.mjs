@@ -156,6 +156,10 @@ describe('dashboard against a running Meridian', { timeout: 300_000 }, () => {
     await page.click('nav a[data-view="overview"]');
     await eventually('orders degraded in the overview', 10_000, async () => (await page.getAttribute('tr[data-policy="orders"]', 'data-health')) === 'degraded');
     assert.ok(await page.$('tr[data-policy="orders"] [data-flag="failed-over"]'), 'failed-over flag shown');
+    // The tab title counts what needs a look, as the overview API does.
+    const items = (await m.api('GET', '/api/v1/dashboard/overview')).body.items;
+    const needy = items.filter((i) => i.health === 'down' || i.health === 'degraded' || i.flags.length > 0).length;
+    await eventually('title counts', 10_000, async () => (await page.title()) === `(${needy} need a look) Policies — Meridian` || page.title());
     assert.equal(await page.evaluate(() => window.__sameDocument), true, 'the page was reloaded');
     await screenshot(page, 'overview-degraded');
 
