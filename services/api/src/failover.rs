@@ -256,7 +256,15 @@ pub async fn event_stream(
             }
         },
     );
-    Ok(axum::response::sse::Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response())
+    // A comment first, so the response starts at once: some clients
+    // (Firefox's fetch) report a stream open only when its first bytes
+    // arrive, which would otherwise wait for the first event.
+    let opened = futures::stream::once(async {
+        Ok::<_, std::convert::Infallible>(Sse::default().comment("stream open"))
+    });
+    Ok(
+        axum::response::sse::Sse::new(futures::StreamExt::chain(opened, stream))
+            .keep_alive(KeepAlive::default())
+            .into_response(),
+    )
 }

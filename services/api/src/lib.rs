@@ -5,6 +5,7 @@
 //! it listens.
 
 pub mod auth;
+mod dashboard;
 pub mod error;
 mod failover;
 pub mod metrics;
@@ -108,6 +109,8 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(tokens::revoke),
         )
         .route("/api/v1/audit", get(tokens::audit))
+        .route("/api/v1/dashboard/overview", get(dashboard::overview))
+        .route("/api/v1/dashboard/events", get(dashboard::recent_events))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi::serve))

@@ -349,7 +349,9 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
             "Meridian API listening on http://{}",
             display_addr(listener.local_addr()?)
         );
-        let app = meridian_api::router(state);
+        // The dashboard answers its own pages and hands every other path,
+        // `/api/...` included, to the API unchanged.
+        let app = meridian_dashboard::with_api(meridian_api::router(state));
         let stop = shutdown.clone();
         tasks.spawn(async move {
             axum::serve(listener, app)

@@ -9,6 +9,7 @@
 //!
 //! This is the only crate that speaks SQL.
 
+mod dashboard;
 mod error;
 pub mod failover;
 mod metrics;

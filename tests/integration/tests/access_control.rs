@@ -98,6 +98,8 @@ fn endpoints() -> Vec<(Method, &'static str, Option<Value>, Role)> {
         (Method::GET, "/api/v1/policies/p/status", None, Viewer),
         (Method::GET, "/api/v1/events", None, Viewer),
         (Method::GET, "/api/v1/providers", None, Viewer),
+        (Method::GET, "/api/v1/dashboard/overview", None, Viewer),
+        (Method::GET, "/api/v1/dashboard/events?policy=p&limit=5", None, Viewer),
         (Method::GET, "/api/v1/providers/pdns-seed", None, Viewer),
         (
             Method::POST,

@@ -1,0 +1,277 @@
+// Pure functions of the dashboard: no DOM, no network. Unit-tested with
+// `node --test` (web/tests/logic.test.mjs), so the rules that decide what
+// an SRE sees are checked without a browser.
+
+/** How a policy's health is shown: a level for the colour, and a word and
+ *  an icon so that colour is never the only signal. */
+export const HEALTH = {
+  healthy: { level: 'ok', icon: '✓', label: 'healthy' },
+  degraded: { level: 'warn', icon: '▲', label: 'degraded' },
+  down: { level: 'bad', icon: '✕', label: 'down' },
+  unknown: { level: 'unknown', icon: '?', label: 'unknown' },
+};
+
+export const ZONE_HEALTH = {
+  healthy: { level: 'ok', icon: '✓', label: 'healthy' },
+  unhealthy: { level: 'bad', icon: '✕', label: 'unhealthy' },
+  unknown: { level: 'unknown', icon: '?', label: 'unknown' },
+};
+
+/** The overview's flags, in the order the server sends them. */
+export const FLAGS = {
+  'failed-over': { level: 'warn', icon: '⇄', label: 'failed over' },
+  'fail-open': { level: 'bad', icon: '!', label: 'all zones down: fail open' },
+  override: { level: 'info', icon: '⚑', label: 'override active' },
+  drained: { level: 'info', icon: '∥', label: 'zone drained' },
+  'dns-out-of-sync': { level: 'warn', icon: '⟳', label: 'DNS out of sync' },
+  'xds-nack': { level: 'bad', icon: '✕', label: 'xDS NACK' },
+};
+
+export function healthOf(name) {
+  return HEALTH[name] ?? { level: 'unknown', icon: '?', label: String(name) };
+}
+
+export function zoneHealthOf(name) {
+  return ZONE_HEALTH[name] ?? { level: 'unknown', icon: '?', label: String(name) };
+}
+
+export function flagOf(name) {
+  return FLAGS[name] ?? { level: 'info', icon: '•', label: String(name) };
+}
+
+/** Sort key: what needs a look first. */
+export function attention(summary) {
+  const rank = { down: 0, degraded: 1, unknown: 3, healthy: 4 }[summary.health] ?? 2;
+  return summary.flags.length > 0 && rank > 1 ? Math.min(rank, 2) : rank;
+}
+
+/**
+ * Whether an overview row matches the search box. Words are ANDed; each
+ * word matches the name, the host, or a label: `team=logistics` (or
+ * `label:team=logistics`) matches that label exactly, `team=` any value
+ * of the key, and a plain word any part of the name, host, label keys or
+ * values. `is:degraded`, `is:override` ... match the health or a flag.
+ */
+export function matches(summary, query) {
+  const words = String(query ?? '').trim().toLowerCase().split(/\s+/).filter(Boolean);
+  return words.every((word) => matchesWord(summary, word));
+}
+
+function matchesWord(s, word) {
+  if (word.startsWith('is:')) {
+    const want = word.slice(3);
+    return s.health === want || s.flags.includes(want);
+  }
+  const w = word.startsWith('label:') ? word.slice(6) : word;
+  const labels = Object.entries(s.labels ?? {}).map(([k, v]) => [k.toLowerCase(), String(v).toLowerCase()]);
+  const eq = w.indexOf('=');
+  if (eq > 0) {
+    const key = w.slice(0, eq);
+    const value = w.slice(eq + 1);
+    return labels.some(([k, v]) => k === key && (value === '' || v === value));
+  }
+  if (word.startsWith('label:')) return labels.some(([k]) => k.includes(w));
+  return (
+    s.name.toLowerCase().includes(w) ||
+    s.host.toLowerCase().includes(w) ||
+    labels.some(([k, v]) => k.includes(w) || v.includes(w))
+  );
+}
+
+/** Stable text of a value for diffs: keys sorted, two-space indent. */
+export function stableText(value) {
+  return JSON.stringify(sortKeys(value), null, 2);
+}
+
+function sortKeys(v) {
+  if (Array.isArray(v)) return v.map(sortKeys);
+  if (v && typeof v === 'object') {
+    return Object.fromEntries(Object.keys(v).sort().map((k) => [k, sortKeys(v[k])]));
+  }
+  return v;
+}
+
+/**
+ * Line diff (longest common subsequence): a list of
+ * `{op: ' ' | '-' | '+', line}` turning `a` into `b`. Specs are a few
+ * hundred lines at most, so the quadratic table is fine.
+ */
+export function lineDiff(a, b) {
+  const x = a.split('\n');
+  const y = b.split('\n');
+  const n = x.length;
+  const m = y.length;
+  const lcs = Array.from({ length: n + 1 }, () => new Uint32Array(m + 1));
+  for (let i = n - 1; i >= 0; i--) {
+    for (let j = m - 1; j >= 0; j--) {
+      lcs[i][j] = x[i] === y[j] ? lcs[i + 1][j + 1] + 1 : Math.max(lcs[i + 1][j], lcs[i][j + 1]);
+    }
+  }
+  const out = [];
+  let i = 0;
+  let j = 0;
+  while (i < n && j < m) {
+    if (x[i] === y[j]) {
+      out.push({ op: ' ', line: x[i] });
+      i++;
+      j++;
+    } else if (lcs[i + 1][j] >= lcs[i][j + 1]) {
+      out.push({ op: '-', line: x[i++] });
+    } else {
+      out.push({ op: '+', line: y[j++] });
+    }
+  }
+  while (i < n) out.push({ op: '-', line: x[i++] });
+  while (j < m) out.push({ op: '+', line: y[j++] });
+  return out;
+}
+
+/** Only the changed lines of a diff with `context` lines around them;
+ *  skipped runs become `{op: '…', line: 'N unchanged lines'}`. */
+export function diffHunks(diff, context = 3) {
+  const keep = new Array(diff.length).fill(false);
+  diff.forEach((d, i) => {
+    if (d.op !== ' ') {
+      for (let k = Math.max(0, i - context); k <= Math.min(diff.length - 1, i + context); k++) keep[k] = true;
+    }
+  });
+  const out = [];
+  let skipped = 0;
+  diff.forEach((d, i) => {
+    if (keep[i]) {
+      if (skipped) out.push({ op: '…', line: `${skipped} unchanged line${skipped === 1 ? '' : 's'}` });
+      skipped = 0;
+      out.push(d);
+    } else {
+      skipped++;
+    }
+  });
+  if (skipped) out.push({ op: '…', line: `${skipped} unchanged line${skipped === 1 ? '' : 's'}` });
+  return out;
+}
+
+/** Rows `{zone, from, to}` of the zones whose weight a change moves. */
+export function weightChanges(zones, next) {
+  return zones
+    .map((z) => ({ zone: z.name, from: z.effectiveWeight, to: next[z.name] ?? 0 }))
+    .filter((r) => r.from !== r.to);
+}
+
+/**
+ * The effective weights a drain would most likely give, for the
+ * confirmation dialog: the drained zone's weight spread over the other
+ * serving zones (not drained, not unhealthy) in proportion, as the
+ * `weighted` mode does. `null` when no zone would be left serving. The
+ * leader decides; the dialog labels this as expected, not promised.
+ */
+export function drainPreview(zones, zone) {
+  const serving = zones.filter((z) => z.name !== zone && !z.drained && z.health !== 'unhealthy');
+  const total = serving.reduce((s, z) => s + z.effectiveWeight, 0);
+  const next = {};
+  for (const z of zones) next[z.name] = 0;
+  if (serving.length === 0) return null;
+  const base = total > 0 ? serving.map((z) => z.effectiveWeight) : serving.map(() => 1);
+  const sum = base.reduce((a, b) => a + b, 0);
+  // Largest remainder, so the preview sums to exactly 100.
+  const exact = base.map((w) => (w * 100) / sum);
+  const floors = exact.map(Math.floor);
+  let left = 100 - floors.reduce((a, b) => a + b, 0);
+  const order = exact.map((e, i) => [e - floors[i], i]).sort((p, q) => q[0] - p[0] || p[1] - q[1]);
+  for (const [, i] of order) {
+    if (left-- <= 0) break;
+    floors[i]++;
+  }
+  serving.forEach((z, i) => {
+    next[z.name] = floors[i];
+  });
+  return next;
+}
+
+/** SVG path of a sparkline of `points` (`{at: ms, rate}`) on a time axis
+ *  `[start, start + windowMs]` in a `w`×`h` box, rates 0..max. One point
+ *  is drawn as a flat line to the right edge rather than nothing. */
+export function sparkPath(points, start, windowMs, w, h, max = 100) {
+  if (points.length === 0) return '';
+  const x = (t) => (Math.min(Math.max(t - start, 0), windowMs) / windowMs) * w;
+  const y = (v) => h - (Math.min(Math.max(v, 0), max) / max) * (h - 2) - 1;
+  const drawn = points.length === 1 ? [points[0], { at: start + windowMs, rate: points[0].rate }] : points;
+  return drawn.map((p, i) => `${i === 0 ? 'M' : 'L'}${x(p.at).toFixed(1)},${y(p.rate).toFixed(1)}`).join(' ');
+}
+
+/** Colour level of an event, from its severity and kind. Unknown kinds
+ *  (GitOps syncs, anything added later) fall back to the severity. */
+export function eventLevel(event) {
+  const bySeverity = { critical: 'bad', error: 'bad', warning: 'warn', info: 'info' };
+  if (event.kind === 'zone-recovered' || event.kind === 'dns-change-applied') return 'ok';
+  return bySeverity[event.severity] ?? 'info';
+}
+
+/** Parses a chunk of a `text/event-stream` body. Returns the complete
+ *  events and the unparsed rest to prepend to the next chunk. */
+export function parseSse(buffer) {
+  const events = [];
+  const blocks = buffer.split(/\r?\n\r?\n/);
+  const rest = blocks.pop();
+  for (const block of blocks) {
+    const e = { id: null, event: 'message', data: [] };
+    for (const line of block.split(/\r?\n/)) {
+      if (line === '' || line.startsWith(':')) continue;
+      const colon = line.indexOf(':');
+      const field = colon < 0 ? line : line.slice(0, colon);
+      let value = colon < 0 ? '' : line.slice(colon + 1);
+      if (value.startsWith(' ')) value = value.slice(1);
+      if (field === 'id') e.id = value;
+      else if (field === 'event') e.event = value;
+      else if (field === 'data') e.data.push(value);
+    }
+    if (e.data.length > 0) events.push({ id: e.id, event: e.event, data: e.data.join('\n') });
+  }
+  return { events, rest };
+}
+
+/** "3 s ago", "5 min ago" ... */
+export function ago(when, now = Date.now()) {
+  if (when == null) return 'never';
+  const t = typeof when === 'number' ? when : Date.parse(when);
+  if (Number.isNaN(t)) return String(when);
+  const s = Math.max(0, Math.round((now - t) / 1000));
+  if (s < 60) return `${s} s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+  return `${Math.floor(s / 86400)} d ago`;
+}
+
+/**
+ * A zone's health over the window `[now - windowMs, now]` as spans
+ * `{from, to, health}`, from its `zone-unhealthy` / `zone-recovered`
+ * events (`{at: ms, health}` in time order) and its health now. The
+ * events are the server's record, so this history survives a reload,
+ * unlike the samples a page collects itself.
+ */
+export function healthSpans(transitions, now, windowMs, current) {
+  const start = now - windowMs;
+  const before = transitions.filter((t) => t.at <= start).at(-1);
+  const inside = transitions.filter((t) => t.at > start && t.at <= now);
+  let health;
+  if (before) health = before.health;
+  else if (inside.length) health = inside[0].health === 'unhealthy' ? 'healthy' : 'unhealthy';
+  else health = current;
+  const spans = [];
+  let from = start;
+  for (const t of inside) {
+    if (t.health === health) continue;
+    if (t.at > from) spans.push({ from, to: t.at, health });
+    from = t.at;
+    health = t.health;
+  }
+  spans.push({ from, to: now, health });
+  return spans;
+}
+
+/** Transitions of `zone` from a policy's events, oldest first. */
+export function zoneTransitions(events, zone) {
+  return events
+    .filter((e) => (e.kind === 'zone-unhealthy' || e.kind === 'zone-recovered') && e.details?.zone === zone)
+    .map((e) => ({ at: Date.parse(e.at), health: e.kind === 'zone-unhealthy' ? 'unhealthy' : 'healthy', rate: e.details?.failureRatePercent }))
+    .sort((a, b) => a.at - b.at);
+}
