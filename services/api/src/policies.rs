@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ErrorBody};
-use crate::request::{self, dry_run, etag, precondition, query_pairs};
+use crate::request::{self, dry_run, dry_run_force, etag, precondition, query_pairs};
 use crate::AppState;
 
 pub const DEFAULT_PAGE: u32 = 100;
@@ -59,6 +59,19 @@ pub struct ListParams {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
+pub struct ForceParam {
+    /// Validate and answer as the write would, storing nothing.
+    #[serde(rename = "dryRun")]
+    #[param(rename = "dryRun")]
+    dry_run: Option<bool>,
+    /// Write even though a GitOps source owns the policy; the source's
+    /// next sync restores the repository's version.
+    force: Option<bool>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
 pub struct DryRunParam {
     /// Validate and answer as the write would, storing nothing.
     #[serde(rename = "dryRun")]
@@ -67,10 +80,16 @@ pub struct DryRunParam {
 }
 
 fn write(dry_run: bool) -> Write<'static> {
+    write_forced(dry_run, false)
+}
+
+/// `force`: write even a policy a GitOps source owns (see [`Write::force`]).
+fn write_forced(dry_run: bool, force: bool) -> Write<'static> {
     Write {
         actor: ACTOR,
         source: SOURCE,
         dry_run,
+        force,
     }
 }
 
@@ -172,13 +191,13 @@ pub async fn get(
 }
 
 /// Replace a policy, or create it.
-#[utoipa::path(put, path = "/api/v1/policies/{name}", tag = "policies", params(("name" = String, Path, description = "Policy name"), DryRunParam),
+#[utoipa::path(put, path = "/api/v1/policies/{name}", tag = "policies", params(("name" = String, Path, description = "Policy name"), ForceParam),
     request_body(content((Policy = "application/json"), (Policy = "application/yaml"))),
     responses(
         (status = 200, description = "Replaced", body = Policy),
         (status = 201, description = "Created", body = Policy),
         (status = 400, description = "Malformed, or the body's name is not the path's", body = ErrorBody),
-        (status = 409, description = "Host taken", body = ErrorBody),
+        (status = 409, description = "Host taken, or owned by a GitOps source (pass force=true)", body = ErrorBody),
         (status = 412, description = "If-Match is stale", body = ErrorBody),
         (status = 422, body = ErrorBody),
     ))]
@@ -189,12 +208,15 @@ pub async fn replace(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let dry = dry_run(query.as_deref())?;
+    let (dry, force) = dry_run_force(query.as_deref())?;
     let pre = precondition(&headers)?;
     let policy = request::policy_body(&headers, body).await?;
     same_name(&name, &policy)?;
     let policy = checked(policy)?;
-    let (stored, created) = state.store.replace(&policy, &pre, &write(dry)).await?;
+    let (stored, created) = state
+        .store
+        .replace(&policy, &pre, &write_forced(dry, force))
+        .await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -215,11 +237,12 @@ fn same_name(path: &str, policy: &Policy) -> Result<(), ApiError> {
 }
 
 /// Change a policy with a JSON merge patch (RFC 7386).
-#[utoipa::path(patch, path = "/api/v1/policies/{name}", tag = "policies", params(("name" = String, Path, description = "Policy name"), DryRunParam),
+#[utoipa::path(patch, path = "/api/v1/policies/{name}", tag = "policies", params(("name" = String, Path, description = "Policy name"), ForceParam),
     request_body(content = Object, content_type = "application/merge-patch+json"),
     responses(
         (status = 200, body = Policy),
         (status = 404, body = ErrorBody),
+        (status = 409, description = "Owned by a GitOps source (pass force=true)", body = ErrorBody),
         (status = 412, body = ErrorBody),
         (status = 415, body = ErrorBody),
         (status = 422, body = ErrorBody),
@@ -231,7 +254,7 @@ pub async fn patch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let dry = dry_run(query.as_deref())?;
+    let (dry, force) = dry_run_force(query.as_deref())?;
     let pre = precondition(&headers)?;
     let ct = request::content_type(&headers);
     if ct.as_deref() != Some("application/merge-patch+json") {
@@ -250,7 +273,7 @@ pub async fn patch(
     })?;
     let stored = state
         .store
-        .modify(&name, &pre, &write(dry), |current| {
+        .modify(&name, &pre, &write_forced(dry, force), |current| {
             let mut doc = serde_json::to_value(&current).expect("a policy serializes");
             merge_patch::apply(&mut doc, &patch);
             let mut patched = decode::from_value(doc)?;
@@ -263,10 +286,11 @@ pub async fn patch(
 }
 
 /// Delete a policy.
-#[utoipa::path(delete, path = "/api/v1/policies/{name}", tag = "policies", params(("name" = String, Path, description = "Policy name"), DryRunParam),
+#[utoipa::path(delete, path = "/api/v1/policies/{name}", tag = "policies", params(("name" = String, Path, description = "Policy name"), ForceParam),
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, body = ErrorBody),
+        (status = 409, description = "Owned by a GitOps source (pass force=true)", body = ErrorBody),
         (status = 412, body = ErrorBody),
     ))]
 pub async fn delete(
@@ -275,9 +299,12 @@ pub async fn delete(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let dry = dry_run(query.as_deref())?;
+    let (dry, force) = dry_run_force(query.as_deref())?;
     let pre = precondition(&headers)?;
-    state.store.delete(&name, &pre, &write(dry)).await?;
+    state
+        .store
+        .delete(&name, &pre, &write_forced(dry, force))
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -293,12 +320,12 @@ pub async fn revisions(
 }
 
 /// Make an earlier revision's spec current again, as a new revision.
-#[utoipa::path(post, path = "/api/v1/policies/{name}/rollback", tag = "policies", params(("name" = String, Path, description = "Policy name"), DryRunParam),
+#[utoipa::path(post, path = "/api/v1/policies/{name}/rollback", tag = "policies", params(("name" = String, Path, description = "Policy name"), ForceParam),
     request_body(content = RollbackRequest, content_type = "application/json"),
     responses(
         (status = 200, body = Policy),
         (status = 404, body = ErrorBody),
-        (status = 409, description = "The old host is now used by another policy", body = ErrorBody),
+        (status = 409, description = "The old host is now used by another policy, or a GitOps source owns it (pass force=true)", body = ErrorBody),
         (status = 412, body = ErrorBody),
         (status = 422, description = "No such revision, or it no longer validates", body = ErrorBody),
     ))]
@@ -309,7 +336,7 @@ pub async fn rollback(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let dry = dry_run(query.as_deref())?;
+    let (dry, force) = dry_run_force(query.as_deref())?;
     let pre = precondition(&headers)?;
     let ct = request::content_type(&headers);
     if ct.as_deref() != Some("application/json") {
@@ -333,7 +360,7 @@ pub async fn rollback(
     let target = state.store.revision(&name, req.revision).await?;
     let stored = state
         .store
-        .modify(&name, &pre, &write(dry), |mut current| {
+        .modify(&name, &pre, &write_forced(dry, force), |mut current| {
             current.spec = target.spec.clone();
             current.metadata.clear_server_fields();
             checked(current)

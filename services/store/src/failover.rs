@@ -489,7 +489,10 @@ impl Store {
     }
 }
 
-async fn insert_event<'e>(exec: impl sqlx::PgExecutor<'e>, e: &NewEvent) -> Result<(), Error> {
+pub(crate) async fn insert_event<'e>(
+    exec: impl sqlx::PgExecutor<'e>,
+    e: &NewEvent,
+) -> Result<(), Error> {
     sqlx::query("INSERT INTO events (policy_name, kind, severity, message, details) VALUES ($1, $2, $3, $4, $5)")
         .bind(&e.policy_name)
         .bind(&e.kind)

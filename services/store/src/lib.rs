@@ -11,12 +11,13 @@
 
 mod error;
 pub mod failover;
+pub mod gitops;
 pub mod notify;
 mod policies;
 pub mod providers;
 
 pub use error::Error;
-pub use policies::{ListQuery, Precondition, Write};
+pub use policies::{gitops_origin, ListQuery, Precondition, Write};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
