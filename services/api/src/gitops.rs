@@ -14,7 +14,7 @@ use meridian_store::gitops::Source;
 use meridian_store::Write;
 use serde_json::{json, Value};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::request::{self, flags, query_pairs};
 use crate::AppState;
 
@@ -55,12 +55,23 @@ async fn source_body(headers: &HeaderMap, body: Body) -> Result<Source, ApiError
 }
 
 /// Every source, by name.
+#[utoipa::path(get, path = "/api/v1/gitops/sources", tag = "gitops",
+    responses((status = 200, description = "`{items: [source]}`", body = Object)))]
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     let items = state.store.sources().await?;
     Ok(Json(json!({"items": items})).into_response())
 }
 
 /// Register a source; it syncs at once.
+#[utoipa::path(post, path = "/api/v1/gitops/sources", tag = "gitops",
+    request_body(content = Object, content_type = "application/json", description = "A source: name, url, branch, path, intervalSeconds, prune, adopt, auth, webhookSecret"),
+    responses(
+        (status = 201, body = Object),
+        (status = 400, body = ErrorBody),
+        (status = 409, description = "Name taken", body = ErrorBody),
+        (status = 415, body = ErrorBody),
+        (status = 422, description = "Invalid; every problem listed", body = ErrorBody),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -71,6 +82,8 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(stored)).into_response())
 }
 
+#[utoipa::path(get, path = "/api/v1/gitops/sources/{name}", tag = "gitops", params(("name" = String, Path, description = "Source name")),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -79,6 +92,14 @@ pub async fn get(
 }
 
 /// Create or replace a source; a changed source syncs at once.
+#[utoipa::path(put, path = "/api/v1/gitops/sources/{name}", tag = "gitops", params(("name" = String, Path, description = "Source name")),
+    request_body(content = Object, content_type = "application/json"),
+    responses(
+        (status = 200, body = Object),
+        (status = 201, body = Object),
+        (status = 400, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ))]
 pub async fn replace(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -102,6 +123,8 @@ pub async fn replace(
 }
 
 /// Unregister a source. Its policies stay and become API-managed.
+#[utoipa::path(delete, path = "/api/v1/gitops/sources/{name}", tag = "gitops", params(("name" = String, Path, description = "Source name")),
+    responses((status = 204, description = "Deleted; its policies stay, API-managed"), (status = 404, body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -112,6 +135,8 @@ pub async fn delete(
 
 /// Ask for a sync now; a replica running the gitops role performs it
 /// within a moment. Watch `/status` or `/syncs` for the result.
+#[utoipa::path(post, path = "/api/v1/gitops/sources/{name}/sync", tag = "gitops", params(("name" = String, Path, description = "Source name")),
+    responses((status = 202, body = Object), (status = 404, body = ErrorBody)))]
 pub async fn sync(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -124,6 +149,8 @@ pub async fn sync(
         .into_response())
 }
 
+#[utoipa::path(get, path = "/api/v1/gitops/sources/{name}/status", tag = "gitops", params(("name" = String, Path, description = "Source name")),
+    responses((status = 200, description = "Last fetched and applied commit, last sync with plan and errors", body = Object), (status = 404, body = ErrorBody)))]
 pub async fn status(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -132,6 +159,8 @@ pub async fn status(
 }
 
 /// Syncs, newest first (`?limit=`, default 50, at most 500).
+#[utoipa::path(get, path = "/api/v1/gitops/sources/{name}/syncs", tag = "gitops", params(("name" = String, Path, description = "Source name"), ("limit" = Option<u32>, Query, description = "1 to 500, default 50")),
+    responses((status = 200, description = "`{items: [sync]}`, newest first", body = Object), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn syncs(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -153,6 +182,9 @@ pub async fn syncs(
 /// or GitLab (`X-Gitlab-Token`), checked against the source's secret. Only
 /// a verified request triggers a sync; anything else is 401 and changes
 /// nothing.
+#[utoipa::path(post, path = "/api/v1/gitops/webhook/{name}", tag = "gitops", params(("name" = String, Path, description = "Source name")),
+    request_body(content = Object, description = "The push event, verified by X-Hub-Signature-256 or X-Gitlab-Token"),
+    responses((status = 202, body = Object), (status = 401, description = "Missing or wrong signature; nothing changed", body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn webhook(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -203,6 +235,14 @@ pub async fn webhook(
 /// (`?prune=true` deletes the API-managed policies not listed), or with
 /// `?dryRun=true` only show the plan. Policies owned by a GitOps source
 /// are never touched: naming one is a 409.
+#[utoipa::path(post, path = "/api/v1/gitops/apply", tag = "gitops",
+    params(("prune" = Option<bool>, Query, description = "Delete API-managed policies not listed"), ("dryRun" = Option<bool>, Query, description = "Only plan")),
+    request_body(content = Object, content_type = "application/json", description = "`{items: [policy]}`"),
+    responses(
+        (status = 200, description = "`{dryRun, plan}`", body = Object),
+        (status = 409, description = "Names a GitOps-owned policy, or a host is taken", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ))]
 pub async fn apply_set(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,

@@ -6,7 +6,7 @@
 
 pub mod error;
 mod failover;
-mod gitops;
+pub(crate) mod gitops;
 mod openapi;
 mod policies;
 mod providers;

@@ -48,13 +48,13 @@ pub enum Error {
 /// Fetches `source.branch` into the cache and reads its files.
 pub fn fetch(cache_dir: &Path, source: &Source) -> Result<Fetched, Error> {
     let dir = cache_dir.join(cache_name(source));
-    let cache = |e: &dyn std::fmt::Display| Error::Cache {
+    let cache = |e: &dyn std::error::Error| Error::Cache {
         path: dir.clone(),
-        message: format!("{e:#}"),
+        message: chain(e),
     };
-    let fetch_err = |e: &dyn std::fmt::Display| Error::Fetch {
+    let fetch_err = |e: &dyn std::error::Error| Error::Fetch {
         url: source.url.clone(),
-        message: format!("{e:#}"),
+        message: chain(e),
     };
     let token = auth_secret(source, "token")?;
     let username = source
@@ -122,9 +122,9 @@ pub fn fetch(cache_dir: &Path, source: &Source) -> Result<Fetched, Error> {
         .map_err(|_| no_branch())?;
     let commit = reference.peel_to_commit().map_err(|_| no_branch())?;
     let sha = commit.id.to_string();
-    let read = |e: &dyn std::fmt::Display| Error::Read {
+    let read = |e: &dyn std::error::Error| Error::Read {
         commit: sha.clone(),
-        message: format!("{e:#}"),
+        message: chain(e),
     };
     let mut tree = commit.tree().map_err(|e| read(&e))?;
     let path = source.path.trim_matches('/');
@@ -144,7 +144,10 @@ pub fn fetch(cache_dir: &Path, source: &Source) -> Result<Fetched, Error> {
     }
     let mut files = Vec::new();
     walk(&repo, tree, String::new(), &mut files).map_err(|e| match e {
-        Walk::Git(m) => read(&m),
+        Walk::Git(message) => Error::Read {
+            commit: sha.clone(),
+            message,
+        },
         Walk::TooLarge(file) => Error::TooLarge { file },
     })?;
     files.sort_by(|a, b| a.0.cmp(&b.0));
@@ -163,6 +166,22 @@ fn cache_name(source: &Source) -> String {
     format!("{}-{h:016x}.git", source.name)
 }
 
+/// An error and its causes on one line, as `a: b: c`, skipping a cause
+/// whose text its parent already shows.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 enum Walk {
     Git(String),
     TooLarge(String),
@@ -174,7 +193,7 @@ fn walk(
     prefix: String,
     out: &mut Vec<(String, Vec<u8>)>,
 ) -> Result<(), Walk> {
-    let git = |e: gix::Error| Walk::Git(format!("{e:#}"));
+    let git = |e: gix::Error| Walk::Git(chain(&e));
     let mut subtrees = Vec::new();
     for entry in tree.iter() {
         let entry = entry.map_err(git)?;

@@ -502,6 +502,57 @@ async fn syncs_over_smart_http() {
 }
 
 #[tokio::test]
+async fn a_token_is_read_from_its_file_but_never_sent_over_plain_http() {
+    let db = database().await;
+    let cache = TempDir::new("cache");
+    let secrets = TempDir::new("secret");
+    let token_file = secrets.0.join("token");
+    std::fs::write(&token_file, "t0ken\n").unwrap();
+    let repo = Repo::new();
+    repo.write("policies/a.yaml", &policy_yaml("a", "a.example.com", 1000));
+    repo.commit("a");
+    let root = repo.path().parent().unwrap().to_owned();
+    let dir_name = repo
+        .path()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let http = HttpGit::start_with_auth(&root, Some(("ci", "t0ken"))).await;
+    let url = format!("{}/.git", http.url(&dir_name));
+    let s = syncer(&db.store, &cache);
+
+    // Without credentials the server says 401: a failed sync, nothing applied.
+    let anonymous = db.store.create_source(&source("anon", &url)).await.unwrap();
+    let r = s.sync(&anonymous, "test").await.unwrap();
+    assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
+    eprintln!("401 without credentials: {}", r.errors[0]["message"]);
+    assert!(db.store.all().await.unwrap().is_empty());
+
+    let mut authed = source("authed", &url);
+    authed.auth = Some(json!({"username": "ci", "token": {"file": token_file.to_str().unwrap()}}));
+    let authed = db.store.create_source(&authed).await.unwrap();
+    // gix asks for credentials, gets the token from the named file, and
+    // refuses to send it in clear text: tokens need https.
+    let r = s.sync(&authed, "test").await.unwrap();
+    assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
+    let message = r.errors[0]["message"].as_str().unwrap();
+    assert!(message.contains("clear text"), "{message}");
+    eprintln!("token over http: {message}");
+    assert!(db.store.all().await.unwrap().is_empty());
+
+    // A token that cannot be read is reported as such.
+    let mut missing = source("missing", &url);
+    missing.auth = Some(json!({"token": {"file": "/nonexistent/meridian-token"}}));
+    let missing = db.store.create_source(&missing).await.unwrap();
+    let r = s.sync(&missing, "test").await.unwrap();
+    assert_eq!(r.outcome, Outcome::Failed);
+    let message = r.errors[0]["message"].as_str().unwrap();
+    assert!(message.contains("/nonexistent/meridian-token"), "{message}");
+}
+
+#[tokio::test]
 async fn webhooks_need_a_valid_signature() {
     let db = database().await;
     let server = Server::start(db.store.clone()).await;
@@ -603,5 +654,34 @@ async fn webhooks_need_a_valid_signature() {
         .await
         .unwrap();
     assert_eq!(syncs["items"].as_array().unwrap().len(), 3);
+    let doc: Value = http
+        .get(server.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["paths"]["/api/v1/gitops/webhook/{name}"]["post"].is_object());
     server.stop().await;
+}
+
+#[tokio::test]
+async fn two_replicas_never_sync_one_source_at_once() {
+    let db = database().await;
+    let (c1, c2) = (TempDir::new("cache"), TempDir::new("cache"));
+    let repo = Repo::new();
+    repo.write("policies/a.yaml", &policy_yaml("a", "a.example.com", 1000));
+    repo.commit("a");
+    db.store
+        .create_source(&source("team", &repo.file_url()))
+        .await
+        .unwrap();
+    let (a, b) = (syncer(&db.store, &c1), syncer(&db.store, &c2));
+    let (ra, rb) = tokio::join!(a.step(), b.step());
+    let claimed = [ra.unwrap(), rb.unwrap()];
+    assert_eq!(claimed.iter().filter(|c| **c).count(), 1, "{claimed:?}");
+    assert_eq!(db.store.syncs("team", 10).await.unwrap().len(), 1);
+    // Claimed means rescheduled: not due again before its interval.
+    assert!(!a.step().await.unwrap());
 }

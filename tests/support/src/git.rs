@@ -133,12 +133,25 @@ pub struct HttpGit {
 impl HttpGit {
     /// Serves `root`: `http://ADDR/<dir name>` is the repository `root/<dir name>`.
     pub async fn start(root: &Path) -> HttpGit {
+        Self::start_with_auth(root, None).await
+    }
+
+    /// Like [`HttpGit::start`], answering 401 unless the request carries
+    /// HTTP basic auth `user:password` (as a git host does for a token).
+    pub async fn start_with_auth(root: &Path, basic: Option<(&str, &str)>) -> HttpGit {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
+        let expected = basic.map(|(u, p)| {
+            use base64::Engine;
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+            )
+        });
         let app = axum::Router::new()
             .fallback(cgi)
-            .with_state(root.to_owned());
+            .with_state((root.to_owned(), expected));
         let serve =
             axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
         tokio::spawn(async move {
@@ -160,7 +173,7 @@ impl Drop for HttpGit {
 }
 
 async fn cgi(
-    State(root): State<PathBuf>,
+    State((root, expected)): State<(PathBuf, Option<String>)>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -173,6 +186,15 @@ async fn cgi(
             .unwrap_or("")
             .to_owned()
     };
+    if let Some(expected) = expected {
+        if header("authorization") != expected {
+            return Response::builder()
+                .status(StatusCode::UNAUTHORIZED)
+                .header("www-authenticate", "Basic realm=\"git\"")
+                .body(Body::empty())
+                .unwrap();
+        }
+    }
     let mut child = tokio::process::Command::new("git")
         .arg("http-backend")
         .env("GIT_PROJECT_ROOT", &root)
