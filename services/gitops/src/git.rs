@@ -45,8 +45,9 @@ pub enum Error {
     TooLarge { file: String },
 }
 
-/// Fetches `source.branch` into the cache and reads its files.
-pub fn fetch(cache_dir: &Path, source: &Source) -> Result<Fetched, Error> {
+/// Fetches `source.branch` into the cache and reads its files. Setting
+/// `interrupt` makes gix abandon a transfer in progress (at shutdown).
+pub fn fetch(cache_dir: &Path, source: &Source, interrupt: &AtomicBool) -> Result<Fetched, Error> {
     let dir = cache_dir.join(cache_name(source));
     let cache = |e: &dyn std::error::Error| Error::Cache {
         path: dir.clone(),
@@ -106,11 +107,10 @@ pub fn fetch(cache_dir: &Path, source: &Source) -> Result<Fetched, Error> {
             _ => Ok(None),
         }
     });
-    let interrupt = AtomicBool::new(false);
     connection
         .prepare_fetch(gix::progress::Discard, Default::default())
         .map_err(|e| fetch_err(&e))?
-        .receive(gix::progress::Discard, &interrupt)
+        .receive(gix::progress::Discard, interrupt)
         .map_err(|e| fetch_err(&e))?;
 
     let no_branch = || Error::NoBranch {

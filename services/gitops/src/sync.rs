@@ -2,6 +2,8 @@
 //! loop of the gitops role that runs syncs as sources fall due.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -67,11 +69,17 @@ pub struct Config {
 pub struct Syncer {
     store: Store,
     config: Config,
+    /// Set at shutdown so a fetch in progress is abandoned, not waited for.
+    interrupt: Arc<AtomicBool>,
 }
 
 impl Syncer {
     pub fn new(store: Store, config: Config) -> Syncer {
-        Syncer { store, config }
+        Syncer {
+            store,
+            config,
+            interrupt: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     /// One sync of one source, recorded in `gitops_syncs`. Errors are only
@@ -93,7 +101,9 @@ impl Syncer {
             };
         let cache = self.config.cache_dir.clone();
         let src = source.clone();
-        let fetched = tokio::task::spawn_blocking(move || crate::git::fetch(&cache, &src)).await;
+        let interrupt = self.interrupt.clone();
+        let fetched =
+            tokio::task::spawn_blocking(move || crate::git::fetch(&cache, &src, &interrupt)).await;
         let fetched = match fetched {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => {
@@ -191,6 +201,12 @@ impl Syncer {
 
     /// Runs steps until `stop`; a database outage is logged and retried.
     pub async fn run(self, stop: CancellationToken) {
+        let interrupt = self.interrupt.clone();
+        let watch = stop.clone();
+        tokio::spawn(async move {
+            watch.cancelled().await;
+            interrupt.store(true, Ordering::Relaxed);
+        });
         loop {
             let did = match self.step().await {
                 Ok(did) => did,
