@@ -29,8 +29,10 @@ pub struct Applied {
 }
 
 /// Locks the policies in scope, plans against them, and performs every
-/// write of the plan (deletes first, so a renamed policy can keep its host)
-/// in one transaction that the caller commits.
+/// write of the plan in one transaction that the caller commits. Hosts are
+/// unique at every statement, so writes that free hosts go first: deletes
+/// (a renamed policy keeps its host), then updates (a host moved to a new
+/// policy), then creates, which never free one.
 pub async fn apply(
     store: &Store,
     planner: Planner<'_>,
@@ -55,9 +57,6 @@ pub async fn apply(
         for name in &plan.delete {
             tx.delete(name, w).await?;
         }
-        for p in &plan.create {
-            tx.put(p, w, owner).await?;
-        }
         for u in &plan.update {
             tx.put(&u.policy, w, owner).await?;
             if let (true, Some(source)) = (u.restore, owner) {
@@ -74,6 +73,9 @@ pub async fn apply(
                 })
                 .await?;
             }
+        }
+        for p in &plan.create {
+            tx.put(p, w, owner).await?;
         }
         Ok::<_, meridian_store::Error>(())
     }

@@ -685,3 +685,72 @@ async fn two_replicas_never_sync_one_source_at_once() {
     // Claimed means rescheduled: not due again before its interval.
     assert!(!a.step().await.unwrap());
 }
+
+#[tokio::test]
+async fn a_host_moves_to_a_new_policy_in_one_commit() {
+    let db = database().await;
+    let cache = TempDir::new("cache");
+    let repo = Repo::new();
+    repo.write(
+        "policies/old.yaml",
+        &policy_yaml("old", "shop.example.com", 1000),
+    );
+    repo.commit("old serves shop");
+    let src = db
+        .store
+        .create_source(&source("team", &repo.file_url()))
+        .await
+        .unwrap();
+    let s = syncer(&db.store, &cache);
+    assert_eq!(
+        s.sync(&src, "test").await.unwrap().outcome,
+        Outcome::Applied
+    );
+
+    // "old" gives up the host and "new" takes it: the update frees it
+    // before the create needs it, inside the one transaction.
+    repo.write(
+        "policies/old.yaml",
+        &policy_yaml("old", "legacy.example.com", 1000),
+    );
+    repo.write(
+        "policies/new.yaml",
+        &policy_yaml("new", "shop.example.com", 2000),
+    );
+    repo.commit("new serves shop");
+    let r = s.sync(&src, "test").await.unwrap();
+    assert_eq!(r.outcome, Outcome::Applied, "{r:?}");
+    assert_eq!(
+        db.store.get("new").await.unwrap().spec.host,
+        "shop.example.com"
+    );
+    assert_eq!(
+        db.store.get("old").await.unwrap().spec.host,
+        "legacy.example.com"
+    );
+
+    // Two policies swapping hosts cannot pass the unique index statement
+    // by statement: the sync fails whole and says why.
+    repo.write(
+        "policies/old.yaml",
+        &policy_yaml("old", "shop.example.com", 1000),
+    );
+    repo.write(
+        "policies/new.yaml",
+        &policy_yaml("new", "legacy.example.com", 2000),
+    );
+    repo.commit("swap");
+    let r = s.sync(&src, "test").await.unwrap();
+    assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
+    assert!(
+        r.errors[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already used"),
+        "{r:?}"
+    );
+    assert_eq!(
+        db.store.get("new").await.unwrap().spec.host,
+        "shop.example.com"
+    );
+}
