@@ -234,9 +234,13 @@ pub async fn webhook(
 /// Make the API-managed policies exactly `items` in one transaction
 /// (`?prune=true` deletes the API-managed policies not listed), or with
 /// `?dryRun=true` only show the plan. Policies owned by a GitOps source
-/// are never touched: naming one is a 409.
+/// are never touched: naming one is a 409. With `?source=NAME&dryRun=true`
+/// it shows what a sync of that source would do if its repository held
+/// `items` (the source's own prune and adopt settings apply): a preview
+/// for a policy repository's pull requests.
 #[utoipa::path(post, path = "/api/v1/gitops/apply", tag = "gitops",
-    params(("prune" = Option<bool>, Query, description = "Delete API-managed policies not listed"), ("dryRun" = Option<bool>, Query, description = "Only plan")),
+    params(("prune" = Option<bool>, Query, description = "Delete API-managed policies not listed"), ("dryRun" = Option<bool>, Query, description = "Only plan"),
+        ("source" = Option<String>, Query, description = "Plan as this GitOps source's sync would (dryRun only)")),
     request_body(content = Object, content_type = "application/json", description = "`{items: [policy]}`"),
     responses(
         (status = 200, description = "`{dryRun, plan}`", body = Object),
@@ -249,8 +253,31 @@ pub async fn apply_set(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let f = flags(query.as_deref(), &["dryRun", "prune"])?;
-    let (dry_run, prune) = (f[0], f[1]);
+    let pairs = query_pairs(query.as_deref(), &["dryRun", "prune", "source"])?;
+    let as_source = pairs
+        .iter()
+        .find(|(k, _)| k == "source")
+        .map(|(_, v)| v.clone());
+    let rest: Vec<(String, String)> = pairs.into_iter().filter(|(k, _)| k != "source").collect();
+    let rest = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(rest)
+        .finish();
+    let f = flags(Some(&rest), &["dryRun", "prune"])?;
+    let (dry_run, mut prune) = (f[0], f[1]);
+    let source = match &as_source {
+        Some(name) => {
+            if !dry_run {
+                return Err(ApiError::bad_request(
+                    "a source's policies change only through its repository; \
+                     pass dryRun=true to preview its sync",
+                ));
+            }
+            let src = state.store.source(name).await?;
+            prune = src.prune;
+            Some(src)
+        }
+        None => None,
+    };
     let ct = request::content_type(&headers);
     if ct.as_deref() != Some("application/json") {
         return Err(ApiError::unsupported_media_type(
@@ -305,13 +332,24 @@ pub async fn apply_set(
     if !problems.is_empty() {
         return Err(ApiError::invalid(problems));
     }
+    let (actor, origin, planner) = match &source {
+        Some(src) => (
+            format!("gitops:{}", src.name),
+            format!("{}preview", meridian_store::gitops_origin(&src.name)),
+            Planner::Source {
+                name: &src.name,
+                adopt: src.adopt,
+            },
+        ),
+        None => (ACTOR.to_owned(), "api".to_owned(), Planner::Api),
+    };
     let w = Write {
-        actor: ACTOR,
-        source: "api",
+        actor: &actor,
+        source: &origin,
         dry_run,
         force: false,
     };
-    match apply::apply(&state.store, Planner::Api, &desired, prune, &w).await {
+    match apply::apply(&state.store, planner, &desired, prune, &w).await {
         Ok(applied) => {
             if dry_run {
                 applied.tx.rollback().await?;

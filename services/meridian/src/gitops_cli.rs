@@ -77,15 +77,25 @@ pub fn validate(path: &Path) -> anyhow::Result<()> {
 }
 
 /// Sends the directory to the server's atomic apply; `dry_run` only plans.
-async fn plan(server: &str, path: &Path, prune: bool, dry_run: bool) -> anyhow::Result<Value> {
+/// With `source`, plans as that GitOps source's sync would.
+async fn plan(
+    server: &str,
+    path: &Path,
+    prune: bool,
+    dry_run: bool,
+    source: Option<&str>,
+) -> anyhow::Result<Value> {
     let items = match load(path)? {
         Ok(items) => items,
         Err(errors) => bail!(errors_to_message(&errors)),
     };
     let url = format!("{}/api/v1/gitops/apply", server.trim_end_matches('/'));
-    let response = reqwest::Client::new()
-        .post(url)
-        .query(&[("prune", prune), ("dryRun", dry_run)])
+    let mut request = reqwest::Client::new().post(url);
+    match source {
+        Some(name) => request = request.query(&[("source", name), ("dryRun", "true")]),
+        None => request = request.query(&[("prune", prune), ("dryRun", dry_run)]),
+    }
+    let response = request
         .json(&json!({ "items": items }))
         .send()
         .await
@@ -138,14 +148,19 @@ fn print_plan(plan: &Value) {
     );
 }
 
-pub async fn diff(server: &str, path: &Path, prune: bool) -> anyhow::Result<()> {
-    let plan = plan(server, path, prune, true).await?;
+pub async fn diff(
+    server: &str,
+    path: &Path,
+    prune: bool,
+    source: Option<&str>,
+) -> anyhow::Result<()> {
+    let plan = plan(server, path, prune, true, source).await?;
     print_plan(&plan);
     Ok(())
 }
 
 pub async fn apply(server: &str, path: &Path) -> anyhow::Result<()> {
-    let plan = plan(server, path, true, false).await?;
+    let plan = plan(server, path, true, false, None).await?;
     print_plan(&plan);
     println!("applied in one transaction");
     Ok(())

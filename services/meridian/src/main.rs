@@ -62,8 +62,12 @@ enum Command {
         #[arg(short = 'f', long = "filename", value_name = "FILE_OR_DIR")]
         path: PathBuf,
         /// Also list the API-managed policies the directory no longer has.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "source")]
         prune: bool,
+        /// Plan as this GitOps source's sync would if its repository held the
+        /// directory (its prune and adopt settings apply): a pull request preview.
+        #[arg(long)]
+        source: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -199,8 +203,9 @@ fn main() -> ExitCode {
             Command::Diff {
                 path,
                 prune,
+                source,
                 server,
-            } => gitops_cli::diff(&server.server, &path, prune).await,
+            } => gitops_cli::diff(&server.server, &path, prune, source.as_deref()).await,
             Command::Delete { name, server } => client::delete(&server.server, &name).await,
             Command::Xds(XdsCommand::Render {
                 node,

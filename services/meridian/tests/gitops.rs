@@ -237,3 +237,67 @@ async fn validate_diff_and_apply_prune_for_policy_repository_ci() {
     assert_eq!(db.store.all().await.unwrap().len(), 2);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn diff_previews_a_sources_next_sync_for_a_pull_request() {
+    let db = database().await;
+    let server = Server::start(db.store.clone()).await;
+    let cache = TempDir::new("cache");
+    let repo = Repo::new();
+    repo.write("policies/a.yaml", &policy_yaml("a", "a.example.com", 1000));
+    repo.write("policies/b.yaml", &policy_yaml("b", "b.example.com", 1000));
+    repo.commit("a and b");
+    let source: meridian_store::gitops::Source =
+        serde_json::from_value(json!({"name": "team", "url": repo.file_url(), "path": "policies"}))
+            .unwrap();
+    let source = db.store.create_source(&source).await.unwrap();
+    let syncer = meridian_gitops::sync::Syncer::new(
+        db.store.clone(),
+        meridian_gitops::sync::Config {
+            cache_dir: cache.0.clone(),
+            poll: Duration::from_millis(100),
+        },
+    );
+    syncer.sync(&source, "test").await.unwrap();
+    let before = db.store.all().await.unwrap();
+
+    // The pull request's tree: a changed, b gone, c new.
+    let pr = TempDir::new("policies");
+    std::fs::write(pr.0.join("a.yaml"), policy_yaml("a", "a.example.com", 2000)).unwrap();
+    std::fs::write(pr.0.join("c.yaml"), policy_yaml("c", "c.example.com", 1000)).unwrap();
+    let path = pr.0.to_str().unwrap();
+    let run = meridian(Some(&server), &["diff", "-f", path, "--source", "team"]).await;
+    assert!(run.ok, "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "create c",
+            "update a",
+            "    ~ spec.port: 1000 -> 2000",
+            "delete b",
+            "plan: 1 to create, 1 to update, 1 to delete, 0 unchanged"
+        ],
+        "{}",
+        run.stdout
+    );
+    assert_eq!(db.store.all().await.unwrap(), before);
+
+    let run = meridian(Some(&server), &["diff", "-f", path, "--source", "nobody"]).await;
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains("\"nobody\" not found"),
+        "{}",
+        run.stderr
+    );
+    // Applying as a source through the API is refused: only its repository changes it.
+    let resp = reqwest::Client::new()
+        .post(server.url("/api/v1/gitops/apply?source=team"))
+        .json(&json!({"items": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(db.store.all().await.unwrap(), before);
+    server.stop().await;
+}
