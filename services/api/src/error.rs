@@ -97,7 +97,9 @@ impl From<meridian_store::Error> for ApiError {
         use meridian_store::Error as E;
         let message = e.to_string();
         match e {
-            E::NotFound { .. } | E::ProviderNotFound { .. } => {
+            E::OwnedByGitops { .. } => Self::new(StatusCode::CONFLICT, "gitops_managed", message),
+            E::SourceExists { .. } => Self::new(StatusCode::CONFLICT, "already_exists", message),
+            E::NotFound { .. } | E::ProviderNotFound { .. } | E::SourceNotFound { .. } => {
                 Self::new(StatusCode::NOT_FOUND, "not_found", message)
             }
             E::ProviderExists { .. } | E::TokenExists { .. } => {

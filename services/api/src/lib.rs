@@ -8,6 +8,7 @@ pub mod auth;
 mod dashboard;
 pub mod error;
 mod failover;
+pub(crate) mod gitops;
 pub mod metrics;
 mod openapi;
 mod policies;
@@ -100,6 +101,19 @@ pub fn router(state: AppState) -> Router {
                 .put(providers::replace)
                 .delete(providers::delete),
         )
+        .route(
+            "/api/v1/gitops/sources",
+            get(gitops::list).post(gitops::create),
+        )
+        .route(
+            "/api/v1/gitops/sources/:name",
+            get(gitops::get).put(gitops::replace).delete(gitops::delete),
+        )
+        .route("/api/v1/gitops/sources/:name/sync", post(gitops::sync))
+        .route("/api/v1/gitops/sources/:name/status", get(gitops::status))
+        .route("/api/v1/gitops/sources/:name/syncs", get(gitops::syncs))
+        .route("/api/v1/gitops/webhook/:name", post(gitops::webhook))
+        .route("/api/v1/gitops/apply", post(gitops::apply_set))
         .route("/api/v1/events", get(failover::events))
         .route("/api/v1/events/stream", get(failover::event_stream))
         .route("/api/v1/xds/clients", get(xds_clients))

@@ -4,7 +4,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::{error, policies};
+use crate::{error, gitops, policies};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,9 +18,22 @@ use crate::{error, policies};
         policies::delete,
         policies::revisions,
         policies::rollback,
+        gitops::list,
+        gitops::create,
+        gitops::get,
+        gitops::replace,
+        gitops::delete,
+        gitops::sync,
+        gitops::status,
+        gitops::syncs,
+        gitops::webhook,
+        gitops::apply_set,
     ),
     components(schemas(error::ErrorBody, meridian_policy::FieldError)),
-    tags((name = "policies", description = "GlobalTrafficPolicy resources"))
+    tags(
+        (name = "policies", description = "GlobalTrafficPolicy resources"),
+        (name = "gitops", description = "Policy repositories synced atomically"),
+    )
 )]
 pub struct ApiDoc;
 

@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::request::{self, dry_run, etag, precondition, query_pairs};
+use crate::request::{self, dry_run, dry_run_force, etag, precondition, query_pairs};
 use crate::AppState;
 use meridian_auth::Role;
 
@@ -59,6 +59,19 @@ pub struct ListParams {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
+pub struct ForceParam {
+    /// Validate and answer as the write would, storing nothing.
+    #[serde(rename = "dryRun")]
+    #[param(rename = "dryRun")]
+    dry_run: Option<bool>,
+    /// Write even though a GitOps source owns the policy; the source's
+    /// next sync restores the repository's version.
+    force: Option<bool>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
 pub struct DryRunParam {
     /// Validate and answer as the write would, storing nothing.
     #[serde(rename = "dryRun")]
@@ -66,11 +79,12 @@ pub struct DryRunParam {
     dry_run: Option<bool>,
 }
 
-fn write(actor: &str, dry_run: bool) -> Write<'_> {
+fn write(actor: &str, dry_run: bool, force: bool) -> Write<'_> {
     Write {
         actor,
         source: SOURCE,
         dry_run,
+        force,
     }
 }
 
@@ -114,7 +128,10 @@ pub async fn create(
     let dry = dry_run(query.as_deref())?;
     let who = caller();
     let policy = checked(request::policy_body(&headers, body).await?)?;
-    let stored = state.store.create(&policy, &write(&who.actor, dry)).await?;
+    let stored = state
+        .store
+        .create(&policy, &write(&who.actor, dry, false))
+        .await?;
     Ok(with_etag(StatusCode::CREATED, stored, true))
 }
 
@@ -173,13 +190,13 @@ pub async fn get(
 }
 
 /// Replace a policy, or create it.
-#[utoipa::path(put, path = "/api/v1/policies/{name}", tag = "policies", params(("name" = String, Path, description = "Policy name"), DryRunParam),
+#[utoipa::path(put, path = "/api/v1/policies/{name}", tag = "policies", params(("name" = String, Path, description = "Policy name"), ForceParam),
     request_body(content((Policy = "application/json"), (Policy = "application/yaml"))),
     responses(
         (status = 200, description = "Replaced", body = Policy),
         (status = 201, description = "Created", body = Policy),
         (status = 400, description = "Malformed, or the body's name is not the path's", body = ErrorBody),
-        (status = 409, description = "Host taken", body = ErrorBody),
+        (status = 409, description = "Host taken, or owned by a GitOps source (pass force=true)", body = ErrorBody),
         (status = 412, description = "If-Match is stale", body = ErrorBody),
         (status = 422, body = ErrorBody),
     ))]
@@ -190,7 +207,7 @@ pub async fn replace(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let dry = dry_run(query.as_deref())?;
+    let (dry, force) = dry_run_force(query.as_deref())?;
     let who = caller();
     let pre = precondition(&headers)?;
     let policy = request::policy_body(&headers, body).await?;
@@ -198,7 +215,7 @@ pub async fn replace(
     let policy = checked(policy)?;
     let (stored, created) = state
         .store
-        .replace(&policy, &pre, &write(&who.actor, dry))
+        .replace(&policy, &pre, &write(&who.actor, dry, force))
         .await?;
     let status = if created {
         StatusCode::CREATED
@@ -220,11 +237,12 @@ fn same_name(path: &str, policy: &Policy) -> Result<(), ApiError> {
 }
 
 /// Change a policy with a JSON merge patch (RFC 7386).
-#[utoipa::path(patch, path = "/api/v1/policies/{name}", tag = "policies", params(("name" = String, Path, description = "Policy name"), DryRunParam),
+#[utoipa::path(patch, path = "/api/v1/policies/{name}", tag = "policies", params(("name" = String, Path, description = "Policy name"), ForceParam),
     request_body(content = Object, content_type = "application/merge-patch+json"),
     responses(
         (status = 200, body = Policy),
         (status = 404, body = ErrorBody),
+        (status = 409, description = "Owned by a GitOps source (pass force=true)", body = ErrorBody),
         (status = 412, body = ErrorBody),
         (status = 415, body = ErrorBody),
         (status = 422, body = ErrorBody),
@@ -236,7 +254,7 @@ pub async fn patch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let dry = dry_run(query.as_deref())?;
+    let (dry, force) = dry_run_force(query.as_deref())?;
     let who = caller();
     let pre = precondition(&headers)?;
     let ct = request::content_type(&headers);
@@ -256,7 +274,7 @@ pub async fn patch(
     })?;
     let stored = state
         .store
-        .modify(&name, &pre, &write(&who.actor, dry), |current| {
+        .modify(&name, &pre, &write(&who.actor, dry, force), |current| {
             let mut doc = serde_json::to_value(&current).expect("a policy serializes");
             merge_patch::apply(&mut doc, &patch);
             let mut patched = decode::from_value(doc)?;
@@ -280,10 +298,11 @@ pub async fn patch(
 }
 
 /// Delete a policy.
-#[utoipa::path(delete, path = "/api/v1/policies/{name}", tag = "policies", params(("name" = String, Path, description = "Policy name"), DryRunParam),
+#[utoipa::path(delete, path = "/api/v1/policies/{name}", tag = "policies", params(("name" = String, Path, description = "Policy name"), ForceParam),
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, body = ErrorBody),
+        (status = 409, description = "Owned by a GitOps source (pass force=true)", body = ErrorBody),
         (status = 412, body = ErrorBody),
     ))]
 pub async fn delete(
@@ -292,12 +311,12 @@ pub async fn delete(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let dry = dry_run(query.as_deref())?;
+    let (dry, force) = dry_run_force(query.as_deref())?;
     let who = caller();
     let pre = precondition(&headers)?;
     state
         .store
-        .delete(&name, &pre, &write(&who.actor, dry))
+        .delete(&name, &pre, &write(&who.actor, dry, force))
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -314,12 +333,12 @@ pub async fn revisions(
 }
 
 /// Make an earlier revision's spec current again, as a new revision.
-#[utoipa::path(post, path = "/api/v1/policies/{name}/rollback", tag = "policies", params(("name" = String, Path, description = "Policy name"), DryRunParam),
+#[utoipa::path(post, path = "/api/v1/policies/{name}/rollback", tag = "policies", params(("name" = String, Path, description = "Policy name"), ForceParam),
     request_body(content = RollbackRequest, content_type = "application/json"),
     responses(
         (status = 200, body = Policy),
         (status = 404, body = ErrorBody),
-        (status = 409, description = "The old host is now used by another policy", body = ErrorBody),
+        (status = 409, description = "The old host is now used by another policy, or a GitOps source owns it (pass force=true)", body = ErrorBody),
         (status = 412, body = ErrorBody),
         (status = 422, description = "No such revision, or it no longer validates", body = ErrorBody),
     ))]
@@ -330,7 +349,7 @@ pub async fn rollback(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let dry = dry_run(query.as_deref())?;
+    let (dry, force) = dry_run_force(query.as_deref())?;
     let who = caller();
     let pre = precondition(&headers)?;
     let ct = request::content_type(&headers);
@@ -355,11 +374,16 @@ pub async fn rollback(
     let target = state.store.revision(&name, req.revision).await?;
     let stored = state
         .store
-        .modify(&name, &pre, &write(&who.actor, dry), |mut current| {
-            current.spec = target.spec.clone();
-            current.metadata.clear_server_fields();
-            checked(current)
-        })
+        .modify(
+            &name,
+            &pre,
+            &write(&who.actor, dry, force),
+            |mut current| {
+                current.spec = target.spec.clone();
+                current.metadata.clear_server_fields();
+                checked(current)
+            },
+        )
         .await?;
     Ok(with_etag(StatusCode::OK, stored, false))
 }

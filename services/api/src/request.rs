@@ -106,19 +106,33 @@ pub fn query_pairs(raw: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, S
 
 /// `?dryRun=true|false`.
 pub fn dry_run(raw: Option<&str>) -> Result<bool, ApiError> {
-    let mut dry = false;
-    for (_, v) in query_pairs(raw, &["dryRun"])? {
-        dry = match v.as_str() {
+    Ok(flags(raw, &["dryRun"])?[0])
+}
+
+/// `?dryRun=` and `?force=` of writes to an existing policy, in that order.
+pub fn dry_run_force(raw: Option<&str>) -> Result<(bool, bool), ApiError> {
+    let f = flags(raw, &["dryRun", "force"])?;
+    Ok((f[0], f[1]))
+}
+
+/// Boolean query flags, in the order named; absent ones are false.
+pub fn flags(raw: Option<&str>, names: &[&str]) -> Result<Vec<bool>, ApiError> {
+    let mut out = vec![false; names.len()];
+    for (k, v) in query_pairs(raw, names)? {
+        let value = match v.as_str() {
             "true" | "" => true,
             "false" => false,
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "dryRun must be true or false, not {other:?}"
+                    "{k} must be true or false, not {other:?}"
                 )))
             }
         };
+        if let Some(i) = names.iter().position(|n| *n == k) {
+            out[i] = value;
+        }
     }
-    Ok(dry)
+    Ok(out)
 }
 
 /// Continue tokens are opaque to clients; inside, the last name of the page, hex-encoded.

@@ -121,6 +121,9 @@ impl PolicyService for Policies {
             actor: &who.actor,
             source: SOURCE,
             dry_run: r.dry_run,
+            // A GitOps-owned policy is changed in its repository; the
+            // refusal names the source.
+            force: false,
         };
         let (stored, created) = self
             .feed
@@ -144,6 +147,7 @@ impl PolicyService for Policies {
             actor: &who.actor,
             source: SOURCE,
             dry_run: false,
+            force: false,
         };
         let gone = self
             .feed

@@ -6,6 +6,7 @@
 mod client;
 mod config;
 mod files;
+mod gitops_cli;
 mod serve;
 mod watch;
 
@@ -43,9 +44,32 @@ enum Command {
         server: ServerArgs,
     },
     /// Create or update every policy document in a file or directory (*.yaml, *.yml, *.json).
+    /// With --prune, the directory becomes the whole set of API-managed policies in one
+    /// atomic plan: those not in it are deleted (GitOps-owned policies are never touched).
     Apply {
         #[arg(short = 'f', long = "filename", value_name = "FILE_OR_DIR")]
         path: PathBuf,
+        #[arg(long)]
+        prune: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Check policy files offline (no server): every error with file, line, field path.
+    Validate {
+        #[arg(short = 'f', long = "filename", value_name = "FILE_OR_DIR")]
+        path: PathBuf,
+    },
+    /// Print the plan `apply -f DIR [--prune]` would carry out, with a diff of each change.
+    Diff {
+        #[arg(short = 'f', long = "filename", value_name = "FILE_OR_DIR")]
+        path: PathBuf,
+        /// Also list the API-managed policies the directory no longer has.
+        #[arg(long, conflicts_with = "source")]
+        prune: bool,
+        /// Plan as this GitOps source's sync would if its repository held the
+        /// directory (its prune and adopt settings apply): a pull request preview.
+        #[arg(long)]
+        source: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -147,7 +171,7 @@ pub struct ServeArgs {
         env = "MERIDIAN_ROLES",
         value_enum,
         value_delimiter = ',',
-        default_value = "api,xds,health,failover,grpc"
+        default_value = "api,xds,health,failover,grpc,gitops"
     )]
     pub roles: Vec<serve::Role>,
     /// This replica's name: the health checker and failover lease holder it
@@ -209,6 +233,11 @@ pub struct ServeArgs {
     /// for deployments that run `meridian migrate` once per upgrade.
     #[arg(long, env = "MERIDIAN_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate: bool,
+    /// How often the gitops role looks for sources due for a sync, in ms
+    /// (a manual sync or webhook waits at most this long).
+    #[arg(long, env = "MERIDIAN_GITOPS_POLL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    pub gitops_poll_ms: u64,
     /// How long to wait for in-flight requests at shutdown, in seconds.
     #[arg(long, env = "MERIDIAN_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
@@ -282,7 +311,23 @@ fn main() -> ExitCode {
                 output,
                 server,
             } => client::get(&server.server, name.as_deref(), output).await,
-            Command::Apply { path, server } => client::apply(&server.server, &path).await,
+            Command::Apply {
+                path,
+                prune: false,
+                server,
+            } => client::apply(&server.server, &path).await,
+            Command::Apply {
+                path,
+                prune: true,
+                server,
+            } => gitops_cli::apply(&server.server, &path).await,
+            Command::Validate { path } => gitops_cli::validate(&path),
+            Command::Diff {
+                path,
+                prune,
+                source,
+                server,
+            } => gitops_cli::diff(&server.server, &path, prune, source.as_deref()).await,
             Command::Delete { name, server } => client::delete(&server.server, &name).await,
             Command::Xds(XdsCommand::Render {
                 node,

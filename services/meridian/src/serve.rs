@@ -26,6 +26,8 @@ pub enum Role {
     Failover,
     /// The gRPC automation API (proto/meridian/v1).
     Grpc,
+    /// Syncs policy repositories (GitOps sources) as they fall due.
+    Gitops,
 }
 
 /// Name of the database inside a private cluster.
@@ -344,6 +346,21 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
                 .context("admin server")
         });
     }
+    if args.roles.contains(&Role::Gitops) {
+        let syncer = meridian_gitops::sync::Syncer::new(
+            store.clone(),
+            meridian_gitops::sync::Config {
+                cache_dir: args.db.data_dir.join("gitops"),
+                poll: Duration::from_millis(args.gitops_poll_ms),
+            },
+        );
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            syncer.run(stop).await;
+            Ok(())
+        });
+    }
+
     if let Some(listener) = listeners.api {
         println!(
             "Meridian API listening on http://{}",
@@ -430,6 +447,7 @@ async fn load_examples(store: &Store, dir: &std::path::Path) -> anyhow::Result<(
         actor: "meridian",
         source: "examples",
         dry_run: false,
+        force: false,
     };
     let mut loaded = 0;
     for (_, policy) in docs {

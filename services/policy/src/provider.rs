@@ -116,7 +116,7 @@ fn check(v: &Value, how: Field) -> Result<(), String> {
 }
 
 /// A credential is named, never given: `{"env": "NAME"}` or `{"file": "/path"}`.
-fn secret_reference(v: &Value) -> Result<(), String> {
+pub fn secret_reference(v: &Value) -> Result<(), String> {
     let bad = || {
         "must say where the secret is, {\"env\": \"NAME\"} or {\"file\": \"/absolute/path\"}; secrets are never stored".to_owned()
     };

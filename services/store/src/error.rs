@@ -37,6 +37,15 @@ pub enum Error {
     /// The caller expected a policy to exist (If-Match) and there is none.
     #[error("policy {name:?} does not exist, so If-Match cannot match")]
     PreconditionOnMissing { name: String },
+    /// A GitOps source owns the policy; only its syncs (or a forced write) change it.
+    #[error("policy {name:?} is managed by GitOps source {owner:?}; change it in the repository, or pass force=true (the next sync restores the repository's version)")]
+    OwnedByGitops { name: String, owner: String },
+    /// No GitOps source has that name.
+    #[error("GitOps source {name:?} not found")]
+    SourceNotFound { name: String },
+    /// A GitOps source with that name exists already.
+    #[error("a GitOps source named {name:?} already exists")]
+    SourceExists { name: String },
     /// This replica's failover lease expired or was taken over: it must stop deciding.
     #[error("the failover lease {lease:?} is no longer held with token {token}")]
     LeaseLost { lease: String, token: i64 },

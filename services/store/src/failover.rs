@@ -521,7 +521,7 @@ async fn audit(
 /// versions: a reader of `events` by id never skips one that commits late.
 pub(crate) const EVENT_FENCE: i64 = 0x6d65_7269_6469_6576;
 
-async fn insert_event(conn: &mut sqlx::PgConnection, e: &NewEvent) -> Result<(), Error> {
+pub(crate) async fn insert_event(conn: &mut sqlx::PgConnection, e: &NewEvent) -> Result<(), Error> {
     sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
         .bind(EVENT_FENCE)
         .execute(&mut *conn)

@@ -12,6 +12,7 @@
 mod dashboard;
 mod error;
 pub mod failover;
+pub mod gitops;
 mod metrics;
 pub mod notify;
 mod policies;
@@ -21,7 +22,7 @@ pub mod tokens;
 pub mod watch;
 
 pub use error::Error;
-pub use policies::{ListQuery, Precondition, Write};
+pub use policies::{gitops_origin, ListQuery, Precondition, Write};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;

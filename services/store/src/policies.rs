@@ -31,6 +31,10 @@ pub struct Write<'a> {
     /// Run the whole transaction, then roll it back: the answer is exactly
     /// what the write would give, and nothing is stored or announced.
     pub dry_run: bool,
+    /// Write even a policy that a GitOps source owns (`?force=true`). The
+    /// source keeps owning it, an event records the override, and the
+    /// source's next sync puts the repository's version back.
+    pub force: bool,
 }
 
 /// A page request for [`Store::list`].
@@ -56,8 +60,22 @@ struct Row {
     updated_at: DateTime<Utc>,
 }
 
-const COLUMNS: &str =
+pub(crate) const COLUMNS: &str =
     "name, labels, spec, resource_version, generation, source, created_at, updated_at";
+
+/// A policy row with the GitOps source that owns it.
+#[derive(sqlx::FromRow)]
+pub(crate) struct OwnedRow {
+    #[sqlx(flatten)]
+    row: Row,
+    pub(crate) gitops_source: Option<String>,
+}
+
+impl OwnedRow {
+    pub(crate) fn into_policy(self) -> Policy {
+        self.row.into_policy()
+    }
+}
 
 impl Row {
     fn into_policy(self) -> Policy {
@@ -80,7 +98,7 @@ impl Row {
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum Mode {
+pub(crate) enum Mode {
     /// Fails if the name exists.
     Create,
     /// Creates or replaces.
@@ -186,17 +204,7 @@ impl Store {
         w: &Write<'_>,
     ) -> Result<Policy, Error> {
         let mut tx = self.pool.begin().await?;
-        let before = lock(&mut tx, name).await?.ok_or_else(|| Error::NotFound {
-            name: name.to_owned(),
-        })?;
-        check(&before, pre)?;
-        let rv: i64 = next_version(&mut tx).await?;
-        sqlx::query("DELETE FROM policies WHERE name = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        audit(&mut tx, w.actor, "delete", name, rv, Some(&before), None).await?;
-        announce(&mut tx, "delete", name, rv).await?;
+        let before = delete_in(&mut tx, name, pre, w).await?;
         finish(tx, w.dry_run).await?;
         Ok(before)
     }
@@ -241,9 +249,8 @@ impl Store {
         }
     }
 
-    /// The one write path: lock, check the precondition, build the new
-    /// policy from the current one, store it with its revision, audit row
-    /// and notification, then commit (or roll back for a dry run).
+    /// The one write path for a single policy: [`put_in`] in a transaction
+    /// of its own, then commit (or roll back for a dry run).
     async fn transact<E: From<Error>>(
         &self,
         name: &str,
@@ -253,111 +260,218 @@ impl Store {
         make: impl FnOnce(Option<Policy>) -> Result<Policy, E>,
     ) -> Result<(Policy, bool), E> {
         let mut tx = self.pool.begin().await.map_err(Error::from)?;
-        let before = lock(&mut tx, name).await?;
-        match (&before, mode) {
-            (Some(_), Mode::Create) => {
-                return Err(Error::NameTaken {
-                    name: name.to_owned(),
-                }
-                .into())
+        match put_in(&mut tx, name, pre, w, mode, make).await {
+            Ok(done) => {
+                finish(tx, w.dry_run).await?;
+                Ok(done)
             }
-            (None, Mode::Modify) => {
-                return Err(Error::NotFound {
-                    name: name.to_owned(),
-                }
-                .into())
+            Err(PutError::Caller(e)) => Err(e),
+            Err(PutError::Store(Error::HostTaken { host, owner })) if owner.is_empty() => {
+                // The transaction is aborted; ask again outside it who won.
+                drop(tx);
+                let owner = host_owner(&self.pool, &host, name)
+                    .await?
+                    .unwrap_or_default();
+                Err(Error::HostTaken { host, owner }.into())
             }
-            (None, _) if *pre != Precondition::None => {
-                return Err(Error::PreconditionOnMissing {
-                    name: name.to_owned(),
-                }
-                .into())
-            }
-            (Some(current), _) => check(current, pre)?,
-            (None, _) => {}
+            Err(PutError::Store(e)) => Err(e.into()),
         }
-        let policy = make(before.clone())?;
-        debug_assert_eq!(policy.metadata.name, name);
-        let host = policy.spec.host.as_str();
-        if let Some(owner) = host_owner(&mut *tx, host, name).await? {
-            return Err(Error::HostTaken {
-                host: host.to_owned(),
-                owner,
+    }
+}
+
+/// Why [`put_in`] failed: the caller's `make` refused, or the store did.
+pub(crate) enum PutError<E> {
+    Caller(E),
+    Store(Error),
+}
+
+impl<E> From<Error> for PutError<E> {
+    fn from(e: Error) -> Self {
+        PutError::Store(e)
+    }
+}
+
+impl<E> From<sqlx::Error> for PutError<E> {
+    fn from(e: sqlx::Error) -> Self {
+        PutError::Store(e.into())
+    }
+}
+
+/// The body of every policy write, on the caller's transaction: lock,
+/// check the precondition and GitOps ownership, build the new policy from
+/// the current one, store it with its revision, audit row and
+/// notification. Committing is the caller's job, so several writes can be
+/// one transaction (a GitOps sync); such a caller must lock the rows it
+/// will touch in name order first, so that two of them never deadlock.
+pub(crate) async fn put_in<E>(
+    tx: &mut Transaction<'_, Postgres>,
+    name: &str,
+    pre: &Precondition,
+    w: &Write<'_>,
+    mode: Mode,
+    make: impl FnOnce(Option<Policy>) -> Result<Policy, E>,
+) -> Result<(Policy, bool), PutError<E>> {
+    let before = lock(tx, name).await?;
+    match (&before, mode) {
+        (Some(_), Mode::Create) => {
+            return Err(Error::NameTaken {
+                name: name.to_owned(),
+            }
+            .into())
+        }
+        (None, Mode::Modify) => {
+            return Err(Error::NotFound {
+                name: name.to_owned(),
+            }
+            .into())
+        }
+        (None, _) if *pre != Precondition::None => {
+            return Err(Error::PreconditionOnMissing {
+                name: name.to_owned(),
+            }
+            .into())
+        }
+        (Some(current), _) => check(current, pre)?,
+        (None, _) => {}
+    }
+    if before.is_some() {
+        check_owner(tx, name, w, "update").await?;
+    }
+    let policy = make(before.clone()).map_err(PutError::Caller)?;
+    debug_assert_eq!(policy.metadata.name, name);
+    let host = policy.spec.host.as_str();
+    if let Some(owner) = host_owner(&mut **tx, host, name).await? {
+        return Err(Error::HostTaken {
+            host: host.to_owned(),
+            owner,
+        }
+        .into());
+    }
+    let rv = next_version(tx).await?;
+    let sql = match &before {
+        Some(_) => format!(
+            "UPDATE policies SET host = $2, labels = $3, spec = $4, resource_version = $5,
+                 generation = generation + CASE WHEN spec = $4 THEN 0 ELSE 1 END,
+                 revision = revision + 1, source = $6, updated_at = now()
+             WHERE name = $1 RETURNING {COLUMNS}"
+        ),
+        None => format!(
+            "INSERT INTO policies (name, host, labels, spec, resource_version, generation, revision,
+                                   source, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, 1, 1, $6, now(), now()) RETURNING {COLUMNS}"
+        ),
+    };
+    let row = sqlx::query_as::<_, Row>(&sql)
+        .bind(name)
+        .bind(host)
+        .bind(Json(&policy.metadata.labels))
+        .bind(Json(&policy.spec))
+        .bind(rv)
+        .bind(w.source)
+        .fetch_one(&mut **tx)
+        .await;
+    let row = match row {
+        Ok(row) => row,
+        // A concurrent insert got past the checks above; the unique
+        // indexes stop it. Report it as the checks would have; the
+        // transaction is aborted, so the host's owner is left for the
+        // caller to look up (empty here).
+        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+            return Err(if db.constraint() == Some("policies_host_key") {
+                Error::HostTaken {
+                    host: host.to_owned(),
+                    owner: String::new(),
+                }
+            } else {
+                Error::NameTaken {
+                    name: name.to_owned(),
+                }
             }
             .into());
         }
-        let rv = next_version(&mut tx).await?;
-        let sql = match &before {
-            Some(_) => format!(
-                "UPDATE policies SET host = $2, labels = $3, spec = $4, resource_version = $5,
-                     generation = generation + CASE WHEN spec = $4 THEN 0 ELSE 1 END,
-                     revision = revision + 1, source = $6, updated_at = now()
-                 WHERE name = $1 RETURNING {COLUMNS}"
-            ),
-            None => format!(
-                "INSERT INTO policies (name, host, labels, spec, resource_version, generation, revision,
-                                       source, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, 1, 1, $6, now(), now()) RETURNING {COLUMNS}"
-            ),
-        };
-        let row = sqlx::query_as::<_, Row>(&sql)
-            .bind(name)
-            .bind(host)
-            .bind(Json(&policy.metadata.labels))
-            .bind(Json(&policy.spec))
-            .bind(rv)
-            .bind(w.source)
-            .fetch_one(&mut *tx)
-            .await;
-        let row = match row {
-            Ok(row) => row,
-            // A concurrent insert got past the checks above; the unique
-            // indexes stop it. Report it as the checks would have.
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                drop(tx);
-                return Err(if db.constraint() == Some("policies_host_key") {
-                    let owner = host_owner(&self.pool, host, name)
-                        .await?
-                        .unwrap_or_default();
-                    Error::HostTaken {
-                        host: host.to_owned(),
-                        owner,
-                    }
-                } else {
-                    Error::NameTaken {
-                        name: name.to_owned(),
-                    }
-                }
-                .into());
-            }
-            Err(e) => return Err(Error::from(e).into()),
-        };
-        sqlx::query(
-            "INSERT INTO policy_revisions
-                 (policy_name, revision, resource_version, generation, labels, spec, source, created_at)
-             SELECT name, revision, resource_version, generation, labels, spec, source, updated_at
-             FROM policies WHERE name = $1",
-        )
+        Err(e) => return Err(e.into()),
+    };
+    sqlx::query(
+        "INSERT INTO policy_revisions
+             (policy_name, revision, resource_version, generation, labels, spec, source, created_at)
+         SELECT name, revision, resource_version, generation, labels, spec, source, updated_at
+         FROM policies WHERE name = $1",
+    )
+    .bind(name)
+    .execute(&mut **tx)
+    .await?;
+    let after = row.into_policy();
+    let action = if before.is_some() { "update" } else { "create" };
+    audit(tx, w.actor, action, name, rv, before.as_ref(), Some(&after)).await?;
+    announce(tx, "put", name, rv).await?;
+    Ok((after, before.is_none()))
+}
+
+/// Deletes on the caller's transaction, with the same checks, audit row and
+/// notification as every write; returns what was deleted.
+pub(crate) async fn delete_in(
+    tx: &mut Transaction<'_, Postgres>,
+    name: &str,
+    pre: &Precondition,
+    w: &Write<'_>,
+) -> Result<Policy, Error> {
+    let before = lock(tx, name).await?.ok_or_else(|| Error::NotFound {
+        name: name.to_owned(),
+    })?;
+    check(&before, pre)?;
+    check_owner(tx, name, w, "delete").await?;
+    let rv: i64 = next_version(tx).await?;
+    sqlx::query("DELETE FROM policies WHERE name = $1")
         .bind(name)
-        .execute(&mut *tx)
-        .await
-        .map_err(Error::from)?;
-        let after = row.into_policy();
-        let action = if before.is_some() { "update" } else { "create" };
-        audit(
-            &mut tx,
-            w.actor,
-            action,
-            name,
-            rv,
-            before.as_ref(),
-            Some(&after),
-        )
+        .execute(&mut **tx)
         .await?;
-        announce(&mut tx, "put", name, rv).await?;
-        finish(tx, w.dry_run).await?;
-        Ok((after, before.is_none()))
+    audit(tx, w.actor, "delete", name, rv, Some(&before), None).await?;
+    announce(tx, "delete", name, rv).await?;
+    Ok(before)
+}
+
+/// The GitOps prefix of a source written by a sync: `gitops:<source>@`.
+pub fn gitops_origin(source: &str) -> String {
+    format!("gitops:{source}@")
+}
+
+/// A policy a GitOps source owns is written only by that source's syncs,
+/// or by a forced write, which is recorded as an event so that operators
+/// see why the next sync changes it back.
+async fn check_owner(
+    tx: &mut Transaction<'_, Postgres>,
+    name: &str,
+    w: &Write<'_>,
+    action: &str,
+) -> Result<(), Error> {
+    let owner: Option<String> =
+        sqlx::query_scalar("SELECT gitops_source FROM policies WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await?
+            .flatten();
+    let Some(owner) = owner else { return Ok(()) };
+    if w.source.starts_with(&gitops_origin(&owner)) {
+        return Ok(());
     }
+    if !w.force {
+        return Err(Error::OwnedByGitops {
+            name: name.to_owned(),
+            owner,
+        });
+    }
+    let event = crate::failover::NewEvent {
+        policy_name: Some(name.to_owned()),
+        kind: "gitops_override".to_owned(),
+        severity: "warning".to_owned(),
+        message: format!(
+            "{} forced an {action} of policy {name:?}, which GitOps source {owner:?} owns; \
+             the source's next sync restores the repository's version",
+            w.actor
+        ),
+        details: json!({"source": owner, "actor": w.actor, "action": action}),
+    };
+    crate::failover::insert_event(tx, &event).await
 }
 
 /// Every policy, ordered by name, read on the caller's connection.
@@ -383,7 +497,10 @@ async fn host_owner<'e>(
 
 /// Reads the current row and locks it until the transaction ends, so the
 /// version check and the write that follows are one atomic step.
-async fn lock(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<Option<Policy>, Error> {
+pub(crate) async fn lock(
+    tx: &mut Transaction<'_, Postgres>,
+    name: &str,
+) -> Result<Option<Policy>, Error> {
     let sql = format!("SELECT {COLUMNS} FROM policies WHERE name = $1 FOR UPDATE");
     Ok(sqlx::query_as::<_, Row>(&sql)
         .bind(name)

@@ -99,7 +99,12 @@ fn endpoints() -> Vec<(Method, &'static str, Option<Value>, Role)> {
         (Method::GET, "/api/v1/events", None, Viewer),
         (Method::GET, "/api/v1/providers", None, Viewer),
         (Method::GET, "/api/v1/dashboard/overview", None, Viewer),
-        (Method::GET, "/api/v1/dashboard/events?policy=p&limit=5", None, Viewer),
+        (
+            Method::GET,
+            "/api/v1/dashboard/events?policy=p&limit=5",
+            None,
+            Viewer,
+        ),
         (Method::GET, "/api/v1/providers/pdns-seed", None, Viewer),
         (
             Method::POST,

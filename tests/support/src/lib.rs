@@ -15,6 +15,7 @@
 
 pub mod backend;
 pub mod envoy;
+pub mod git;
 pub mod metrics;
 pub mod moto;
 pub mod pdns;

@@ -1,0 +1,261 @@
+//! Rules for a source definition, reading the credentials it names, and
+//! verifying push webhooks.
+
+use hmac::{Hmac, Mac};
+use meridian_policy::validate::dns_label;
+use meridian_policy::FieldError;
+use meridian_store::gitops::Source;
+use serde_json::Value;
+use sha2::Sha256;
+
+/// Shortest polling interval: a tighter loop only loads the git server.
+pub const MIN_INTERVAL_SECONDS: u32 = 1;
+pub const MAX_INTERVAL_SECONDS: u32 = 86_400;
+
+/// Checks a source definition; `Err` lists every problem.
+pub fn validate(s: &Source) -> Result<(), Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let mut push = |field: &str, message: String| errors.push(FieldError::new(field, message));
+    if let Err(m) = dns_label(&s.name) {
+        push("name", m);
+    }
+    let scheme = s.url.split_once("://").map(|(scheme, _)| scheme);
+    match scheme {
+        Some("file" | "http" | "https" | "ssh") if s.url.len() > scheme.unwrap().len() + 3 => {}
+        _ => push(
+            "url",
+            "must be a file://, http://, https:// or ssh:// URL".to_owned(),
+        ),
+    }
+    if s.branch.is_empty()
+        || s.branch.starts_with(['-', '/'])
+        || s.branch.contains("..")
+        || s.branch
+            .chars()
+            .any(|c| c.is_whitespace() || "~^:?*[\\".contains(c))
+    {
+        push("branch", "must be a valid git branch name".to_owned());
+    }
+    if s.path.starts_with('/') || s.path.split('/').any(|c| c == "..") {
+        push(
+            "path",
+            "must be relative to the repository root, without ..".to_owned(),
+        );
+    }
+    if !(MIN_INTERVAL_SECONDS..=MAX_INTERVAL_SECONDS).contains(&s.interval_seconds) {
+        push(
+            "intervalSeconds",
+            format!("must be {MIN_INTERVAL_SECONDS} to {MAX_INTERVAL_SECONDS}"),
+        );
+    }
+    if let Some(auth) = &s.auth {
+        match auth.as_object() {
+            None => push("auth", "must be an object".to_owned()),
+            Some(map) => {
+                for (k, v) in map {
+                    let at = format!("auth.{k}");
+                    match k.as_str() {
+                        "token" | "sshKey" => {
+                            if let Err(m) = meridian_policy::provider::secret_reference(v) {
+                                push(&at, m);
+                            }
+                        }
+                        "username" if v.as_str().is_some_and(|u| !u.is_empty()) => {}
+                        "username" => push(&at, "must be a non-empty string".to_owned()),
+                        _ => push(
+                            &at,
+                            "unknown field; known: token, username, sshKey".to_owned(),
+                        ),
+                    }
+                }
+            }
+        }
+    }
+    if let Some(secret) = &s.webhook_secret {
+        if let Err(m) = meridian_policy::provider::secret_reference(secret) {
+            push("webhookSecret", m);
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// A credential: `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Why a named credential could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("environment variable {0} is not set")]
+    MissingEnv(String),
+    #[error("reading secret file {path}: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("not a secret reference")]
+    NotAReference,
+}
+
+/// Reads the credential a `{"env": ...}` / `{"file": ...}` reference names,
+/// at the moment it is needed, so a rotated secret is picked up.
+pub fn resolve(reference: &Value) -> Result<Secret, SecretError> {
+    if let Some(name) = reference.get("env").and_then(Value::as_str) {
+        return std::env::var(name)
+            .map(|v| Secret(v.trim_end_matches(['\r', '\n']).to_owned()))
+            .map_err(|_| SecretError::MissingEnv(name.to_owned()));
+    }
+    if let Some(path) = reference.get("file").and_then(Value::as_str) {
+        return std::fs::read_to_string(path)
+            .map(|v| Secret(v.trim_end_matches(['\r', '\n']).to_owned()))
+            .map_err(|source| SecretError::File {
+                path: path.to_owned(),
+                source,
+            });
+    }
+    Err(SecretError::NotAReference)
+}
+
+/// GitHub: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>`.
+/// The comparison is constant-time.
+pub fn verify_github(secret: &[u8], body: &[u8], header: &str) -> bool {
+    let Some(hex) = header.trim().strip_prefix("sha256=") else {
+        return false;
+    };
+    let Some(expected) = decode_hex(hex) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&expected).is_ok()
+}
+
+/// The signature GitHub would send for `body` (for tests and clients).
+pub fn sign_github(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(body);
+    let bytes = mac.finalize().into_bytes();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+/// GitLab: `X-Gitlab-Token` is the secret itself. Compared in constant
+/// time (by HMAC-ing both sides) so timing does not leak a prefix.
+pub fn verify_gitlab(secret: &[u8], token: &str) -> bool {
+    let digest = |bytes: &[u8]| {
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"meridian-gitlab-token").expect("any key");
+        mac.update(bytes);
+        mac.finalize()
+    };
+    digest(secret) == digest(token.as_bytes())
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn source(v: Value) -> Source {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn fields(s: &Source) -> Vec<String> {
+        validate(s)
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e.field)
+            .collect()
+    }
+
+    #[test]
+    fn defaults_and_rules() {
+        let ok = source(json!({"name": "logistics", "url": "file:///srv/repo"}));
+        assert_eq!(ok.branch, "main");
+        assert_eq!(ok.interval_seconds, 60);
+        assert!(ok.prune && !ok.adopt);
+        assert_eq!(fields(&ok), Vec::<String>::new());
+        let bad = source(json!({
+            "name": "Bad", "url": "ftp://x", "branch": "a..b", "path": "../up",
+            "intervalSeconds": 0, "auth": {"token": "plain", "colour": 1},
+            "webhookSecret": {"env": "lower"}
+        }));
+        assert_eq!(
+            fields(&bad),
+            vec![
+                "name",
+                "url",
+                "branch",
+                "path",
+                "intervalSeconds",
+                "auth.token",
+                "auth.colour",
+                "webhookSecret"
+            ]
+        );
+        let ssh = source(json!({"name": "s", "url": "ssh://git@127.0.0.1/r.git",
+            "auth": {"sshKey": {"file": "/etc/key"}}}));
+        assert_eq!(fields(&ssh), Vec::<String>::new());
+    }
+
+    #[test]
+    fn github_signature() {
+        let body = br#"{"ref":"refs/heads/main"}"#;
+        let sig = sign_github(b"s3cret", body);
+        assert!(verify_github(b"s3cret", body, &sig));
+        assert!(!verify_github(b"other", body, &sig));
+        assert!(!verify_github(b"s3cret", b"tampered", &sig));
+        assert!(!verify_github(b"s3cret", body, "sha1=abc"));
+        assert!(!verify_github(b"s3cret", body, "sha256=zz"));
+    }
+
+    #[test]
+    fn gitlab_token() {
+        assert!(verify_gitlab(b"tok", "tok"));
+        assert!(!verify_gitlab(b"tok", "tok2"));
+        assert!(!verify_gitlab(b"tok", ""));
+    }
+
+    #[test]
+    fn secrets_are_read_from_files_and_never_printed() {
+        let dir = std::env::temp_dir().join(format!("meridian-secret-{}", std::process::id()));
+        std::fs::write(&dir, "hunter2\n").unwrap();
+        let s = resolve(&json!({"file": dir.to_str().unwrap()})).unwrap();
+        std::fs::remove_file(&dir).unwrap();
+        assert_eq!(s.expose(), "hunter2");
+        assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
+        assert!(matches!(
+            resolve(&json!({"env": "MERIDIAN_SURELY_UNSET_VAR"})),
+            Err(SecretError::MissingEnv(_))
+        ));
+    }
+}
