@@ -99,6 +99,34 @@ fn endpoints() -> Vec<(Method, &'static str, Option<Value>, Role)> {
         (Method::GET, "/api/v1/events", None, Viewer),
         (Method::GET, "/api/v1/providers", None, Viewer),
         (Method::GET, "/api/v1/dashboard/overview", None, Viewer),
+        (Method::GET, "/api/v1/gitops/sources", None, Viewer),
+        (
+            Method::POST,
+            "/api/v1/gitops/sources",
+            Some(
+                json!({"name": "repo", "url": "file:///nonexistent/repo.git",
+            "branch": "main", "path": "policies/", "intervalSeconds": 60}),
+            ),
+            Admin,
+        ),
+        (
+            Method::GET,
+            "/api/v1/gitops/sources/repo/status",
+            None,
+            Viewer,
+        ),
+        (
+            Method::GET,
+            "/api/v1/gitops/sources/repo/syncs",
+            None,
+            Viewer,
+        ),
+        (
+            Method::POST,
+            "/api/v1/gitops/sources/repo/sync",
+            None,
+            Admin,
+        ),
         (
             Method::GET,
             "/api/v1/dashboard/events?policy=p&limit=5",
