@@ -4,6 +4,7 @@
 //! nothing, so tests can drive it in-process and the binary decides where
 //! it listens.
 
+mod ca;
 pub mod error;
 mod failover;
 mod openapi;
@@ -96,6 +97,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events", get(failover::events))
         .route("/api/v1/events/stream", get(failover::event_stream))
         .route("/api/v1/xds/clients", get(xds_clients))
+        .route("/api/v1/ca", get(ca::get))
+        .route("/api/v1/ca/rotate", post(ca::rotate))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi::serve))

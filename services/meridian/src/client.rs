@@ -190,3 +190,22 @@ pub async fn render(server: &str, node: &str, policy: Option<&str>) -> anyhow::R
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }
+
+/// `meridian ca rotate`: replaces every workload certificate now.
+pub async fn ca_rotate(server: &str) -> anyhow::Result<()> {
+    let client = Client::new();
+    let response = send(
+        "rotating workload certificates",
+        client.post(format!("{}/api/v1/ca/rotate", server.trim_end_matches('/'))),
+    )
+    .await?;
+    if !response.status().is_success() {
+        return Err(fail("rotating workload certificates", response).await);
+    }
+    let body: Value = response.json().await?;
+    println!(
+        "rotation {} started: every workload certificate is being replaced",
+        body["rotation"]
+    );
+    Ok(())
+}

@@ -5,6 +5,7 @@
 
 mod client;
 mod files;
+mod security;
 mod serve;
 mod watch;
 
@@ -60,6 +61,9 @@ enum Command {
     /// Print policy changes as they commit (or, with --events, failover
     /// events) from the gRPC API; reconnects and resumes where it left off.
     Watch(watch::WatchArgs),
+    /// The certificate authority: key generation, forced rotation, bootstrap certificates.
+    #[command(subcommand)]
+    Ca(security::CaCommand),
 }
 
 #[derive(Subcommand)]
@@ -132,6 +136,8 @@ pub struct ServeArgs {
     /// How long to wait for in-flight requests at shutdown, in seconds.
     #[arg(long, env = "MERIDIAN_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
+    #[command(flatten)]
+    pub security: Box<security::SecurityArgs>,
 }
 
 #[derive(Args)]
@@ -175,6 +181,7 @@ fn main() -> ExitCode {
                 server,
             }) => client::render(&server.server, &node, policy.as_deref()).await,
             Command::Watch(args) => watch::run(args).await,
+            Command::Ca(cmd) => security::run(cmd).await,
         }
     });
     match result {
