@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use meridian_policy::Policy;
 use meridian_store::notify::Event;
 use meridian_store::Store;
-use meridian_xds::{translate_mesh, Mesh, Publisher, Weights};
+use meridian_xds::translate::translate_scoped;
+use meridian_xds::{Mesh, Publisher, Weights};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -248,8 +249,8 @@ impl Writer {
     fn publish(&mut self) {
         let started = Instant::now();
         let policies: Vec<Policy> = self.policies.values().cloned().collect();
-        let resources = translate_mesh(&policies, &self.weights, &self.mesh);
-        let generation = self.publisher.publish(resources);
+        let (resources, scoped) = translate_scoped(&policies, &self.weights, &self.mesh);
+        let generation = self.publisher.publish_scoped(resources, scoped);
         self.ready.store(true, Ordering::Release);
         tracing::debug!(
             policies = policies.len(),

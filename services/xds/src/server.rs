@@ -274,6 +274,8 @@ impl Server {
     {
         let mut snapshots = self.subscriber.receiver();
         let mut registration = None;
+        // The node's namespace picks its view of the snapshot.
+        let mut namespace: Option<String> = None;
         loop {
             let out = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
@@ -292,11 +294,12 @@ impl Server {
                             }
                             tracing::debug!(node = %node.id, identity = ?view.identity, variant = variant.name, "xds stream opened");
                             let identity = view.identity.clone();
+                            namespace = identity.as_deref().and_then(crate::translate::namespace_of);
                             registration = Some(self.registry.register(node, variant.name, identity, (variant.make)(view)));
                         }
                         let Some(reg) = registration.as_ref() else { break };
                         let snap = snapshots.borrow_and_update().clone();
-                        let res = (snap.generation > 0).then_some(&*snap.resources);
+                        let res = (snap.generation > 0).then(|| snap.view(namespace.as_deref()));
                         let out = (variant.handle)(&mut reg.slot.machine(), &req, res, now_ms());
                         out
                     }
@@ -317,7 +320,7 @@ impl Server {
                     }
                     let snap = snapshots.borrow_and_update().clone();
                     match (&registration, snap.generation) {
-                        (Some(reg), g) if g > 0 => (variant.snapshot)(&mut reg.slot.machine(), &snap.resources),
+                        (Some(reg), g) if g > 0 => (variant.snapshot)(&mut reg.slot.machine(), snap.view(namespace.as_deref())),
                         _ => Vec::new(),
                     }
                 }

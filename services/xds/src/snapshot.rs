@@ -3,6 +3,7 @@
 //! Streams only read: they hold a [`Subscriber`] and are woken by the watch
 //! channel, which coalesces bursts (a slow stream skips to the newest).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -17,6 +18,19 @@ pub struct Snapshot {
     /// 0 until the first publish; streams wait for it before answering, so
     /// a replica that has not loaded its policies never serves an empty config.
     pub generation: u64,
+    /// Per namespace: what a node of that namespace sees (the unscoped
+    /// policies plus the namespace's own). `resources` holds the unscoped
+    /// policies only, for nodes without a namespace.
+    pub scoped: BTreeMap<String, Arc<Resources>>,
+}
+
+impl Snapshot {
+    /// The resource set a node of `namespace` reads.
+    pub fn view(&self, namespace: Option<&str>) -> &Resources {
+        namespace
+            .and_then(|ns| self.scoped.get(ns))
+            .map_or(&*self.resources, |r| &**r)
+    }
 }
 
 /// The single writer of snapshots.
@@ -41,9 +55,20 @@ impl Publisher {
     /// Publishes a new resource set and returns its generation. Publishing a
     /// set equal to the current one is a no-op (streams are not woken).
     pub fn publish(&self, resources: Resources) -> u64 {
+        self.publish_scoped(resources, BTreeMap::new())
+    }
+
+    /// Publishes the unscoped set and one set per namespace (see [`Snapshot::scoped`]).
+    pub fn publish_scoped(&self, resources: Resources, scoped: BTreeMap<String, Resources>) -> u64 {
         let mut generation = 0;
         self.tx.send_if_modified(|cur| {
-            if cur.generation > 0 && *cur.resources == resources {
+            let same_scoped = cur.scoped.len() == scoped.len()
+                && cur
+                    .scoped
+                    .iter()
+                    .zip(&scoped)
+                    .all(|((a, ra), (b, rb))| a == b && **ra == *rb);
+            if cur.generation > 0 && *cur.resources == resources && same_scoped {
                 generation = cur.generation;
                 return false;
             }
@@ -51,6 +76,7 @@ impl Publisher {
             *cur = Arc::new(Snapshot {
                 resources: Arc::new(resources),
                 generation,
+                scoped: scoped.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
             });
             true
         });

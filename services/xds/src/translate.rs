@@ -135,6 +135,48 @@ struct Typed {
     assignments: Vec<ClusterLoadAssignment>,
 }
 
+/// Policy label that scopes a policy to one namespace: only nodes whose
+/// SPIFFE ID is in that namespace (`spiffe://<td>/ns/<namespace>/...`) get
+/// its resources. A policy without it is visible to every node.
+pub const NAMESPACE_LABEL: &str = "meridian.io/namespace";
+
+/// The namespace of a SPIFFE ID (`None` when it is not one).
+pub fn namespace_of(spiffe_id: &str) -> Option<String> {
+    let rest = spiffe_id.strip_prefix("spiffe://")?;
+    let mut parts = rest.split('/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(_), Some("ns"), Some(ns)) if !ns.is_empty() => Some(ns.to_owned()),
+        _ => None,
+    }
+}
+
+/// Translates each namespace's view: the unscoped policies for nodes
+/// without a namespace, and per namespace named by a [`NAMESPACE_LABEL`],
+/// the unscoped policies plus that namespace's. Costs one translation per
+/// namespace; fine for tens of namespaces, revisit for thousands.
+pub fn translate_scoped(
+    policies: &[Policy],
+    weights: &Weights,
+    mesh: &Mesh,
+) -> (Resources, BTreeMap<String, Resources>) {
+    let mut unscoped = Vec::new();
+    let mut by_ns: BTreeMap<String, Vec<Policy>> = BTreeMap::new();
+    for p in policies {
+        match p.metadata.labels.get(NAMESPACE_LABEL) {
+            Some(ns) => by_ns.entry(ns.clone()).or_default().push(p.clone()),
+            None => unscoped.push(p.clone()),
+        }
+    }
+    let scoped = by_ns
+        .into_iter()
+        .map(|(ns, mut own)| {
+            own.extend(unscoped.iter().cloned());
+            (ns, translate_mesh(&own, weights, mesh))
+        })
+        .collect();
+    (translate_mesh(&unscoped, weights, mesh), scoped)
+}
+
 /// Default SPIFFE trust domain (`--trust-domain`).
 pub const DEFAULT_TRUST_DOMAIN: &str = "meridian.local";
 
