@@ -317,3 +317,74 @@ mod tests {
         }
     }
 }
+
+/// JSON of a TLS context `Any` that pbjson cannot expand (the messages
+/// above are not in xds-api's registry), for `meridian xds render`: Envoy's
+/// JSON loader rejects the raw `value` bytes pbjson would print.
+pub(crate) fn expand_json(type_url: &str, bytes: &[u8]) -> Option<serde_json::Value> {
+    use serde_json::{json, Map, Value};
+    fn common(c: &CommonTlsContext) -> Value {
+        let mut m = Map::new();
+        let v = |x: &dyn erased::ToJson| x.to_json();
+        if !c.tls_certificate_sds_secret_configs.is_empty() {
+            m.insert(
+                "tlsCertificateSdsSecretConfigs".into(),
+                Value::Array(
+                    c.tls_certificate_sds_secret_configs
+                        .iter()
+                        .map(|s| v(s))
+                        .collect(),
+                ),
+            );
+        }
+        if let Some(p) = &c.tls_certificate_provider_instance {
+            m.insert("tlsCertificateProviderInstance".into(), v(p));
+        }
+        if let Some(cvc) = &c.combined_validation_context {
+            let mut inner = Map::new();
+            if let Some(d) = &cvc.default_validation_context {
+                inner.insert("defaultValidationContext".into(), v(d));
+            }
+            if let Some(s) = &cvc.validation_context_sds_secret_config {
+                inner.insert("validationContextSdsSecretConfig".into(), v(s));
+            }
+            m.insert("combinedValidationContext".into(), Value::Object(inner));
+        }
+        if let Some(d) = &c.validation_context {
+            m.insert("validationContext".into(), v(d));
+        }
+        Value::Object(m)
+    }
+    if type_url == UPSTREAM_TLS_TYPE {
+        let ctx = UpstreamTlsContext::decode(bytes).ok()?;
+        let mut out = json!({"@type": type_url, "sni": ctx.sni});
+        if let Some(c) = &ctx.common_tls_context {
+            out["commonTlsContext"] = common(c);
+        }
+        Some(out)
+    } else if type_url == DOWNSTREAM_TLS_TYPE {
+        let ctx = DownstreamTlsContext::decode(bytes).ok()?;
+        let mut out = json!({"@type": type_url});
+        if let Some(c) = &ctx.common_tls_context {
+            out["commonTlsContext"] = common(c);
+        }
+        if let Some(r) = ctx.require_client_certificate {
+            out["requireClientCertificate"] = json!(r.value);
+        }
+        Some(out)
+    } else {
+        None
+    }
+}
+
+mod erased {
+    /// Serialisable through pbjson, as a trait object.
+    pub(super) trait ToJson {
+        fn to_json(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> ToJson for T {
+        fn to_json(&self) -> serde_json::Value {
+            serde_json::to_value(self).unwrap_or_default()
+        }
+    }
+}

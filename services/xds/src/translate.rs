@@ -306,6 +306,28 @@ pub fn render(policies: &[Policy], weights: &Weights, policy_filter: Option<&str
 fn drop_empty_any_values(v: &mut Value) {
     match v {
         Value::Object(map) => {
+            // TLS contexts pbjson could not expand: expand them here.
+            let expanded = match (map.get("@type"), map.get("value")) {
+                (Some(Value::String(t)), Some(Value::Array(bytes))) => {
+                    let bytes: Vec<u8> = bytes
+                        .iter()
+                        .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                        .collect();
+                    tls::expand_json(t, &bytes)
+                }
+                (Some(Value::String(t)), Some(Value::String(b64))) => {
+                    use base64::Engine;
+                    base64::engine::general_purpose::STANDARD
+                        .decode(b64)
+                        .ok()
+                        .and_then(|bytes| tls::expand_json(t, &bytes))
+                }
+                _ => None,
+            };
+            if let Some(Value::Object(e)) = expanded {
+                *map = e;
+                return;
+            }
             if map.contains_key("@type")
                 && map
                     .get("value")

@@ -338,7 +338,9 @@ fn namespace_label_scopes_a_policy_to_its_namespace_view() {
     let b = policy("b", 8081, None, false);
     let (unscoped, scoped) = translate_scoped(&[a, b], &Weights::new(), &Mesh::default());
     let clusters = |r: &Resources| -> Vec<String> {
-        r.iter(ResourceType::Cluster).map(|e| e.name.to_string()).collect()
+        r.iter(ResourceType::Cluster)
+            .map(|e| e.name.to_string())
+            .collect()
     };
     assert_eq!(clusters(&unscoped), ["b"]);
     assert_eq!(scoped.keys().collect::<Vec<_>>(), ["shop"]);
