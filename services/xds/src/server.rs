@@ -428,18 +428,21 @@ pub async fn serve(
 mod tests {
     use super::*;
 
+    /// (auth, cert, node id, claimed metadata, expected identity or refusal)
+    type Case = (
+        ClientAuth,
+        Option<&'static str>,
+        &'static str,
+        Option<&'static str>,
+        Result<Option<&'static str>, ()>,
+    );
+
     #[test]
     fn identity_comes_from_the_certificate_and_cannot_be_claimed_otherwise() {
         const A: &str = "spiffe://td/ns/a/sa/x";
         const B: &str = "spiffe://td/ns/b/sa/y";
         // (auth, cert, node id, claimed metadata, expected)
-        let cases: &[(
-            ClientAuth,
-            Option<&str>,
-            &str,
-            Option<&str>,
-            Result<Option<&str>, ()>,
-        )] = &[
+        let cases: &[Case] = &[
             (
                 ClientAuth::Required,
                 Some(A),
