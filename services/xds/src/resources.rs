@@ -145,6 +145,9 @@ pub struct Resources {
     /// Per SPIFFE ID: the workload secret (named `meridian/workload`),
     /// served only to a node of that identity.
     workload_secrets: BTreeMap<Arc<str>, Arc<Entry>>,
+    /// Endpoint `ip:port` -> policy, for proxyless gRPC servers, which ask
+    /// for their listener by listening address.
+    endpoint_policies: BTreeMap<String, Arc<str>>,
 }
 
 impl Resources {
@@ -191,6 +194,19 @@ impl Resources {
     /// The inbound template of a policy.
     pub fn inbound(&self, policy: &str) -> Option<&Arc<InboundTemplate>> {
         self.inbound.get(policy)
+    }
+
+    /// Records that `ip:port` is an endpoint of `policy`.
+    /// The first policy recorded for an address keeps it.
+    pub fn insert_endpoint(&mut self, address: String, policy: &str) {
+        self.endpoint_policies
+            .entry(address)
+            .or_insert_with(|| Arc::from(policy));
+    }
+
+    /// The policy an endpoint address belongs to.
+    pub fn endpoint_policy(&self, address: &str) -> Option<&Arc<str>> {
+        self.endpoint_policies.get(address)
     }
 
     /// Records the workload secret of an identity.

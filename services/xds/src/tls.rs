@@ -137,8 +137,11 @@ fn envoy_common(peers: &Peers) -> CommonTlsContext {
 
 /// The common context a proxyless gRPC client understands: certificates
 /// from the bootstrap's certificate-provider instance (gRPC does not take
-/// keys over xDS).
-fn grpc_common(peers: &Peers) -> CommonTlsContext {
+/// keys over xDS). gRPC servers reject SAN matchers ("not supported on
+/// servers"): a proxyless server checks the trust bundle only, so
+/// `allowedSans` is not enforced there (it would take gRPC's RBAC filter).
+fn grpc_common(peers: &Peers, server: bool) -> CommonTlsContext {
+    let peers: &[SubjectAltNameMatcher] = &if server { Vec::new() } else { peers.matchers() };
     let instance = |name: &str| CertificateProviderPluginInstance {
         instance_name: GRPC_CERT_PROVIDER_INSTANCE.to_owned(),
         certificate_name: name.to_owned(),
@@ -146,10 +149,19 @@ fn grpc_common(peers: &Peers) -> CommonTlsContext {
     CommonTlsContext {
         tls_certificate_provider_instance: Some(instance("default")),
         combined_validation_context: Some(CombinedCertificateValidationContext {
-            default_validation_context: Some(CertificateValidationContext {
-                ca_certificate_provider_instance: Some(instance("ROOTCA")),
-                match_typed_subject_alt_names: peers.matchers(),
-                ..Default::default()
+            default_validation_context: Some({
+                #[allow(deprecated)]
+                let v = CertificateValidationContext {
+                    ca_certificate_provider_instance: Some(instance("ROOTCA")),
+                    match_typed_subject_alt_names: peers.to_vec(),
+                    // Older gRPC releases read only the untyped field.
+                    match_subject_alt_names: peers
+                        .iter()
+                        .filter_map(|m| m.matcher.clone())
+                        .collect(),
+                    ..Default::default()
+                };
+                v
             }),
             validation_context_sds_secret_config: None,
         }),
@@ -178,7 +190,7 @@ fn socket(type_url: &str, value: Vec<u8>) -> TransportSocket {
 pub fn upstream_socket(consumer: Consumer, peers: &Peers, sni: &str) -> TransportSocket {
     let common = match consumer {
         Consumer::Envoy => envoy_common(peers),
-        Consumer::ProxylessGrpc => grpc_common(peers),
+        Consumer::ProxylessGrpc => grpc_common(peers, false),
     };
     let ctx = UpstreamTlsContext {
         common_tls_context: Some(common),
@@ -191,7 +203,7 @@ pub fn upstream_socket(consumer: Consumer, peers: &Peers, sni: &str) -> Transpor
 pub fn downstream_socket(consumer: Consumer, peers: &Peers) -> TransportSocket {
     let common = match consumer {
         Consumer::Envoy => envoy_common(peers),
-        Consumer::ProxylessGrpc => grpc_common(peers),
+        Consumer::ProxylessGrpc => grpc_common(peers, true),
     };
     let ctx = DownstreamTlsContext {
         common_tls_context: Some(common),
@@ -297,7 +309,9 @@ mod tests {
                 .default_validation_context
                 .unwrap()
                 .match_typed_subject_alt_names;
-            assert_eq!(sans.len(), 2);
+            // gRPC servers reject SAN matchers; Envoy checks both IDs.
+            let want = if consumer == Consumer::Envoy { 2 } else { 0 };
+            assert_eq!(sans.len(), want, "{consumer:?}");
             match consumer {
                 Consumer::Envoy => {
                     assert!(common.tls_certificate_provider_instance.is_none());

@@ -223,8 +223,20 @@ pub fn translate(policies: &[Policy], weights: &Weights) -> Resources {
 pub fn translate_mesh(policies: &[Policy], weights: &Weights, mesh: &Mesh) -> Resources {
     let typed = build(policies, weights, mesh);
     let mut out = Resources::new();
-    for p in policies {
+    // Name order: an endpoint shared by two policies belongs to the first,
+    // whatever order the caller passed.
+    let mut ordered: Vec<&Policy> = policies.iter().collect();
+    ordered.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    for p in ordered {
         out.insert_inbound(&p.metadata.name, inbound_template(p, mesh));
+        for z in &p.spec.zones {
+            for e in &z.endpoints {
+                if let Ok(ip) = e.address.parse::<std::net::IpAddr>() {
+                    let addr = std::net::SocketAddr::new(ip, e.port as u16);
+                    out.insert_endpoint(addr.to_string(), &p.metadata.name);
+                }
+            }
+        }
     }
     if let Some(bundle) = &mesh.trust_bundle_pem {
         let s = tls::trust_bundle_secret(bundle);
@@ -859,6 +871,91 @@ pub fn inbound_listener(
         },
         ..Default::default()
     }
+}
+
+/// Prefix of the listener name a proxyless gRPC xDS server asks for; the
+/// rest is its listening address. Its bootstrap must set
+/// `server_listener_resource_name_template` to this followed by `%s`.
+pub const GRPC_SERVER_LISTENER_PREFIX: &str = "grpc/server?xds.resource.listening_address=";
+
+/// The listener of a proxyless gRPC xDS server that is an endpoint of a
+/// policy: under `strict` it requires mTLS from allowed identities
+/// (certificate-provider form); otherwise plaintext (gRPC servers cannot
+/// tell TLS from plaintext on one port, so `permissive` is plaintext here).
+/// Routes use `non_forwarding_action`, which gRPC servers require.
+pub fn grpc_server_listener(
+    name: &str,
+    policy: &str,
+    template: &InboundTemplate,
+    ip: &str,
+    port: u32,
+) -> Listener {
+    let hcm = HttpConnectionManager {
+        codec_type: CodecType::Auto as i32,
+        stat_prefix: inbound_listener_name(policy),
+        route_specifier: Some(RouteSpecifier::RouteConfig(RouteConfiguration {
+            name: inbound_listener_name(policy),
+            virtual_hosts: vec![VirtualHost {
+                name: "inbound".to_owned(),
+                domains: vec!["*".to_owned()],
+                routes: vec![Route {
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(PathSpecifier::Prefix("/".to_owned())),
+                        ..Default::default()
+                    }),
+                    action: Some(route::Action::NonForwardingAction(
+                        xds_api::pb::envoy::config::route::v3::NonForwardingAction {},
+                    )),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+        http_filters: vec![HttpFilter {
+            name: ROUTER_FILTER.to_owned(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(any_of(
+                &Router::default(),
+            ))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Listener {
+        name: name.to_owned(),
+        address: Some(socket(ip, port)),
+        traffic_direction: TrafficDirection::Inbound as i32,
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: HCM_FILTER.to_owned(),
+                config_type: Some(filter::ConfigType::TypedConfig(any_of(&hcm))),
+            }],
+            transport_socket: (template.mode == MtlsMode::Strict)
+                .then(|| tls::downstream_socket(Consumer::ProxylessGrpc, &template.peers)),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Encoded listener for a proxyless gRPC server that asked for `name`.
+pub(crate) fn grpc_server_entry(name: &str, res: &Resources) -> Option<Entry> {
+    let addr: std::net::SocketAddr = name
+        .strip_prefix(GRPC_SERVER_LISTENER_PREFIX)?
+        .parse()
+        .ok()?;
+    let policy = res.endpoint_policy(&addr.to_string())?;
+    let template = res.inbound(policy)?;
+    let l = grpc_server_listener(
+        name,
+        policy,
+        template,
+        &addr.ip().to_string(),
+        u32::from(addr.port()),
+    );
+    let mut e = Entry::new(name.to_owned(), encode(&l, ResourceType::Listener));
+    e.wildcard = false;
+    Some(e)
 }
 
 /// The static cluster of the workload behind a sidecar.

@@ -396,6 +396,13 @@ impl Core {
                 }
             }
         }
+        if ty == ResourceType::Listener {
+            for n in &st.sub.names {
+                if let Some(e) = crate::translate::grpc_server_entry(n, res) {
+                    out.insert(e.name.clone(), Arc::new(e));
+                }
+            }
+        }
         if st.sub.wildcard {
             for e in res.iter(ty).filter(|e| e.wildcard) {
                 out.insert(e.name.clone(), self.node.variant(e));

@@ -638,4 +638,27 @@ mod security {
             assert!(!names_of(&lds[0]).iter().any(|n| n.starts_with("inbound_")));
         }
     }
+
+    #[test]
+    fn a_proxyless_grpc_server_gets_its_listener_by_listening_address() {
+        use xds_api::pb::envoy::config::listener::v3::Listener;
+        let res = mesh_snapshot(MtlsMode::Strict);
+        let name = "grpc/server?xds.resource.listening_address=10.0.0.1:80";
+        let unknown = "grpc/server?xds.resource.listening_address=10.9.9.9:80";
+        let mut s = SotwStream::new(NodeView {
+            proxyless: true,
+            ..Default::default()
+        });
+        let out = s.handle_request(&req(LDS, &[name, unknown], "", "", false), Some(&res), 0);
+        assert_eq!(names_of(&out[0]), [name]);
+        let l = Listener::decode(out[0].resources[0].value.as_slice()).unwrap();
+        assert!(l.filter_chains[0].transport_socket.is_some(), "strict: TLS");
+        for mode in [MtlsMode::Permissive, MtlsMode::Disabled] {
+            let res = mesh_snapshot(mode);
+            let mut s = SotwStream::new(NodeView::default());
+            let out = s.handle_request(&req(LDS, &[name], "", "", false), Some(&res), 0);
+            let l = Listener::decode(out[0].resources[0].value.as_slice()).unwrap();
+            assert!(l.filter_chains[0].transport_socket.is_none(), "{mode:?}");
+        }
+    }
 }
