@@ -55,6 +55,40 @@ async fn serials(envoy: &Envoy) -> Vec<String> {
     out
 }
 
+struct Csds {
+    secrets: usize,
+    /// Every resource body CSDS returned, lossily as text.
+    text: String,
+}
+
+async fn csds_dump(xds_port: u16) -> Csds {
+    use xds_api::pb::envoy::service::status::v3::client_status_discovery_service_client::ClientStatusDiscoveryServiceClient;
+    use xds_api::pb::envoy::service::status::v3::ClientStatusRequest;
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{xds_port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let reply = ClientStatusDiscoveryServiceClient::new(channel)
+        .fetch_client_status(ClientStatusRequest::default())
+        .await
+        .expect("CSDS answers")
+        .into_inner();
+    let mut out = Csds {
+        secrets: 0,
+        text: String::new(),
+    };
+    for g in reply.config.iter().flat_map(|c| &c.generic_xds_configs) {
+        if g.type_url.ends_with(".Secret") {
+            out.secrets += 1;
+        }
+        if let Some(any) = &g.xds_config {
+            out.text.push_str(&String::from_utf8_lossy(&any.value));
+        }
+    }
+    out
+}
+
 async fn through_client(client: &Client, port: u16) -> Result<Value, String> {
     traffic::request(client, port, HOST, "/hello", &[]).await
 }
@@ -118,6 +152,19 @@ async fn strict_mtls_between_two_sidecars_with_rotation() {
     assert!(
         xfcc.contains(&format!("By={SERVER_ID}")),
         "and its own: {xfcc}"
+    );
+
+    // CSDS (open on the xDS port) names the secrets Envoys hold but never
+    // shows their contents: they carry private keys.
+    let csds = csds_dump(m.xds_port).await;
+    assert!(
+        csds.secrets >= 2,
+        "CSDS lists the sidecars' secrets: {}",
+        csds.secrets
+    );
+    assert!(
+        !csds.text.contains("PRIVATE KEY"),
+        "a key leaked through CSDS"
     );
 
     // The server side accepts only mTLS: plaintext HTTP to its inbound

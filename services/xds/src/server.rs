@@ -185,7 +185,10 @@ impl Server {
                             type_url: k.resource_type.type_url().to_owned(),
                             name: k.name,
                             version_info: k.version,
-                            xds_config: if req.exclude_resource_contents {
+                            // Secrets hold private keys: CSDS names them, never shows them.
+                            xds_config: if req.exclude_resource_contents
+                                || k.resource_type == crate::resources::ResourceType::Secret
+                            {
                                 None
                             } else {
                                 k.entry.map(|e| e.any.clone())
