@@ -238,6 +238,46 @@ async fn strict_mtls_between_two_sidecars_with_rotation() {
         "requests failed around the rotation: {failures:?}"
     );
 
+    // Permissive: the server side also takes plaintext (told apart by the
+    // TLS inspector), and clients stop using mTLS (the endpoint might have
+    // no sidecar), so no client identity reaches the workload.
+    let r = Client::new()
+        .patch(m.url("/api/v1/policies/api"))
+        .header("content-type", "application/merge-patch+json")
+        .body(
+            json!({"spec": {"mtls": {"mode": "permissive", "allowedSans": [CLIENT_ID]}}})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let direct = format!("http://{inbound}/hello");
+    eventually(
+        "plaintext accepted under permissive",
+        Duration::from_secs(30),
+        || async {
+            Client::new()
+                .get(&direct)
+                .header("host", HOST)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
+    )
+    .await;
+    eventually(
+        "clients use plaintext under permissive",
+        Duration::from_secs(30),
+        || async {
+            through_client(&Client::new(), port)
+                .await
+                .is_ok_and(|v| v["headers"]["x-forwarded-client-cert"].is_null())
+        },
+    )
+    .await;
+
     // A client identity outside allowedSans is refused by the server side.
     let r = Client::new()
         .patch(m.url("/api/v1/policies/api"))
