@@ -106,6 +106,7 @@ impl From<meridian_store::Error> for ApiError {
                 Self::new(StatusCode::CONFLICT, "already_exists", message)
             }
             E::TokenNotFound { .. } => Self::new(StatusCode::NOT_FOUND, "not_found", message),
+            E::NoCa => Self::new(StatusCode::CONFLICT, "no_ca", message),
             E::RevisionNotFound { .. } => {
                 let mut err = Self::invalid(vec![FieldError::new("revision", message.clone())]);
                 err.body.message = message;

@@ -5,6 +5,7 @@
 //! it listens.
 
 pub mod auth;
+mod ca;
 mod dashboard;
 pub mod error;
 mod failover;
@@ -125,6 +126,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/audit", get(tokens::audit))
         .route("/api/v1/dashboard/overview", get(dashboard::overview))
         .route("/api/v1/dashboard/events", get(dashboard::recent_events))
+        .route("/api/v1/ca", get(ca::get))
+        .route("/api/v1/ca/rotate", post(ca::rotate))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi::serve))

@@ -219,3 +219,22 @@ pub async fn ready(server: &str) -> anyhow::Result<()> {
     println!("ready");
     Ok(())
 }
+
+/// `meridian ca rotate`: replaces every workload certificate now.
+pub async fn ca_rotate(server: &str) -> anyhow::Result<()> {
+    let client = http_client()?;
+    let response = send(
+        "rotating workload certificates",
+        client.post(format!("{}/api/v1/ca/rotate", server.trim_end_matches('/'))),
+    )
+    .await?;
+    if !response.status().is_success() {
+        return Err(fail("rotating workload certificates", response).await);
+    }
+    let body: Value = response.json().await?;
+    println!(
+        "rotation {} started: every workload certificate is being replaced",
+        body["rotation"]
+    );
+    Ok(())
+}

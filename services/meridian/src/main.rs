@@ -7,6 +7,7 @@ mod client;
 mod config;
 mod files;
 mod gitops_cli;
+mod security;
 mod serve;
 mod watch;
 
@@ -95,6 +96,9 @@ enum Command {
     /// Print policy changes as they commit (or, with --events, failover
     /// events) from the gRPC API; reconnects and resumes where it left off.
     Watch(watch::WatchArgs),
+    /// The certificate authority: key generation, forced rotation, bootstrap certificates.
+    #[command(subcommand)]
+    Ca(security::CaCommand),
 }
 
 #[derive(Subcommand)]
@@ -241,6 +245,8 @@ pub struct ServeArgs {
     /// How long to wait for in-flight requests at shutdown, in seconds.
     #[arg(long, env = "MERIDIAN_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
+    #[command(flatten)]
+    pub security: Box<security::SecurityArgs>,
 }
 
 #[derive(Args)]
@@ -337,6 +343,7 @@ fn main() -> ExitCode {
             Command::Watch(args) => watch::run(args).await,
             Command::Token(command) => serve::token(command).await,
             Command::Ready { server } => client::ready(&server.server).await,
+            Command::Ca(cmd) => security::run(cmd).await,
         }
     });
     match result {

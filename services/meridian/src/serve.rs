@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::{files, DatabaseArgs, ServeArgs};
+use crate::{files, security, DatabaseArgs, ServeArgs};
 
 /// A job a process can take on. Replicas sharing one database can split them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -33,8 +33,13 @@ pub enum Role {
 /// Name of the database inside a private cluster.
 const PRIVATE_DB: &str = "meridian";
 
+/// Opens the database as `serve` does (the operator's, or the private one).
+pub(crate) async fn open_database(args: &DatabaseArgs) -> anyhow::Result<Database> {
+    Database::open(args).await
+}
+
 /// A database to use: the operator's, or a private one we started (and stop).
-struct Database {
+pub(crate) struct Database {
     url: String,
     private: Option<Cluster>,
 }
@@ -67,7 +72,11 @@ impl Database {
         })
     }
 
-    async fn close(self) {
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub(crate) async fn close(self) {
         if let Some(cluster) = self.private {
             match tokio::task::spawn_blocking(move || cluster.stop()).await {
                 Ok(Ok(())) => tracing::info!("stopped private PostgreSQL"),
@@ -141,8 +150,9 @@ pub async fn token(command: crate::TokenCommand) -> anyhow::Result<()> {
 /// settings check allows on loopback only).
 fn warn_if_unauthenticated(args: &ServeArgs) {
     if args.no_auth {
-        eprintln!(
-            "WARNING: authentication is OFF (--no-auth): anyone on this machine can read and change \
+        // Through the log, so JSON logs stay one object per line.
+        tracing::warn!(
+            "authentication is OFF (--no-auth): anyone on this machine can read and change \
              traffic policies through the REST and gRPC APIs. For local use only."
         );
     }
@@ -196,6 +206,7 @@ struct Listeners {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    security::validate(&args.security)?;
     // Bind first: a taken port is an operator error worth hearing about
     // before a database is started.
     warn_if_unauthenticated(&args);
@@ -256,9 +267,9 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
     state.shutdown = shutdown.clone();
     state.auth = authenticator(args, &store);
     if state.auth.is_on() && args.oidc_issuer.is_none() && store.tokens().await?.is_empty() {
-        eprintln!(
-            "No API tokens exist yet, so every API call will get 401. Create the first one with\n  \
-             meridian token create --name admin --role admin"
+        tracing::warn!(
+            "no API tokens exist yet, so every API call will get 401; create the first one with \
+             `meridian token create --name admin --role admin`"
         );
     }
 
@@ -267,29 +278,64 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
         let config = meridian_xds_sync::Config {
             debounce: Duration::from_millis(args.xds_debounce_ms),
         };
-        let writer = meridian_xds_sync::Writer::new(store.clone(), publisher, config);
+        let registry = meridian_xds::Registry::new();
+        let ca = security::start_ca(&args.security, &store).await?;
+        let (issuer, ca) = match ca {
+            Some((issuer, ca)) => (Some((issuer, registry.identities())), Some(ca)),
+            None => (None, None),
+        };
+        let writer = meridian_xds_sync::Writer::new(store.clone(), publisher, config)
+            .with_security(&args.security.trust_domain, issuer);
         state.ready.push(writer.ready_flag());
         let stop = shutdown.clone();
         tasks.spawn(async move {
             writer.run(stop).await;
             Ok(())
         });
-        let registry = meridian_xds::Registry::new();
-        let server = meridian_xds::Server::new(subscriber, registry.clone(), shutdown.clone());
+        let server = meridian_xds::Server::new(subscriber, registry.clone(), shutdown.clone())
+            .with_client_auth(args.security.xds_client_auth);
         let clients = registry.clone();
         state.xds_clients = Some(Arc::new(move || {
             serde_json::to_value(clients.clients()).unwrap_or_default()
         }));
-        println!(
-            "Meridian xDS listening on {}",
-            display_addr(listener.local_addr()?)
-        );
+        let tls = match &ca {
+            Some(ca) => security::xds_tls(&args.security, ca)?,
+            None => None,
+        };
+        let addr = display_addr(listener.local_addr()?);
         let stop = shutdown.clone();
-        tasks.spawn(async move {
-            meridian_xds::serve(listener, server, stop)
-                .await
-                .context("xDS server")
-        });
+        match (tls, ca) {
+            (Some((config, cert)), Some(ca)) => {
+                // The address stays the last word: scripts and tests read it.
+                println!("Meridian xDS listening on {addr}");
+                tracing::info!(client_auth = ?args.security.xds_client_auth, "xDS serves TLS");
+                tasks.spawn(security::renew_server_cert(
+                    (*args.security).clone(),
+                    ca,
+                    cert,
+                    shutdown.clone(),
+                ));
+                tasks.spawn(async move {
+                    meridian_xds::tls_server::serve_tls(listener, server, config, stop)
+                        .await
+                        .context("xDS server")
+                });
+            }
+            _ => {
+                println!("Meridian xDS listening on {addr}");
+                // Loudly: this mode is for loopback and tests.
+                tracing::warn!(
+                    "xDS is PLAINTEXT and UNAUTHENTICATED: nodes' claimed identities are believed \
+                     and workload keys travel in the clear; use --xds-client-auth required \
+                     (with --ca-key-file) beyond loopback"
+                );
+                tasks.spawn(async move {
+                    meridian_xds::serve(listener, server, stop)
+                        .await
+                        .context("xDS server")
+                });
+            }
+        }
     }
 
     let replica = args.replica_id.clone().unwrap_or_else(default_replica_id);

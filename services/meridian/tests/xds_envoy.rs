@@ -377,10 +377,40 @@ fn static_bootstrap(render: &Value) -> Value {
             c
         })
         .collect();
+    // mTLS policies' secrets come over SDS on the ADS stream, which
+    // Envoy's validate mode cannot follow (it crashes): name them as static
+    // secrets instead, so the TLS contexts themselves are still validated.
+    let mut listeners = Value::Array(listeners);
+    let mut clusters = Value::Array(clusters);
+    strip_sds_config(&mut listeners);
+    strip_sds_config(&mut clusters);
+    let ca = meridian_ca::Authority::generate("meridian.local", chrono::Utc::now()).unwrap();
+    let id = meridian_ca::SpiffeId::parse("spiffe://meridian.local/ns/v/sa/validator").unwrap();
+    let cert = ca
+        .issue(&id, &[], chrono::Utc::now(), chrono::Duration::hours(1))
+        .unwrap();
     json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "static_resources": {"listeners": listeners, "clusters": clusters}
+        "static_resources": {"listeners": listeners, "clusters": clusters, "secrets": [
+            {"name": "meridian/workload", "tls_certificate": {
+                "certificate_chain": {"inline_string": cert.cert_chain_pem},
+                "private_key": {"inline_string": cert.key_pem}}},
+            {"name": "meridian/trust-bundle", "validation_context": {
+                "trusted_ca": {"inline_string": ca.trust_bundle_pem()}}}
+        ]}
     })
+}
+
+fn strip_sds_config(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.remove("sds_config");
+            m.remove("sdsConfig");
+            m.values_mut().for_each(strip_sds_config);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_sds_config),
+        _ => {}
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

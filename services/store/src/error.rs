@@ -49,6 +49,9 @@ pub enum Error {
     /// This replica's failover lease expired or was taken over: it must stop deciding.
     #[error("the failover lease {lease:?} is no longer held with token {token}")]
     LeaseLost { lease: String, token: i64 },
+    /// No CA is stored yet (no replica has started with `--ca-key-file`).
+    #[error("no certificate authority is configured; start a replica with --ca-key-file")]
+    NoCa,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]

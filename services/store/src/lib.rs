@@ -9,6 +9,7 @@
 //!
 //! This is the only crate that speaks SQL.
 
+pub mod ca;
 mod dashboard;
 mod error;
 pub mod failover;

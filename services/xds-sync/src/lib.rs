@@ -8,6 +8,10 @@
 //! After a lost connection the feed says `Resync` and the writer reloads
 //! everything, because a notification sent while it was away is lost.
 
+mod ca;
+
+pub use ca::{bootstrap, Issuer, Source};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,8 +20,24 @@ use std::time::{Duration, Instant};
 use meridian_policy::Policy;
 use meridian_store::notify::Event;
 use meridian_store::Store;
-use meridian_xds::{translate, Publisher, Weights};
+use meridian_xds::translate::translate_scoped;
+use meridian_xds::{Mesh, Publisher, Weights};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+/// What stops the writer for a while (it retries).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] meridian_store::Error),
+    /// The CA could not open its key or issue.
+    #[error("CA: {0}")]
+    Ca(#[from] meridian_ca::Error),
+    /// The stored CA belongs to another trust domain than `--trust-domain`.
+    #[error("the stored CA is for trust domain {stored:?}, not {configured:?}")]
+    TrustDomainMismatch { stored: String, configured: String },
+}
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -42,6 +62,15 @@ pub struct Writer {
     /// Decided by the failover leader; a policy without a decision uses its spec weights.
     weights: Weights,
     ready: Arc<AtomicBool>,
+    mesh: Mesh,
+    security: Option<Security>,
+}
+
+/// Certificate issuing for connected identities.
+struct Security {
+    issuer: Issuer,
+    identities: watch::Receiver<BTreeSet<String>>,
+    next_renewal: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Writer {
@@ -53,7 +82,25 @@ impl Writer {
             policies: BTreeMap::new(),
             weights: Weights::new(),
             ready: Arc::default(),
+            mesh: Mesh::default(),
+            security: None,
         }
+    }
+
+    /// Sets the trust domain and, with a CA, issues certificates for the
+    /// identities in `identities` (the xDS registry's connected nodes).
+    pub fn with_security(
+        mut self,
+        trust_domain: &str,
+        issuer: Option<(Issuer, watch::Receiver<BTreeSet<String>>)>,
+    ) -> Self {
+        self.mesh.trust_domain = trust_domain.to_owned();
+        self.security = issuer.map(|(issuer, identities)| Security {
+            issuer,
+            identities,
+            next_renewal: None,
+        });
+        self
     }
 
     /// True once the first snapshot from the store has been published: a
@@ -82,13 +129,38 @@ impl Writer {
     }
 
     /// Subscribe, load everything, then apply changes until shutdown.
-    async fn follow(&mut self, shutdown: &CancellationToken) -> Result<(), meridian_store::Error> {
+    async fn follow(&mut self, shutdown: &CancellationToken) -> Result<(), Error> {
         let mut listener = self.store.listen().await?;
+        let mut ca_listener = match self.security {
+            Some(_) => Some(self.store.listen_ca().await?),
+            None => None,
+        };
+        self.refresh_certs().await?;
         self.reload().await?;
         loop {
+            let renewal = self.renewal_sleep();
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 event = listener.next() => event?,
+                // Identities came or went, a rotation was forced, or a
+                // certificate reached half life: certificates only.
+                changed = identities_changed(&mut self.security) => {
+                    changed?;
+                    self.refresh_certs().await?;
+                    self.publish(None);
+                    continue;
+                }
+                ca = async { match ca_listener.as_mut() { Some(l) => l.next().await, None => std::future::pending().await } } => {
+                    ca?;
+                    self.refresh_certs().await?;
+                    self.publish(None);
+                    continue;
+                }
+                _ = tokio::time::sleep(renewal) => {
+                    self.refresh_certs().await?;
+                    self.publish(None);
+                    continue;
+                }
             };
             let mut burst = Burst {
                 first_at: Some(Instant::now()),
@@ -105,6 +177,32 @@ impl Writer {
             }
             self.apply(burst).await?;
         }
+    }
+
+    /// Until the next certificate reaches half life (at least a second, so
+    /// a clock step cannot make this spin; a day when there is nothing).
+    fn renewal_sleep(&self) -> Duration {
+        let next = self.security.as_ref().and_then(|s| s.next_renewal);
+        match next {
+            Some(at) => (at - chrono::Utc::now())
+                .to_std()
+                .unwrap_or_default()
+                .max(Duration::from_secs(1)),
+            None => Duration::from_secs(86_400),
+        }
+    }
+
+    /// Brings the workload certificates of connected identities up to date.
+    async fn refresh_certs(&mut self) -> Result<(), Error> {
+        let Some(sec) = self.security.as_mut() else {
+            return Ok(());
+        };
+        let wanted = sec.identities.borrow_and_update().clone();
+        let issued = sec.issuer.refresh(&self.store, &wanted).await?;
+        sec.next_renewal = issued.next_renewal;
+        self.mesh.trust_bundle_pem = Some(issued.trust_bundle_pem);
+        self.mesh.workload_certs = issued.certs;
+        Ok(())
     }
 
     async fn reload(&mut self) -> Result<(), meridian_store::Error> {
@@ -156,8 +254,8 @@ impl Writer {
     fn publish(&mut self, changed_at: Option<Instant>) {
         let started = Instant::now();
         let policies: Vec<Policy> = self.policies.values().cloned().collect();
-        let resources = translate(&policies, &self.weights);
-        let generation = self.publisher.publish_change(resources, changed_at);
+        let (resources, scoped) = translate_scoped(&policies, &self.weights, &self.mesh);
+        let generation = self.publisher.publish_scoped(resources, scoped, changed_at);
         self.ready.store(true, Ordering::Release);
         tracing::debug!(
             policies = policies.len(),
@@ -165,6 +263,20 @@ impl Writer {
             took_ms = started.elapsed().as_millis() as u64,
             "published xDS snapshot"
         );
+    }
+}
+
+/// Resolves when the set of connected identities changes; never without security.
+async fn identities_changed(security: &mut Option<Security>) -> Result<(), Error> {
+    match security.as_mut() {
+        Some(s) => {
+            if s.identities.changed().await.is_err() {
+                // The registry is gone (shutting down): wait for the shutdown signal.
+                std::future::pending::<()>().await;
+            }
+            Ok(())
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -24,10 +24,12 @@ pub mod registry;
 pub mod resources;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
+pub mod tls_server;
 pub mod translate;
 
 pub use registry::{ClientStatus, NackStatus, Registry, TypeStatus};
 pub use resources::{Entry, ResourceType, Resources};
-pub use server::{serve, Server};
+pub use server::{decide_identity, serve, ClientAuth, PeerIdentity, Server};
 pub use snapshot::{snapshot_channel, Publisher, Snapshot, Subscriber};
-pub use translate::{render, translate, Weights};
+pub use translate::{render, translate, translate_mesh, Mesh, Weights};

@@ -1,10 +1,11 @@
 //! Registry of connected xDS streams, for `GET /api/v1/xds/clients` and CSDS.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+use tokio::sync::watch;
 use xds_api::pb::envoy::config::core::v3::{node::UserAgentVersionType, Node};
 
 use crate::protocol::{
@@ -44,6 +45,8 @@ pub(crate) struct ClientSlot {
     pub(crate) node: Node,
     pub(crate) variant: &'static str,
     pub(crate) connected_since_ms: u64,
+    /// The SPIFFE ID the server settled on for this stream.
+    pub(crate) identity: Option<String>,
     pub(crate) machine: Mutex<Machine>,
 }
 
@@ -55,15 +58,36 @@ impl ClientSlot {
 }
 
 /// Tracks every connected stream; cheap to clone.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Registry {
     inner: Arc<Mutex<Inner>>,
+    /// The identities of connected streams: the snapshot writer issues
+    /// certificates for exactly these.
+    identities: Arc<watch::Sender<BTreeSet<String>>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            inner: Arc::default(),
+            identities: Arc::new(watch::channel(BTreeSet::new()).0),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     next_id: u64,
     clients: BTreeMap<u64, Arc<ClientSlot>>,
+}
+
+impl Inner {
+    fn identities(&self) -> BTreeSet<String> {
+        self.clients
+            .values()
+            .filter_map(|c| c.identity.clone())
+            .collect()
+    }
 }
 
 /// Removes its stream from the registry when dropped.
@@ -75,7 +99,11 @@ pub(crate) struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.registry.lock().clients.remove(&self.slot.id);
+        let mut inner = self.registry.lock();
+        inner.clients.remove(&self.slot.id);
+        if self.slot.identity.is_some() {
+            self.registry.publish_identities(&inner);
+        }
         crate::metrics::CLIENTS
             .get_or_create(&[("variant", self.slot.variant.into())])
             .dec();
@@ -92,10 +120,27 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn publish_identities(&self, inner: &Inner) {
+        let now = inner.identities();
+        self.identities.send_if_modified(|cur| {
+            if *cur == now {
+                return false;
+            }
+            *cur = now;
+            true
+        });
+    }
+
+    /// Follows the set of identities of connected streams.
+    pub fn identities(&self) -> watch::Receiver<BTreeSet<String>> {
+        self.identities.subscribe()
+    }
+
     pub(crate) fn register(
         &self,
         node: Node,
         variant: &'static str,
+        identity: Option<String>,
         machine: Machine,
     ) -> Registration {
         let mut inner = self.lock();
@@ -105,9 +150,13 @@ impl Registry {
             node,
             variant,
             connected_since_ms: now_ms(),
+            identity,
             machine: Mutex::new(machine),
         });
         inner.clients.insert(slot.id, slot.clone());
+        if slot.identity.is_some() {
+            self.publish_identities(&inner);
+        }
         drop(inner);
         crate::metrics::CLIENTS
             .get_or_create(&[("variant", variant.into())])
@@ -164,6 +213,10 @@ pub struct ClientStatus {
     pub node_cluster: String,
     pub user_agent_name: String,
     pub user_agent_version: String,
+    /// The node's SPIFFE ID (from its client certificate, or claimed when
+    /// the xDS port does not authenticate clients).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spiffe_id: Option<String>,
     /// `sotw` or `delta`.
     pub xds_variant: String,
     /// UNIX milliseconds.
@@ -224,6 +277,7 @@ impl ClientStatus {
             node_cluster: s.node.cluster.clone(),
             user_agent_name: s.node.user_agent_name.clone(),
             user_agent_version: version,
+            spiffe_id: s.identity.clone(),
             xds_variant: s.variant.to_owned(),
             connected_since_ms: s.connected_since_ms,
             resources: reports

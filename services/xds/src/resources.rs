@@ -11,6 +11,8 @@ use xds_api::pb::envoy::config::{
 use xds_api::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use xds_api::pb::google::protobuf::Any;
 
+use crate::translate::InboundTemplate;
+
 /// The xDS resource types Meridian serves over ADS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ResourceType {
@@ -113,6 +115,9 @@ pub struct Entry {
     pub wildcard: bool,
     /// For an egress listener: its port, so a per-node view can rebind it.
     pub egress_port: Option<u32>,
+    /// What a proxyless gRPC client gets instead, when it differs (an mTLS
+    /// cluster names the bootstrap's certificate providers rather than SDS).
+    pub proxyless: Option<Arc<Entry>>,
 }
 
 impl Entry {
@@ -126,6 +131,7 @@ impl Entry {
             refs: Box::new([]),
             wildcard: true,
             egress_port: None,
+            proxyless: None,
         }
     }
 }
@@ -134,6 +140,14 @@ impl Entry {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Resources {
     maps: [BTreeMap<Arc<str>, Arc<Entry>>; 5],
+    /// Per policy: what a sidecar's inbound listener for it needs.
+    inbound: BTreeMap<Arc<str>, Arc<InboundTemplate>>,
+    /// Per SPIFFE ID: the workload secret (named `meridian/workload`),
+    /// served only to a node of that identity.
+    workload_secrets: BTreeMap<Arc<str>, Arc<Entry>>,
+    /// Endpoint `ip:port` -> policy, for proxyless gRPC servers, which ask
+    /// for their listener by listening address.
+    endpoint_policies: BTreeMap<String, Arc<str>>,
 }
 
 impl Resources {
@@ -169,7 +183,41 @@ impl Resources {
 
     /// Whether there is no resource at all.
     pub fn is_empty(&self) -> bool {
-        self.maps.iter().all(BTreeMap::is_empty)
+        self.maps.iter().all(BTreeMap::is_empty) && self.workload_secrets.is_empty()
+    }
+
+    /// Records the inbound template of a policy.
+    pub fn insert_inbound(&mut self, policy: &str, template: InboundTemplate) {
+        self.inbound.insert(Arc::from(policy), Arc::new(template));
+    }
+
+    /// The inbound template of a policy.
+    pub fn inbound(&self, policy: &str) -> Option<&Arc<InboundTemplate>> {
+        self.inbound.get(policy)
+    }
+
+    /// Records that `ip:port` is an endpoint of `policy`.
+    /// The first policy recorded for an address keeps it.
+    pub fn insert_endpoint(&mut self, address: String, policy: &str) {
+        self.endpoint_policies
+            .entry(address)
+            .or_insert_with(|| Arc::from(policy));
+    }
+
+    /// The policy an endpoint address belongs to.
+    pub fn endpoint_policy(&self, address: &str) -> Option<&Arc<str>> {
+        self.endpoint_policies.get(address)
+    }
+
+    /// Records the workload secret of an identity.
+    pub fn insert_workload_secret(&mut self, spiffe_id: &str, entry: Entry) {
+        self.workload_secrets
+            .insert(Arc::from(spiffe_id), Arc::new(entry));
+    }
+
+    /// The workload secret of an identity.
+    pub fn workload_secret(&self, spiffe_id: &str) -> Option<&Arc<Entry>> {
+        self.workload_secrets.get(spiffe_id)
     }
 }
 

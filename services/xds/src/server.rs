@@ -43,6 +43,68 @@ pub struct Server {
     subscriber: Subscriber,
     registry: Registry,
     shutdown: CancellationToken,
+    auth: ClientAuth,
+}
+
+/// How the xDS port treats client certificates (`--xds-client-auth`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// No client certificates: a node's claimed identity
+    /// (`meridian.spiffe_id` metadata) is believed. For loopback and tests.
+    #[default]
+    None,
+    /// A certificate is checked when sent; a node without one has no identity.
+    Optional,
+    /// A client without a valid certificate is refused at the handshake.
+    Required,
+}
+
+impl std::str::FromStr for ClientAuth {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(ClientAuth::None),
+            "optional" => Ok(ClientAuth::Optional),
+            "required" => Ok(ClientAuth::Required),
+            other => Err(format!(
+                "invalid client auth {other:?}: use required, optional or none"
+            )),
+        }
+    }
+}
+
+/// The verified SPIFFE ID of a TLS peer, attached to every request of its
+/// connection by [`crate::tls_server`]. Absent on plaintext connections.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerIdentity(pub Option<String>);
+
+/// Settles a stream's identity. A certificate's URI SAN is the identity,
+/// and the node may not claim another one, neither in metadata nor as a
+/// SPIFFE-shaped node id. Without a certificate, the claim counts only
+/// when clients are not authenticated at all.
+pub fn decide_identity(
+    auth: ClientAuth,
+    cert: Option<&str>,
+    node_id: &str,
+    claimed: Option<&str>,
+) -> Result<Option<String>, String> {
+    let id_claim = node_id.starts_with("spiffe://").then_some(node_id);
+    match cert {
+        Some(cert) => {
+            for c in [claimed, id_claim].into_iter().flatten() {
+                if c != cert {
+                    return Err(format!(
+                        "node {node_id:?} claims identity {c:?}, but its certificate is {cert:?}"
+                    ));
+                }
+            }
+            Ok(Some(cert.to_owned()))
+        }
+        None => match auth {
+            ClientAuth::None => Ok(claimed.or(id_claim).map(str::to_owned)),
+            ClientAuth::Optional | ClientAuth::Required => Ok(None),
+        },
+    }
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -55,7 +117,14 @@ impl Server {
             subscriber,
             registry,
             shutdown,
+            auth: ClientAuth::None,
         }
+    }
+
+    /// Sets how client identities are established (default: `None`).
+    pub fn with_client_auth(mut self, auth: ClientAuth) -> Self {
+        self.auth = auth;
+        self
     }
 
     /// The ADS gRPC service, to add to a `tonic::transport::Server`.
@@ -119,7 +188,10 @@ impl Server {
                             type_url: k.resource_type.type_url().to_owned(),
                             name: k.name,
                             version_info: k.version,
-                            xds_config: if req.exclude_resource_contents {
+                            // Secrets hold private keys: CSDS names them, never shows them.
+                            xds_config: if req.exclude_resource_contents
+                                || k.resource_type == crate::resources::ResourceType::Secret
+                            {
                                 None
                             } else {
                                 k.entry.map(|e| e.any.clone())
@@ -181,15 +253,20 @@ const DELTA: Variant<DeltaDiscoveryRequest, DeltaDiscoveryResponse> = Variant {
 impl Server {
     fn spawn_stream<Req, Resp>(
         &self,
-        inbound: Streaming<Req>,
+        request: Request<Streaming<Req>>,
         variant: Variant<Req, Resp>,
     ) -> BoxStream<Resp>
     where
         Req: Send + 'static,
         Resp: Send + 'static,
     {
+        let peer = request
+            .extensions()
+            .get::<PeerIdentity>()
+            .and_then(|p| p.0.clone());
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let server = self.clone();
+        let inbound = request.into_inner();
         // The node id is recorded once the first request names it, so every
         // log line of the stream carries it.
         let span = tracing::info_span!(
@@ -197,13 +274,16 @@ impl Server {
             variant = variant.name,
             node = tracing::field::Empty
         );
-        tokio::spawn(async move { server.run_stream(inbound, tx, variant).await }.instrument(span));
+        tokio::spawn(
+            async move { server.run_stream(inbound, peer, tx, variant).await }.instrument(span),
+        );
         Box::pin(ReceiverStream::new(rx))
     }
 
     async fn run_stream<Req, Resp>(
         self,
         mut inbound: Streaming<Req>,
+        peer: Option<String>,
         tx: mpsc::Sender<Result<Resp, Status>>,
         variant: Variant<Req, Resp>,
     ) where
@@ -212,20 +292,33 @@ impl Server {
     {
         let mut snapshots = self.subscriber.receiver();
         let mut registration = None;
+        // The node's namespace picks its view of the snapshot.
+        let mut namespace: Option<String> = None;
         loop {
             let out = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
                 msg = inbound.message() => match msg {
                     Ok(Some(req)) => {
-                        let reg = registration.get_or_insert_with(|| {
+                        if registration.is_none() {
                             let node = (variant.node)(&req).cloned().unwrap_or_default();
-                            let view = NodeView::from_node(Some(&node));
+                            let mut view = NodeView::from_node(Some(&node));
                             tracing::Span::current().record("node", node.id.as_str());
-                            tracing::debug!(node = %node.id, variant = variant.name, "xds stream opened");
-                            self.registry.register(node, variant.name, (variant.make)(view))
-                        });
+                            match decide_identity(self.auth, peer.as_deref(), &node.id, view.claimed_identity.as_deref()) {
+                                Ok(identity) => view.identity = identity,
+                                Err(why) => {
+                                    tracing::warn!(node = %node.id, %why, "xds stream refused");
+                                    let _ = tx.send(Err(Status::permission_denied(why))).await;
+                                    break;
+                                }
+                            }
+                            tracing::debug!(node = %node.id, identity = ?view.identity, variant = variant.name, "xds stream opened");
+                            let identity = view.identity.clone();
+                            namespace = identity.as_deref().and_then(crate::translate::namespace_of);
+                            registration = Some(self.registry.register(node, variant.name, identity, (variant.make)(view)));
+                        }
+                        let Some(reg) = registration.as_ref() else { break };
                         let snap = snapshots.borrow_and_update().clone();
-                        let res = (snap.generation > 0).then_some(&*snap.resources);
+                        let res = (snap.generation > 0).then(|| snap.view(namespace.as_deref()));
                         let mut machine = reg.slot.machine();
                         let out = (variant.handle)(&mut machine, &req, res, now_ms());
                         if let Some((ty, answer)) = machine.take_answer() {
@@ -255,7 +348,7 @@ impl Server {
                     }
                     let snap = snapshots.borrow_and_update().clone();
                     let out = match (&registration, snap.generation) {
-                        (Some(reg), g) if g > 0 => (variant.snapshot)(&mut reg.slot.machine(), &snap.resources),
+                        (Some(reg), g) if g > 0 => (variant.snapshot)(&mut reg.slot.machine(), snap.view(namespace.as_deref())),
                         _ => Vec::new(),
                     };
                     (out, snap.changed_at)
@@ -309,16 +402,14 @@ impl AggregatedDiscoveryService for Server {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Ok(Response::new(self.spawn_stream(request.into_inner(), SOTW)))
+        Ok(Response::new(self.spawn_stream(request, SOTW)))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Ok(Response::new(
-            self.spawn_stream(request.into_inner(), DELTA),
-        ))
+        Ok(Response::new(self.spawn_stream(request, DELTA)))
     }
 }
 
@@ -374,4 +465,62 @@ pub async fn serve(
         .add_service(server.csds_service())
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (auth, cert, node id, claimed metadata, expected identity or refusal)
+    type Case = (
+        ClientAuth,
+        Option<&'static str>,
+        &'static str,
+        Option<&'static str>,
+        Result<Option<&'static str>, ()>,
+    );
+
+    #[test]
+    fn identity_comes_from_the_certificate_and_cannot_be_claimed_otherwise() {
+        const A: &str = "spiffe://td/ns/a/sa/x";
+        const B: &str = "spiffe://td/ns/b/sa/y";
+        // (auth, cert, node id, claimed metadata, expected)
+        let cases: &[Case] = &[
+            (
+                ClientAuth::Required,
+                Some(A),
+                "sidecar-1",
+                None,
+                Ok(Some(A)),
+            ),
+            (
+                ClientAuth::Required,
+                Some(A),
+                "sidecar-1",
+                Some(A),
+                Ok(Some(A)),
+            ),
+            (ClientAuth::Required, Some(A), "sidecar-1", Some(B), Err(())),
+            (ClientAuth::Required, Some(A), B, None, Err(())),
+            (ClientAuth::Required, Some(A), A, None, Ok(Some(A))),
+            (ClientAuth::Optional, Some(A), "n", Some(B), Err(())),
+            (ClientAuth::Optional, None, "n", Some(B), Ok(None)),
+            (ClientAuth::Optional, None, B, None, Ok(None)),
+            (ClientAuth::Required, None, "n", Some(B), Ok(None)),
+            (ClientAuth::None, None, "n", Some(B), Ok(Some(B))),
+            (ClientAuth::None, None, B, None, Ok(Some(B))),
+            (ClientAuth::None, None, "n", None, Ok(Option::None)),
+        ];
+        for (auth, cert, id, claimed, want) in cases {
+            let got = decide_identity(*auth, *cert, id, *claimed);
+            match want {
+                Ok(w) => assert_eq!(
+                    got.clone().ok().flatten().as_deref(),
+                    *w,
+                    "{auth:?} {cert:?} {id} {claimed:?}"
+                ),
+                Err(()) => assert!(got.is_err(), "{auth:?} {cert:?} {id} {claimed:?}"),
+            }
+        }
+    }
 }

@@ -3,6 +3,7 @@
 //! Streams only read: they hold a [`Subscriber`] and are woken by the watch
 //! channel, which coalesces bursts (a slow stream skips to the newest).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,6 +22,19 @@ pub struct Snapshot {
     /// When the writer learned of the first change this snapshot carries;
     /// streams measure push latency from it. `None` for a full reload.
     pub changed_at: Option<Instant>,
+    /// Per namespace: what a node of that namespace sees (the unscoped
+    /// policies plus the namespace's own). `resources` holds the unscoped
+    /// policies only, for nodes without a namespace.
+    pub scoped: BTreeMap<String, Arc<Resources>>,
+}
+
+impl Snapshot {
+    /// The resource set a node of `namespace` reads.
+    pub fn view(&self, namespace: Option<&str>) -> &Resources {
+        namespace
+            .and_then(|ns| self.scoped.get(ns))
+            .map_or(&*self.resources, |r| &**r)
+    }
 }
 
 /// The single writer of snapshots.
@@ -45,14 +59,31 @@ impl Publisher {
     /// Publishes a new resource set and returns its generation. Publishing a
     /// set equal to the current one is a no-op (streams are not woken).
     pub fn publish(&self, resources: Resources) -> u64 {
-        self.publish_change(resources, None)
+        self.publish_scoped(resources, BTreeMap::new(), None)
     }
 
     /// Like [`Publisher::publish`], for a change first seen at `changed_at`.
     pub fn publish_change(&self, resources: Resources, changed_at: Option<Instant>) -> u64 {
+        self.publish_scoped(resources, BTreeMap::new(), changed_at)
+    }
+
+    /// Publishes the unscoped set and one set per namespace (see
+    /// [`Snapshot::scoped`]), for a change first seen at `changed_at`.
+    pub fn publish_scoped(
+        &self,
+        resources: Resources,
+        scoped: BTreeMap<String, Resources>,
+        changed_at: Option<Instant>,
+    ) -> u64 {
         let mut generation = 0;
         self.tx.send_if_modified(|cur| {
-            if cur.generation > 0 && *cur.resources == resources {
+            let same_scoped = cur.scoped.len() == scoped.len()
+                && cur
+                    .scoped
+                    .iter()
+                    .zip(&scoped)
+                    .all(|((a, ra), (b, rb))| a == b && **ra == *rb);
+            if cur.generation > 0 && *cur.resources == resources && same_scoped {
                 generation = cur.generation;
                 return false;
             }
@@ -61,6 +92,7 @@ impl Publisher {
                 resources: Arc::new(resources),
                 generation,
                 changed_at,
+                scoped: scoped.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
             });
             true
         });

@@ -50,7 +50,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use meridian_policy::{Policy, Protocol};
+use meridian_policy::{MtlsMode, Policy, Protocol};
 use prost::Message;
 use serde_json::{json, Value};
 use xds_api::pb::envoy::config::cluster::v3::{
@@ -69,7 +69,8 @@ use xds_api::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
 use xds_api::pb::envoy::config::listener::v3::{
-    filter, ApiListener, Filter, FilterChain, Listener,
+    filter, listener_filter, ApiListener, Filter, FilterChain, FilterChainMatch, Listener,
+    ListenerFilter,
 };
 use xds_api::pb::envoy::config::route::v3::{
     header_matcher::HeaderMatchSpecifier, route, route_action::ClusterSpecifier,
@@ -78,13 +79,16 @@ use xds_api::pb::envoy::config::route::v3::{
 };
 use xds_api::pb::envoy::extensions::filters::http::router::v3::Router;
 use xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    http_connection_manager::{CodecType, RouteSpecifier},
+    http_connection_manager::{
+        CodecType, ForwardClientCertDetails, RouteSpecifier, SetCurrentClientCertDetails,
+    },
     http_filter, HttpConnectionManager, HttpFilter, Rds,
 };
 use xds_api::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
 use xds_api::pb::google::protobuf::{Any, Duration, UInt32Value};
 
 use crate::resources::{Entry, ResourceType, Resources};
+use crate::tls::{self, Consumer, Peers};
 
 /// Effective zone weights: policy name -> zone name -> weight. A policy not
 /// in the map uses the weights of its spec.
@@ -126,14 +130,128 @@ struct Typed {
     /// (listener, egress port if a sidecar egress listener, route config it uses)
     listeners: Vec<(Listener, Option<u32>, String)>,
     routes: Vec<(RouteConfiguration, Vec<String>)>,
-    clusters: Vec<Cluster>,
+    /// (the cluster Envoy gets, the variant a proxyless gRPC client gets when it differs)
+    clusters: Vec<(Cluster, Option<Cluster>)>,
     assignments: Vec<ClusterLoadAssignment>,
 }
 
-/// Translates policies into the encoded resource set every stream reads.
+/// Policy label that scopes a policy to one namespace: only nodes whose
+/// SPIFFE ID is in that namespace (`spiffe://<td>/ns/<namespace>/...`) get
+/// its resources. A policy without it is visible to every node.
+pub const NAMESPACE_LABEL: &str = "meridian.io/namespace";
+
+/// The namespace of a SPIFFE ID (`None` when it is not one).
+pub fn namespace_of(spiffe_id: &str) -> Option<String> {
+    let rest = spiffe_id.strip_prefix("spiffe://")?;
+    let mut parts = rest.split('/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(_), Some("ns"), Some(ns)) if !ns.is_empty() => Some(ns.to_owned()),
+        _ => None,
+    }
+}
+
+/// Translates each namespace's view: the unscoped policies for nodes
+/// without a namespace, and per namespace named by a [`NAMESPACE_LABEL`],
+/// the unscoped policies plus that namespace's. Costs one translation per
+/// namespace; fine for tens of namespaces, revisit for thousands.
+pub fn translate_scoped(
+    policies: &[Policy],
+    weights: &Weights,
+    mesh: &Mesh,
+) -> (Resources, BTreeMap<String, Resources>) {
+    let mut unscoped = Vec::new();
+    let mut by_ns: BTreeMap<String, Vec<Policy>> = BTreeMap::new();
+    for p in policies {
+        match p.metadata.labels.get(NAMESPACE_LABEL) {
+            Some(ns) => by_ns.entry(ns.clone()).or_default().push(p.clone()),
+            None => unscoped.push(p.clone()),
+        }
+    }
+    let scoped = by_ns
+        .into_iter()
+        .map(|(ns, mut own)| {
+            own.extend(unscoped.iter().cloned());
+            (ns, translate_mesh(&own, weights, mesh))
+        })
+        .collect();
+    (translate_mesh(&unscoped, weights, mesh), scoped)
+}
+
+/// Default SPIFFE trust domain (`--trust-domain`).
+pub const DEFAULT_TRUST_DOMAIN: &str = "meridian.local";
+
+/// Mesh-wide security inputs of the translation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mesh {
+    /// SPIFFE trust domain: `strict` policies with no `allowedSans` accept
+    /// any identity under it, and clients check servers against it.
+    pub trust_domain: String,
+    /// The CA bundle served as [`tls::TRUST_BUNDLE_SECRET`]; `None` without a CA.
+    pub trust_bundle_pem: Option<String>,
+    /// Workload certificates by SPIFFE ID: (certificate chain PEM, key PEM).
+    /// Only connected identities are here; each node is served its own.
+    pub workload_certs: BTreeMap<String, (String, String)>,
+}
+
+impl Default for Mesh {
+    fn default() -> Self {
+        Mesh {
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
+            trust_bundle_pem: None,
+            workload_certs: BTreeMap::new(),
+        }
+    }
+}
+
+/// What a sidecar's inbound listener for a policy needs; the bind and
+/// workload addresses come from the node (see [`crate::protocol::NodeView`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboundTemplate {
+    pub mode: MtlsMode,
+    /// Who may call under `strict`/`permissive` mTLS.
+    pub peers: Peers,
+    pub protocol: Protocol,
+}
+
+/// Translates policies into the encoded resource set every stream reads,
+/// with the default [`Mesh`] (no CA).
 pub fn translate(policies: &[Policy], weights: &Weights) -> Resources {
-    let typed = build(policies, weights);
+    translate_mesh(policies, weights, &Mesh::default())
+}
+
+/// Translates policies, secrets and inbound templates into the resource set.
+pub fn translate_mesh(policies: &[Policy], weights: &Weights, mesh: &Mesh) -> Resources {
+    let typed = build(policies, weights, mesh);
     let mut out = Resources::new();
+    // Name order: an endpoint shared by two policies belongs to the first,
+    // whatever order the caller passed.
+    let mut ordered: Vec<&Policy> = policies.iter().collect();
+    ordered.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    for p in ordered {
+        out.insert_inbound(&p.metadata.name, inbound_template(p, mesh));
+        for z in &p.spec.zones {
+            for e in &z.endpoints {
+                if let Ok(ip) = e.address.parse::<std::net::IpAddr>() {
+                    let addr = std::net::SocketAddr::new(ip, e.port as u16);
+                    out.insert_endpoint(addr.to_string(), &p.metadata.name);
+                }
+            }
+        }
+    }
+    if let Some(bundle) = &mesh.trust_bundle_pem {
+        let s = tls::trust_bundle_secret(bundle);
+        out.insert(
+            ResourceType::Secret,
+            Entry::new(s.name.clone(), encode(&s, ResourceType::Secret)),
+        );
+    }
+    for (id, (chain, key)) in &mesh.workload_certs {
+        let s = tls::workload_secret(chain, key);
+        out.insert_workload_secret(
+            id,
+            Entry::new(s.name.clone(), encode(&s, ResourceType::Secret)),
+        );
+    }
     for (l, egress_port, route) in typed.listeners {
         let mut e = Entry::new(l.name.clone(), encode(&l, ResourceType::Listener));
         e.wildcard = egress_port.is_some();
@@ -149,11 +267,15 @@ pub fn translate(policies: &[Policy], weights: &Weights) -> Resources {
         e.refs = refs.into_boxed_slice();
         out.insert(ResourceType::RouteConfiguration, e);
     }
-    for c in typed.clusters {
-        out.insert(
-            ResourceType::Cluster,
-            Entry::new(c.name.clone(), encode(&c, ResourceType::Cluster)),
-        );
+    for (c, proxyless) in typed.clusters {
+        let mut e = Entry::new(c.name.clone(), encode(&c, ResourceType::Cluster));
+        e.proxyless = proxyless.map(|g| {
+            Arc::new(Entry::new(
+                g.name.clone(),
+                encode(&g, ResourceType::Cluster),
+            ))
+        });
+        out.insert(ResourceType::Cluster, e);
     }
     for a in typed.assignments {
         out.insert(
@@ -176,7 +298,7 @@ pub fn render(policies: &[Policy], weights: &Weights, policy_filter: Option<&str
         .filter(|p| policy_filter.is_none_or(|f| p.metadata.name == f))
         .cloned()
         .collect();
-    let typed = build(&selected, weights);
+    let typed = build(&selected, weights, &Mesh::default());
     let to_json = |v: Result<Value, serde_json::Error>| {
         let mut v = v.unwrap_or_else(|e| json!({"error": e.to_string()}));
         drop_empty_any_values(&mut v);
@@ -185,7 +307,7 @@ pub fn render(policies: &[Policy], weights: &Weights, policy_filter: Option<&str
     json!({
         "listeners": typed.listeners.iter().map(|(l, _, _)| to_json(serde_json::to_value(l))).collect::<Vec<_>>(),
         "routeConfigurations": typed.routes.iter().map(|(r, _)| to_json(serde_json::to_value(r))).collect::<Vec<_>>(),
-        "clusters": typed.clusters.iter().map(|c| to_json(serde_json::to_value(c))).collect::<Vec<_>>(),
+        "clusters": typed.clusters.iter().map(|(c, _)| to_json(serde_json::to_value(c))).collect::<Vec<_>>(),
         "clusterLoadAssignments": typed.assignments.iter().map(|a| to_json(serde_json::to_value(a))).collect::<Vec<_>>(),
     })
 }
@@ -196,6 +318,28 @@ pub fn render(policies: &[Policy], weights: &Weights, policy_filter: Option<&str
 fn drop_empty_any_values(v: &mut Value) {
     match v {
         Value::Object(map) => {
+            // TLS contexts pbjson could not expand: expand them here.
+            let expanded = match (map.get("@type"), map.get("value")) {
+                (Some(Value::String(t)), Some(Value::Array(bytes))) => {
+                    let bytes: Vec<u8> = bytes
+                        .iter()
+                        .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                        .collect();
+                    tls::expand_json(t, &bytes)
+                }
+                (Some(Value::String(t)), Some(Value::String(b64))) => {
+                    use base64::Engine;
+                    base64::engine::general_purpose::STANDARD
+                        .decode(b64)
+                        .ok()
+                        .and_then(|bytes| tls::expand_json(t, &bytes))
+                }
+                _ => None,
+            };
+            if let Some(Value::Object(e)) = expanded {
+                *map = e;
+                return;
+            }
             if map.contains_key("@type")
                 && map
                     .get("value")
@@ -224,7 +368,7 @@ fn any_of<M: Message + prost::Name>(m: &M) -> Any {
     }
 }
 
-fn build(policies: &[Policy], weights: &Weights) -> Typed {
+fn build(policies: &[Policy], weights: &Weights, mesh: &Mesh) -> Typed {
     // Name order makes the output independent of the caller's order.
     let mut order: Vec<&Policy> = policies.iter().collect();
     order.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
@@ -256,7 +400,21 @@ fn build(policies: &[Policy], weights: &Weights) -> Typed {
                 .map(|v| (canary_cluster_name(name, v), Some(*v))),
         );
         for (cluster_name, version) in &clusters {
-            typed.clusters.push(cluster(cluster_name, p.spec.protocol));
+            let plain = cluster(cluster_name, p.spec.protocol);
+            // Only `strict` makes clients use mTLS: under `permissive` the
+            // endpoints may still lack a sidecar, and plaintext reaches both.
+            if p.spec.mtls.mode == MtlsMode::Strict {
+                let server = Peers::TrustDomain(mesh.trust_domain.clone());
+                let with = |consumer| Cluster {
+                    transport_socket: Some(tls::upstream_socket(consumer, &server, &p.spec.host)),
+                    ..plain.clone()
+                };
+                typed
+                    .clusters
+                    .push((with(Consumer::Envoy), Some(with(Consumer::ProxylessGrpc))));
+            } else {
+                typed.clusters.push((plain, None));
+            }
             let mut cla = ClusterLoadAssignment {
                 cluster_name: cluster_name.clone(),
                 ..Default::default()
@@ -335,7 +493,7 @@ fn build(policies: &[Policy], weights: &Weights) -> Typed {
     typed
 }
 
-fn ads() -> ConfigSource {
+pub(crate) fn ads() -> ConfigSource {
     ConfigSource {
         config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
         resource_api_version: ApiVersion::V3 as i32,
@@ -569,6 +727,279 @@ fn api_listener(name: &str, route_config_name: &str) -> Listener {
         }),
         ..Default::default()
     }
+}
+
+fn inbound_template(p: &Policy, mesh: &Mesh) -> InboundTemplate {
+    InboundTemplate {
+        mode: p.spec.mtls.mode,
+        peers: if p.spec.mtls.allowed_sans.is_empty() {
+            Peers::TrustDomain(mesh.trust_domain.clone())
+        } else {
+            Peers::Exact(p.spec.mtls.allowed_sans.clone())
+        },
+        protocol: p.spec.protocol,
+    }
+}
+
+/// Name of a sidecar's inbound listener for a policy.
+pub fn inbound_listener_name(policy: &str) -> String {
+    format!("inbound_{policy}")
+}
+
+/// Name of the cluster that points at the workload behind a sidecar.
+pub fn inbound_cluster_name(policy: &str) -> String {
+    format!("inbound|{policy}")
+}
+
+const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
+const TLS_INSPECTOR_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+
+/// The HTTP connection manager of an inbound listener: everything goes to
+/// the local workload. Under TLS it sets `x-forwarded-client-cert` to the
+/// verified client's URI SAN (SANITIZE_SET), so the workload learns the
+/// caller's SPIFFE ID and a client can never forge that header; without TLS
+/// the header is removed.
+fn inbound_hcm(policy: &str, tls: bool) -> HttpConnectionManager {
+    let cluster = inbound_cluster_name(policy);
+    HttpConnectionManager {
+        codec_type: CodecType::Auto as i32,
+        stat_prefix: inbound_listener_name(policy),
+        route_specifier: Some(RouteSpecifier::RouteConfig(RouteConfiguration {
+            name: inbound_listener_name(policy),
+            virtual_hosts: vec![VirtualHost {
+                name: "inbound".to_owned(),
+                domains: vec!["*".to_owned()],
+                routes: vec![Route {
+                    name: "workload".to_owned(),
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(PathSpecifier::Prefix("/".to_owned())),
+                        ..Default::default()
+                    }),
+                    action: Some(route::Action::Route(RouteAction {
+                        cluster_specifier: Some(ClusterSpecifier::Cluster(cluster)),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+        forward_client_cert_details: if tls {
+            ForwardClientCertDetails::SanitizeSet as i32
+        } else {
+            ForwardClientCertDetails::Sanitize as i32
+        },
+        set_current_client_cert_details: tls.then_some(SetCurrentClientCertDetails {
+            uri: true,
+            ..Default::default()
+        }),
+        http_filters: vec![HttpFilter {
+            name: ROUTER_FILTER.to_owned(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(any_of(
+                &Router::default(),
+            ))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn hcm_chain(policy: &str, tls: bool) -> FilterChain {
+    FilterChain {
+        filters: vec![Filter {
+            name: HCM_FILTER.to_owned(),
+            config_type: Some(filter::ConfigType::TypedConfig(any_of(&inbound_hcm(
+                policy, tls,
+            )))),
+        }],
+        ..Default::default()
+    }
+}
+
+/// A sidecar's inbound listener in front of its workload, by `mtls.mode`:
+/// `strict` has one TLS chain that requires a client certificate of an
+/// allowed identity (a plaintext client fails the handshake); `permissive`
+/// adds a plaintext chain, told apart by the TLS inspector; `disabled` is
+/// plaintext only.
+pub fn inbound_listener(
+    policy: &str,
+    template: &InboundTemplate,
+    consumer: Consumer,
+    bind_address: &str,
+    port: u32,
+) -> Listener {
+    let tls_chain = || FilterChain {
+        transport_socket: Some(tls::downstream_socket(consumer, &template.peers)),
+        ..hcm_chain(policy, true)
+    };
+    let (chains, inspector) = match template.mode {
+        MtlsMode::Strict => (vec![tls_chain()], false),
+        MtlsMode::Permissive => (
+            vec![
+                FilterChain {
+                    filter_chain_match: Some(FilterChainMatch {
+                        transport_protocol: "tls".to_owned(),
+                        ..Default::default()
+                    }),
+                    ..tls_chain()
+                },
+                hcm_chain(policy, false),
+            ],
+            true,
+        ),
+        MtlsMode::Disabled => (vec![hcm_chain(policy, false)], false),
+    };
+    Listener {
+        name: inbound_listener_name(policy),
+        address: Some(socket(bind_address, port)),
+        stat_prefix: inbound_listener_name(policy),
+        traffic_direction: TrafficDirection::Inbound as i32,
+        filter_chains: chains,
+        listener_filters: if inspector {
+            vec![ListenerFilter {
+                name: TLS_INSPECTOR.to_owned(),
+                config_type: Some(listener_filter::ConfigType::TypedConfig(Any {
+                    type_url: TLS_INSPECTOR_TYPE.to_owned(),
+                    value: Vec::new(),
+                })),
+                ..Default::default()
+            }]
+        } else {
+            Vec::new()
+        },
+        ..Default::default()
+    }
+}
+
+/// Prefix of the listener name a proxyless gRPC xDS server asks for; the
+/// rest is its listening address. Its bootstrap must set
+/// `server_listener_resource_name_template` to this followed by `%s`.
+pub const GRPC_SERVER_LISTENER_PREFIX: &str = "grpc/server?xds.resource.listening_address=";
+
+/// The listener of a proxyless gRPC xDS server that is an endpoint of a
+/// policy: under `strict` it requires mTLS from allowed identities
+/// (certificate-provider form); otherwise plaintext (gRPC servers cannot
+/// tell TLS from plaintext on one port, so `permissive` is plaintext here).
+/// Routes use `non_forwarding_action`, which gRPC servers require.
+pub fn grpc_server_listener(
+    name: &str,
+    policy: &str,
+    template: &InboundTemplate,
+    ip: &str,
+    port: u32,
+) -> Listener {
+    let hcm = HttpConnectionManager {
+        codec_type: CodecType::Auto as i32,
+        stat_prefix: inbound_listener_name(policy),
+        route_specifier: Some(RouteSpecifier::RouteConfig(RouteConfiguration {
+            name: inbound_listener_name(policy),
+            virtual_hosts: vec![VirtualHost {
+                name: "inbound".to_owned(),
+                domains: vec!["*".to_owned()],
+                routes: vec![Route {
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(PathSpecifier::Prefix("/".to_owned())),
+                        ..Default::default()
+                    }),
+                    action: Some(route::Action::NonForwardingAction(
+                        xds_api::pb::envoy::config::route::v3::NonForwardingAction {},
+                    )),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+        http_filters: vec![HttpFilter {
+            name: ROUTER_FILTER.to_owned(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(any_of(
+                &Router::default(),
+            ))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Listener {
+        name: name.to_owned(),
+        address: Some(socket(ip, port)),
+        traffic_direction: TrafficDirection::Inbound as i32,
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: HCM_FILTER.to_owned(),
+                config_type: Some(filter::ConfigType::TypedConfig(any_of(&hcm))),
+            }],
+            transport_socket: (template.mode == MtlsMode::Strict)
+                .then(|| tls::downstream_socket(Consumer::ProxylessGrpc, &template.peers)),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Encoded listener for a proxyless gRPC server that asked for `name`.
+pub(crate) fn grpc_server_entry(name: &str, res: &Resources) -> Option<Entry> {
+    let addr: std::net::SocketAddr = name
+        .strip_prefix(GRPC_SERVER_LISTENER_PREFIX)?
+        .parse()
+        .ok()?;
+    let policy = res.endpoint_policy(&addr.to_string())?;
+    let template = res.inbound(policy)?;
+    let l = grpc_server_listener(
+        name,
+        policy,
+        template,
+        &addr.ip().to_string(),
+        u32::from(addr.port()),
+    );
+    let mut e = Entry::new(name.to_owned(), encode(&l, ResourceType::Listener));
+    e.wildcard = false;
+    Some(e)
+}
+
+/// The static cluster of the workload behind a sidecar.
+pub fn inbound_cluster(policy: &str, protocol: Protocol, address: &str, port: u32) -> Cluster {
+    let name = inbound_cluster_name(policy);
+    #[allow(deprecated)]
+    Cluster {
+        name: name.clone(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        connect_timeout: Some(Duration {
+            seconds: CONNECT_TIMEOUT_SECONDS,
+            nanos: 0,
+        }),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: name,
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![lb_endpoint(address, port)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        http2_protocol_options: match protocol {
+            Protocol::Grpc => Some(Http2ProtocolOptions::default()),
+            Protocol::Http => None,
+        },
+        ..Default::default()
+    }
+}
+
+/// Encoded inbound listener and cluster of a node (per-node variant).
+pub(crate) fn inbound_entries(
+    policy: &str,
+    template: &InboundTemplate,
+    consumer: Consumer,
+    listen: (&str, u32),
+    workload: (&str, u32),
+) -> (Entry, Entry) {
+    let l = inbound_listener(policy, template, consumer, listen.0, listen.1);
+    let c = inbound_cluster(policy, template.protocol, workload.0, workload.1);
+    let mut le = Entry::new(l.name.clone(), encode(&l, ResourceType::Listener));
+    // The route is inline; nothing to make-before-break against.
+    le.refs = Box::new([]);
+    let ce = Entry::new(c.name.clone(), encode(&c, ResourceType::Cluster));
+    (le, ce)
 }
 
 #[cfg(test)]

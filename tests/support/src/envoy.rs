@@ -43,6 +43,22 @@ impl Envoy {
     /// Starts Envoy with node `node_id` against the ADS server on `xds_port`
     /// and waits until its admin interface answers.
     pub async fn start(node_id: &str, xds_port: u16, ads: Ads) -> Envoy {
+        Self::start_with_metadata(node_id, xds_port, ads, &[]).await
+    }
+
+    /// Like [`Envoy::start`], with string node metadata (e.g.
+    /// `meridian.spiffe_id`, `meridian.inbound_policy`, `meridian.egress_address`).
+    pub async fn start_with_metadata(
+        node_id: &str,
+        xds_port: u16,
+        ads: Ads,
+        metadata: &[(&str, &str)],
+    ) -> Envoy {
+        let metadata = metadata
+            .iter()
+            .map(|(k, v)| format!("{k:?}: {v:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let dir = repo_root().join(format!(".meridian/envoy-{}-{node_id}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let api_type = match ads {
@@ -50,7 +66,7 @@ impl Envoy {
             Ads::Delta => "DELTA_GRPC",
         };
         let bootstrap = format!(
-            r#"node: {{id: {node_id}, cluster: meridian-test}}
+            r#"node: {{id: {node_id}, cluster: meridian-test, metadata: {{{metadata}}}}}
 admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
 dynamic_resources:
@@ -108,6 +124,14 @@ static_resources:
             child,
             admin: format!("http://{admin}"),
             dir,
+        }
+    }
+
+    /// GET on the admin interface, as text ("" when it does not answer).
+    pub async fn admin_get(&self, path: &str) -> String {
+        match reqwest::get(format!("{}{path}", self.admin)).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
         }
     }
 

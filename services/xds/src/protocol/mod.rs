@@ -37,37 +37,127 @@ pub use delta::DeltaStream;
 pub use sotw::SotwStream;
 
 use crate::resources::{Entry, ResourceType, Resources};
-use crate::translate::{egress_entry, DEFAULT_EGRESS_ADDRESS, EGRESS_ADDRESS_METADATA_KEY};
+use crate::tls::{Consumer, TRUST_BUNDLE_SECRET, WORKLOAD_SECRET};
+use crate::translate::{
+    egress_entry, inbound_entries, DEFAULT_EGRESS_ADDRESS, EGRESS_ADDRESS_METADATA_KEY,
+};
 
-/// What is per node rather than shared: the bind address of egress listeners.
+/// Node metadata key naming the policy whose workload a sidecar fronts.
+pub const INBOUND_POLICY_METADATA_KEY: &str = "meridian.inbound_policy";
+/// Node metadata key: `ip:port` the sidecar's inbound listener binds
+/// (where the policy's endpoint points).
+pub const INBOUND_ADDRESS_METADATA_KEY: &str = "meridian.inbound_address";
+/// Node metadata key: `ip:port` of the workload behind the sidecar.
+pub const WORKLOAD_ADDRESS_METADATA_KEY: &str = "meridian.workload_address";
+/// Node metadata key through which a node claims a SPIFFE ID. Honoured only
+/// when the xDS port does not authenticate clients (`--xds-client-auth none`).
+pub const SPIFFE_ID_METADATA_KEY: &str = "meridian.spiffe_id";
+
+/// A sidecar's inbound side: which policy, where to listen, where the workload is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inbound {
+    pub policy: String,
+    pub listen: (String, u32),
+    pub workload: (String, u32),
+}
+
+/// What is per node rather than shared.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeView {
     /// `None` means the default (`127.0.0.1`).
     pub egress_address: Option<String>,
+    /// The node's SPIFFE ID, as decided by the server (certificate URI SAN,
+    /// or the claim when clients are not authenticated). Without one the
+    /// node gets no workload certificate.
+    pub identity: Option<String>,
+    /// The identity the node claims in its metadata.
+    pub claimed_identity: Option<String>,
+    /// Set for a sidecar in front of a workload.
+    pub inbound: Option<Inbound>,
+    /// A proxyless gRPC client: gets certificate-provider TLS, not SDS.
+    pub proxyless: bool,
+}
+
+fn metadata_string(node: Option<&Node>, key: &str) -> Option<String> {
+    node.and_then(|n| n.metadata.as_ref())
+        .and_then(|m| m.fields.get(key))
+        .and_then(|v| match &v.kind {
+            Some(Kind::StringValue(s)) => Some(s.trim().to_owned()),
+            _ => None,
+        })
+}
+
+fn socket_addr(s: &str) -> Option<(String, u32)> {
+    let a: std::net::SocketAddr = s.parse().ok()?;
+    Some((a.ip().to_string(), u32::from(a.port())))
 }
 
 impl NodeView {
     /// Reads node metadata key `meridian.egress_address`. Only an IP address
     /// is accepted: anything else would make Envoy reject the listener.
+    ///
+    /// Also reads the inbound keys (`meridian.inbound_policy`,
+    /// `meridian.inbound_address`, `meridian.workload_address`; all three or
+    /// none), the claimed `meridian.spiffe_id`, and whether the node is a
+    /// proxyless gRPC client (its user agent is not Envoy).
     pub fn from_node(node: Option<&Node>) -> Self {
-        let addr = node
-            .and_then(|n| n.metadata.as_ref())
-            .and_then(|m| m.fields.get(EGRESS_ADDRESS_METADATA_KEY))
-            .and_then(|v| match &v.kind {
-                Some(Kind::StringValue(s)) => Some(s.trim().to_owned()),
-                _ => None,
-            })
+        let addr = metadata_string(node, EGRESS_ADDRESS_METADATA_KEY)
             .filter(|s| s.parse::<IpAddr>().is_ok() && s != DEFAULT_EGRESS_ADDRESS);
+        let inbound = match (
+            metadata_string(node, INBOUND_POLICY_METADATA_KEY),
+            metadata_string(node, INBOUND_ADDRESS_METADATA_KEY).and_then(|s| socket_addr(&s)),
+            metadata_string(node, WORKLOAD_ADDRESS_METADATA_KEY).and_then(|s| socket_addr(&s)),
+        ) {
+            (Some(policy), Some(listen), Some(workload)) => Some(Inbound {
+                policy,
+                listen,
+                workload,
+            }),
+            _ => None,
+        };
+        let proxyless = node.is_some_and(|n| {
+            !n.user_agent_name.is_empty() && !n.user_agent_name.eq_ignore_ascii_case("envoy")
+        });
         NodeView {
             egress_address: addr,
+            identity: None,
+            claimed_identity: metadata_string(node, SPIFFE_ID_METADATA_KEY),
+            inbound,
+            proxyless,
         }
     }
 
     fn variant(&self, e: &Arc<Entry>) -> Arc<Entry> {
         match (&self.egress_address, e.egress_port) {
             (Some(addr), Some(port)) => Arc::new(egress_entry(port, addr)),
-            _ => e.clone(),
+            _ => match (&e.proxyless, self.proxyless) {
+                (Some(p), true) => p.clone(),
+                _ => e.clone(),
+            },
         }
+    }
+
+    fn consumer(&self) -> Consumer {
+        if self.proxyless {
+            Consumer::ProxylessGrpc
+        } else {
+            Consumer::Envoy
+        }
+    }
+
+    /// The node's inbound listener and workload cluster, if it fronts a
+    /// policy that exists.
+    fn inbound_entries(&self, res: &Resources) -> Option<(Arc<Entry>, Arc<Entry>)> {
+        let inb = self.inbound.as_ref()?;
+        let template = res.inbound(&inb.policy)?;
+        let (l, c) = inbound_entries(
+            &inb.policy,
+            template,
+            self.consumer(),
+            (&inb.listen.0, inb.listen.1),
+            (&inb.workload.0, inb.workload.1),
+        );
+        Some((Arc::new(l), Arc::new(c)))
     }
 }
 
@@ -294,6 +384,42 @@ impl Core {
         let Some(st) = self.state(ty) else {
             return out;
         };
+        if ty == ResourceType::Secret {
+            // Only the two well-known names resolve; the workload secret is
+            // this node's own, so no name reaches another identity's key.
+            let wants = |n: &str| st.sub.wildcard || st.sub.names.contains(n);
+            if wants(WORKLOAD_SECRET) {
+                if let Some(e) = self
+                    .node
+                    .identity
+                    .as_deref()
+                    .and_then(|id| res.workload_secret(id))
+                {
+                    out.insert(e.name.clone(), e.clone());
+                }
+            }
+            if wants(TRUST_BUNDLE_SECRET) {
+                if let Some(e) = res.get(ty, TRUST_BUNDLE_SECRET) {
+                    out.insert(e.name.clone(), e.clone());
+                }
+            }
+            return out;
+        }
+        if matches!(ty, ResourceType::Listener | ResourceType::Cluster) {
+            if let Some((l, c)) = self.node.inbound_entries(res) {
+                let e = if ty == ResourceType::Listener { l } else { c };
+                if st.sub.covers(&e.name) {
+                    out.insert(e.name.clone(), e);
+                }
+            }
+        }
+        if ty == ResourceType::Listener {
+            for n in &st.sub.names {
+                if let Some(e) = crate::translate::grpc_server_entry(n, res) {
+                    out.insert(e.name.clone(), Arc::new(e));
+                }
+            }
+        }
         if st.sub.wildcard {
             for e in res.iter(ty).filter(|e| e.wildcard) {
                 out.insert(e.name.clone(), self.node.variant(e));

@@ -303,6 +303,7 @@ fn node_egress_address_rebinds_egress_listener_only() {
     let res = snap(&[("a", None)]);
     let mut s = SotwStream::new(NodeView {
         egress_address: Some("10.1.2.3".into()),
+        ..Default::default()
     });
     let out = s.handle_request(&req(LDS, &[], "", "", false), Some(&res), 0);
     let shared = res.get(LDS, "egress_8080").expect("egress");
@@ -475,4 +476,208 @@ fn answers_are_reported_once_and_stale_nonces_are_not_answers() {
     assert_eq!(s.take_answer(), Some((CDS, Answer::Nack)));
     s.handle_request(&req(CDS, &[], &v1, "old-nonce", false), Some(&r2), 2);
     assert_eq!(s.take_answer(), None);
+}
+
+mod security {
+    use super::*;
+    use crate::tls::{TRUST_BUNDLE_SECRET, WORKLOAD_SECRET};
+    use crate::translate::{translate_mesh, Mesh};
+    use meridian_policy::MtlsMode;
+    use prost::Message;
+    use xds_api::pb::envoy::extensions::transport_sockets::tls::v3::{secret, Secret};
+
+    const SDS: ResourceType = ResourceType::Secret;
+    const A: &str = "spiffe://td/ns/shop/sa/web";
+    const B: &str = "spiffe://td/ns/bank/sa/vault";
+
+    fn mesh_snapshot(mode: MtlsMode) -> Resources {
+        let mut p = policy("a", 8080, None, false);
+        p.spec.mtls.mode = mode;
+        let mesh = Mesh {
+            trust_domain: "td".into(),
+            trust_bundle_pem: Some("BUNDLE".into()),
+            workload_certs: [
+                (A.to_owned(), ("CERT-A".to_owned(), "KEY-A".to_owned())),
+                (B.to_owned(), ("CERT-B".to_owned(), "KEY-B".to_owned())),
+            ]
+            .into(),
+        };
+        translate_mesh(&[p], &Weights::new(), &mesh)
+    }
+
+    fn secrets(r: &DiscoveryResponse) -> Vec<(String, String)> {
+        r.resources
+            .iter()
+            .map(|a| {
+                let s = Secret::decode(a.value.as_slice()).unwrap();
+                let body = match s.r#type {
+                    Some(secret::Type::TlsCertificate(t)) => format!("{:?}", t.certificate_chain),
+                    Some(secret::Type::ValidationContext(v)) => format!("{:?}", v.trusted_ca),
+                    _ => String::new(),
+                };
+                (s.name, body)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_node_gets_only_its_own_workload_secret() {
+        let res = mesh_snapshot(MtlsMode::Strict);
+        let cases: &[(Option<&str>, &str, bool)] = &[
+            (Some(A), "CERT-A", true),
+            (Some(B), "CERT-B", true),
+            (None, "", false),
+            (Some("spiffe://td/ns/x/sa/unknown"), "", false),
+        ];
+        for (identity, want_cert, has_cert) in cases {
+            let mut s = SotwStream::new(NodeView {
+                identity: identity.map(str::to_owned),
+                ..Default::default()
+            });
+            // Naming another identity's entry, or a bogus name, yields nothing.
+            let out = s.handle_request(
+                &req(
+                    SDS,
+                    &[WORKLOAD_SECRET, TRUST_BUNDLE_SECRET, A, B, "x"],
+                    "",
+                    "",
+                    false,
+                ),
+                Some(&res),
+                0,
+            );
+            let got = secrets(&out[0]);
+            let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+            if *has_cert {
+                // Sorted by name.
+                assert_eq!(
+                    names,
+                    [TRUST_BUNDLE_SECRET, WORKLOAD_SECRET],
+                    "{identity:?}"
+                );
+                assert!(got[1].1.contains(want_cert), "{identity:?}: {:?}", got[1]);
+                assert!(got[0].1.contains("BUNDLE"));
+            } else {
+                assert_eq!(names, [TRUST_BUNDLE_SECRET], "{identity:?}");
+            }
+            assert!(got.iter().all(|(_, b)| !b.contains("KEY")));
+        }
+    }
+
+    #[test]
+    fn only_strict_clusters_carry_tls_and_proxyless_nodes_get_provider_form() {
+        for (mode, tls) in [
+            (MtlsMode::Strict, true),
+            (MtlsMode::Permissive, false),
+            (MtlsMode::Disabled, false),
+        ] {
+            let res = mesh_snapshot(mode);
+            for proxyless in [false, true] {
+                let mut s = SotwStream::new(NodeView {
+                    proxyless,
+                    ..Default::default()
+                });
+                let out = s.handle_request(&req(CDS, &[], "", "", false), Some(&res), 0);
+                let c = xds_api::pb::envoy::config::cluster::v3::Cluster::decode(
+                    out[0].resources[0].value.as_slice(),
+                )
+                .unwrap();
+                assert_eq!(c.transport_socket.is_some(), tls, "{mode:?}");
+                if let Some(ts) = c.transport_socket {
+                    let Some(xds_api::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any)) = ts.config_type else {
+                        panic!("typed config");
+                    };
+                    let ctx = crate::tls::UpstreamTlsContext::decode(any.value.as_slice()).unwrap();
+                    let common = ctx.common_tls_context.unwrap();
+                    assert_eq!(
+                        common.tls_certificate_provider_instance.is_some(),
+                        proxyless
+                    );
+                    assert_eq!(
+                        common.tls_certificate_sds_secret_configs.is_empty(),
+                        proxyless
+                    );
+                    assert_eq!(ctx.sni, "a.example.com");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_sidecar_with_inbound_metadata_gets_its_inbound_listener_and_workload_cluster() {
+        use xds_api::pb::envoy::config::listener::v3::Listener;
+        let inbound = Inbound {
+            policy: "a".into(),
+            listen: ("127.0.0.9".into(), 9443),
+            workload: ("127.0.0.1".into(), 8081),
+        };
+        for (mode, chains, inspector) in [
+            (MtlsMode::Strict, vec![true], false),
+            (MtlsMode::Permissive, vec![true, false], true),
+            (MtlsMode::Disabled, vec![false], false),
+        ] {
+            let res = mesh_snapshot(mode);
+            let mut s = SotwStream::new(NodeView {
+                inbound: Some(inbound.clone()),
+                ..Default::default()
+            });
+            let lds = s.handle_request(&req(LDS, &[], "", "", false), Some(&res), 0);
+            let names = names_of(&lds[0]);
+            assert!(names.contains(&"inbound_a".to_owned()), "{names:?}");
+            let l = lds[0]
+                .resources
+                .iter()
+                .map(|a| Listener::decode(a.value.as_slice()).unwrap())
+                .find(|l| l.name == "inbound_a")
+                .unwrap();
+            let tls: Vec<bool> = l
+                .filter_chains
+                .iter()
+                .map(|c| c.transport_socket.is_some())
+                .collect();
+            assert_eq!(tls, chains, "{mode:?}");
+            assert_eq!(!l.listener_filters.is_empty(), inspector, "{mode:?}");
+            let cds = s.handle_request(&req(CDS, &[], "", "", false), Some(&res), 0);
+            assert!(names_of(&cds[0]).contains(&"inbound|a".to_owned()));
+        }
+        // Without the metadata, or for a policy that does not exist: nothing.
+        let res = mesh_snapshot(MtlsMode::Strict);
+        for view in [
+            NodeView::default(),
+            NodeView {
+                inbound: Some(Inbound {
+                    policy: "missing".into(),
+                    ..inbound.clone()
+                }),
+                ..Default::default()
+            },
+        ] {
+            let mut s = SotwStream::new(view);
+            let lds = s.handle_request(&req(LDS, &[], "", "", false), Some(&res), 0);
+            assert!(!names_of(&lds[0]).iter().any(|n| n.starts_with("inbound_")));
+        }
+    }
+
+    #[test]
+    fn a_proxyless_grpc_server_gets_its_listener_by_listening_address() {
+        use xds_api::pb::envoy::config::listener::v3::Listener;
+        let res = mesh_snapshot(MtlsMode::Strict);
+        let name = "grpc/server?xds.resource.listening_address=10.0.0.1:80";
+        let unknown = "grpc/server?xds.resource.listening_address=10.9.9.9:80";
+        let mut s = SotwStream::new(NodeView {
+            proxyless: true,
+            ..Default::default()
+        });
+        let out = s.handle_request(&req(LDS, &[name, unknown], "", "", false), Some(&res), 0);
+        assert_eq!(names_of(&out[0]), [name]);
+        let l = Listener::decode(out[0].resources[0].value.as_slice()).unwrap();
+        assert!(l.filter_chains[0].transport_socket.is_some(), "strict: TLS");
+        for mode in [MtlsMode::Permissive, MtlsMode::Disabled] {
+            let res = mesh_snapshot(mode);
+            let mut s = SotwStream::new(NodeView::default());
+            let out = s.handle_request(&req(LDS, &[name], "", "", false), Some(&res), 0);
+            let l = Listener::decode(out[0].resources[0].value.as_slice()).unwrap();
+            assert!(l.filter_chains[0].transport_socket.is_none(), "{mode:?}");
+        }
+    }
 }

@@ -328,3 +328,29 @@ fn perf_15k_policies() {
     assert_eq!(r.len(ResourceType::Cluster), 30_000);
     assert!(took < std::time::Duration::from_secs(3));
 }
+
+#[test]
+fn namespace_label_scopes_a_policy_to_its_namespace_view() {
+    let mut a = policy("a", 8080, None, false);
+    a.metadata
+        .labels
+        .insert(NAMESPACE_LABEL.to_owned(), "shop".to_owned());
+    let b = policy("b", 8081, None, false);
+    let (unscoped, scoped) = translate_scoped(&[a, b], &Weights::new(), &Mesh::default());
+    let clusters = |r: &Resources| -> Vec<String> {
+        r.iter(ResourceType::Cluster)
+            .map(|e| e.name.to_string())
+            .collect()
+    };
+    assert_eq!(clusters(&unscoped), ["b"]);
+    assert_eq!(scoped.keys().collect::<Vec<_>>(), ["shop"]);
+    assert_eq!(clusters(&scoped["shop"]), ["a", "b"]);
+    for (id, ns) in [
+        ("spiffe://td/ns/shop/sa/web", Some("shop")),
+        ("spiffe://td/ns//sa/web", None),
+        ("spiffe://td/sa/web", None),
+        ("shop", None),
+    ] {
+        assert_eq!(namespace_of(id).as_deref(), ns, "{id}");
+    }
+}
