@@ -66,19 +66,11 @@ pub async fn set_override(
         reason: req.reason.clone(),
         expires_at_ms: req.expires_at.map(|t| t.timestamp_millis()),
     };
-    let mut problems: Vec<FieldError> =
-        meridian_failover::decide::validate_override(&policy.spec, &ov)
-            .err()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|m| FieldError::new("weights", m))
-            .collect();
-    if req.reason.trim().is_empty() {
-        problems.push(FieldError::new("reason", "say why the weights are pinned"));
-    }
-    if req.expires_at.is_some_and(|t| t <= Utc::now()) {
-        problems.push(FieldError::new("expiresAt", "must be in the future"));
-    }
+    let problems = meridian_failover::decide::override_request_problems(
+        &policy.spec,
+        &ov,
+        Utc::now().timestamp_millis(),
+    );
     if !problems.is_empty() {
         return Err(ApiError::invalid(problems));
     }

@@ -107,6 +107,31 @@ pub fn validate_override(spec: &Spec, o: &Override) -> Result<(), Vec<String>> {
     }
 }
 
+/// Everything wrong with an operator's override request at `now_ms`, as
+/// field errors named as in the REST API: the weights (see
+/// [`validate_override`]), a reason, and an expiry in the future. Shared by
+/// every edge that accepts an override, so they refuse the same things.
+pub fn override_request_problems(
+    spec: &Spec,
+    o: &Override,
+    now_ms: i64,
+) -> Vec<meridian_policy::FieldError> {
+    use meridian_policy::FieldError;
+    let mut problems: Vec<FieldError> = validate_override(spec, o)
+        .err()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| FieldError::new("weights", m))
+        .collect();
+    if o.reason.trim().is_empty() {
+        problems.push(FieldError::new("reason", "say why the weights are pinned"));
+    }
+    if o.expires_at_ms.is_some_and(|t| t <= now_ms) {
+        problems.push(FieldError::new("expiresAt", "must be in the future"));
+    }
+    problems
+}
+
 /// Splits `total` over `weights` in proportion, as integers summing to
 /// exactly `total` (largest remainder; ties go to the earlier entry, i.e. the
 /// earlier zone of the spec). All-zero weights split evenly, since the zones

@@ -216,19 +216,11 @@ impl FailoverService for Failover {
             reason: r.reason.clone(),
             expires_at_ms: expires_at.map(|t| t.timestamp_millis()),
         };
-        let mut problems: Vec<FieldError> =
-            meridian_failover::decide::validate_override(&policy.spec, &ov)
-                .err()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|m| FieldError::new("weights", m))
-                .collect();
-        if r.reason.trim().is_empty() {
-            problems.push(FieldError::new("reason", "say why the weights are pinned"));
-        }
-        if expires_at.is_some_and(|t| t <= Utc::now()) {
-            problems.push(FieldError::new("expires_at", "must be in the future"));
-        }
+        let problems = meridian_failover::decide::override_request_problems(
+            &policy.spec,
+            &ov,
+            Utc::now().timestamp_millis(),
+        );
         if !problems.is_empty() {
             return Err(invalid(problems));
         }
