@@ -164,26 +164,8 @@ pub async fn events(
     for (k, v) in query_pairs(query.as_deref(), &["policy", "since", "limit"])? {
         match k.as_str() {
             "policy" => policy = Some(v),
-            "since" => {
-                since = Some(
-                    DateTime::parse_from_rfc3339(&v)
-                        .map_err(|_| {
-                            ApiError::bad_request(format!(
-                                "since must be an RFC 3339 time, not {v:?}"
-                            ))
-                        })?
-                        .with_timezone(&Utc),
-                )
-            }
-            _ => {
-                limit = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=5000).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!("limit must be 1 to 5000, not {v:?}"))
-                    })?
-            }
+            "since" => since = Some(request::since_param(&v)?),
+            _ => limit = request::limit_param(&v)?,
         }
     }
     let items = state.store.events(policy.as_deref(), since, limit).await?;

@@ -135,6 +135,21 @@ pub fn flags(raw: Option<&str>, names: &[&str]) -> Result<Vec<bool>, ApiError> {
     Ok(out)
 }
 
+/// A `since=` query value: an RFC 3339 time.
+pub fn since_param(v: &str) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+    chrono::DateTime::parse_from_rfc3339(v)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|_| ApiError::bad_request(format!("since must be an RFC 3339 time, not {v:?}")))
+}
+
+/// A `limit=` query value of a log read: 1 to 5000.
+pub fn limit_param(v: &str) -> Result<i64, ApiError> {
+    v.parse()
+        .ok()
+        .filter(|n| (1..=5000).contains(n))
+        .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to 5000, not {v:?}")))
+}
+
 /// Continue tokens are opaque to clients; inside, the last name of the page, hex-encoded.
 pub fn encode_continue(name: &str) -> String {
     name.bytes().map(|b| format!("{b:02x}")).collect()

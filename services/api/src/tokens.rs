@@ -5,7 +5,6 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{DateTime, Utc};
 use meridian_auth::{token, Role};
 use meridian_policy::FieldError;
 use meridian_store::tokens::AuditQuery;
@@ -88,26 +87,8 @@ pub async fn audit(
         match k.as_str() {
             "policy" => q.policy = Some(v),
             "actor" => q.actor = Some(v),
-            "since" => {
-                q.since = Some(
-                    DateTime::parse_from_rfc3339(&v)
-                        .map_err(|_| {
-                            ApiError::bad_request(format!(
-                                "since must be an RFC 3339 time, not {v:?}"
-                            ))
-                        })?
-                        .with_timezone(&Utc),
-                )
-            }
-            _ => {
-                q.limit = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=5000).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!("limit must be 1 to 5000, not {v:?}"))
-                    })?
-            }
+            "since" => q.since = Some(request::since_param(&v)?),
+            _ => q.limit = request::limit_param(&v)?,
         }
     }
     Ok(Json(json!({"items": state.store.audit(&q).await?})).into_response())
