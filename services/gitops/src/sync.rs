@@ -84,7 +84,37 @@ impl Syncer {
 
     /// One sync of one source, recorded in `gitops_syncs`. Errors are only
     /// those of recording it; everything else is the report's outcome.
+    #[tracing::instrument(name = "gitops.sync", skip_all, fields(source = %source.name, trigger))]
     pub async fn sync(
+        &self,
+        source: &Source,
+        trigger: &str,
+    ) -> Result<Report, meridian_store::Error> {
+        let started = std::time::Instant::now();
+        let result = self.sync_unmeasured(source, trigger).await;
+        let outcome = match &result {
+            Ok(report) => report.outcome.as_str(),
+            // The database did not answer; nothing was recorded.
+            Err(_) => "unrecorded",
+        };
+        metrics::SYNCS
+            .get_or_create(&[
+                ("source", source.name.clone()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
+        metrics::DURATION
+            .get_or_create(&[("source", source.name.clone())])
+            .observe(started.elapsed().as_secs_f64());
+        if matches!(outcome, "applied" | "unchanged") {
+            metrics::LAST_SUCCESS
+                .get_or_create(&[("source", source.name.clone())])
+                .set(Utc::now().timestamp());
+        }
+        result
+    }
+
+    async fn sync_unmeasured(
         &self,
         source: &Source,
         trigger: &str,
@@ -228,6 +258,35 @@ impl Syncer {
             }
         }
     }
+}
+
+mod metrics {
+    use std::sync::LazyLock;
+
+    use meridian_telemetry::{
+        counter, gauge, histogram, Counter, Family, Gauge, HistogramFamily, Labels,
+    };
+
+    pub static SYNCS: LazyLock<Family<Labels<2>, Counter>> = LazyLock::new(|| {
+        counter(
+            "meridian_gitops_syncs",
+            "GitOps syncs by source and outcome (applied, unchanged, invalid, conflict, failed, unrecorded).",
+        )
+    });
+    pub static DURATION: LazyLock<HistogramFamily<1>> = LazyLock::new(|| {
+        histogram(
+            "meridian_gitops_sync_duration_seconds",
+            "Time of one sync (fetch, validate, plan, apply) by source.",
+            meridian_telemetry::LATENCY_SECONDS,
+        )
+    });
+    /// For alerts on a source that stopped syncing: `time() - this`.
+    pub static LAST_SUCCESS: LazyLock<Family<Labels<1>, Gauge>> = LazyLock::new(|| {
+        gauge(
+            "meridian_gitops_last_success_timestamp_seconds",
+            "Unix time of the source's last sync that ended applied or unchanged.",
+        )
+    });
 }
 
 fn report(id: i64, sync: &NewSync, errors: Vec<Value>) -> Report {

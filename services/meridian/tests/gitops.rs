@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use meridian_test_support::git::{policy_yaml, Repo, TempDir};
+use meridian_test_support::metrics::{sample, scrape};
 use meridian_test_support::process::Meridian;
 use meridian_test_support::traffic::eventually;
 use meridian_test_support::{database, Server};
@@ -102,6 +103,33 @@ async fn the_gitops_role_syncs_on_schedule_and_on_request() {
         .await
         .unwrap();
     assert_eq!(syncs["items"].as_array().unwrap().len(), 2);
+
+    // Both syncs are in the metrics, with their duration and the time of
+    // the last good one.
+    let text = scrape(&m.api).await;
+    let applied = sample(
+        &text,
+        "meridian_gitops_syncs_total",
+        &[("source", "team"), ("outcome", "applied")],
+    );
+    assert_eq!(applied, Some(2.0), "{text}");
+    let timed = sample(
+        &text,
+        "meridian_gitops_sync_duration_seconds_count",
+        &[("source", "team")],
+    );
+    assert_eq!(timed, Some(2.0));
+    let last = sample(
+        &text,
+        "meridian_gitops_last_success_timestamp_seconds",
+        &[("source", "team")],
+    )
+    .expect("last success time");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((now - last).abs() < 60.0, "last success {last}, now {now}");
 
     // Credentials are references only; a literal secret is refused.
     let resp = http
