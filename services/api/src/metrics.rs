@@ -43,8 +43,25 @@ pub async fn track(request: Request, next: Next) -> Response {
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = request.method().as_str().to_owned();
     let id = request_id(request.headers().get(REQUEST_ID));
-    let span = tracing::info_span!("http", request_id = %id, %method, %route);
-    let mut response = next.run(request).instrument(span).await;
+    // The `otel.*` and semantic-convention fields shape the exported span;
+    // logs show them as ordinary fields.
+    let span = tracing::info_span!(
+        "http",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        request_id = %id,
+        %method,
+        %route,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    meridian_telemetry::traces::set_parent_from(&span, request.headers());
+    let mut response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
     let status = response.status().as_u16().to_string();
     REQUESTS
         .get_or_create(&[

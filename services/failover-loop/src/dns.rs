@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{event, LEASE};
 
@@ -150,11 +151,37 @@ impl Reconciler {
         // failing provider delays neither the others nor the next decision.
         let (this, providers) = (&*self, &providers);
         let results = futures::future::join_all(jobs.iter().map(
-            |(_, host, provider_name, records)| async move {
-                match providers.get(provider_name) {
-                    None => Err(format!("no DNS provider named {provider_name:?}")),
-                    Some(row) => this.apply(row, host, records).await,
+            |(name, host, provider_name, records)| {
+                // A reconcile that should change records is traced at info;
+                // the periodic drift check, which usually changes nothing,
+                // only at debug.
+                let changing = self
+                    .applied
+                    .get(&(name.clone(), provider_name.clone()))
+                    .is_none_or(|last| last != records);
+                let span = if changing {
+                    tracing::info_span!("dns.reconcile", otel.kind = "client", policy = %name, %host, provider = %provider_name, changes = tracing::field::Empty, otel.status_code = tracing::field::Empty)
+                } else {
+                    tracing::debug_span!("dns.reconcile", otel.kind = "client", policy = %name, %host, provider = %provider_name, changes = tracing::field::Empty, otel.status_code = tracing::field::Empty)
+                };
+                let recorded = span.clone();
+                async move {
+                    let result = match providers.get(provider_name) {
+                        None => Err(format!("no DNS provider named {provider_name:?}")),
+                        Some(row) => this.apply(row, host, records).await,
+                    };
+                    match &result {
+                        Ok(changes) => {
+                            recorded.record("changes", changes);
+                        }
+                        // `fail` logs and reports it, once the round is over.
+                        Err(_) => {
+                            recorded.record("otel.status_code", "ERROR");
+                        }
+                    }
+                    result
                 }
+                .instrument(span)
             },
         ))
         .await;

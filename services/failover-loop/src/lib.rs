@@ -22,6 +22,7 @@ use std::sync::{Arc, LazyLock};
 use meridian_telemetry::{counter, single_gauge, Counter, Family, Gauge, Labels};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub mod dns;
 
@@ -284,8 +285,16 @@ impl Leader {
                     cause: &cause,
                     reasons: &decision.reasons,
                 });
+                let span = tracing::info_span!(
+                    "failover.decide",
+                    policy = %name,
+                    %cause,
+                    weights_changed,
+                    events = events.len()
+                );
                 self.store
                     .decide(LEASE, token, name, weights, &changed_states, &events)
+                    .instrument(span)
                     .await?;
                 if weights_changed {
                     DECISIONS

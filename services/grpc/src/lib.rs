@@ -47,6 +47,25 @@ pub(crate) async fn authorize<T>(
     })
 }
 
+/// One span per call, named like OpenTelemetry's RPC conventions
+/// (`meridian.v1.PolicyService/ApplyPolicy`), inside the caller's trace
+/// when it sent a `traceparent`.
+fn call_span(request: &http::Request<()>) -> tracing::Span {
+    let path = request.uri().path().trim_start_matches('/');
+    let (service, method) = path.split_once('/').unwrap_or((path, ""));
+    let span = tracing::info_span!(
+        "grpc",
+        otel.name = path,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        trace_id = tracing::field::Empty,
+    );
+    meridian_telemetry::traces::set_parent_from(&span, request.headers());
+    span
+}
+
 /// Serves the automation API on `listener` until `shutdown`, and runs the
 /// watch feed beside it.
 pub async fn serve(
@@ -76,6 +95,7 @@ pub async fn serve(
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .trace_fn(call_span)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(PolicyServiceServer::new(policies::Policies::new(

@@ -65,6 +65,10 @@ pub struct File {
     pub oidc_jwks_url: Option<String>,
     pub oidc_role_claim: Option<String>,
     pub rate_limit: Option<u32>,
+    pub otlp_endpoint: Option<String>,
+    pub otlp_sample_ratio: Option<f64>,
+    pub otlp_filter: Option<String>,
+    pub otlp_service_name: Option<String>,
 }
 
 impl File {
@@ -129,6 +133,10 @@ pub fn merge(args: &mut ServeArgs, file: File, matches: &ArgMatches) -> Result<(
     take!(oidc_jwks_url, optional);
     take!(oidc_role_claim);
     take!(rate_limit);
+    take!(otlp_endpoint, optional);
+    take!(otlp_sample_ratio);
+    take!(otlp_filter);
+    take!(otlp_service_name);
     if let Some(dir) = file.data_dir {
         if unset("data_dir") {
             args.db.data_dir = dir;
@@ -233,6 +241,22 @@ const OIDC: Name = Name {
     env: "MERIDIAN_OIDC_ISSUER",
 };
 
+const OTLP_ENDPOINT: Name = Name {
+    key: "otlpEndpoint",
+    flag: "otlp-endpoint",
+    env: "OTEL_EXPORTER_OTLP_ENDPOINT",
+};
+const OTLP_RATIO: Name = Name {
+    key: "otlpSampleRatio",
+    flag: "otlp-sample-ratio",
+    env: "MERIDIAN_OTLP_SAMPLE_RATIO",
+};
+const OTLP_FILTER: Name = Name {
+    key: "otlpFilter",
+    flag: "otlp-filter",
+    env: "MERIDIAN_OTLP_FILTER",
+};
+
 fn invalid(name: Name, message: String) -> Error {
     Error::Invalid {
         name: name.key,
@@ -327,6 +351,23 @@ pub fn validate(args: &mut ServeArgs) -> Result<(), Error> {
         if id.trim().is_empty() || id.len() > 200 {
             return Err(invalid(REPLICA, "must be 1 to 200 characters".into()));
         }
+    }
+    // An empty OTEL_EXPORTER_OTLP_ENDPOINT (a template left blank) means
+    // "no export", as the OpenTelemetry SDKs read it.
+    if args
+        .otlp_endpoint
+        .as_deref()
+        .is_some_and(|e| e.trim().is_empty())
+    {
+        args.otlp_endpoint = None;
+    }
+    if let Some(settings) = args.otlp() {
+        use meridian_telemetry::traces::{check, Error as Trace};
+        check(&settings).map_err(|e| match e {
+            Trace::SampleRatio(_) => invalid(OTLP_RATIO, e.to_string()),
+            Trace::Filter(_) => invalid(OTLP_FILTER, e.to_string()),
+            Trace::Endpoint(_) | Trace::Exporter(_) => invalid(OTLP_ENDPOINT, e.to_string()),
+        })?;
     }
     resolve_database_url(&mut args.db)
 }

@@ -245,8 +245,39 @@ pub struct ServeArgs {
     /// How long to wait for in-flight requests at shutdown, in seconds.
     #[arg(long, env = "MERIDIAN_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
+    /// OpenTelemetry collector that receives spans over OTLP/gRPC
+    /// (`http://host:4317`). Unset: no traces are exported.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Fraction of new traces exported, 0 to 1. A request that arrives with
+    /// a `traceparent` follows its caller's sampling decision instead.
+    #[arg(long, env = "MERIDIAN_OTLP_SAMPLE_RATIO", default_value_t = 1.0)]
+    pub otlp_sample_ratio: f64,
+    /// Which spans are exported: an EnvFilter, like MERIDIAN_LOG for logs.
+    #[arg(long, env = "MERIDIAN_OTLP_FILTER", default_value = "info,sqlx=warn")]
+    pub otlp_filter: String,
+    /// `service.name` of the exported spans.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "meridian")]
+    pub otlp_service_name: String,
     #[command(flatten)]
     pub security: Box<security::SecurityArgs>,
+}
+
+impl ServeArgs {
+    /// Trace export settings, when a collector is configured.
+    pub fn otlp(&self) -> Option<meridian_telemetry::traces::OtlpSettings> {
+        let endpoint = self.otlp_endpoint.clone()?;
+        Some(meridian_telemetry::traces::OtlpSettings {
+            endpoint,
+            sample_ratio: self.otlp_sample_ratio,
+            filter: self.otlp_filter.clone(),
+            service_name: self.otlp_service_name.clone(),
+            instance: self
+                .replica_id
+                .clone()
+                .unwrap_or_else(serve::default_replica_id),
+        })
+    }
 }
 
 #[derive(Args)]
@@ -283,6 +314,7 @@ fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let mut log_format = LogFormat::Text;
+    let mut otlp = None;
     match &mut cli.command {
         Command::Serve(args) => {
             let serve = matches.subcommand_matches("serve").expect("serve matches");
@@ -292,6 +324,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             log_format = args.log_format;
+            otlp = args.otlp();
         }
         Command::Migrate(db) => {
             if let Err(e) = config::resolve_database_url(db) {
@@ -306,8 +339,18 @@ fn main() -> ExitCode {
         LogFormat::Text => meridian_telemetry::LogFormat::Text,
         LogFormat::Json => meridian_telemetry::LogFormat::Json,
     };
-    meridian_telemetry::init_logging(format, &filter);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    // Trace export connects on this runtime, so it is set up inside it.
+    let telemetry = {
+        let _inside = runtime.enter();
+        match meridian_telemetry::init(format, &filter, otlp.as_ref()) {
+            Ok(guard) => guard,
+            Err(e) => {
+                eprintln!("error: trace export: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve::run(*args).await,
@@ -346,6 +389,8 @@ fn main() -> ExitCode {
             Command::Ca(cmd) => security::run(cmd).await,
         }
     });
+    // Spans of the last moments (the shutdown itself) are still batched.
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -509,7 +509,7 @@ async fn load_examples(store: &Store, dir: &std::path::Path) -> anyhow::Result<(
     Ok(())
 }
 
-fn default_replica_id() -> String {
+pub(crate) fn default_replica_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!("{}-{}", host.trim(), std::process::id())
 }

@@ -646,6 +646,37 @@ async fn a_bad_setting_stops_start_up_with_a_message_naming_it() {
             vec![],
             "cannot read the config file",
         ),
+        (
+            vec![],
+            vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317".into())],
+            "otlpEndpoint (--otlp-endpoint, OTEL_EXPORTER_OTLP_ENDPOINT)",
+        ),
+        (
+            vec!["--otlp-endpoint".into(), "https://collector:4317".into()],
+            vec![],
+            "TLS to the collector is not supported",
+        ),
+        (
+            vec![
+                "--otlp-endpoint".into(),
+                "http://127.0.0.1:4317".into(),
+                "--otlp-sample-ratio".into(),
+                "2".into(),
+            ],
+            vec![],
+            "otlpSampleRatio",
+        ),
+        (
+            vec![
+                "--config".into(),
+                file(
+                    "otlp.yaml",
+                    "otlpEndpoint: http://127.0.0.1:4317\notlpFilter: 'info,['\n",
+                ),
+            ],
+            vec![],
+            "otlpFilter (--otlp-filter, MERIDIAN_OTLP_FILTER)",
+        ),
     ];
     for (args, env, want) in cases {
         let mut all: Vec<&str> = vec!["--api-addr", &api, "--data-dir", data];

@@ -19,8 +19,11 @@
 //! that wants its series shown at zero from start-up creates them in an
 //! `init()` that the binary calls.
 //!
-//! Logs: [`init_logging`] installs the `tracing` subscriber, human-readable
-//! or one JSON object per line.
+//! Logs and traces: [`init`] installs the `tracing` subscriber: log lines
+//! human-readable or one JSON object per line, and spans exported over
+//! OTLP when a collector is configured ([`traces`]).
+
+pub mod traces;
 
 use std::sync::{LazyLock, Mutex, MutexGuard};
 
@@ -154,22 +157,62 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global `tracing` subscriber writing to standard error.
-/// `filter` is an `EnvFilter` directive such as `info,sqlx=warn`.
-pub fn init_logging(format: LogFormat, filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::new(filter);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder
+/// Keeps trace export running; [`Guard::shutdown`] flushes what is
+/// batched. Dropping it without a shutdown loses the last batch.
+#[must_use = "spans are exported only while the guard lives"]
+pub struct Guard {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Guard {
+    /// Sends the spans still batched, waiting at most
+    /// [`traces::EXPORT_TIMEOUT`], and stops exporting. Call it while the
+    /// Tokio runtime that [`init`] ran in is still alive.
+    pub fn shutdown(mut self) {
+        if let Some(provider) = self.provider.take() {
+            if let Err(e) = provider.shutdown() {
+                tracing::warn!(error = %e, "could not flush traces at shutdown");
+            }
+        }
+    }
+}
+
+/// Installs the global `tracing` subscriber: log lines to standard error,
+/// filtered by `log_filter` (an `EnvFilter` directive such as
+/// `info,sqlx=warn`), and, with `otlp`, spans exported to a collector under
+/// their own filter. With `otlp`, call it inside a Tokio runtime.
+pub fn init(
+    format: LogFormat,
+    log_filter: &str,
+    otlp: Option<&traces::OtlpSettings>,
+) -> Result<Guard, traces::Error> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        LogFormat::Text => fmt.with_filter(EnvFilter::new(log_filter)).boxed(),
+        LogFormat::Json => fmt
             .json()
             .with_current_span(true)
             .with_span_list(true)
             .flatten_event(true)
-            .init(),
-    }
+            .with_filter(EnvFilter::new(log_filter))
+            .boxed(),
+    };
+    let (provider, spans) = match otlp {
+        Some(settings) => {
+            let provider = traces::provider(settings)?;
+            let filter = EnvFilter::try_new(&settings.filter)
+                .map_err(|e| traces::Error::Filter(e.to_string()))?;
+            let layer = traces::layer(&provider).with_filter(filter);
+            (Some(provider), Some(layer))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(logs).with(spans).init();
+    Ok(Guard { provider })
 }
 
 #[cfg(test)]
