@@ -102,7 +102,7 @@ impl From<meridian_store::Error> for ApiError {
             E::NotFound { .. } | E::ProviderNotFound { .. } | E::SourceNotFound { .. } => {
                 Self::new(StatusCode::NOT_FOUND, "not_found", message)
             }
-            E::ProviderExists { .. } | E::TokenExists { .. } => {
+            E::ProviderExists { .. } | E::TokenExists { .. } | E::TokenRevoked { .. } => {
                 Self::new(StatusCode::CONFLICT, "already_exists", message)
             }
             E::TokenNotFound { .. } => Self::new(StatusCode::NOT_FOUND, "not_found", message),

@@ -113,6 +113,21 @@ pub enum TokenCommand {
         #[command(flatten)]
         db: DatabaseArgs,
     },
+    /// Store a token you made, read from a file (a mounted secret), e.g.
+    /// `mrd_$(openssl rand -hex 32)`: the bootstrap step of a deployment.
+    /// Idempotent; a new token in the file replaces the old one.
+    Import {
+        #[arg(long)]
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long)]
+        role: String,
+        /// File holding the token (surrounding whitespace is ignored).
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
     /// List tokens (names and roles; never the tokens).
     List {
         #[command(flatten)]

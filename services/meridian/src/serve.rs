@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::ValueEnum;
 use meridian_localpg::{Cluster, Options};
+use meridian_store::tokens::Imported;
 use meridian_store::{Store, Write};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -92,7 +93,24 @@ impl Database {
 pub async fn token(command: crate::TokenCommand) -> anyhow::Result<()> {
     use crate::TokenCommand as T;
     let db_args = match &command {
-        T::Create { db, .. } | T::List { db } | T::Revoke { db, .. } => db,
+        T::Create { db, .. } | T::Import { db, .. } | T::List { db } | T::Revoke { db, .. } => db,
+    };
+    // The file is checked before a database is opened or started.
+    let imported = match &command {
+        T::Import {
+            name, role, file, ..
+        } => {
+            let role: meridian_auth::Role = role.parse().map_err(anyhow::Error::msg)?;
+            meridian_policy::validate::dns_label(name)
+                .map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("--file {}", file.display()))?;
+            let token = text.trim();
+            meridian_auth::token::check_imported(token)
+                .map_err(|e| anyhow::anyhow!("--file {}: {e}", file.display()))?;
+            Some((role, meridian_auth::token::hash(token)))
+        }
+        _ => None,
     };
     let db = Database::open(db_args).await?;
     let result = async {
@@ -120,6 +138,18 @@ pub async fn token(command: crate::TokenCommand) -> anyhow::Result<()> {
                     .await?;
                 eprintln!("token {name:?} ({role}) created; it is shown only now:");
                 println!("{secret}");
+            }
+            T::Import { name, .. } => {
+                let (role, hash) = imported.as_ref().expect("checked above");
+                let done = store
+                    .import_token(name, role.as_str(), hash, &actor)
+                    .await?;
+                let what = match done {
+                    Imported::Created => "created",
+                    Imported::Unchanged => "already in place",
+                    Imported::Replaced => "replaced (the previous token no longer works)",
+                };
+                println!("token {name:?} ({role}) {what}");
             }
             T::List { .. } => {
                 println!("{:<24} {:<9} {:<20} REVOKED", "NAME", "ROLE", "CREATED BY");

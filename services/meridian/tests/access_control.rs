@@ -188,3 +188,92 @@ async fn tokens_work_on_rest_grpc_and_the_cli_and_never_reach_the_logs() {
         "a presented credential reached the log"
     );
 }
+
+/// What a deployment's bootstrap job does: `meridian token import` of a
+/// token kept in a secret, run again on every upgrade.
+#[tokio::test]
+async fn an_imported_token_bootstraps_a_deployment_and_rotates_with_its_secret() {
+    let db = database().await;
+    let dir = meridian_test_support::repo_root()
+        .join(format!(".meridian/token-import-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("admin-token");
+    let secret = |seed: u64| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        format!("mrd_{nanos:032x}{seed:032x}")
+    };
+    let import = || {
+        Command::new(BIN)
+            .args(["token", "import", "--name", "bootstrap", "--role", "admin"])
+            .arg("--file")
+            .arg(&file)
+            .env("DATABASE_URL", &db.url)
+            .output()
+    };
+
+    // A mangled secret is refused before anything is stored, and not echoed.
+    std::fs::write(&file, "mrd_tooshort\n").unwrap();
+    let refused = import().await.unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("too few") && !stderr.contains("tooshort"),
+        "{stderr}"
+    );
+
+    let first = secret(1);
+    std::fs::write(&file, format!("{first}\n")).unwrap();
+    let out = import().await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("created"));
+    let again = import().await.unwrap();
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already in place"));
+
+    let m = meridian_test_support::process::Meridian::start_with(
+        std::path::Path::new(BIN),
+        &db.url,
+        &[("MERIDIAN_NO_AUTH", "false"), ("MERIDIAN_ROLES", "api")],
+        &[],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let status = |token: String| {
+        let request = http.get(m.url("/api/v1/audit")).bearer_auth(token);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(first.clone()).await, 200, "the imported admin token");
+
+    // A new secret replaces the token; the old one stops working.
+    let second = secret(2);
+    std::fs::write(&file, &second).unwrap();
+    let out = import().await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("replaced"));
+    assert_eq!(status(second.clone()).await, 200);
+    let mut old = 0;
+    // Other replicas' token caches last 2 s.
+    for _ in 0..50 {
+        old = status(first.clone()).await;
+        if old == 401 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(old, 401, "the replaced token still works");
+
+    // Revocation is for good: the same secret cannot bring it back.
+    let revoked = Command::new(BIN)
+        .args(["token", "revoke", "bootstrap"])
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .await
+        .unwrap();
+    assert!(revoked.status.success());
+    let out = import().await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("was revoked"));
+    m.stop().await;
+    std::fs::remove_dir_all(&dir).ok();
+}

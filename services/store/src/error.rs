@@ -13,6 +13,9 @@ pub enum Error {
     /// An API token with that name exists already.
     #[error("a token named {name:?} already exists")]
     TokenExists { name: String },
+    /// The token was revoked; revocation is for good.
+    #[error("token {name:?} was revoked; import a new token to replace it")]
+    TokenRevoked { name: String },
     /// No API token has that name.
     #[error("token {name:?} not found")]
     TokenNotFound { name: String },

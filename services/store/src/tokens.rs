@@ -31,6 +31,16 @@ pub struct AuditEntry {
     pub after: Option<Json<Value>>,
 }
 
+/// What [`Store::import_token`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Imported {
+    Created,
+    /// The same token and role were there already.
+    Unchanged,
+    /// The name held another token or role; the old token no longer works.
+    Replaced,
+}
+
 /// Filters of [`Store::audit`].
 #[derive(Clone, Debug, Default)]
 pub struct AuditQuery {
@@ -73,6 +83,83 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(token)
+    }
+
+    /// Makes the token named `name` the one with `hash` and `role`: the
+    /// declarative form of [`Store::create_token`], for a bootstrap job run
+    /// on every upgrade with a token kept in a secret. Running it again
+    /// with the same secret changes nothing; a new secret replaces the old
+    /// token (which stops working). A revoked token is never brought back:
+    /// that needs a new secret.
+    pub async fn import_token(
+        &self,
+        name: &str,
+        role: &str,
+        hash: &str,
+        actor: &str,
+    ) -> Result<Imported, Error> {
+        let mut tx = self.pool.begin().await?;
+        let current: Option<(String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT role, hash, revoked_at FROM api_tokens WHERE name = $1 FOR UPDATE",
+        )
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let imported = match current {
+            None => {
+                // Two bootstrap jobs at once: the loser finds the winner's row.
+                let inserted = sqlx::query(
+                    "INSERT INTO api_tokens (name, role, hash, created_by) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (name) DO NOTHING",
+                )
+                .bind(name)
+                .bind(role)
+                .bind(hash)
+                .bind(actor)
+                .execute(&mut *tx)
+                .await?;
+                if inserted.rows_affected() == 0 {
+                    drop(tx);
+                    return Box::pin(self.import_token(name, role, hash, actor)).await;
+                }
+                Imported::Created
+            }
+            Some((_, old, Some(_))) if old == hash => {
+                return Err(Error::TokenRevoked {
+                    name: name.to_owned(),
+                })
+            }
+            Some((old_role, old, None)) if old == hash && old_role == role => {
+                return Ok(Imported::Unchanged)
+            }
+            Some(_) => {
+                sqlx::query(
+                    "UPDATE api_tokens SET role = $2, hash = $3, created_by = $4,
+                            created_at = now(), revoked_at = NULL
+                     WHERE name = $1",
+                )
+                .bind(name)
+                .bind(role)
+                .bind(hash)
+                .bind(actor)
+                .execute(&mut *tx)
+                .await?;
+                Imported::Replaced
+            }
+        };
+        let action = match imported {
+            Imported::Created => "token-created",
+            _ => "token-replaced",
+        };
+        audit(
+            &mut tx,
+            actor,
+            action,
+            json!({"name": name, "role": role, "imported": true}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(imported)
     }
 
     /// The live (not revoked) token with this hash.
