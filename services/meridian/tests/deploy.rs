@@ -130,7 +130,11 @@ fn pods_are_locked_down_probed_and_given_secrets_as_files() {
             "{name}"
         );
         assert_eq!(pod["automountServiceAccountToken"], false, "{name}");
-        for c in pod["containers"].as_array().unwrap() {
+        let init = pod["initContainers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for c in pod["containers"].as_array().unwrap().iter().chain(&init) {
             let sc = &c["securityContext"];
             assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
             assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
@@ -196,21 +200,131 @@ fn pods_are_locked_down_probed_and_given_secrets_as_files() {
                 .map(|p| p["port"].as_u64().unwrap())
         })
         .collect();
-    assert_eq!(
-        ports,
-        [8080, 18000],
-        "ingress only to the API and xDS ports"
+    // Exactly the ports the settings bind, each one a container port and
+    // in the Service.
+    let settings = settings(&all);
+    let mut bound: Vec<u64> = ["apiAddr", "xdsAddr", "grpcAddr"]
+        .iter()
+        .map(|key| {
+            let addr = settings[key].as_str().unwrap_or_else(|| panic!("{key}"));
+            addr.rsplit(':').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    bound.sort();
+    let mut ingress = ports.clone();
+    ingress.sort();
+    assert_eq!(ingress, bound, "ingress only to the ports Meridian binds");
+    let container_ports: Vec<u64> = c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["containerPort"].as_u64().unwrap())
+        .collect();
+    let service = of_kind(&all, "Service")[0];
+    let service_ports: Vec<u64> = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["port"].as_u64().unwrap())
+        .collect();
+    for port in &bound {
+        assert!(container_ports.contains(port), "container port {port}");
+        assert!(service_ports.contains(port), "Service port {port}");
+    }
+}
+
+/// The settings file the ConfigMap carries.
+fn settings(all: &[(String, Value)]) -> Value {
+    let text = of_kind(all, "ConfigMap")[0]["data"]["meridian.yaml"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    serde_norway::from_str(&text).unwrap()
+}
+
+/// Where a container mounts the volume `name`.
+fn mount_of(container: &Value, name: &str) -> Option<String> {
+    container["volumeMounts"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == name)
+        .and_then(|m| m["mountPath"].as_str())
+        .map(str::to_owned)
+}
+
+#[test]
+fn every_role_runs_and_writes_only_to_mounted_volumes() {
+    let all = manifests();
+    let settings = settings(&all);
+    let roles: Vec<&str> = settings["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    for role in ["api", "xds", "health", "failover", "grpc", "gitops"] {
+        assert!(roles.contains(&role), "the replicas run {role}");
+    }
+    // The root filesystem is read-only, so the GitOps caches under
+    // dataDir need a volume of their own.
+    let data_dir = settings["dataDir"].as_str().expect("dataDir is set");
+    let pod = &of_kind(&all, "Deployment")[0]["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let writable: Vec<String> = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["readOnly"] != true)
+        .map(|m| m["mountPath"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        writable.iter().any(|w| Path::new(data_dir).starts_with(w)),
+        "dataDir {data_dir} is on none of the writable mounts {writable:?}"
     );
+}
+
+#[test]
+fn the_upgrade_job_migrates_then_imports_the_admin_token_from_a_secret() {
+    let all = manifests();
+    let job = of_kind(&all, "Job")[0];
+    let pod = &job["spec"]["template"]["spec"];
+    let args = |c: &Value| -> Vec<String> {
+        c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Init containers run to completion, in order, before the containers.
+    let init = &pod["initContainers"][0];
+    assert_eq!(args(init)[0], "migrate");
+    let token = &pod["containers"][0];
+    let token_args = args(token);
+    assert_eq!(token_args[..2], ["token", "import"]);
+    let file = token_args
+        .iter()
+        .find_map(|a| a.strip_prefix("--file="))
+        .expect("--file=");
+    let mount = mount_of(token, "admin-token").expect("the token Secret is mounted");
+    assert_eq!(Path::new(file).parent().unwrap(), Path::new(&mount));
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "admin-token")
+        .unwrap();
+    assert_eq!(volume["secret"]["secretName"], "meridian-admin-token");
+    assert!(token_args.contains(&"--role=admin".to_owned()));
+    // The example Secret shows the token's key under that name.
+    let text = read("deploy/kubernetes/secret.example.yaml");
+    assert!(text.contains("name: meridian-admin-token") && text.contains("token: mrd_"));
 }
 
 #[test]
 fn the_drain_fits_the_grace_period_and_migrations_run_once() {
     let all = manifests();
-    let config = of_kind(&all, "ConfigMap")[0]["data"]["meridian.yaml"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let settings: Value = serde_norway::from_str(&config).unwrap();
+    let settings = settings(&all);
     let drain = settings["drainSeconds"].as_u64().unwrap();
     let deployment = of_kind(&all, "Deployment")[0];
     let grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
@@ -251,15 +365,11 @@ fn the_drain_fits_the_grace_period_and_migrations_run_once() {
     assert!(image(deployment).ends_with(&format!(":{version}")));
 
     // The file mounted from the Secret is where the config looks.
-    let mount = deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "database")
-        .unwrap()["mountPath"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let mount = mount_of(
+        &deployment["spec"]["template"]["spec"]["containers"][0],
+        "database",
+    )
+    .unwrap();
     let file = settings["databaseUrlFile"].as_str().unwrap();
     assert_eq!(Path::new(file).parent().unwrap(), Path::new(&mount));
 }
