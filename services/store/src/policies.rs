@@ -8,8 +8,6 @@ use serde_json::json;
 use sqlx::types::Json;
 use sqlx::{Postgres, Transaction};
 
-use tracing::Instrument;
-
 use crate::{Error, Store, CHANNEL};
 
 /// What the caller expects of the current state before a write.
@@ -253,27 +251,12 @@ impl Store {
 
     /// The one write path for a single policy: [`put_in`] in a transaction
     /// of its own, then commit (or roll back for a dry run).
+    #[tracing::instrument(
+        name = "store.write",
+        skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", policy = name, dry_run = w.dry_run)
+    )]
     async fn transact<E: From<Error>>(
-        &self,
-        name: &str,
-        pre: &Precondition,
-        w: &Write<'_>,
-        mode: Mode,
-        make: impl FnOnce(Option<Policy>) -> Result<Policy, E>,
-    ) -> Result<(Policy, bool), E> {
-        let span = tracing::info_span!(
-            "store.write",
-            otel.kind = "client",
-            db.system = "postgresql",
-            policy = name,
-            dry_run = w.dry_run
-        );
-        self.transact_in_span(name, pre, w, mode, make)
-            .instrument(span)
-            .await
-    }
-
-    async fn transact_in_span<E: From<Error>>(
         &self,
         name: &str,
         pre: &Precondition,

@@ -60,20 +60,11 @@ impl Store {
         actor: &str,
     ) -> Result<Token, Error> {
         let mut tx = self.pool.begin().await?;
-        let token: Option<Token> = sqlx::query_as(
-            "INSERT INTO api_tokens (name, role, hash, created_by) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (name) DO NOTHING
-             RETURNING name, role, created_by, created_at, revoked_at",
-        )
-        .bind(name)
-        .bind(role)
-        .bind(hash)
-        .bind(actor)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let token = token.ok_or_else(|| Error::TokenExists {
-            name: name.to_owned(),
-        })?;
+        let token = insert(&mut tx, name, role, hash, actor)
+            .await?
+            .ok_or_else(|| Error::TokenExists {
+                name: name.to_owned(),
+            })?;
         audit(
             &mut tx,
             actor,
@@ -108,17 +99,7 @@ impl Store {
         let imported = match current {
             None => {
                 // Two bootstrap jobs at once: the loser finds the winner's row.
-                let inserted = sqlx::query(
-                    "INSERT INTO api_tokens (name, role, hash, created_by) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (name) DO NOTHING",
-                )
-                .bind(name)
-                .bind(role)
-                .bind(hash)
-                .bind(actor)
-                .execute(&mut *tx)
-                .await?;
-                if inserted.rows_affected() == 0 {
+                if insert(&mut tx, name, role, hash, actor).await?.is_none() {
                     drop(tx);
                     return Box::pin(self.import_token(name, role, hash, actor)).await;
                 }
@@ -222,6 +203,27 @@ impl Store {
         .fetch_all(&self.pool)
         .await?)
     }
+}
+
+/// Inserts a token unless its name is taken (then `None`).
+async fn insert(
+    conn: &mut sqlx::PgConnection,
+    name: &str,
+    role: &str,
+    hash: &str,
+    actor: &str,
+) -> Result<Option<Token>, Error> {
+    Ok(sqlx::query_as(
+        "INSERT INTO api_tokens (name, role, hash, created_by) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (name) DO NOTHING
+         RETURNING name, role, created_by, created_at, revoked_at",
+    )
+    .bind(name)
+    .bind(role)
+    .bind(hash)
+    .bind(actor)
+    .fetch_optional(conn)
+    .await?)
 }
 
 async fn audit(
