@@ -8,10 +8,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::AppState;
 
 /// The CA certificate, trust bundle, and rotation number.
+#[utoipa::path(get, path = "/api/v1/ca", tag = "mtls",
+    responses((status = 200, body = Object), (status = 404, description = "No CA configured", body = ErrorBody)))]
 pub async fn get(State(state): State<AppState>) -> Result<Response, ApiError> {
     let Some(row) = state.store.ca().await? else {
         return Err(ApiError::new(
@@ -34,6 +36,8 @@ pub async fn get(State(state): State<AppState>) -> Result<Response, ApiError> {
 
 /// Replaces every workload certificate now (audited). Envoys receive the
 /// new ones over SDS without a restart.
+#[utoipa::path(post, path = "/api/v1/ca/rotate", tag = "mtls",
+    responses((status = 200, body = Object), (status = 404, description = "No CA configured", body = ErrorBody)))]
 pub async fn rotate(State(state): State<AppState>) -> Result<Response, ApiError> {
     let rotation = state.store.rotate_workload_certs("anonymous").await?;
     tracing::info!(rotation, "forced rotation of workload certificates");

@@ -19,7 +19,7 @@ use meridian_store::providers::DnsStatus;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::request::query_pairs;
 use crate::AppState;
 
@@ -298,6 +298,8 @@ pub struct XdsTotals {
 }
 
 /// `GET /api/v1/dashboard/overview`: every policy's summary, ordered by name.
+#[utoipa::path(get, path = "/api/v1/dashboard/overview", tag = "dashboard",
+    responses((status = 200, description = "Every policy's summary, by name", body = Object)))]
 pub async fn overview(State(state): State<AppState>) -> Result<Json<Overview>, ApiError> {
     let store = &state.store;
     let (policies, states, effective, overrides, drains, dns, reports) = tokio::try_join!(
@@ -364,6 +366,12 @@ pub struct RecentEvents {
 /// `GET /api/v1/dashboard/events?policy=NAME&limit=N`: the newest `N`
 /// events (default 200, at most 5000), newest first. `/api/v1/events`
 /// pages oldest first from a time, which cannot say "the last 200".
+#[utoipa::path(get, path = "/api/v1/dashboard/events", tag = "dashboard",
+    params(
+        ("policy" = Option<String>, Query, description = "Only this policy's events"),
+        ("limit" = Option<i64>, Query, description = "How many of the newest: 1 to 5000, default 200"),
+    ),
+    responses((status = 200, description = "`{items: [event]}`, newest first", body = Object), (status = 400, body = ErrorBody)))]
 pub async fn recent_events(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::request::{self, query_pairs};
 use crate::AppState;
 
@@ -53,6 +53,15 @@ async fn json_body<T: serde::de::DeserializeOwned>(
 }
 
 /// Pin a policy's weights; wins over automation until cleared or expired.
+#[utoipa::path(put, path = "/api/v1/policies/{name}/override", tag = "failover", params(("name" = String, Path, description = "Policy name")),
+    request_body(content = Object, content_type = "application/json", description = "`{weights: {zone: weight}, reason, expiresAt?}`: weights for every zone, summing to 100"),
+    responses(
+        (status = 200, description = "The stored override", body = Object),
+        (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 415, body = ErrorBody),
+        (status = 422, description = "Invalid; every problem listed", body = ErrorBody),
+    ))]
 pub async fn set_override(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -87,6 +96,8 @@ pub async fn set_override(
     Ok(Json(stored).into_response())
 }
 
+#[utoipa::path(delete, path = "/api/v1/policies/{name}/override", tag = "failover", params(("name" = String, Path, description = "Policy name")),
+    responses((status = 204, description = "Cleared"), (status = 404, description = "No such policy, or no override", body = ErrorBody)))]
 pub async fn clear_override(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -103,6 +114,9 @@ pub async fn clear_override(
     }
 }
 
+/// Take a zone out of rotation; its weight goes to the other zones.
+#[utoipa::path(post, path = "/api/v1/policies/{name}/zones/{zone}/drain", tag = "failover", params(("name" = String, Path, description = "Policy name"), ("zone" = String, Path, description = "Zone name")),
+    responses((status = 200, description = "`{policy, zone, drained, changed}`", body = Object), (status = 404, body = ErrorBody)))]
 pub async fn drain(
     state: State<AppState>,
     path: Path<(String, String)>,
@@ -110,6 +124,9 @@ pub async fn drain(
     set_drain(state, path, true).await
 }
 
+/// Put a drained zone back into rotation.
+#[utoipa::path(post, path = "/api/v1/policies/{name}/zones/{zone}/undrain", tag = "failover", params(("name" = String, Path, description = "Policy name"), ("zone" = String, Path, description = "Zone name")),
+    responses((status = 200, description = "`{policy, zone, drained, changed}`", body = Object), (status = 404, body = ErrorBody)))]
 pub async fn undrain(
     state: State<AppState>,
     path: Path<(String, String)>,
@@ -141,6 +158,8 @@ async fn set_drain(
 }
 
 /// Where traffic goes now and why, zone by zone.
+#[utoipa::path(get, path = "/api/v1/policies/{name}/status", tag = "failover", params(("name" = String, Path, description = "Policy name")),
+    responses((status = 200, description = "Effective weights, zone health, DNS state, predicted failover time", body = Object), (status = 404, body = ErrorBody)))]
 pub async fn status(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -156,6 +175,13 @@ pub async fn status(
 }
 
 /// `GET /api/v1/events?policy=NAME&since=RFC3339&limit=N`, oldest first.
+#[utoipa::path(get, path = "/api/v1/events", tag = "failover",
+    params(
+        ("policy" = Option<String>, Query, description = "Only this policy's events"),
+        ("since" = Option<String>, Query, description = "RFC 3339 time"),
+        ("limit" = Option<i64>, Query, description = "1 to 1000, default 500"),
+    ),
+    responses((status = 200, description = "`{items: [event]}`", body = Object), (status = 400, body = ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,

@@ -220,7 +220,12 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 
 /// The xDS clients connected to this replica, with per-type versions sent,
 /// ACKed and NACKed.
-async fn xds_clients(
+#[utoipa::path(get, path = "/api/v1/xds/clients", tag = "xds",
+    responses(
+        (status = 200, description = "`{items: [client]}`", body = Object),
+        (status = 503, description = "This replica does not run the xds role", body = error::ErrorBody),
+    ))]
+pub(crate) async fn xds_clients(
     State(state): State<AppState>,
 ) -> Result<Json<serde_json::Value>, error::ApiError> {
     match &state.xds_clients {

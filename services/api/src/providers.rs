@@ -14,7 +14,7 @@ use meridian_policy::FieldError;
 use meridian_store::providers::ProviderRow;
 use serde_json::{json, Map, Value};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::request;
 use crate::AppState;
 
@@ -65,6 +65,9 @@ async fn body(headers: &HeaderMap, body: Body) -> Result<(String, String, Value)
     Ok((name, kind, config))
 }
 
+/// Every DNS provider; credentials appear only as their references.
+#[utoipa::path(get, path = "/api/v1/providers", tag = "providers",
+    responses((status = 200, description = "`{items: [provider]}`", body = Object)))]
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     let items: Vec<Value> = state
         .store
@@ -76,6 +79,8 @@ pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     Ok(Json(json!({"items": items})).into_response())
 }
 
+#[utoipa::path(get, path = "/api/v1/providers/{name}", tag = "providers", params(("name" = String, Path, description = "Provider name")),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -83,6 +88,16 @@ pub async fn get(
     Ok(Json(to_json(state.store.provider(&name).await?)).into_response())
 }
 
+/// Register a DNS provider (pdns, route53 or alidns).
+#[utoipa::path(post, path = "/api/v1/providers", tag = "providers",
+    request_body(content = Object, content_type = "application/json", description = "`{name, kind, ...}`: kind's settings, credentials as `{env}` or `{file}` references"),
+    responses(
+        (status = 201, body = Object),
+        (status = 400, body = ErrorBody),
+        (status = 409, description = "Name taken", body = ErrorBody),
+        (status = 415, body = ErrorBody),
+        (status = 422, description = "Invalid; every problem listed", body = ErrorBody),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -100,6 +115,16 @@ pub async fn create(
     Ok(response)
 }
 
+/// Create or replace a DNS provider.
+#[utoipa::path(put, path = "/api/v1/providers/{name}", tag = "providers", params(("name" = String, Path, description = "Provider name")),
+    request_body(content = Object, content_type = "application/json"),
+    responses(
+        (status = 200, body = Object),
+        (status = 201, body = Object),
+        (status = 400, body = ErrorBody),
+        (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ))]
 pub async fn replace(
     State(state): State<AppState>,
     Path(path): Path<String>,
@@ -124,6 +149,9 @@ pub async fn replace(
     Ok((status, Json(to_json(row))).into_response())
 }
 
+/// Delete a DNS provider no policy uses.
+#[utoipa::path(delete, path = "/api/v1/providers/{name}", tag = "providers", params(("name" = String, Path, description = "Provider name")),
+    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody), (status = 409, description = "Used by policies", body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::request::{self, query_pairs};
 use crate::AppState;
 
@@ -24,6 +24,15 @@ struct NewToken {
 }
 
 /// Creates a token and returns it, the only time it is ever shown.
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "access",
+    request_body(content = Object, content_type = "application/json", description = "`{name, role}`; role viewer, operator or admin"),
+    responses(
+        (status = 201, description = "The token's record and, this once, `token`", body = Object),
+        (status = 400, body = ErrorBody),
+        (status = 409, description = "Name taken", body = ErrorBody),
+        (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -61,10 +70,16 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+/// Every token's name, role and state; never the tokens or their hashes.
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "access",
+    responses((status = 200, description = "`{items: [token]}`", body = Object)))]
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     Ok(Json(json!({"items": state.store.tokens().await?})).into_response())
 }
 
+/// Revoke a token for good.
+#[utoipa::path(delete, path = "/api/v1/tokens/{name}", tag = "access", params(("name" = String, Path, description = "Token name")),
+    responses((status = 204, description = "Revoked (or revoked already)"), (status = 404, body = ErrorBody)))]
 pub async fn revoke(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -75,6 +90,14 @@ pub async fn revoke(
 }
 
 /// `GET /api/v1/audit?policy=&actor=&since=RFC3339&limit=N`, newest first.
+#[utoipa::path(get, path = "/api/v1/audit", tag = "access",
+    params(
+        ("policy" = Option<String>, Query, description = "Only this policy's entries"),
+        ("actor" = Option<String>, Query, description = "Only this caller's entries"),
+        ("since" = Option<String>, Query, description = "RFC 3339 time"),
+        ("limit" = Option<i64>, Query, description = "1 to 1000, default 500"),
+    ),
+    responses((status = 200, description = "`{items: [entry]}`, newest first", body = Object), (status = 400, body = ErrorBody)))]
 pub async fn audit(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
