@@ -184,7 +184,7 @@ pub async fn syncs(
 /// nothing.
 #[utoipa::path(post, path = "/api/v1/gitops/webhook/{name}", tag = "gitops", params(("name" = String, Path, description = "Source name")),
     request_body(content = Object, description = "The push event, verified by X-Hub-Signature-256 or X-Gitlab-Token"),
-    responses((status = 202, body = Object), (status = 401, description = "Missing or wrong signature; nothing changed", body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 202, description = "Sync requested", body = Object), (status = 200, description = "Verified, but a push to another branch or a tag: ignored", body = Object), (status = 401, description = "Missing or wrong signature; nothing changed", body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn webhook(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -222,6 +222,9 @@ pub async fn webhook(
     if !verified {
         tracing::warn!(source = %name, "webhook with a bad signature refused");
         return Err(unauthorized("webhook signature or token does not match"));
+    }
+    if let Err(reason) = source::webhook_concerns(&bytes, &src.branch) {
+        return Ok(Json(json!({"status": "ignored", "reason": reason})).into_response());
     }
     state.store.request_sync(&name).await?;
     Ok((

@@ -169,6 +169,23 @@ pub fn verify_gitlab(secret: &[u8], token: &str) -> bool {
     digest(secret) == digest(token.as_bytes())
 }
 
+/// Whether a verified webhook should start a sync of a source following
+/// `branch`: GitHub and GitLab push payloads name the pushed `ref`, and a
+/// push to another branch or a tag is not this source's business. Without
+/// a `ref` (GitHub's ping, other events) the sync runs: a sync of an
+/// unchanged commit is harmless, a missed one is not.
+pub fn webhook_concerns(payload: &[u8], branch: &str) -> Result<(), String> {
+    let pushed = serde_json::from_slice::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|v| v.get("ref").and_then(|r| r.as_str()).map(str::to_owned));
+    match pushed {
+        Some(r) if r != format!("refs/heads/{branch}") => Err(format!(
+            "a push to {r}; this source follows refs/heads/{branch}"
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
     if !hex.len().is_multiple_of(2) {
         return None;
@@ -257,5 +274,17 @@ mod tests {
             resolve(&json!({"env": "MERIDIAN_SURELY_UNSET_VAR"})),
             Err(SecretError::MissingEnv(_))
         ));
+    }
+
+    #[test]
+    fn webhooks_concern_only_pushes_to_the_followed_branch() {
+        assert!(webhook_concerns(br#"{"ref":"refs/heads/main"}"#, "main").is_ok());
+        let other = webhook_concerns(br#"{"ref":"refs/heads/feature"}"#, "main").unwrap_err();
+        assert!(other.contains("refs/heads/feature"), "{other}");
+        assert!(webhook_concerns(br#"{"ref":"refs/tags/v1"}"#, "main").is_err());
+        assert!(webhook_concerns(br#"{"ref":"refs/heads/main-2"}"#, "main").is_err());
+        // A ping, or a payload that is not JSON: sync anyway.
+        assert!(webhook_concerns(br#"{"zen":"hi","hook_id":1}"#, "main").is_ok());
+        assert!(webhook_concerns(b"not json", "main").is_ok());
     }
 }

@@ -612,6 +612,26 @@ async fn webhooks_need_a_valid_signature() {
     assert!(!s.step().await.unwrap());
     assert_eq!(db.store.syncs("hooked", 10).await.unwrap().len(), 1);
 
+    // Signed right, but a push to another branch: ignored, nothing due.
+    let feature = br#"{"ref":"refs/heads/feature"}"#;
+    let resp = http
+        .post(&hook)
+        .header(
+            "x-hub-signature-256",
+            meridian_gitops::source::sign_github(b"hook-secret", feature),
+        )
+        .body(&feature[..])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let ignored: Value = resp.json().await.unwrap();
+    assert_eq!(ignored["status"], "ignored", "{ignored}");
+    assert!(
+        !s.step().await.unwrap(),
+        "a push to another branch made it due"
+    );
+
     // Signed right (GitHub, then GitLab): a sync follows.
     let sig = meridian_gitops::source::sign_github(b"hook-secret", body);
     let resp = http
