@@ -52,6 +52,15 @@ impl ApiError {
             },
         }
     }
+    /// A body that is not JSON at all (a JSON body of the wrong shape is
+    /// [`ApiError::invalid`]).
+    pub fn malformed_json(e: serde_json::Error) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            format!("malformed JSON: {e}"),
+        )
+    }
     pub fn unsupported_media_type(got: Option<&str>, allowed: &str) -> Self {
         let got = got.map_or("no Content-Type".to_owned(), |g| {
             format!("Content-Type {g:?}")

@@ -31,23 +31,12 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<T, ApiError> {
-    let ct = request::content_type(headers);
-    if ct.as_deref() != Some("application/json") {
-        return Err(ApiError::unsupported_media_type(
-            ct.as_deref(),
-            "application/json",
-        ));
-    }
-    let bytes = request::read_body(headers, body).await?;
+    let bytes = request::typed_body(headers, body, "application/json").await?;
     serde_json::from_slice(&bytes).map_err(|e| {
         if e.is_data() {
             ApiError::invalid(vec![FieldError::new("", e.to_string())])
         } else {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed",
-                format!("malformed JSON: {e}"),
-            )
+            ApiError::malformed_json(e)
         }
     })
 }

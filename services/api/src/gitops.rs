@@ -30,21 +30,7 @@ fn invalid_source(details: Vec<FieldError>) -> ApiError {
 }
 
 async fn source_body(headers: &HeaderMap, body: Body) -> Result<Source, ApiError> {
-    let ct = request::content_type(headers);
-    if ct.as_deref() != Some("application/json") {
-        return Err(ApiError::unsupported_media_type(
-            ct.as_deref(),
-            "application/json",
-        ));
-    }
-    let bytes = request::read_body(headers, body).await?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed",
-            format!("malformed JSON: {e}"),
-        )
-    })?;
+    let value = request::json_value(headers, body, "application/json").await?;
     let source: Source = serde_path_to_error::deserialize(value).map_err(|e| {
         let field = e.path().to_string();
         let field = if field == "." { String::new() } else { field };
@@ -281,21 +267,7 @@ pub async fn apply_set(
         }
         None => None,
     };
-    let ct = request::content_type(&headers);
-    if ct.as_deref() != Some("application/json") {
-        return Err(ApiError::unsupported_media_type(
-            ct.as_deref(),
-            "application/json",
-        ));
-    }
-    let bytes = request::read_body(&headers, body).await?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed",
-            format!("malformed JSON: {e}"),
-        )
-    })?;
+    let value = request::json_value(&headers, body, "application/json").await?;
     let Some(items) = value.get("items").and_then(Value::as_array) else {
         return Err(ApiError::invalid(vec![FieldError::new(
             "items",

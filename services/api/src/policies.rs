@@ -257,21 +257,7 @@ pub async fn patch(
     let (dry, force) = dry_run_force(query.as_deref())?;
     let who = caller();
     let pre = precondition(&headers)?;
-    let ct = request::content_type(&headers);
-    if ct.as_deref() != Some("application/merge-patch+json") {
-        return Err(ApiError::unsupported_media_type(
-            ct.as_deref(),
-            "application/merge-patch+json",
-        ));
-    }
-    let bytes = request::read_body(&headers, body).await?;
-    let patch: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed",
-            format!("malformed JSON: {e}"),
-        )
-    })?;
+    let patch = request::json_value(&headers, body, "application/merge-patch+json").await?;
     let stored = state
         .store
         .modify(&name, &pre, &write(&who.actor, dry, force), |current| {
@@ -352,23 +338,12 @@ pub async fn rollback(
     let (dry, force) = dry_run_force(query.as_deref())?;
     let who = caller();
     let pre = precondition(&headers)?;
-    let ct = request::content_type(&headers);
-    if ct.as_deref() != Some("application/json") {
-        return Err(ApiError::unsupported_media_type(
-            ct.as_deref(),
-            "application/json",
-        ));
-    }
-    let bytes = request::read_body(&headers, body).await?;
+    let bytes = request::typed_body(&headers, body, "application/json").await?;
     let req: RollbackRequest = serde_json::from_slice(&bytes).map_err(|e| {
         if e.is_data() {
             ApiError::invalid(vec![FieldError::new("revision", e.to_string())])
         } else {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed",
-                format!("malformed JSON: {e}"),
-            )
+            ApiError::malformed_json(e)
         }
     })?;
     let target = state.store.revision(&name, req.revision).await?;

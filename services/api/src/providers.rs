@@ -32,21 +32,7 @@ fn to_json(row: ProviderRow) -> Value {
 
 /// Splits a flat body into (name, kind, config) and validates it.
 async fn body(headers: &HeaderMap, body: Body) -> Result<(String, String, Value), ApiError> {
-    let ct = request::content_type(headers);
-    if ct.as_deref() != Some("application/json") {
-        return Err(ApiError::unsupported_media_type(
-            ct.as_deref(),
-            "application/json",
-        ));
-    }
-    let bytes = request::read_body(headers, body).await?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed",
-            format!("malformed JSON: {e}"),
-        )
-    })?;
+    let value = request::json_value(headers, body, "application/json").await?;
     let Value::Object(mut map) = value else {
         return Err(ApiError::invalid(vec![FieldError::new(
             "",

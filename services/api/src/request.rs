@@ -35,6 +35,30 @@ pub fn policy_format(headers: &HeaderMap) -> Result<Format, ApiError> {
     }
 }
 
+/// The body's bytes when its type is `expected` (415 otherwise; 413 when
+/// too large).
+pub async fn typed_body(
+    headers: &HeaderMap,
+    body: Body,
+    expected: &str,
+) -> Result<axum::body::Bytes, ApiError> {
+    let ct = content_type(headers);
+    if ct.as_deref() != Some(expected) {
+        return Err(ApiError::unsupported_media_type(ct.as_deref(), expected));
+    }
+    read_body(headers, body).await
+}
+
+/// A body of type `expected` parsed as JSON; 400 when it is not JSON.
+pub async fn json_value(
+    headers: &HeaderMap,
+    body: Body,
+    expected: &str,
+) -> Result<serde_json::Value, ApiError> {
+    let bytes = typed_body(headers, body, expected).await?;
+    serde_json::from_slice(&bytes).map_err(ApiError::malformed_json)
+}
+
 /// Collects the body, refusing more than [`MAX_BODY`] bytes without reading them all.
 pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
     let declared = headers
