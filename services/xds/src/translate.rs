@@ -104,6 +104,17 @@ const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
 const ROUTER_FILTER: &str = "envoy.filters.http.router";
 const CONNECT_TIMEOUT_SECONDS: i64 = 5;
 
+/// The terminal HTTP filter every listener's connection manager ends with.
+fn router_filter() -> HttpFilter {
+    HttpFilter {
+        name: ROUTER_FILTER.to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(any_of(
+            &Router::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
 /// Name of the stable cluster of a policy.
 pub fn stable_cluster_name(policy: &str) -> String {
     policy.to_owned()
@@ -679,13 +690,7 @@ fn hcm(stat_prefix: &str, route_config_name: &str) -> HttpConnectionManager {
             config_source: Some(ads()),
             route_config_name: route_config_name.to_owned(),
         })),
-        http_filters: vec![HttpFilter {
-            name: ROUTER_FILTER.to_owned(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(any_of(
-                &Router::default(),
-            ))),
-            ..Default::default()
-        }],
+        http_filters: vec![router_filter()],
         ..Default::default()
     }
 }
@@ -795,13 +800,7 @@ fn inbound_hcm(policy: &str, tls: bool) -> HttpConnectionManager {
             uri: true,
             ..Default::default()
         }),
-        http_filters: vec![HttpFilter {
-            name: ROUTER_FILTER.to_owned(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(any_of(
-                &Router::default(),
-            ))),
-            ..Default::default()
-        }],
+        http_filters: vec![router_filter()],
         ..Default::default()
     }
 }
@@ -912,13 +911,7 @@ pub fn grpc_server_listener(
             }],
             ..Default::default()
         })),
-        http_filters: vec![HttpFilter {
-            name: ROUTER_FILTER.to_owned(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(any_of(
-                &Router::default(),
-            ))),
-            ..Default::default()
-        }],
+        http_filters: vec![router_filter()],
         ..Default::default()
     };
     Listener {
