@@ -373,6 +373,10 @@ pub fn validate(args: &mut ServeArgs) -> Result<(), Error> {
 }
 
 /// Reads `--database-url-file` into the URL, and checks the URL's shape.
+///
+/// Idempotent (the file, once read, becomes the URL), so the early check of
+/// `serve` and the one in `Database::open`, which every command that touches
+/// the database goes through, agree.
 pub fn resolve_database_url(db: &mut DatabaseArgs) -> Result<(), Error> {
     // An empty DATABASE_URL (a template left blank) means "not given".
     if db
@@ -382,7 +386,7 @@ pub fn resolve_database_url(db: &mut DatabaseArgs) -> Result<(), Error> {
     {
         db.database_url = None;
     }
-    if let Some(path) = db.database_url_file.clone() {
+    if let Some(path) = db.database_url_file.take() {
         if db.database_url.is_some() {
             return Err(invalid(
                 DB_URL_FILE,
@@ -395,23 +399,25 @@ pub fn resolve_database_url(db: &mut DatabaseArgs) -> Result<(), Error> {
         if url.is_empty() {
             return Err(invalid(DB_URL_FILE, format!("{} is empty", path.display())));
         }
+        check_url_shape(url, DB_URL_FILE)?;
         db.database_url = Some(url.to_owned());
     }
     if let Some(url) = &db.database_url {
-        // The value is a secret: say what is wrong without echoing it.
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            let name = if db.database_url_file.is_some() {
-                DB_URL_FILE
-            } else {
-                DB_URL
-            };
-            return Err(invalid(
-                name,
-                "must be a postgres:// or postgresql:// URL".into(),
-            ));
-        }
+        check_url_shape(url, DB_URL)?;
     }
     Ok(())
+}
+
+fn check_url_shape(url: &str, name: Name) -> Result<(), Error> {
+    // The value is a secret: say what is wrong without echoing it.
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(())
+    } else {
+        Err(invalid(
+            name,
+            "must be a postgres:// or postgresql:// URL".into(),
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -427,6 +433,31 @@ mod tests {
         let ok = parse("dbPool: 4\nroles: [api]\n").unwrap();
         assert_eq!(ok.db_pool, Some(4));
         assert!(parse("").unwrap().api_addr.is_none());
+    }
+
+    #[test]
+    fn database_url_file_resolves_once_and_again() {
+        let path = std::env::temp_dir().join(format!("meridian-db-url-{}", std::process::id()));
+        std::fs::write(&path, "postgres://u@127.0.0.1/m\n").unwrap();
+        let mut db = DatabaseArgs {
+            database_url: None,
+            database_url_file: Some(path.clone()),
+            data_dir: ".meridian".into(),
+        };
+        resolve_database_url(&mut db).unwrap();
+        // `serve` checks early and `Database::open` resolves again.
+        resolve_database_url(&mut db).unwrap();
+        assert_eq!(db.database_url.as_deref(), Some("postgres://u@127.0.0.1/m"));
+        std::fs::write(&path, "mysql://x").unwrap();
+        let mut bad = DatabaseArgs {
+            database_url: None,
+            database_url_file: Some(path.clone()),
+            data_dir: ".meridian".into(),
+        };
+        let e = resolve_database_url(&mut bad).unwrap_err().to_string();
+        assert!(e.contains("database-url-file") || e.contains("databaseUrlFile"), "{e}");
+        assert!(!e.contains("mysql"), "the URL is a secret: {e}");
+        let _ = std::fs::remove_file(path);
     }
 
     /// The files shipped in deploy/ are valid settings files, and what

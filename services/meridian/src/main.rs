@@ -159,7 +159,7 @@ enum XdsCommand {
     },
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct DatabaseArgs {
     /// PostgreSQL URL, e.g. postgres://user:pass@host/meridian.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]

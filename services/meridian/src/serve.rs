@@ -47,6 +47,11 @@ pub(crate) struct Database {
 
 impl Database {
     async fn open(args: &DatabaseArgs) -> anyhow::Result<Database> {
+        // Every command that touches the database comes here, so each one
+        // honours --database-url-file (a `token import` that skipped it
+        // would write the first admin token into a throwaway private database).
+        let mut args = args.clone();
+        crate::config::resolve_database_url(&mut args)?;
         if let Some(url) = &args.database_url {
             return Ok(Database {
                 url: url.clone(),

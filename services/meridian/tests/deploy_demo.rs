@@ -68,15 +68,19 @@ async fn the_demo_bootstrap_token_and_init_script_set_up_an_authenticated_meridi
         .collect();
     let file_at = args.iter().position(|a| a == "--file").unwrap();
     args[file_at + 1] = secrets.0.join("admin_token").to_str().unwrap().to_owned();
-    // The database comes from DATABASE_URL here, not the secret file.
+    // The database comes from the secret file, as in compose and the
+    // Kubernetes migrate Job: a token imported anywhere else (a private
+    // throwaway database) would leave nobody able to log in below.
     let url_at = args
         .iter()
         .position(|a| a == "--database-url-file")
         .unwrap();
-    args.drain(url_at..url_at + 2);
+    std::fs::write(secrets.0.join("database_url"), &db.url).unwrap();
+    args[url_at + 1] = secrets.0.join("database_url").to_str().unwrap().to_owned();
     let imported = Command::new(BIN)
         .args(&args)
-        .env("DATABASE_URL", &db.url)
+        .env_remove("DATABASE_URL")
+        .env("MERIDIAN_DATA_DIR", secrets.0.join("no-private-db"))
         .output()
         .await
         .unwrap();
