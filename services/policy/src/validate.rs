@@ -90,7 +90,7 @@ pub fn validate(policy: &Policy) -> Result<(), Vec<FieldError>> {
         let mut seen = HashSet::new();
         for (j, ep) in zone.endpoints.iter().enumerate() {
             let at = format!("{at}.endpoints[{j}]");
-            v.check(&format!("{at}.address"), address(&ep.address));
+            v.check(&format!("{at}.address"), endpoint_address(&ep.address));
             v.check(&format!("{at}.port"), port(ep.port));
             v.check(&format!("{at}.version"), dns_label(&ep.version));
             if !seen.insert((ep.address.as_str(), ep.port)) {
@@ -137,7 +137,10 @@ pub fn validate(policy: &Policy) -> Result<(), Vec<FieldError>> {
                     format!("must be 0 to 100, is {}", canary.weight),
                 );
             }
-            v.check(&format!("{at}.canary.header"), header_name(&canary.header));
+            v.check(
+                &format!("{at}.canary.header"),
+                header_name(&canary.header).and_then(|()| settable_header(&canary.header)),
+            );
             if !versions.contains(canary.version.as_str()) {
                 v.push(
                     format!("{at}.canary.version"),
@@ -267,6 +270,21 @@ pub fn address(s: &str) -> Result<(), String> {
     }
 }
 
+/// An endpoint's address: an IP address. Envoy and gRPC clients get
+/// endpoints through EDS, whose socket addresses take IPs only; a host
+/// name there makes Envoy refuse the whole update ("malformed IP address").
+pub fn endpoint_address(s: &str) -> Result<(), String> {
+    if s.parse::<IpAddr>().is_ok() {
+        Ok(())
+    } else if host_name(s) {
+        Err(format!(
+            "{s:?} is a host name; endpoints must be IP addresses (they are served to Envoy and gRPC clients by EDS, which takes no names)"
+        ))
+    } else {
+        Err(format!("{s:?} is not an IP address"))
+    }
+}
+
 fn port(p: u32) -> Result<(), String> {
     if (1..=65535).contains(&p) {
         Ok(())
@@ -323,6 +341,20 @@ fn header_name(s: &str) -> Result<(), String> {
     }
 }
 
+/// A header a route may add and remove. Envoy refuses route configurations
+/// that modify `host` (and pseudo-headers, which `header_name` already
+/// refuses), and the refusal would take the whole shared `egress_<port>`
+/// route configuration down with it.
+fn settable_header(s: &str) -> Result<(), String> {
+    if s == "host" {
+        Err(format!(
+            "{s:?} cannot be set by a route (Envoy refuses to modify it); use a header such as x-envoy-upstream-canary"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 fn spiffe_id(s: &str) -> Result<(), String> {
     let ok = s
         .strip_prefix("spiffe://")
@@ -376,7 +408,7 @@ spec:
       endpoints: [{{address: 10.0.1.5, port: 8080}}, {{address: 10.0.1.6, port: 8080, version: v2}}]
     - name: eu-west-1a
       weight: 30
-      endpoints: [{{address: backend.internal, port: 8080}}]
+      endpoints: [{{address: 10.0.2.7, port: 8080}}]
   routes:
     - name: position
       match: {{pathPrefix: /track/v1/position}}
@@ -513,6 +545,24 @@ spec:
             assert!(address(good).is_ok(), "{good}");
         }
         assert!(address("not an address").is_err());
+        for good in ["10.0.0.1", "::1", "127.0.1.1"] {
+            assert!(endpoint_address(good).is_ok(), "{good}");
+        }
+        for bad in ["backend", "b.internal", "10.0.0", "not an address"] {
+            assert!(endpoint_address(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Policies Envoy would refuse are refused here first (each of these
+    /// passed validation and was NACKed by Envoy for the whole port).
+    #[test]
+    fn policies_envoy_refuses_are_refused() {
+        let mut p = policy("");
+        p.spec.zones[1].endpoints[0].address = "backend.internal".into();
+        assert_eq!(fields(&p), ["spec.zones[1].endpoints[0].address"]);
+        let mut p = policy("");
+        p.spec.routes[0].canary.as_mut().unwrap().header = "host".into();
+        assert_eq!(fields(&p), ["spec.routes[0].canary.header"]);
     }
 
     #[test]
