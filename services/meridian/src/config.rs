@@ -455,7 +455,10 @@ mod tests {
             data_dir: ".meridian".into(),
         };
         let e = resolve_database_url(&mut bad).unwrap_err().to_string();
-        assert!(e.contains("database-url-file") || e.contains("databaseUrlFile"), "{e}");
+        assert!(
+            e.contains("database-url-file") || e.contains("databaseUrlFile"),
+            "{e}"
+        );
         assert!(!e.contains("mysql"), "the URL is a secret: {e}");
         let _ = std::fs::remove_file(path);
     }
