@@ -37,6 +37,7 @@ use crate::translate::{
 #[derive(Debug)]
 pub struct Piece {
     pub name: Arc<str>,
+    pub host: String,
     pub port: u32,
     pub namespace: Option<String>,
     clusters: Vec<Arc<Entry>>,
@@ -115,12 +116,15 @@ impl Piece {
         let inbound = inbound_template(p, mesh);
         let mut h = Fnv::new();
         h.field(&name);
+        h.field(&p.spec.host);
+        h.field(&p.spec.port.to_string());
         h.field(&format!("{inbound:?}"));
         for e in &endpoints {
             h.field(&e.to_string());
         }
         Piece {
             name,
+            host: p.spec.host.clone(),
             port: p.spec.port,
             namespace: p.metadata.labels.get(NAMESPACE_LABEL).cloned(),
             clusters,
@@ -162,6 +166,8 @@ impl Piece {
 #[derive(Debug, Default)]
 pub struct Ext {
     pub members: Arc<BTreeMap<Arc<str>, Arc<Piece>>>,
+    /// The view's policies by host (scoping by `meridian.hosts`).
+    pub hosts: Arc<BTreeMap<String, Arc<Piece>>>,
     pub workload_secrets: Arc<BTreeMap<String, Arc<Entry>>>,
 }
 
@@ -191,6 +197,7 @@ struct View {
     last: Resources,
     ports: BTreeMap<u32, BTreeMap<Arc<str>, Arc<Piece>>>,
     members: Arc<BTreeMap<Arc<str>, Arc<Piece>>>,
+    hosts: Arc<BTreeMap<String, Arc<Piece>>>,
     ext_sum: u64,
     /// Namespace views: how many of its members are its own.
     own: usize,
@@ -209,6 +216,9 @@ impl View {
             self.dirty.insert(p.port);
         }
         Arc::make_mut(&mut self.members).remove(&p.name);
+        if self.hosts.get(&p.host).is_some_and(|h| h.name == p.name) {
+            Arc::make_mut(&mut self.hosts).remove(&p.host);
+        }
         self.ext_sum = self.ext_sum.wrapping_sub(p.ext_hash);
     }
 
@@ -224,6 +234,7 @@ impl View {
             self.dirty.insert(p.port);
         }
         Arc::make_mut(&mut self.members).insert(p.name.clone(), p.clone());
+        Arc::make_mut(&mut self.hosts).insert(p.host.clone(), p.clone());
         self.ext_sum = self.ext_sum.wrapping_add(p.ext_hash);
     }
 
@@ -233,9 +244,9 @@ impl View {
             let name = egress_name(port);
             match self.ports.get(&port).filter(|m| !m.is_empty()) {
                 Some(members) => {
-                    self.res.insert_shared(
+                    self.res.insert(
                         ResourceType::RouteConfiguration,
-                        egress_route(&name, members),
+                        egress_route(&name, members.values()),
                     );
                     if self.res.get(ResourceType::Listener, &name).is_none() {
                         self.res.insert(
@@ -267,6 +278,7 @@ impl View {
         }
         let ext = Ext {
             members: self.members.clone(),
+            hosts: self.hosts.clone(),
             workload_secrets: secrets.workload.clone(),
         };
         self.res
@@ -280,14 +292,17 @@ impl View {
 
 /// The egress RouteConfiguration of a port: its policies' virtual hosts in
 /// name order, framed from their encodings (`name` = 1, `virtual_hosts` = 2).
-fn egress_route(name: &str, members: &BTreeMap<Arc<str>, Arc<Piece>>) -> Arc<Entry> {
-    let len: usize = members.values().map(|p| p.vhost.len() + 10).sum();
+pub(crate) fn egress_route<'a>(
+    name: &str,
+    members: impl Iterator<Item = &'a Arc<Piece>> + Clone,
+) -> Entry {
+    let len: usize = members.clone().map(|p| p.vhost.len() + 10).sum();
     let mut buf = Vec::with_capacity(name.len() + 10 + len);
     encode_key(1, WireType::LengthDelimited, &mut buf);
     encode_varint(name.len() as u64, &mut buf);
     buf.extend_from_slice(name.as_bytes());
     let mut refs: Vec<Arc<str>> = Vec::new();
-    for p in members.values() {
+    for p in members {
         encode_key(2, WireType::LengthDelimited, &mut buf);
         encode_varint(p.vhost.len() as u64, &mut buf);
         buf.extend_from_slice(&p.vhost);
@@ -297,7 +312,7 @@ fn egress_route(name: &str, members: &BTreeMap<Arc<str>, Arc<Piece>>) -> Arc<Ent
     refs.dedup();
     let mut e = Entry::new(name, ResourceType::RouteConfiguration, buf);
     e.refs = refs.into_boxed_slice();
-    Arc::new(e)
+    e
 }
 
 #[derive(Debug, Default)]
@@ -470,6 +485,7 @@ fn fresh_scoped(unscoped: &View) -> View {
         last: Resources::default(),
         ports: unscoped.ports.clone(),
         members: unscoped.members.clone(),
+        hosts: unscoped.hosts.clone(),
         ext_sum: unscoped.ext_sum,
         own: 0,
         // Ports the unscoped view has yet to rebuild are this one's too.

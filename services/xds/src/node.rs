@@ -7,7 +7,7 @@
 //! cluster; a proxyless gRPC server gets its listener by listening address;
 //! a node with an identity gets its own workload certificate.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -16,7 +16,7 @@ use meridian_xds_engine::{Entry, NodeView, Resources, Selector, Subscription};
 use xds_api::pb::envoy::config::core::v3::Node;
 use xds_api::pb::google::protobuf::value::Kind;
 
-use crate::assemble::Ext;
+use crate::assemble::{egress_route, Ext, Piece};
 use crate::tls::{Consumer, WORKLOAD_SECRET};
 use crate::translate::{
     egress_entry, egress_port, grpc_server_address, grpc_server_entry, inbound_entries,
@@ -33,6 +33,44 @@ pub const WORKLOAD_ADDRESS_METADATA_KEY: &str = "meridian.workload_address";
 /// Node metadata key through which a node claims a SPIFFE ID. Honoured only
 /// when the xDS port does not authenticate clients (`--xds-client-auth none`).
 pub const SPIFFE_ID_METADATA_KEY: &str = "meridian.spiffe_id";
+/// Node metadata key listing the hosts a node calls (a list of strings, or
+/// one string of comma-separated hosts). A node that sets it gets only
+/// those policies' listeners, routes, clusters and endpoints; without it a
+/// node gets every policy of its view.
+pub const HOSTS_METADATA_KEY: &str = "meridian.hosts";
+
+/// What a scoped node may see, read from the view by [`NodeView::refresh`].
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Scope {
+    policies: BTreeSet<Arc<str>>,
+    ports: BTreeSet<u32>,
+    /// The scoped policies by port, for the node's egress routes.
+    by_port: BTreeMap<u32, Vec<Arc<Piece>>>,
+}
+
+impl Scope {
+    fn of(hosts: &BTreeSet<String>, ext: &Ext) -> Scope {
+        let mut s = Scope::default();
+        for h in hosts {
+            if let Some(p) = ext.hosts.get(h) {
+                s.policies.insert(p.name.clone());
+                s.ports.insert(p.port);
+                s.by_port.entry(p.port).or_default().push(p.clone());
+            }
+        }
+        for v in s.by_port.values_mut() {
+            v.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        s
+    }
+
+    /// Same visibility: the same policies and ports. (A changed virtual
+    /// host changes its port's shared egress route too, so the node's form
+    /// of it is rebuilt through the ordinary comparison.)
+    fn same(&self, other: &Scope) -> bool {
+        self.policies == other.policies && self.ports == other.ports
+    }
+}
 
 /// A sidecar's inbound side: which policy, where to listen, where the workload is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +112,10 @@ pub struct MeridianNode {
     pub inbound: Option<Inbound>,
     /// A proxyless gRPC client: gets certificate-provider TLS, not SDS.
     pub proxyless: bool,
+    /// The hosts the node calls (`meridian.hosts`); `None`: every policy.
+    pub hosts: Option<BTreeSet<String>>,
+    /// What those hosts resolve to in the view last read.
+    pub(crate) scope: Scope,
     /// Per-node encodings, reused while their inputs stay the same:
     /// name -> (inputs, entry).
     pub(crate) memo: HashMap<String, (String, Arc<Entry>)>,
@@ -86,6 +128,32 @@ fn metadata_string(node: Option<&Node>, key: &str) -> Option<String> {
             Some(Kind::StringValue(s)) => Some(s.trim().to_owned()),
             _ => None,
         })
+}
+
+/// A metadata value that is a list of strings or a comma-separated string.
+fn metadata_list(node: Option<&Node>, key: &str) -> Option<BTreeSet<String>> {
+    let v = node
+        .and_then(|n| n.metadata.as_ref())
+        .and_then(|m| m.fields.get(key))?;
+    let items: Vec<String> = match &v.kind {
+        Some(Kind::StringValue(s)) => s.split(',').map(str::to_owned).collect(),
+        Some(Kind::ListValue(l)) => l
+            .values
+            .iter()
+            .filter_map(|v| match &v.kind {
+                Some(Kind::StringValue(s)) => Some(s.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => return None,
+    };
+    Some(
+        items
+            .into_iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
+    )
 }
 
 fn socket_addr(s: &str) -> Option<(String, u32)> {
@@ -123,6 +191,7 @@ impl MeridianNode {
             egress_address: addr,
             inbound,
             proxyless,
+            hosts: metadata_list(node, HOSTS_METADATA_KEY),
             ..Default::default()
         }
     }
@@ -184,6 +253,49 @@ impl NodeView for MeridianNode {
     fn has_variants(&self, ty: ResourceType) -> bool {
         (ty == ResourceType::Listener && self.egress_address.is_some())
             || (ty == ResourceType::Cluster && self.proxyless)
+            || (ty == ResourceType::RouteConfiguration && self.hosts.is_some())
+    }
+
+    fn visible(&self, ty: ResourceType, e: &Entry) -> bool {
+        if self.hosts.is_none() {
+            return true;
+        }
+        let scope = &self.scope;
+        let policy_named = |name: &str| scope.policies.contains(name);
+        match ty {
+            ResourceType::Cluster | ResourceType::ClusterLoadAssignment => {
+                // `<policy>` or `<policy>@<canary version>`.
+                policy_named(e.name.split_once('@').map_or(&*e.name, |(p, _)| p))
+            }
+            ResourceType::Listener => match egress_port(&e.name) {
+                Some(port) if e.wildcard => scope.ports.contains(&port),
+                // `<host>` and `<host>:<port>`: proxyless listeners.
+                _ => self.hosts.as_ref().is_some_and(|h| {
+                    h.contains(&*e.name)
+                        || e.name
+                            .rsplit_once(':')
+                            .is_some_and(|(host, _)| h.contains(host))
+                }),
+            },
+            ResourceType::RouteConfiguration => match egress_port(&e.name) {
+                Some(port) => scope.ports.contains(&port),
+                None => e
+                    .name
+                    .strip_prefix("grpc_")
+                    .is_some_and(|p| policy_named(p)),
+            },
+            ResourceType::Secret => true,
+        }
+    }
+
+    fn refresh(&mut self, res: &Resources) -> bool {
+        let (Some(hosts), Some(ext)) = (&self.hosts, res.extension::<Ext>()) else {
+            return false;
+        };
+        let scope = Scope::of(hosts, ext);
+        let changed = !scope.same(&self.scope);
+        self.scope = scope;
+        changed
     }
 
     fn variant(&mut self, ty: ResourceType, e: &Arc<Entry>) -> Arc<Entry> {
@@ -198,6 +310,22 @@ impl NodeView for MeridianNode {
             ResourceType::Cluster if self.proxyless => {
                 e.alternate.clone().unwrap_or_else(|| e.clone())
             }
+            // A scoped node's egress route holds only its hosts' virtual hosts.
+            ResourceType::RouteConfiguration if self.hosts.is_some() => {
+                let Some(port) = egress_port(&e.name) else {
+                    return e.clone();
+                };
+                let Some(pieces) = self.scope.by_port.get(&port).cloned() else {
+                    return e.clone();
+                };
+                let inputs = pieces
+                    .iter()
+                    .map(|p| format!("{:p}", Arc::as_ptr(p)))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let name = e.name.clone();
+                self.memo(&name, inputs, || egress_route(&name, pieces.iter()))
+            }
             _ => e.clone(),
         }
     }
@@ -206,6 +334,9 @@ impl NodeView for MeridianNode {
         let mut h = Fnv::new();
         h.field(self.egress_address.as_deref().unwrap_or(""));
         h.field(if self.proxyless { "proxyless" } else { "" });
+        for host in self.hosts.iter().flatten() {
+            h.field(host);
+        }
         h.0
     }
 

@@ -14,7 +14,10 @@ use xds_api::pb::google::protobuf::value::Kind;
 use crate::assemble::translate;
 use crate::node::{Inbound, MeridianNode};
 use crate::translate::{tests::policy, Weights, EGRESS_ADDRESS_METADATA_KEY};
+use meridian_policy::Policy;
 use meridian_xds_engine::{ResourceType, Resources};
+use prost::Message;
+use std::collections::BTreeMap;
 
 /// The streams, answering with the generated messages.
 trait Proto {
@@ -723,4 +726,87 @@ mod security {
             assert!(l.filter_chains[0].transport_socket.is_none(), "{mode:?}");
         }
     }
+}
+
+#[test]
+fn a_node_naming_its_hosts_gets_only_theirs_and_other_changes_send_nothing() {
+    use meridian_xds_engine::snapshot_channel;
+    use xds_api::pb::google::protobuf::{Struct, Value};
+    let mut meta = Node::default();
+    meta.metadata = Some(Struct {
+        fields: HashMap::from([(
+            crate::node::HOSTS_METADATA_KEY.to_owned(),
+            Value {
+                kind: Some(Kind::StringValue("a.example.com, zzz.example.com".into())),
+            },
+        )]),
+    });
+    let view = MeridianNode::from_node(Some(&meta));
+    assert_eq!(
+        view.hosts.iter().flatten().cloned().collect::<Vec<_>>(),
+        ["a.example.com", "zzz.example.com"]
+    );
+    let (publisher, subscriber) = snapshot_channel();
+    let world = |c_port: u32, a_weight: u32| {
+        let mut a = policy("a", 8080, None, false);
+        a.spec.zones[0].weight = a_weight;
+        let mut c = policy("c", c_port, None, false);
+        c.spec.zones[0].weight = c_port;
+        vec![a, policy("b", 8080, None, false), c]
+    };
+    let mut t = crate::assemble::Translator::new(Default::default());
+    t.rebuild(&world(9090, 70), &Weights::new());
+    let (res, _) = t.output();
+    publisher.publish(res);
+    let res = subscriber.current().resources.clone();
+    let mut s = SotwStream::new(Box::new(view));
+    let cds = s.handle(&req(CDS, &[], "", "", false), Some(&res), 0);
+    assert_eq!(names_of(&cds[0]), ["a"]);
+    let lds = s.handle(&req(LDS, &[], "", "", false), Some(&res), 0);
+    assert_eq!(names_of(&lds[0]), ["egress_8080"]);
+    let rds = s.handle(&req(RDS, &["egress_8080"], "", "", false), Some(&res), 0);
+    let route = xds_api::pb::envoy::config::route::v3::RouteConfiguration::decode(
+        rds[0].resources[0].value.as_slice(),
+    )
+    .unwrap();
+    let vhosts: Vec<String> = route.virtual_hosts.iter().map(|v| v.name.clone()).collect();
+    assert_eq!(vhosts, ["a"], "only the named host's virtual host");
+    let eds = s.handle(&req(EDS, &["a"], "", "", false), Some(&res), 0);
+    assert_eq!(names_of(&eds[0]), ["a"]);
+    for (ty, r) in [
+        (CDS, &cds[0]),
+        (LDS, &lds[0]),
+        (RDS, &rds[0]),
+        (EDS, &eds[0]),
+    ] {
+        let names = match ty {
+            RDS => vec!["egress_8080"],
+            EDS => vec!["a"],
+            _ => vec![],
+        };
+        s.handle(
+            &req(ty, &names, &r.version_info, &r.nonce, false),
+            Some(&res),
+            0,
+        );
+    }
+    // A change to a policy the node does not call sends nothing.
+    let by_name = |ps: Vec<Policy>| -> BTreeMap<String, Policy> {
+        ps.into_iter()
+            .map(|p| (p.metadata.name.clone(), p))
+            .collect()
+    };
+    let next = by_name(world(9191, 70));
+    t.update(["c"], |n| next.get(n), &Weights::new());
+    publisher.publish(t.output().0);
+    assert!(s
+        .snapshot(&subscriber.current().resources.clone())
+        .is_empty());
+    // A change to the one it calls: its endpoints only.
+    let next = by_name(world(9191, 40));
+    t.update(["a"], |n| next.get(n), &Weights::new());
+    publisher.publish(t.output().0);
+    let out = s.snapshot(&subscriber.current().resources.clone());
+    assert_eq!(types(&out), [EDS]);
+    assert_eq!(names_of(&out[0]), ["a"]);
 }

@@ -122,6 +122,7 @@ impl DeltaStream {
         let Some(res) = res else {
             return Vec::new();
         };
+        self.core.refresh(res);
         let mut out = Vec::new();
         for t in ResourceType::PUSH_ORDER {
             let resp = if t == ty {
@@ -143,6 +144,7 @@ impl DeltaStream {
 
     /// Responses for a new snapshot, in make-before-break order.
     pub fn on_snapshot(&mut self, res: &Resources) -> Vec<DeltaResponse> {
+        self.core.refresh(res);
         ResourceType::PUSH_ORDER
             .into_iter()
             .filter_map(|t| self.build(t, res, &[], false))

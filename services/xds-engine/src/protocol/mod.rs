@@ -86,6 +86,21 @@ pub trait NodeView: Send + fmt::Debug {
         0
     }
 
+    /// Whether this node may get a shared entry at all (scoping: a node
+    /// that named the services it calls sees only theirs). Like
+    /// [`NodeView::variant`], it must depend only on the entry and on what
+    /// [`NodeView::refresh`] last read.
+    fn visible(&self, _ty: ResourceType, _entry: &Entry) -> bool {
+        true
+    }
+
+    /// Reads what the node's selection depends on from a new view; true
+    /// when it changed, so that every type is compared in full (entries
+    /// that did not change may have become visible or hidden).
+    fn refresh(&mut self, _res: &Resources) -> bool {
+        false
+    }
+
     /// Resources of `ty` only this node gets (an inbound listener, its own
     /// certificate, ...), given the view it reads and its subscription.
     fn extras(
@@ -326,6 +341,16 @@ impl Core {
         self.answer.take()
     }
 
+    /// Lets the node view read a new view; compares everything in full
+    /// when its selection changed.
+    fn refresh(&mut self, res: &Resources) {
+        if self.node.refresh(res) {
+            for st in self.types.iter_mut().flatten() {
+                st.force = Force::All;
+            }
+        }
+    }
+
     fn state(&self, ty: ResourceType) -> Option<&TypeState> {
         self.types[ty.index()].as_ref()
     }
@@ -451,7 +476,8 @@ impl Core {
         let mut updated: BTreeMap<Arc<str>, Arc<Entry>> = BTreeMap::new();
         // Gone from the set: (name, the entry the client holds, if known).
         let mut gone: Vec<(Arc<str>, Option<Arc<Entry>>)> = Vec::new();
-        let covered = |e: &Arc<Entry>| sub.covers(e);
+        let node = &self.node;
+        let covered = |e: &Arc<Entry>| sub.covers(e) && node.visible(ty, e);
         let full_new = |updated: &mut BTreeMap<Arc<str>, Arc<Entry>>,
                         skip: &dyn Fn(&Arc<Entry>) -> bool| {
             let mut add = |e: &Arc<Entry>| {
@@ -623,13 +649,17 @@ impl Core {
             return Vec::new();
         };
         let mut out: BTreeMap<Arc<str>, Arc<Entry>> = BTreeMap::new();
+        let node = &self.node;
+        let covered = |e: &Entry| st.sub.covers(e) && node.visible(ty, e);
         if st.sub.wildcard {
-            for e in ch.set.iter().filter(|e| st.sub.covers(e)) {
+            for e in ch.set.iter().filter(|e| covered(e)) {
                 out.insert(e.name.clone(), e.clone());
             }
         } else {
             for e in st.sub.names.iter().filter_map(|n| ch.set.get(n)) {
-                out.insert(e.name.clone(), e.clone());
+                if covered(e) {
+                    out.insert(e.name.clone(), e.clone());
+                }
             }
         }
         if self.node.has_variants(ty) {
@@ -665,7 +695,7 @@ impl Core {
                 resource_type: t,
                 wildcard: st.sub.wildcard,
                 subscribed_names: st.sub.names.len(),
-                resources: held(st).count(),
+                resources: held(st, &*self.node, t).count(),
                 last_sent_version: st.sent_version.clone(),
                 last_acked_version: st.acked_version.clone(),
                 last_nack: st.last_nack.clone(),
@@ -679,7 +709,7 @@ impl Core {
         for t in ResourceType::ALL {
             let Some(st) = self.state(t) else { continue };
             let status = type_status(st);
-            let entries: Vec<Arc<Entry>> = held(st).cloned().collect();
+            let entries: Vec<Arc<Entry>> = held(st, &*self.node, t).cloned().collect();
             let variants = self.node.has_variants(t);
             for e in entries {
                 let e = if variants {
@@ -701,12 +731,26 @@ impl Core {
 }
 
 /// What the client holds of a type (shared form).
-fn held(st: &TypeState) -> impl Iterator<Item = &Arc<Entry>> + '_ {
+fn held<'a>(
+    st: &'a TypeState,
+    node: &'a dyn NodeView,
+    ty: ResourceType,
+) -> impl Iterator<Item = &'a Arc<Entry>> + 'a {
     st.sent.iter().flat_map(move |s| {
         let shared: Box<dyn Iterator<Item = &Arc<Entry>> + '_> = if st.sub.wildcard {
-            Box::new(s.set.iter().filter(move |e| st.sub.covers(e)))
+            Box::new(
+                s.set
+                    .iter()
+                    .filter(move |e| st.sub.covers(e) && node.visible(ty, e)),
+            )
         } else {
-            Box::new(st.sub.names.iter().filter_map(move |n| s.set.get(n)))
+            Box::new(
+                st.sub
+                    .names
+                    .iter()
+                    .filter_map(move |n| s.set.get(n))
+                    .filter(move |e| node.visible(ty, e)),
+            )
         };
         shared.chain(s.kept.iter()).chain(s.extras.iter())
     })

@@ -96,6 +96,7 @@ impl SotwStream {
         let Some(res) = res else {
             return Vec::new();
         };
+        self.core.refresh(res);
         let mut out = Vec::new();
         for t in ResourceType::PUSH_ORDER {
             let resp = if t == ty {
@@ -118,6 +119,7 @@ impl SotwStream {
 
     /// Responses for a new snapshot, in make-before-break order.
     pub fn on_snapshot(&mut self, res: &Resources) -> Vec<SotwResponse> {
+        self.core.refresh(res);
         ResourceType::PUSH_ORDER
             .into_iter()
             .filter_map(|t| self.build(t, res, false))
