@@ -327,7 +327,7 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
             writer.run(stop).await;
             Ok(())
         });
-        let server = meridian_xds::Server::new(subscriber, registry.clone(), shutdown.clone())
+        let server = meridian_xds::server(subscriber, registry.clone(), shutdown.clone())
             .with_client_auth(args.security.xds_client_auth);
         let clients = registry.clone();
         state.xds_clients = Some(Arc::new(move || {

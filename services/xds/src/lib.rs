@@ -1,35 +1,50 @@
-//! Meridian's xDS core.
+//! Meridian's xDS translation: policies to Envoy resources, and what each
+//! node gets. The protocol, snapshot and server are the generic
+//! [`meridian_xds_engine`], re-exported here for the wiring.
 //!
-//! * [`translate`]: pure translation of policies into Envoy resources.
-//! * [`snapshot`]: the published resource set and its single writer.
-//! * [`protocol`]: per-stream SotW and delta state machines, without I/O.
-//! * [`server`]: the tonic ADS and CSDS services; [`registry`]: connected streams.
+//! * [`translate`]: pure translation of one policy into typed resources.
+//! * [`assemble`]: the incremental [`Translator`]: per-policy encodings
+//!   assembled into the snapshot's views.
+//! * [`node`]: [`MeridianSelector`], the engine's hook choosing what a node
+//!   gets (namespace view, egress address, inbound side, proxyless forms,
+//!   its own certificate).
+//! * [`tls`]: transport sockets and SDS secrets.
 //!
 //! Wiring:
 //!
 //! ```ignore
 //! let (publisher, subscriber) = meridian_xds::snapshot_channel();
 //! publisher.publish(meridian_xds::translate(&policies, &weights));
-//! let xds = meridian_xds::Server::new(subscriber, registry.clone(), shutdown.clone());
-//! tonic::transport::Server::builder()
-//!     .add_service(xds.ads_service())
-//!     .add_service(xds.csds_service())
-//!     .serve(addr)
-//!     .await?;
+//! let xds = meridian_xds::server(subscriber, registry.clone(), shutdown.clone());
+//! meridian_xds::serve(listener, xds, shutdown).await?;
 //! ```
 
-pub mod metrics;
-pub mod protocol;
-pub mod registry;
-pub mod resources;
-pub mod server;
-pub mod snapshot;
+pub mod assemble;
+mod envoy;
+pub mod node;
 pub mod tls;
-pub mod tls_server;
 pub mod translate;
 
-pub use registry::{ClientStatus, NackStatus, Registry, TypeStatus};
-pub use resources::{Entry, ResourceType, Resources};
-pub use server::{decide_identity, serve, ClientAuth, PeerIdentity, Server};
-pub use snapshot::{snapshot_channel, Publisher, Snapshot, Subscriber};
-pub use translate::{render, translate, translate_mesh, Mesh, Weights};
+use std::sync::Arc;
+
+pub use assemble::{translate, translate_mesh, translate_scoped, Translator};
+pub use meridian_xds_engine::{decide_identity, serve, Server};
+pub use meridian_xds_engine::{
+    metrics, protocol, registry, resources, snapshot, snapshot_channel, tls_server, ClientAuth,
+    ClientStatus, Entry, NackStatus, PeerIdentity, Publisher, Registry, ResourceType, Resources,
+    Snapshot, Subscriber, TypeStatus,
+};
+pub use node::{MeridianNode, MeridianSelector};
+pub use translate::{render, Mesh, Weights};
+
+/// The xDS server with Meridian's node selection.
+pub fn server(
+    subscriber: Subscriber,
+    registry: Registry,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Server {
+    Server::new(subscriber, registry, shutdown, Arc::new(MeridianSelector))
+}
+
+#[cfg(test)]
+mod stream_tests;

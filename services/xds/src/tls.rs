@@ -115,7 +115,7 @@ impl Peers {
 fn sds(name: &str) -> SdsSecretConfig {
     SdsSecretConfig {
         name: name.to_owned(),
-        sds_config: Some(crate::translate::ads()),
+        sds_config: Some(crate::envoy::ads()),
     }
 }
 

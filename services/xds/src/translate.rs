@@ -61,8 +61,7 @@ use xds_api::pb::envoy::config::cluster::v3::{
     Cluster,
 };
 use xds_api::pb::envoy::config::core::v3::{
-    address, config_source::ConfigSourceSpecifier, header_value_option::HeaderAppendAction,
-    socket_address, Address, AggregatedConfigSource, ApiVersion, ConfigSource, HeaderValue,
+    address, header_value_option::HeaderAppendAction, socket_address, Address, HeaderValue,
     HeaderValueOption, Http2ProtocolOptions, Locality, SocketAddress, TrafficDirection,
 };
 use xds_api::pb::envoy::config::endpoint::v3::{
@@ -87,8 +86,9 @@ use xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v
 use xds_api::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
 use xds_api::pb::google::protobuf::{Any, Duration, UInt32Value};
 
-use crate::resources::{Entry, ResourceType, Resources};
+use crate::envoy::{ads, any_of};
 use crate::tls::{self, Consumer, Peers};
+use meridian_xds_engine::{Entry, ResourceType};
 
 /// Effective zone weights: policy name -> zone name -> weight. A policy not
 /// in the map uses the weights of its spec.
@@ -135,15 +135,20 @@ pub fn grpc_route_name(policy: &str) -> String {
     format!("grpc_{policy}")
 }
 
-/// Typed resources, before encoding.
+/// What one policy contributes, typed, before encoding.
 #[derive(Debug, Default)]
-struct Typed {
-    /// (listener, egress port if a sidecar egress listener, route config it uses)
-    listeners: Vec<(Listener, Option<u32>, String)>,
-    routes: Vec<(RouteConfiguration, Vec<String>)>,
+pub(crate) struct TypedPiece {
     /// (the cluster Envoy gets, the variant a proxyless gRPC client gets when it differs)
-    clusters: Vec<(Cluster, Option<Cluster>)>,
-    assignments: Vec<ClusterLoadAssignment>,
+    pub(crate) clusters: Vec<(Cluster, Option<Cluster>)>,
+    pub(crate) assignments: Vec<ClusterLoadAssignment>,
+    /// The proxyless gRPC api_listeners (`<host>`, `<host>:<port>`).
+    pub(crate) listeners: Vec<Listener>,
+    /// `grpc_<policy>`.
+    pub(crate) route: RouteConfiguration,
+    /// The policy's virtual host in its port's egress route.
+    pub(crate) vhost: VirtualHost,
+    /// Its clusters' names: what its routes reference.
+    pub(crate) refs: Vec<String>,
 }
 
 /// Policy label that scopes a policy to one namespace: only nodes whose
@@ -159,33 +164,6 @@ pub fn namespace_of(spiffe_id: &str) -> Option<String> {
         (Some(_), Some("ns"), Some(ns)) if !ns.is_empty() => Some(ns.to_owned()),
         _ => None,
     }
-}
-
-/// Translates each namespace's view: the unscoped policies for nodes
-/// without a namespace, and per namespace named by a [`NAMESPACE_LABEL`],
-/// the unscoped policies plus that namespace's. Costs one translation per
-/// namespace; fine for tens of namespaces, revisit for thousands.
-pub fn translate_scoped(
-    policies: &[Policy],
-    weights: &Weights,
-    mesh: &Mesh,
-) -> (Resources, BTreeMap<String, Resources>) {
-    let mut unscoped = Vec::new();
-    let mut by_ns: BTreeMap<String, Vec<Policy>> = BTreeMap::new();
-    for p in policies {
-        match p.metadata.labels.get(NAMESPACE_LABEL) {
-            Some(ns) => by_ns.entry(ns.clone()).or_default().push(p.clone()),
-            None => unscoped.push(p.clone()),
-        }
-    }
-    let scoped = by_ns
-        .into_iter()
-        .map(|(ns, mut own)| {
-            own.extend(unscoped.iter().cloned());
-            (ns, translate_mesh(&own, weights, mesh))
-        })
-        .collect();
-    (translate_mesh(&unscoped, weights, mesh), scoped)
 }
 
 /// Default SPIFFE trust domain (`--trust-domain`).
@@ -215,7 +193,7 @@ impl Default for Mesh {
 }
 
 /// What a sidecar's inbound listener for a policy needs; the bind and
-/// workload addresses come from the node (see [`crate::protocol::NodeView`]).
+/// workload addresses come from the node (see [`crate::node::MeridianNode`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InboundTemplate {
     pub mode: MtlsMode,
@@ -224,102 +202,56 @@ pub struct InboundTemplate {
     pub protocol: Protocol,
 }
 
-/// Translates policies into the encoded resource set every stream reads,
-/// with the default [`Mesh`] (no CA).
-pub fn translate(policies: &[Policy], weights: &Weights) -> Resources {
-    translate_mesh(policies, weights, &Mesh::default())
-}
-
-/// Translates policies, secrets and inbound templates into the resource set.
-pub fn translate_mesh(policies: &[Policy], weights: &Weights, mesh: &Mesh) -> Resources {
-    let typed = build(policies, weights, mesh);
-    let mut out = Resources::new();
-    // Name order: an endpoint shared by two policies belongs to the first,
-    // whatever order the caller passed.
-    let mut ordered: Vec<&Policy> = policies.iter().collect();
-    ordered.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    for p in ordered {
-        out.insert_inbound(&p.metadata.name, inbound_template(p, mesh));
-        for z in &p.spec.zones {
-            for e in &z.endpoints {
-                if let Ok(ip) = e.address.parse::<std::net::IpAddr>() {
-                    let addr = std::net::SocketAddr::new(ip, e.port as u16);
-                    out.insert_endpoint(addr.to_string(), &p.metadata.name);
-                }
-            }
-        }
-    }
-    if let Some(bundle) = &mesh.trust_bundle_pem {
-        let s = tls::trust_bundle_secret(bundle);
-        out.insert(
-            ResourceType::Secret,
-            Entry::new(s.name.clone(), encode(&s, ResourceType::Secret)),
-        );
-    }
-    for (id, (chain, key)) in &mesh.workload_certs {
-        let s = tls::workload_secret(chain, key);
-        out.insert_workload_secret(
-            id,
-            Entry::new(s.name.clone(), encode(&s, ResourceType::Secret)),
-        );
-    }
-    for (l, egress_port, route) in typed.listeners {
-        let mut e = Entry::new(l.name.clone(), encode(&l, ResourceType::Listener));
-        e.wildcard = egress_port.is_some();
-        e.egress_port = egress_port;
-        e.refs = Box::new([Arc::from(route)]);
-        out.insert(ResourceType::Listener, e);
-    }
-    for (r, refs) in typed.routes {
-        let mut e = Entry::new(r.name.clone(), encode(&r, ResourceType::RouteConfiguration));
-        let mut refs: Vec<Arc<str>> = refs.into_iter().map(Arc::from).collect();
-        refs.sort();
-        refs.dedup();
-        e.refs = refs.into_boxed_slice();
-        out.insert(ResourceType::RouteConfiguration, e);
-    }
-    for (c, proxyless) in typed.clusters {
-        let mut e = Entry::new(c.name.clone(), encode(&c, ResourceType::Cluster));
-        e.proxyless = proxyless.map(|g| {
-            Arc::new(Entry::new(
-                g.name.clone(),
-                encode(&g, ResourceType::Cluster),
-            ))
-        });
-        out.insert(ResourceType::Cluster, e);
-    }
-    for a in typed.assignments {
-        out.insert(
-            ResourceType::ClusterLoadAssignment,
-            Entry::new(
-                a.cluster_name.clone(),
-                encode(&a, ResourceType::ClusterLoadAssignment),
-            ),
-        );
-    }
-    out
-}
-
-/// Typed JSON rendering of what [`translate`] produces, for debugging
+/// Typed JSON rendering of what the translation produces, for debugging
 /// (`meridian xds render`). With `policy_filter`, only that policy is
 /// translated, so shared egress resources show its share alone.
 pub fn render(policies: &[Policy], weights: &Weights, policy_filter: Option<&str>) -> Value {
-    let selected: Vec<Policy> = policies
+    let mut selected: Vec<&Policy> = policies
         .iter()
         .filter(|p| policy_filter.is_none_or(|f| p.metadata.name == f))
-        .cloned()
         .collect();
-    let typed = build(&selected, weights, &Mesh::default());
+    selected.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let mesh = Mesh::default();
     let to_json = |v: Result<Value, serde_json::Error>| {
         let mut v = v.unwrap_or_else(|e| json!({"error": e.to_string()}));
         drop_empty_any_values(&mut v);
         v
     };
+    let (mut listeners, mut routes, mut clusters, mut assignments) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut egress: BTreeMap<u32, Vec<VirtualHost>> = BTreeMap::new();
+    for p in selected {
+        let t = typed_piece(p, weights.get(&p.metadata.name), &mesh);
+        listeners.extend(t.listeners.iter().map(|l| to_json(serde_json::to_value(l))));
+        routes.push(to_json(serde_json::to_value(&t.route)));
+        clusters.extend(
+            t.clusters
+                .iter()
+                .map(|(c, _)| to_json(serde_json::to_value(c))),
+        );
+        assignments.extend(
+            t.assignments
+                .iter()
+                .map(|a| to_json(serde_json::to_value(a))),
+        );
+        egress.entry(p.spec.port).or_default().push(t.vhost);
+    }
+    for (port, vhosts) in egress {
+        listeners.push(to_json(serde_json::to_value(egress_listener(
+            port,
+            DEFAULT_EGRESS_ADDRESS,
+        ))));
+        routes.push(to_json(serde_json::to_value(RouteConfiguration {
+            name: egress_name(port),
+            virtual_hosts: vhosts,
+            ..Default::default()
+        })));
+    }
     json!({
-        "listeners": typed.listeners.iter().map(|(l, _, _)| to_json(serde_json::to_value(l))).collect::<Vec<_>>(),
-        "routeConfigurations": typed.routes.iter().map(|(r, _)| to_json(serde_json::to_value(r))).collect::<Vec<_>>(),
-        "clusters": typed.clusters.iter().map(|(c, _)| to_json(serde_json::to_value(c))).collect::<Vec<_>>(),
-        "clusterLoadAssignments": typed.assignments.iter().map(|a| to_json(serde_json::to_value(a))).collect::<Vec<_>>(),
+        "listeners": listeners,
+        "routeConfigurations": routes,
+        "clusters": clusters,
+        "clusterLoadAssignments": assignments,
     })
 }
 
@@ -365,151 +297,117 @@ fn drop_empty_any_values(v: &mut Value) {
     }
 }
 
-fn encode<M: Message>(m: &M, ty: ResourceType) -> Any {
-    Any {
-        type_url: ty.type_url().to_owned(),
-        value: m.encode_to_vec(),
-    }
+/// Encodes a message into a shared entry: the one encoding every stream sends.
+pub(crate) fn entry<M: Message>(name: impl Into<Arc<str>>, ty: ResourceType, m: &M) -> Entry {
+    Entry::new(name, ty, m.encode_to_vec())
 }
 
-fn any_of<M: Message + prost::Name>(m: &M) -> Any {
-    Any {
-        type_url: M::type_url(),
-        value: m.encode_to_vec(),
-    }
-}
+/// Translates one policy: a pure function of the policy, its stored
+/// effective weights and the mesh.
+pub(crate) fn typed_piece(
+    p: &Policy,
+    zone_weights: Option<&BTreeMap<String, u32>>,
+    mesh: &Mesh,
+) -> TypedPiece {
+    let name = p.metadata.name.as_str();
+    let canary_versions: BTreeSet<&str> = p
+        .spec
+        .routes
+        .iter()
+        .filter_map(|r| r.canary.as_ref().map(|c| c.version.as_str()))
+        .collect();
+    // A stored decision that does not name exactly the policy's zones was
+    // made for another zone set (a zone renamed, added or removed since):
+    // applying it would give an unnamed zone weight 0 and black-hole it,
+    // so the spec weights apply until the leader decides again.
+    let zone_weights = zone_weights.filter(|w| decision_matches_zones(p, w));
+    let zone_weight = |zone: &str, spec: u32| -> u32 {
+        zone_weights
+            .and_then(|w| w.get(zone).copied())
+            .unwrap_or(spec)
+    };
 
-fn build(policies: &[Policy], weights: &Weights, mesh: &Mesh) -> Typed {
-    // Name order makes the output independent of the caller's order.
-    let mut order: Vec<&Policy> = policies.iter().collect();
-    order.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-
-    let mut typed = Typed::default();
-    let mut egress: BTreeMap<u32, (Vec<VirtualHost>, Vec<String>)> = BTreeMap::new();
-    for p in order {
-        let name = p.metadata.name.as_str();
-        let canary_versions: BTreeSet<&str> = p
-            .spec
-            .routes
+    let mut typed = TypedPiece::default();
+    // Stable cluster first, then one per canary version.
+    let mut clusters: Vec<(String, Option<&str>)> = vec![(stable_cluster_name(name), None)];
+    clusters.extend(
+        canary_versions
             .iter()
-            .filter_map(|r| r.canary.as_ref().map(|c| c.version.as_str()))
-            .collect();
-
-        let zone_weights = weights.get(name);
-        let zone_weight = |zone: &str, spec: u32| -> u32 {
-            match zone_weights {
-                Some(w) => w.get(zone).copied().unwrap_or(0),
-                None => spec,
-            }
-        };
-
-        // Stable cluster first, then one per canary version.
-        let mut clusters: Vec<(String, Option<&str>)> = vec![(stable_cluster_name(name), None)];
-        clusters.extend(
-            canary_versions
-                .iter()
-                .map(|v| (canary_cluster_name(name, v), Some(*v))),
-        );
-        for (cluster_name, version) in &clusters {
-            let plain = cluster(cluster_name, p.spec.protocol);
-            // Only `strict` makes clients use mTLS: under `permissive` the
-            // endpoints may still lack a sidecar, and plaintext reaches both.
-            if p.spec.mtls.mode == MtlsMode::Strict {
-                let server = Peers::TrustDomain(mesh.trust_domain.clone());
-                let with = |consumer| Cluster {
-                    transport_socket: Some(tls::upstream_socket(consumer, &server, &p.spec.host)),
-                    ..plain.clone()
-                };
-                typed
-                    .clusters
-                    .push((with(Consumer::Envoy), Some(with(Consumer::ProxylessGrpc))));
-            } else {
-                typed.clusters.push((plain, None));
-            }
-            let mut cla = ClusterLoadAssignment {
-                cluster_name: cluster_name.clone(),
-                ..Default::default()
+            .map(|v| (canary_cluster_name(name, v), Some(*v))),
+    );
+    for (cluster_name, version) in &clusters {
+        let plain = cluster(cluster_name, p.spec.protocol);
+        // Only `strict` makes clients use mTLS: under `permissive` the
+        // endpoints may still lack a sidecar, and plaintext reaches both.
+        if p.spec.mtls.mode == MtlsMode::Strict {
+            let server = Peers::TrustDomain(mesh.trust_domain.clone());
+            let with = |consumer| Cluster {
+                transport_socket: Some(tls::upstream_socket(consumer, &server, &p.spec.host)),
+                ..plain.clone()
             };
-            for z in &p.spec.zones {
-                let w = zone_weight(&z.name, z.weight);
-                if w == 0 {
-                    continue;
-                }
-                let lb_endpoints: Vec<LbEndpoint> = z
-                    .endpoints
-                    .iter()
-                    .filter(|e| match version {
-                        Some(v) => e.version == *v,
-                        None => !canary_versions.contains(e.version.as_str()),
-                    })
-                    .map(|e| lb_endpoint(&e.address, e.port))
-                    .collect();
-                if lb_endpoints.is_empty() {
-                    continue;
-                }
-                cla.endpoints.push(LocalityLbEndpoints {
-                    locality: Some(Locality {
-                        region: z.region.clone().unwrap_or_default(),
-                        zone: z.name.clone(),
-                        sub_zone: String::new(),
-                    }),
-                    lb_endpoints,
-                    load_balancing_weight: Some(UInt32Value { value: w }),
-                    ..Default::default()
-                });
-            }
-            typed.assignments.push(cla);
-        }
-
-        let vhost = virtual_host(p);
-        let refs: Vec<String> = clusters.into_iter().map(|(n, _)| n).collect();
-
-        let grpc_route = grpc_route_name(name);
-        for lname in [
-            p.spec.host.clone(),
-            format!("{}:{}", p.spec.host, p.spec.port),
-        ] {
             typed
-                .listeners
-                .push((api_listener(&lname, &grpc_route), None, grpc_route.clone()));
+                .clusters
+                .push((with(Consumer::Envoy), Some(with(Consumer::ProxylessGrpc))));
+        } else {
+            typed.clusters.push((plain, None));
         }
-        typed.routes.push((
-            RouteConfiguration {
-                name: grpc_route,
-                virtual_hosts: vec![vhost.clone()],
+        let mut cla = ClusterLoadAssignment {
+            cluster_name: cluster_name.clone(),
+            ..Default::default()
+        };
+        for z in &p.spec.zones {
+            let w = zone_weight(&z.name, z.weight);
+            if w == 0 {
+                continue;
+            }
+            let lb_endpoints: Vec<LbEndpoint> = z
+                .endpoints
+                .iter()
+                .filter(|e| match version {
+                    Some(v) => e.version == *v,
+                    None => !canary_versions.contains(e.version.as_str()),
+                })
+                .map(|e| lb_endpoint(&e.address, e.port))
+                .collect();
+            if lb_endpoints.is_empty() {
+                continue;
+            }
+            cla.endpoints.push(LocalityLbEndpoints {
+                locality: Some(Locality {
+                    region: z.region.clone().unwrap_or_default(),
+                    zone: z.name.clone(),
+                    sub_zone: String::new(),
+                }),
+                lb_endpoints,
+                load_balancing_weight: Some(UInt32Value { value: w }),
                 ..Default::default()
-            },
-            refs.clone(),
-        ));
+            });
+        }
+        typed.assignments.push(cla);
+    }
 
-        let slot = egress.entry(p.spec.port).or_default();
-        slot.0.push(vhost);
-        slot.1.extend(refs);
+    typed.vhost = virtual_host(p);
+    typed.refs = clusters.into_iter().map(|(n, _)| n).collect();
+    let grpc_route = grpc_route_name(name);
+    for lname in [
+        p.spec.host.clone(),
+        format!("{}:{}", p.spec.host, p.spec.port),
+    ] {
+        typed.listeners.push(api_listener(&lname, &grpc_route));
     }
-    for (port, (vhosts, refs)) in egress {
-        typed.listeners.push((
-            egress_listener(port, DEFAULT_EGRESS_ADDRESS),
-            Some(port),
-            egress_name(port),
-        ));
-        typed.routes.push((
-            RouteConfiguration {
-                name: egress_name(port),
-                virtual_hosts: vhosts,
-                ..Default::default()
-            },
-            refs,
-        ));
-    }
+    typed.route = RouteConfiguration {
+        name: grpc_route,
+        virtual_hosts: vec![typed.vhost.clone()],
+        ..Default::default()
+    };
     typed
 }
 
-pub(crate) fn ads() -> ConfigSource {
-    ConfigSource {
-        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
-        resource_api_version: ApiVersion::V3 as i32,
-        ..Default::default()
-    }
+/// Whether a stored effective-weights decision names exactly the policy's
+/// current zones (no more, no fewer).
+pub fn decision_matches_zones(p: &Policy, weights: &BTreeMap<String, u32>) -> bool {
+    weights.len() == p.spec.zones.len()
+        && p.spec.zones.iter().all(|z| weights.contains_key(&z.name))
 }
 
 fn cluster(name: &str, protocol: Protocol) -> Cluster {
@@ -715,13 +613,17 @@ pub fn egress_listener(port: u32, bind_address: &str) -> Listener {
     }
 }
 
-/// Encoded egress listener entry for a bind address (per-node variant).
+/// Encoded egress listener entry of a port, bound on `bind_address`.
 pub(crate) fn egress_entry(port: u32, bind_address: &str) -> Entry {
     let l = egress_listener(port, bind_address);
-    let mut e = Entry::new(l.name.clone(), encode(&l, ResourceType::Listener));
-    e.egress_port = Some(port);
+    let mut e = entry(l.name.clone(), ResourceType::Listener, &l);
     e.refs = Box::new([Arc::from(egress_name(port))]);
     e
+}
+
+/// The port of an egress listener name (`egress_<port>`).
+pub(crate) fn egress_port(name: &str) -> Option<u32> {
+    name.strip_prefix("egress_")?.parse().ok()
 }
 
 fn api_listener(name: &str, route_config_name: &str) -> Listener {
@@ -734,7 +636,7 @@ fn api_listener(name: &str, route_config_name: &str) -> Listener {
     }
 }
 
-fn inbound_template(p: &Policy, mesh: &Mesh) -> InboundTemplate {
+pub(crate) fn inbound_template(p: &Policy, mesh: &Mesh) -> InboundTemplate {
     InboundTemplate {
         mode: p.spec.mtls.mode,
         peers: if p.spec.mtls.allowed_sans.is_empty() {
@@ -931,14 +833,19 @@ pub fn grpc_server_listener(
     }
 }
 
-/// Encoded listener for a proxyless gRPC server that asked for `name`.
-pub(crate) fn grpc_server_entry(name: &str, res: &Resources) -> Option<Entry> {
-    let addr: std::net::SocketAddr = name
-        .strip_prefix(GRPC_SERVER_LISTENER_PREFIX)?
-        .parse()
-        .ok()?;
-    let policy = res.endpoint_policy(&addr.to_string())?;
-    let template = res.inbound(policy)?;
+/// The listening address a proxyless gRPC server's listener name carries.
+pub(crate) fn grpc_server_address(name: &str) -> Option<std::net::SocketAddr> {
+    name.strip_prefix(GRPC_SERVER_LISTENER_PREFIX)?.parse().ok()
+}
+
+/// Encoded listener for a proxyless gRPC server that asked for `name`,
+/// an endpoint of `policy`.
+pub(crate) fn grpc_server_entry(
+    name: &str,
+    addr: std::net::SocketAddr,
+    policy: &str,
+    template: &InboundTemplate,
+) -> Entry {
     let l = grpc_server_listener(
         name,
         policy,
@@ -946,9 +853,9 @@ pub(crate) fn grpc_server_entry(name: &str, res: &Resources) -> Option<Entry> {
         &addr.ip().to_string(),
         u32::from(addr.port()),
     );
-    let mut e = Entry::new(name.to_owned(), encode(&l, ResourceType::Listener));
+    let mut e = entry(name.to_owned(), ResourceType::Listener, &l);
     e.wildcard = false;
-    Some(e)
+    e
 }
 
 /// The static cluster of the workload behind a sidecar.
@@ -988,10 +895,10 @@ pub(crate) fn inbound_entries(
 ) -> (Entry, Entry) {
     let l = inbound_listener(policy, template, consumer, listen.0, listen.1);
     let c = inbound_cluster(policy, template.protocol, workload.0, workload.1);
-    let mut le = Entry::new(l.name.clone(), encode(&l, ResourceType::Listener));
+    let mut le = entry(l.name.clone(), ResourceType::Listener, &l);
     // The route is inline; nothing to make-before-break against.
     le.refs = Box::new([]);
-    let ce = Entry::new(c.name.clone(), encode(&c, ResourceType::Cluster));
+    let ce = entry(c.name.clone(), ResourceType::Cluster, &c);
     (le, ce)
 }
 

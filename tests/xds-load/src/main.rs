@@ -1,146 +1,209 @@
-//! `xds-load`: opens many ADS streams against Meridian, every one subscribed
-//! to the endpoints (EDS) of one policy, half state-of-the-world and half
-//! delta, one HTTP/2 connection each as sidecars would. Then it changes that
-//! policy through the REST API several times and reports, over every stream
-//! and change, how long after the REST write returned the stream received
-//! the new version. It also reports the server's memory per idle stream.
+//! `xds-load`: opens many ADS streams that behave like the README's Envoy
+//! bootstrap: wildcard CDS and LDS, then EDS for every cluster and RDS for
+//! every route configuration they receive, every response ACKed; half of
+//! them state-of-the-world and half delta, multiplexed over a fixed number
+//! of HTTP/2 connections. It times the initial sync of all streams, then
+//! changes one cluster's endpoint weights several times (Meridian: a REST
+//! PATCH of a policy; `xds-minimal`: a line on its control port) and
+//! reports how long after the change was accepted each stream had it, the
+//! server's CPU per change, and its memory per idle stream.
+//!
+//! `--seed N` instead creates N policies (two zones each, on 50 ports).
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use prost::Message;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use xds_api::pb::envoy::config::core::v3::Node;
+use xds_api::pb::envoy::config::listener::v3::{filter, Listener};
+use xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager::RouteSpecifier, HttpConnectionManager,
+};
 use xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use xds_api::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use xds_api::pb::google::protobuf::Any;
 
+const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 
 #[derive(Parser)]
 struct Args {
-    /// Meridian's xDS address.
+    /// The xDS server's address.
     #[arg(long, default_value = "http://127.0.0.1:18000")]
     xds: String,
-    /// Meridian's REST API.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    api: String,
-    /// Policy whose endpoints every stream subscribes to, and that is changed.
-    #[arg(long, default_value = "bench-hot")]
-    policy: String,
+    /// Meridian's REST API (changes are PATCHes of `--hot`).
+    #[arg(long)]
+    api: Option<String>,
+    /// `xds-minimal`'s control address (changes are a line `change`).
+    #[arg(long)]
+    control: Option<String>,
+    /// The cluster (Meridian: the policy) whose weights change.
+    #[arg(long, default_value = "bench-0000")]
+    hot: String,
     #[arg(long, default_value_t = 10_000)]
     streams: usize,
-    /// Policy changes to time.
-    #[arg(long, default_value_t = 10)]
+    /// HTTP/2 connections the streams share.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Changes to time.
+    #[arg(long, default_value_t = 4)]
     changes: usize,
-    /// Meridian's process id, to read its memory.
+    /// The server's process id, to read its CPU time and memory.
     #[arg(long)]
     server_pid: Option<u32>,
-    /// Create (PUT) this many policies `bench-0000`.. and the hot one, then exit.
+    /// A label for the result line.
+    #[arg(long, default_value = "server")]
+    label: String,
+    /// Create (PUT) this many policies `bench-0000`.., then exit.
     #[arg(long)]
     seed: Option<usize>,
+    /// Ports the seeded policies spread over.
+    #[arg(long, default_value_t = 50)]
+    ports: u32,
 }
 
-/// What one stream has seen: how many responses, and when each arrived.
+/// What one stream has seen.
 #[derive(Default)]
 struct Seen {
-    arrivals: Mutex<Vec<Instant>>,
+    /// When a response carrying the hot cluster's endpoints arrived.
+    hot: Mutex<Vec<Instant>>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(n) = args.seed {
-        return seed(&args.api, &args.policy, n).await;
+        let api = args.api.as_deref().context("--seed needs --api")?;
+        return seed(api, n, args.ports).await;
     }
     let rss_before = args.server_pid.map(rss_kib).transpose()?;
-    let ready = Arc::new(AtomicUsize::new(0));
+    let synced = Arc::new(AtomicUsize::new(0));
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        channels.push(
+            tonic::transport::Endpoint::from_shared(args.xds.clone())?
+                .tcp_nodelay(true)
+                .connect()
+                .await?,
+        );
+    }
     let mut seen = Vec::with_capacity(args.streams);
     let started = Instant::now();
-    // Connect in waves so the server's accept queue is not the thing measured.
-    for wave in (0..args.streams).collect::<Vec<_>>().chunks(250) {
-        let mut joins = Vec::new();
-        for &i in wave {
-            let s = Arc::new(Seen::default());
-            seen.push(s.clone());
-            let (xds, policy, ready) = (args.xds.clone(), args.policy.clone(), ready.clone());
-            joins.push(tokio::spawn(async move {
-                stream(i, xds, policy, s, ready).await
-            }));
-        }
-        for j in joins {
-            j.await?.context("opening a stream")?;
+    for i in 0..args.streams {
+        let s = Arc::new(Seen::default());
+        seen.push(s.clone());
+        let channel = channels[i % channels.len()].clone();
+        let (hot, synced) = (args.hot.clone(), synced.clone());
+        if i % 2 == 0 {
+            tokio::spawn(sotw(i, channel, hot, s, synced));
+        } else {
+            tokio::spawn(delta(i, channel, hot, s, synced));
         }
     }
     wait_for(
-        || ready.load(Ordering::Relaxed) >= args.streams,
-        Duration::from_secs(120),
+        || synced.load(Ordering::Relaxed) >= args.streams,
+        Duration::from_secs(300),
     )
     .await
-    .context("not every stream got its first response")?;
+    .with_context(|| {
+        format!(
+            "only {} of {} streams synced",
+            synced.load(Ordering::Relaxed),
+            args.streams
+        )
+    })?;
+    let sync_s = started.elapsed().as_secs_f64();
     println!(
-        "streams: {} ({} SotW, {} delta), all subscribed in {:.1} s",
+        "[{}] {} streams ({} SotW, {} delta) on {} connections: all synced (CDS, EDS for every cluster, LDS, RDS for every route) in {:.2} s",
+        args.label,
         args.streams,
         args.streams.div_ceil(2),
         args.streams / 2,
-        started.elapsed().as_secs_f64()
+        channels.len(),
+        sync_s
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut kib_per_stream = f64::NAN;
     if let (Some(pid), Some(before)) = (args.server_pid, rss_before) {
         let after = rss_kib(pid)?;
-        println!("server memory: {} MiB before streams, {} MiB with them idle: {:.1} KiB per idle stream",
-            before / 1024, after / 1024, (after.saturating_sub(before)) as f64 / args.streams as f64);
+        kib_per_stream = after.saturating_sub(before) as f64 / args.streams as f64;
+        println!(
+            "[{}] server memory: {} MiB before the streams, {} MiB with them idle: {:.1} KiB per idle stream",
+            args.label,
+            before / 1024,
+            after / 1024,
+            kib_per_stream
+        );
     }
 
     let http = reqwest::Client::new();
+    let mut control = match &args.control {
+        Some(addr) => Some(Control::connect(addr).await?),
+        None => None,
+    };
     let mut latencies = Vec::new();
+    let mut cpu_ms = 0.0;
     for change in 0..args.changes {
-        let counts: Vec<usize> = seen
-            .iter()
-            .map(|s| s.arrivals.lock().unwrap().len())
-            .collect();
-        let weight = 10 + (change % 80) as u32;
-        let patch = serde_json::json!({"spec": {"zones": [
-            {"name": "a", "weight": weight, "endpoints": [{"address": "127.0.9.1", "port": 80}]},
-            {"name": "b", "weight": 100 - weight, "endpoints": [{"address": "127.0.9.2", "port": 80}]}]}});
-        let r = http
-            .patch(format!("{}/api/v1/policies/{}", args.api, args.policy))
-            .header("content-type", "application/merge-patch+json")
-            .body(patch.to_string())
-            .send()
-            .await?;
-        let written = Instant::now();
-        if !r.status().is_success() {
-            bail!("PATCH failed: {} {}", r.status(), r.text().await?);
-        }
+        let counts: Vec<usize> = seen.iter().map(|s| s.hot.lock().unwrap().len()).collect();
+        let cpu_before = args.server_pid.map(cpu_ms_of).transpose()?;
+        let written = match (&args.api, control.as_mut()) {
+            (Some(api), _) => patch(&http, api, &args.hot, change).await?,
+            (None, Some(c)) => c.change().await?,
+            (None, None) => bail!("give --api or --control"),
+        };
         let all = || {
             seen.iter()
                 .zip(&counts)
-                .all(|(s, &n)| s.arrivals.lock().unwrap().len() > n)
+                .all(|(s, &n)| s.hot.lock().unwrap().len() > n)
         };
-        wait_for(all, Duration::from_secs(60))
+        wait_for(all, Duration::from_secs(120))
             .await
             .context("a change did not reach every stream")?;
+        if let (Some(pid), Some(before)) = (args.server_pid, cpu_before) {
+            cpu_ms += cpu_ms_of(pid)? - before;
+        }
         for (s, &n) in seen.iter().zip(&counts) {
-            let at = s.arrivals.lock().unwrap()[n];
+            let at = s.hot.lock().unwrap()[n];
             latencies.push(at.saturating_duration_since(written));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1)];
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "push after REST write returned, {} changes x {} streams: p50 {:?}  p99 {:?}  max {:?}",
+        "[{}] change reaches every stream, {} changes x {} streams: p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms; server CPU {:.0} ms per change",
+        args.label,
         args.changes,
         args.streams,
-        pct(0.50),
-        pct(0.99),
-        latencies[latencies.len() - 1]
+        ms(pct(0.50)),
+        ms(pct(0.99)),
+        ms(latencies[latencies.len() - 1]),
+        cpu_ms / args.changes as f64,
     );
-    Ok(())
+    // One line for scripts.
+    println!(
+        "RESULT label={} streams={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} sync_s={:.2} cpu_ms_per_change={:.1} kib_per_stream={:.1}",
+        args.label,
+        args.streams,
+        ms(pct(0.50)),
+        ms(pct(0.99)),
+        ms(latencies[latencies.len() - 1]),
+        sync_s,
+        cpu_ms / args.changes as f64,
+        kib_per_stream
+    );
+    std::process::exit(0);
 }
 
 async fn wait_for(mut done: impl FnMut() -> bool, limit: Duration) -> anyhow::Result<()> {
@@ -154,88 +217,268 @@ async fn wait_for(mut done: impl FnMut() -> bool, limit: Duration) -> anyhow::Re
     Ok(())
 }
 
-/// One ADS stream on its own connection; records every response and ACKs it.
-async fn stream(
-    i: usize,
-    xds: String,
-    policy: String,
-    seen: Arc<Seen>,
-    ready: Arc<AtomicUsize>,
-) -> anyhow::Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(xds)?
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
-    let mut client = AggregatedDiscoveryServiceClient::new(channel);
-    let node = Some(Node {
+/// The name (field 1) of an encoded Listener, RouteConfiguration, Cluster
+/// or ClusterLoadAssignment, without decoding the rest.
+fn name_of(bytes: &[u8]) -> Option<String> {
+    let mut b = bytes;
+    while !b.is_empty() {
+        let key = prost::encoding::decode_varint(&mut b).ok()?;
+        let (field, wire) = (key >> 3, key & 7);
+        match wire {
+            0 => {
+                prost::encoding::decode_varint(&mut b).ok()?;
+            }
+            1 => b = b.get(8..)?,
+            2 => {
+                let len = prost::encoding::decode_varint(&mut b).ok()? as usize;
+                let (v, rest) = (b.get(..len)?, b.get(len..)?);
+                if field == 1 {
+                    return String::from_utf8(v.to_vec()).ok();
+                }
+                b = rest;
+            }
+            5 => b = b.get(4..)?,
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// The route configurations a listener reads over RDS.
+fn routes_of(any: &Any) -> Vec<String> {
+    let Ok(l) = Listener::decode(any.value.as_slice()) else {
+        return Vec::new();
+    };
+    l.filter_chains
+        .iter()
+        .flat_map(|c| &c.filters)
+        .filter_map(|f| match &f.config_type {
+            Some(filter::ConfigType::TypedConfig(a)) => {
+                HttpConnectionManager::decode(a.value.as_slice()).ok()
+            }
+            _ => None,
+        })
+        .filter_map(|h| match h.route_specifier {
+            Some(RouteSpecifier::Rds(r)) => Some(r.route_config_name),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What an Envoy-like client holds and wants, per stream.
+#[derive(Default)]
+struct Client {
+    clusters: BTreeSet<String>,
+    routes: BTreeSet<String>,
+    eds_have: BTreeSet<String>,
+    rds_have: BTreeSet<String>,
+    got_cds: bool,
+    got_lds: bool,
+    synced: bool,
+}
+
+impl Client {
+    fn check_synced(&mut self, synced: &AtomicUsize) {
+        if !self.synced
+            && self.got_cds
+            && self.got_lds
+            && self.clusters.iter().all(|c| self.eds_have.contains(c))
+            && self.routes.iter().all(|r| self.rds_have.contains(r))
+        {
+            self.synced = true;
+            synced.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn node(i: usize) -> Option<Node> {
+    Some(Node {
         id: format!("load-{i}"),
         cluster: "bench".into(),
+        user_agent_name: "envoy".into(),
         ..Default::default()
-    });
-    if i.is_multiple_of(2) {
-        let (tx, rx) = mpsc::channel(4);
-        // A SotW request always names the whole subscription, ACKs included.
-        let names = vec![policy];
+    })
+}
+
+/// A SotW stream: every request names the whole subscription of its type.
+async fn sotw(
+    i: usize,
+    channel: tonic::transport::Channel,
+    hot: String,
+    seen: Arc<Seen>,
+    synced: Arc<AtomicUsize>,
+) -> anyhow::Result<()> {
+    let mut client = AggregatedDiscoveryServiceClient::new(channel);
+    let (tx, rx) = mpsc::channel(16);
+    for ty in [CDS, LDS] {
         tx.send(DiscoveryRequest {
-            node,
-            type_url: EDS.into(),
-            resource_names: names.clone(),
+            node: node(i),
+            type_url: ty.into(),
             ..Default::default()
         })
         .await?;
-        let mut responses = client
-            .stream_aggregated_resources(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        tokio::spawn(async move {
-            let mut first = true;
-            while let Some(Ok(r)) = responses.next().await {
-                seen.arrivals.lock().unwrap().push(Instant::now());
-                if std::mem::take(&mut first) {
-                    ready.fetch_add(1, Ordering::Relaxed);
-                }
-                let ack = DiscoveryRequest {
-                    type_url: r.type_url,
-                    version_info: r.version_info,
-                    response_nonce: r.nonce,
-                    resource_names: names.clone(),
-                    ..Default::default()
-                };
-                if tx.send(ack).await.is_err() {
-                    break;
+    }
+    let mut responses = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut c = Client::default();
+    // Per type: (version, nonce) of the last response, for ACKs and new names.
+    let mut last: std::collections::HashMap<String, (String, String)> = Default::default();
+    while let Some(Ok(r)) = responses.next().await {
+        let names: Vec<String> = r
+            .resources
+            .iter()
+            .filter_map(|a| name_of(&a.value))
+            .collect();
+        let mut follow = None;
+        match r.type_url.as_str() {
+            CDS => {
+                c.got_cds = true;
+                let now: BTreeSet<String> = names.iter().cloned().collect();
+                if now != c.clusters {
+                    c.clusters = now;
+                    follow = Some(EDS);
                 }
             }
-        });
-    } else {
-        let (tx, rx) = mpsc::channel(4);
+            LDS => {
+                c.got_lds = true;
+                let now: BTreeSet<String> = r.resources.iter().flat_map(routes_of).collect();
+                if now != c.routes {
+                    c.routes = now;
+                    follow = Some(RDS);
+                }
+            }
+            EDS => {
+                if names.iter().any(|n| *n == hot) {
+                    seen.hot.lock().unwrap().push(Instant::now());
+                }
+                c.eds_have.extend(names);
+            }
+            RDS => c.rds_have.extend(names),
+            _ => {}
+        }
+        last.insert(
+            r.type_url.clone(),
+            (r.version_info.clone(), r.nonce.clone()),
+        );
+        let subscription = |ty: &str, c: &Client| -> Vec<String> {
+            match ty {
+                EDS => c.clusters.iter().cloned().collect(),
+                RDS => c.routes.iter().cloned().collect(),
+                _ => Vec::new(),
+            }
+        };
+        // ACK.
+        tx.send(DiscoveryRequest {
+            type_url: r.type_url.clone(),
+            version_info: r.version_info,
+            response_nonce: r.nonce,
+            resource_names: subscription(&r.type_url, &c),
+            ..Default::default()
+        })
+        .await?;
+        if let Some(ty) = follow {
+            let (version, nonce) = last.get(ty).cloned().unwrap_or_default();
+            tx.send(DiscoveryRequest {
+                type_url: ty.into(),
+                version_info: version,
+                response_nonce: nonce,
+                resource_names: subscription(ty, &c),
+                ..Default::default()
+            })
+            .await?;
+        }
+        c.check_synced(&synced);
+    }
+    Ok(())
+}
+
+/// A delta stream: subscribes to what CDS and LDS bring, ACKs everything.
+async fn delta(
+    i: usize,
+    channel: tonic::transport::Channel,
+    hot: String,
+    seen: Arc<Seen>,
+    synced: Arc<AtomicUsize>,
+) -> anyhow::Result<()> {
+    let mut client = AggregatedDiscoveryServiceClient::new(channel);
+    let (tx, rx) = mpsc::channel(16);
+    for ty in [CDS, LDS] {
         tx.send(DeltaDiscoveryRequest {
-            node,
-            type_url: EDS.into(),
-            resource_names_subscribe: vec![policy],
+            node: node(i),
+            type_url: ty.into(),
             ..Default::default()
         })
         .await?;
-        let mut responses = client
-            .delta_aggregated_resources(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        tokio::spawn(async move {
-            let mut first = true;
-            while let Some(Ok(r)) = responses.next().await {
-                seen.arrivals.lock().unwrap().push(Instant::now());
-                if std::mem::take(&mut first) {
-                    ready.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut responses = client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut c = Client::default();
+    while let Some(Ok(r)) = responses.next().await {
+        let names: Vec<String> = r.resources.iter().map(|x| x.name.clone()).collect();
+        let mut subscribe: Option<(&str, Vec<String>, Vec<String>)> = None;
+        match r.type_url.as_str() {
+            CDS => {
+                c.got_cds = true;
+                let mut now = c.clusters.clone();
+                now.extend(names.iter().cloned());
+                for n in &r.removed_resources {
+                    now.remove(n);
                 }
-                let ack = DeltaDiscoveryRequest {
-                    type_url: r.type_url,
-                    response_nonce: r.nonce,
-                    ..Default::default()
-                };
-                if tx.send(ack).await.is_err() {
-                    break;
+                let add: Vec<String> = now.difference(&c.clusters).cloned().collect();
+                let drop: Vec<String> = c.clusters.difference(&now).cloned().collect();
+                c.clusters = now;
+                if !add.is_empty() || !drop.is_empty() {
+                    subscribe = Some((EDS, add, drop));
                 }
             }
-        });
+            LDS => {
+                c.got_lds = true;
+                let now: BTreeSet<String> = c
+                    .routes
+                    .iter()
+                    .cloned()
+                    .chain(
+                        r.resources
+                            .iter()
+                            .filter_map(|x| x.resource.as_ref())
+                            .flat_map(routes_of),
+                    )
+                    .collect();
+                let add: Vec<String> = now.difference(&c.routes).cloned().collect();
+                c.routes = now;
+                if !add.is_empty() {
+                    subscribe = Some((RDS, add, Vec::new()));
+                }
+            }
+            EDS => {
+                if names.iter().any(|n| *n == hot) {
+                    seen.hot.lock().unwrap().push(Instant::now());
+                }
+                c.eds_have.extend(names);
+            }
+            RDS => c.rds_have.extend(names),
+            _ => {}
+        }
+        tx.send(DeltaDiscoveryRequest {
+            type_url: r.type_url,
+            response_nonce: r.nonce,
+            ..Default::default()
+        })
+        .await?;
+        if let Some((ty, add, drop)) = subscribe {
+            tx.send(DeltaDiscoveryRequest {
+                type_url: ty.into(),
+                resource_names_subscribe: add,
+                resource_names_unsubscribe: drop,
+                ..Default::default()
+            })
+            .await?;
+        }
+        c.check_synced(&synced);
     }
     Ok(())
 }
@@ -253,16 +496,72 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .parse()?)
 }
 
-fn policy_body(name: &str, host: &str, weight: u32) -> String {
-    serde_json::json!({"metadata": {"name": name, "labels": {"team": "bench"}}, "spec": {
-        "host": host, "port": 8080, "zones": [
-            {"name": "a", "weight": weight, "endpoints": [{"address": "127.0.9.1", "port": 80}]},
-            {"name": "b", "weight": 100 - weight, "endpoints": [{"address": "127.0.9.2", "port": 80}]}]}})
-    .to_string()
+/// User + system CPU time of a process, in ms (clock ticks are 1/100 s here).
+fn cpu_ms_of(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').context("stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 =
+        f.get(11).context("utime")?.parse::<f64>()? + f.get(12).context("stime")?.parse::<f64>()?;
+    Ok(ticks * 10.0)
 }
 
-/// PUTs `n` policies with 16 requests in flight, then the hot policy.
-async fn seed(api: &str, hot: &str, n: usize) -> anyhow::Result<()> {
+fn zones(weight: u32, i: usize) -> serde_json::Value {
+    let a = format!("127.0.{}.{}", 10 + i / 250, 1 + i % 250);
+    let b = format!("127.1.{}.{}", 10 + i / 250, 1 + i % 250);
+    serde_json::json!([
+        {"name": "a", "weight": weight, "endpoints": [{"address": a, "port": 80}]},
+        {"name": "b", "weight": 100 - weight, "endpoints": [{"address": b, "port": 80}]}])
+}
+
+/// PATCHes the hot policy's weights; returns when the write returned.
+async fn patch(
+    http: &reqwest::Client,
+    api: &str,
+    policy: &str,
+    change: usize,
+) -> anyhow::Result<Instant> {
+    let weight = 10 + (change % 80) as u32;
+    let patch = serde_json::json!({"spec": {"zones": zones(weight, 0)}});
+    let r = http
+        .patch(format!("{api}/api/v1/policies/{policy}"))
+        .header("content-type", "application/merge-patch+json")
+        .body(patch.to_string())
+        .send()
+        .await?;
+    let written = Instant::now();
+    if !r.status().is_success() {
+        bail!("PATCH failed: {} {}", r.status(), r.text().await?);
+    }
+    Ok(written)
+}
+
+/// `xds-minimal`'s control connection.
+struct Control {
+    w: tokio::net::tcp::OwnedWriteHalf,
+    r: tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>,
+}
+
+impl Control {
+    async fn connect(addr: &str) -> anyhow::Result<Control> {
+        let (r, w) = tokio::net::TcpStream::connect(addr).await?.into_split();
+        Ok(Control {
+            w,
+            r: BufReader::new(r).lines(),
+        })
+    }
+
+    async fn change(&mut self) -> anyhow::Result<Instant> {
+        self.w.write_all(b"change\n").await?;
+        self.r.next_line().await?.context("control closed")?;
+        Ok(Instant::now())
+    }
+}
+
+/// PUTs `n` policies `bench-0000`.. (two zones each, spread over `ports`
+/// ports) with 16 requests in flight.
+async fn seed(api: &str, n: usize, ports: u32) -> anyhow::Result<()> {
     let started = Instant::now();
     let http = reqwest::Client::new();
     let next = Arc::new(AtomicUsize::new(0));
@@ -276,10 +575,13 @@ async fn seed(api: &str, hot: &str, n: usize) -> anyhow::Result<()> {
                     return anyhow::Ok(());
                 }
                 let name = format!("bench-{i:04}");
+                let body = serde_json::json!({"metadata": {"name": name, "labels": {"team": "bench"}}, "spec": {
+                    "host": format!("{name}.example.com"), "port": 8000 + (i as u32 % ports.max(1)),
+                    "zones": zones(10 + (i % 80) as u32, i)}});
                 let r = http
                     .put(format!("{api}/api/v1/policies/{name}"))
                     .header("content-type", "application/json")
-                    .body(policy_body(&name, &format!("{name}.example.com"), 50))
+                    .body(body.to_string())
                     .send()
                     .await?;
                 if !r.status().is_success() {
@@ -291,17 +593,8 @@ async fn seed(api: &str, hot: &str, n: usize) -> anyhow::Result<()> {
     for w in workers {
         w.await??;
     }
-    let r = http
-        .put(format!("{api}/api/v1/policies/{hot}"))
-        .header("content-type", "application/json")
-        .body(policy_body(hot, "hot.example.com", 50))
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        bail!("PUT {hot}: {}", r.status());
-    }
     println!(
-        "seeded {n} policies and {hot} in {:.1} s",
+        "seeded {n} policies in {:.1} s",
         started.elapsed().as_secs_f64()
     );
     Ok(())

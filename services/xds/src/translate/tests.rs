@@ -1,4 +1,6 @@
 use super::*;
+use crate::assemble::{translate, translate_scoped};
+use meridian_xds_engine::Resources;
 use prost::Message;
 use serde_json::json;
 use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
@@ -33,7 +35,7 @@ pub(crate) fn policy(name: &str, port: u32, canary: Option<(&str, u32)>, grpc: b
 
 fn decode<M: Message + Default>(r: &Resources, ty: ResourceType, name: &str) -> M {
     let e = r.get(ty, name).unwrap_or_else(|| panic!("{name} missing"));
-    M::decode(e.any.value.as_slice()).expect("decodes")
+    M::decode(e.bytes.as_ref()).expect("decodes")
 }
 
 fn names(r: &Resources, ty: ResourceType) -> Vec<String> {
@@ -353,4 +355,158 @@ fn namespace_label_scopes_a_policy_to_its_namespace_view() {
     ] {
         assert_eq!(namespace_of(id).as_deref(), ns, "{id}");
     }
+}
+
+#[test]
+fn a_decision_for_other_zones_is_ignored_and_spec_weights_apply() {
+    // The fixture's zones are z1 (70) and z2 (30).
+    let p = policy("a", 8080, None, false);
+    let row = |pairs: &[(&str, u32)]| -> Weights {
+        let w: BTreeMap<String, u32> = pairs.iter().map(|(z, v)| ((*z).to_owned(), *v)).collect();
+        Weights::from([("a".to_owned(), w)])
+    };
+    // (stored decision, expected weights per zone in the assignment)
+    let cases: Vec<(Weights, Vec<(&str, u32)>)> = vec![
+        (Weights::new(), vec![("z1", 70), ("z2", 30)]),
+        (row(&[("z1", 20), ("z2", 80)]), vec![("z1", 20), ("z2", 80)]),
+        (row(&[("z1", 0), ("z2", 100)]), vec![("z2", 100)]),
+        // z2 was renamed from "old": the row names a zone that is gone.
+        (
+            row(&[("z1", 50), ("old", 50)]),
+            vec![("z1", 70), ("z2", 30)],
+        ),
+        // A zone was added since the decision.
+        (row(&[("z1", 100)]), vec![("z1", 70), ("z2", 30)]),
+        // A zone was removed since the decision.
+        (
+            row(&[("z1", 10), ("z2", 10), ("z3", 80)]),
+            vec![("z1", 70), ("z2", 30)],
+        ),
+    ];
+    for (w, want) in cases {
+        let r = translate(std::slice::from_ref(&p), &w);
+        let cla: ClusterLoadAssignment = decode(&r, ResourceType::ClusterLoadAssignment, "a");
+        let got: Vec<(String, u32)> = cla
+            .endpoints
+            .iter()
+            .map(|l| {
+                (
+                    l.locality.clone().unwrap_or_default().zone,
+                    l.load_balancing_weight.map_or(0, |w| w.value),
+                )
+            })
+            .collect();
+        let want: Vec<(String, u32)> = want.into_iter().map(|(z, v)| (z.to_owned(), v)).collect();
+        assert_eq!(got, want, "{w:?}");
+    }
+}
+
+/// (name, version) of every resource per type, and the extension version.
+fn content(r: &Resources) -> Vec<(ResourceType, String, String)> {
+    ResourceType::ALL
+        .into_iter()
+        .flat_map(|t| {
+            r.iter(t)
+                .map(move |e| (t, e.name.to_string(), e.version.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn incremental_updates_equal_a_full_translation() {
+    use crate::assemble::Translator;
+    let mut ns = policy("n", 8080, None, false);
+    ns.metadata
+        .labels
+        .insert(NAMESPACE_LABEL.to_owned(), "shop".to_owned());
+    let base = vec![
+        policy("a", 8080, Some(("v2", 10)), false),
+        policy("b", 8080, None, true),
+        policy("c", 9090, None, false),
+    ];
+    let mut moved = policy("b", 7070, None, true);
+    moved.spec.host = "b2.example.com".into();
+    let mut weights = Weights::new();
+    weights.insert(
+        "a".into(),
+        BTreeMap::from([("z1".into(), 10), ("z2".into(), 90)]),
+    );
+    // (policies after the change, weights after, names changed)
+    let steps: Vec<(Vec<Policy>, Weights, Vec<&str>)> = vec![
+        (base.clone(), weights.clone(), vec!["a"]),
+        (
+            vec![base[0].clone(), moved.clone(), base[2].clone()],
+            weights.clone(),
+            vec!["b"],
+        ),
+        (
+            vec![base[0].clone(), moved.clone()],
+            weights.clone(),
+            vec!["c"],
+        ),
+        (
+            vec![base[0].clone(), moved.clone(), ns.clone()],
+            weights.clone(),
+            vec!["n"],
+        ),
+        (
+            vec![base[0].clone(), ns.clone()],
+            Weights::new(),
+            vec!["b", "a"],
+        ),
+        (vec![base[0].clone()], Weights::new(), vec!["n"]),
+        (vec![], Weights::new(), vec!["a"]),
+    ];
+    let mut t = Translator::new(Mesh::default());
+    t.rebuild(&base, &Weights::new());
+    t.output();
+    for (policies, w, changed) in steps {
+        let by_name: BTreeMap<String, Policy> = policies
+            .iter()
+            .map(|p| (p.metadata.name.clone(), p.clone()))
+            .collect();
+        t.update(changed.iter().copied(), |n| by_name.get(n), &w);
+        let (inc, inc_scoped) = t.output();
+        let (full, full_scoped) = translate_scoped(&policies, &w, &Mesh::default());
+        assert_eq!(content(&inc), content(&full), "after {changed:?}");
+        assert_eq!(
+            inc_scoped.keys().collect::<Vec<_>>(),
+            full_scoped.keys().collect::<Vec<_>>(),
+            "after {changed:?}"
+        );
+        for (k, v) in &full_scoped {
+            assert_eq!(content(&inc_scoped[k]), content(v), "{k} after {changed:?}");
+        }
+    }
+}
+
+#[test]
+fn a_weight_change_touches_only_that_assignment() {
+    use crate::assemble::Translator;
+    let policies: Vec<Policy> = (0..20)
+        .map(|i| policy(&format!("p{i:02}"), 8080 + (i % 3), None, false))
+        .collect();
+    let mut t = Translator::new(Mesh::default());
+    t.rebuild(&policies, &Weights::new());
+    let (before, _) = t.output();
+    let by_name: BTreeMap<String, Policy> = policies
+        .iter()
+        .map(|p| (p.metadata.name.clone(), p.clone()))
+        .collect();
+    let w = Weights::from([(
+        "p07".to_owned(),
+        BTreeMap::from([("z1".into(), 1), ("z2".into(), 99)]),
+    )]);
+    t.update(["p07"], |n| by_name.get(n), &w);
+    let (after, _) = t.output();
+    for ty in ResourceType::ALL {
+        let same = std::sync::Arc::ptr_eq(before.set(ty), after.set(ty));
+        assert_eq!(same, ty != ResourceType::ClusterLoadAssignment, "{ty:?}");
+    }
+    let changed: Vec<String> = content(&after)
+        .into_iter()
+        .filter(|c| !content(&before).contains(c))
+        .map(|(_, n, _)| n)
+        .collect();
+    assert_eq!(changed, ["p07"]);
 }

@@ -1,6 +1,7 @@
 //! The tonic services: ADS (SotW and delta) and CSDS.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -11,12 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 // per-client ClientConfigStatus: their numbers differ (NACKED is 4 vs 3).
 use xds_api::pb::envoy::admin::v3::{ClientResourceStatus, UpdateFailureState};
 use xds_api::pb::envoy::config::core::v3::Node;
-use xds_api::pb::envoy::service::discovery::v3::{
-    aggregated_discovery_service_server::{
-        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-    },
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
+use xds_api::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use xds_api::pb::envoy::service::status::v3::{
     client_config::GenericXdsConfig,
     client_status_discovery_service_server::{
@@ -28,22 +24,32 @@ use xds_api::pb::envoy::service::status::v3::{
 use tracing::Instrument;
 
 use crate::metrics;
-use crate::protocol::{Answer, DeltaStream, NodeView, ResourceStatus, SotwStream};
+use crate::protocol::{Answer, DeltaStream, NodeView, ResourceStatus, Selector, SotwStream};
 use crate::registry::{now_ms, Machine, Registry};
-use crate::resources::Resources;
+use crate::resources::{ResourceType, Resources};
 use crate::snapshot::Subscriber;
+use crate::wire::{Ads, AdsService, DeltaResponse, SotwResponse};
 
 /// Responses buffered per stream. Small on purpose: an idle stream costs
 /// little, and a slow client applies backpressure to its own task only.
 const STREAM_BUFFER: usize = 2;
 
 /// The ADS and CSDS server.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Server {
     subscriber: Subscriber,
     registry: Registry,
     shutdown: CancellationToken,
     auth: ClientAuth,
+    selector: Arc<dyn Selector>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How the xDS port treats client certificates (`--xds-client-auth`).
@@ -112,12 +118,19 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 impl Server {
     /// A server reading snapshots from `subscriber`, recording streams in
     /// `registry`, and ending every stream when `shutdown` is cancelled.
-    pub fn new(subscriber: Subscriber, registry: Registry, shutdown: CancellationToken) -> Self {
+    /// `selector` decides what each node gets.
+    pub fn new(
+        subscriber: Subscriber,
+        registry: Registry,
+        shutdown: CancellationToken,
+        selector: Arc<dyn Selector>,
+    ) -> Self {
         Server {
             subscriber,
             registry,
             shutdown,
             auth: ClientAuth::None,
+            selector,
         }
     }
 
@@ -128,8 +141,8 @@ impl Server {
     }
 
     /// The ADS gRPC service, to add to a `tonic::transport::Server`.
-    pub fn ads_service(&self) -> AggregatedDiscoveryServiceServer<Server> {
-        AggregatedDiscoveryServiceServer::new(self.clone())
+    pub fn ads_service(&self) -> AdsService<Server> {
+        AdsService::new(self.clone())
     }
 
     /// The CSDS gRPC service, to add to a `tonic::transport::Server`.
@@ -167,10 +180,7 @@ impl Server {
                             }
                         };
                         let error_state = (k.status == ResourceStatus::Nacked).then(|| {
-                            let reports = match &*slot.machine() {
-                                Machine::Sotw(s) => crate::protocol::StreamState::reports(s),
-                                Machine::Delta(d) => crate::protocol::StreamState::reports(d),
-                            };
+                            let reports = slot.machine().reports();
                             let nack = reports
                                 .into_iter()
                                 .find(|r| r.resource_type == k.resource_type)
@@ -190,11 +200,11 @@ impl Server {
                             version_info: k.version,
                             // Secrets hold private keys: CSDS names them, never shows them.
                             xds_config: if req.exclude_resource_contents
-                                || k.resource_type == crate::resources::ResourceType::Secret
+                                || k.resource_type == ResourceType::Secret
                             {
                                 None
                             } else {
-                                k.entry.map(|e| e.any.clone())
+                                k.entry.map(|e| e.any())
                             },
                             config_status: config_status as i32,
                             client_status: client_status as i32,
@@ -214,13 +224,13 @@ impl Server {
 struct Variant<Req, Resp> {
     name: &'static str,
     node: fn(&Req) -> Option<&Node>,
-    make: fn(NodeView) -> Machine,
+    make: fn(Box<dyn NodeView>) -> Machine,
     handle: fn(&mut Machine, &Req, Option<&Resources>, u64) -> Vec<Resp>,
     snapshot: fn(&mut Machine, &Resources) -> Vec<Resp>,
-    type_url: fn(&Resp) -> &str,
+    type_url: fn(&Resp) -> &'static str,
 }
 
-const SOTW: Variant<DiscoveryRequest, DiscoveryResponse> = Variant {
+const SOTW: Variant<DiscoveryRequest, SotwResponse> = Variant {
     name: "sotw",
     node: |r| r.node.as_ref(),
     make: |n| Machine::Sotw(SotwStream::new(n)),
@@ -232,10 +242,10 @@ const SOTW: Variant<DiscoveryRequest, DiscoveryResponse> = Variant {
         Machine::Sotw(s) => s.on_snapshot(res),
         Machine::Delta(_) => Vec::new(),
     },
-    type_url: |r| &r.type_url,
+    type_url: |r| r.type_url,
 };
 
-const DELTA: Variant<DeltaDiscoveryRequest, DeltaDiscoveryResponse> = Variant {
+const DELTA: Variant<DeltaDiscoveryRequest, DeltaResponse> = Variant {
     name: "delta",
     node: |r| r.node.as_ref(),
     make: |n| Machine::Delta(DeltaStream::new(n)),
@@ -247,7 +257,7 @@ const DELTA: Variant<DeltaDiscoveryRequest, DeltaDiscoveryResponse> = Variant {
         Machine::Delta(d) => d.on_snapshot(res),
         Machine::Sotw(_) => Vec::new(),
     },
-    type_url: |r| &r.type_url,
+    type_url: |r| r.type_url,
 };
 
 impl Server {
@@ -292,8 +302,8 @@ impl Server {
     {
         let mut snapshots = self.subscriber.receiver();
         let mut registration = None;
-        // The node's namespace picks its view of the snapshot.
-        let mut namespace: Option<String> = None;
+        // The node's view key picks its view of the snapshot.
+        let mut view_key: Option<String> = None;
         loop {
             let out = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
@@ -301,24 +311,24 @@ impl Server {
                     Ok(Some(req)) => {
                         if registration.is_none() {
                             let node = (variant.node)(&req).cloned().unwrap_or_default();
-                            let mut view = NodeView::from_node(Some(&node));
                             tracing::Span::current().record("node", node.id.as_str());
-                            match decide_identity(self.auth, peer.as_deref(), &node.id, view.claimed_identity.as_deref()) {
-                                Ok(identity) => view.identity = identity,
+                            let claimed = self.selector.claimed_identity(&node);
+                            let identity = match decide_identity(self.auth, peer.as_deref(), &node.id, claimed.as_deref()) {
+                                Ok(identity) => identity,
                                 Err(why) => {
                                     tracing::warn!(node = %node.id, %why, "xds stream refused");
                                     let _ = tx.send(Err(Status::permission_denied(why))).await;
                                     break;
                                 }
-                            }
-                            tracing::debug!(node = %node.id, identity = ?view.identity, variant = variant.name, "xds stream opened");
-                            let identity = view.identity.clone();
-                            namespace = identity.as_deref().and_then(crate::translate::namespace_of);
+                            };
+                            let view = self.selector.node_view(&node, identity.as_deref());
+                            tracing::debug!(node = %node.id, identity = ?identity, variant = variant.name, "xds stream opened");
+                            view_key = view.view().map(str::to_owned);
                             registration = Some(self.registry.register(node, variant.name, identity, (variant.make)(view)));
                         }
                         let Some(reg) = registration.as_ref() else { break };
                         let snap = snapshots.borrow_and_update().clone();
-                        let res = (snap.generation > 0).then(|| snap.view(namespace.as_deref()));
+                        let res = (snap.generation > 0).then(|| &**snap.view(view_key.as_deref()));
                         let mut machine = reg.slot.machine();
                         let out = (variant.handle)(&mut machine, &req, res, now_ms());
                         if let Some((ty, answer)) = machine.take_answer() {
@@ -348,7 +358,7 @@ impl Server {
                     }
                     let snap = snapshots.borrow_and_update().clone();
                     let out = match (&registration, snap.generation) {
-                        (Some(reg), g) if g > 0 => (variant.snapshot)(&mut reg.slot.machine(), snap.view(namespace.as_deref())),
+                        (Some(reg), g) if g > 0 => (variant.snapshot)(&mut reg.slot.machine(), snap.view(view_key.as_deref())),
                         _ => Vec::new(),
                     };
                     (out, snap.changed_at)
@@ -394,21 +404,21 @@ impl Server {
 }
 
 #[tonic::async_trait]
-impl AggregatedDiscoveryService for Server {
-    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
+impl Ads for Server {
+    type SotwStream = BoxStream<SotwResponse>;
+    type DeltaStream = BoxStream<DeltaResponse>;
 
-    async fn stream_aggregated_resources(
+    async fn sotw(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+    ) -> Result<Response<Self::SotwStream>, Status> {
         Ok(Response::new(self.spawn_stream(request, SOTW)))
     }
 
-    async fn delta_aggregated_resources(
+    async fn delta(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+    ) -> Result<Response<Self::DeltaStream>, Status> {
         Ok(Response::new(self.spawn_stream(request, DELTA)))
     }
 }

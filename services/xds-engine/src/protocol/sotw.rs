@@ -1,17 +1,19 @@
 //! State-of-the-world ADS (`StreamAggregatedResources`).
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
-use xds_api::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use xds_api::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 use super::{
-    to_known, AckOutcome, Core, KnownResource, NodeView, StreamState, Subscription, TypeReport,
-    TypeState,
+    intern, AckOutcome, Core, Force, KnownResource, NodeView, StreamState, Subscription,
+    TypeReport, TypeState,
 };
-use crate::resources::{set_version, ResourceType, Resources};
+use crate::resources::{Entry, ResourceType, Resources};
+use crate::wire::SotwResponse;
 
 /// Protocol state of one SotW stream.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SotwStream {
     pub(super) core: Core,
 }
@@ -23,7 +25,7 @@ impl SotwStream {
     }
 
     /// A new stream for a node.
-    pub fn new(node: NodeView) -> Self {
+    pub fn new(node: Box<dyn NodeView>) -> Self {
         SotwStream {
             core: Core::new(node),
         }
@@ -36,7 +38,7 @@ impl SotwStream {
         req: &DiscoveryRequest,
         res: Option<&Resources>,
         now_ms: u64,
-    ) -> Vec<DiscoveryResponse> {
+    ) -> Vec<SotwResponse> {
         let Some(ty) = ResourceType::from_type_url(&req.type_url) else {
             tracing::debug!(type_url = %req.type_url, "ignoring request for an unserved type");
             return Vec::new();
@@ -64,21 +66,37 @@ impl SotwStream {
         // A listener removal the client accepted may release its routes' clusters.
         let lds_acked = ty == ResourceType::Listener && matches!(outcome, AckOutcome::Ack);
 
+        let set = res.map(|r| &**r.set(ty));
         let st = self.core.types[ty.index()].get_or_insert_with(TypeState::default);
-        let new_sub = next_subscription(exists.then_some(&st.sub), &req.resource_names);
-        let sub_changed = st.sub != new_sub;
-        st.sub = new_sub;
+        let new_sub = next_subscription(exists.then_some(&st.sub), &req.resource_names, set);
+        let sub_changed = !exists || st.sub != new_sub;
+        if sub_changed {
+            // The client holds nothing of what it did not ask for before.
+            st.force = if new_sub.wildcard && !st.sub.wildcard {
+                Force::All
+            } else {
+                let newly: Vec<Arc<str>> =
+                    new_sub.names.difference(&st.sub.names).cloned().collect();
+                match std::mem::take(&mut st.force) {
+                    Force::All => Force::All,
+                    Force::Names(mut old) => {
+                        old.extend(newly);
+                        Force::Names(old)
+                    }
+                    Force::Nothing => Force::Names(newly),
+                }
+            };
+            st.set_sub(new_sub);
+        }
         if !exists && !req.version_info.is_empty() {
             st.client_version = Some(req.version_info.clone());
         }
         let rds_sub_changed = ty == ResourceType::RouteConfiguration && sub_changed;
-        if rds_sub_changed {
-            self.core.drop_unsubscribed_routes();
-        }
 
         let Some(res) = res else {
             return Vec::new();
         };
+        self.core.refresh(res);
         let mut out = Vec::new();
         for t in ResourceType::PUSH_ORDER {
             let resp = if t == ty {
@@ -100,59 +118,54 @@ impl SotwStream {
     }
 
     /// Responses for a new snapshot, in make-before-break order.
-    pub fn on_snapshot(&mut self, res: &Resources) -> Vec<DiscoveryResponse> {
+    pub fn on_snapshot(&mut self, res: &Resources) -> Vec<SotwResponse> {
+        self.core.refresh(res);
         ResourceType::PUSH_ORDER
             .into_iter()
             .filter_map(|t| self.build(t, res, false))
             .collect()
     }
 
-    fn build(
-        &mut self,
-        ty: ResourceType,
-        res: &Resources,
-        force: bool,
-    ) -> Option<DiscoveryResponse> {
-        self.core.state(ty)?;
-        let sel = self.core.select(ty, res);
-        let version = set_version(sel.values());
-        let nonce_seq = self.core.nonce_seq;
+    fn build(&mut self, ty: ResourceType, res: &Resources, force: bool) -> Option<SotwResponse> {
+        let ch = self.core.changes(ty, res)?;
+        let version = self.core.sotw_version(ty, &ch);
         let st = self.core.state_mut(ty)?;
-
-        if st.sent_version.is_none() {
+        if ch.first && st.client_version.take().as_deref() == Some(version.as_str()) {
             // Reconnect (maybe to another replica) with what we would send
             // now: the client is up to date, send nothing.
-            if st.client_version.take().as_deref() == Some(version.as_str()) {
-                st.sent_version = Some(version.clone());
-                st.acked_version = Some(version);
-                st.known = to_known(&sel);
-                if ty == ResourceType::RouteConfiguration {
-                    self.core.acked_routes = sel;
-                }
+            st.sent_version = Some(version.clone());
+            st.acked_version = Some(version);
+            self.core.commit(ty, &ch);
+            if ty == ResourceType::RouteConfiguration {
+                self.core.acked_routes = Some(ch.set.clone());
+            }
+            return None;
+        }
+        let resources: Vec<Arc<Entry>> = if ty.is_full_state() {
+            if !(force || ch.first || !ch.is_empty()) {
+                self.core.commit(ty, &ch);
                 return None;
             }
-        }
-        if !ty.is_full_state() && sel.is_empty() {
-            // RDS/EDS cannot say "absent" in SotW; the client times out.
-            st.known.clear();
+            self.core.full_state(ty, &ch)
+        } else {
+            // RDS/EDS: only what changed. Nothing to send is no response
+            // (SotW cannot say "absent" for these; the client times out).
+            ch.updated.clone()
+        };
+        self.core.commit(ty, &ch);
+        if !ty.is_full_state() && resources.is_empty() {
             return None;
         }
-        if !force && st.sent_version.as_deref() == Some(version.as_str()) {
-            return None;
-        }
-        let nonce = (nonce_seq + 1).to_string();
-        self.core.nonce_seq = nonce_seq + 1;
+        let nonce = self.core.next_nonce();
         let st = self.core.state_mut(ty)?;
-        st.nonce = Some(nonce.clone());
+        st.nonce = nonce;
         st.sent_version = Some(version.clone());
         st.pending = true;
-        st.known = to_known(&sel);
-        Some(DiscoveryResponse {
+        Some(SotwResponse {
             version_info: version,
-            resources: sel.values().map(|e| e.any.clone()).collect(),
-            type_url: ty.type_url().to_owned(),
-            nonce,
-            ..Default::default()
+            type_url: ty.type_url(),
+            nonce: nonce.to_string(),
+            resources,
         })
     }
 }
@@ -162,7 +175,11 @@ impl SotwStream {
 /// the first request naming nothing is a (legacy) wildcard that later empty
 /// requests keep; `*` is an explicit wildcard; otherwise the names replace
 /// the previous set.
-fn next_subscription(prev: Option<&Subscription>, names: &[String]) -> Subscription {
+fn next_subscription(
+    prev: Option<&Subscription>,
+    names: &[String],
+    set: Option<&crate::resources::TypeSet>,
+) -> Subscription {
     let legacy_kept = match prev {
         None => names.is_empty(),
         Some(p) => p.legacy && names.is_empty(),
@@ -177,7 +194,14 @@ fn next_subscription(prev: Option<&Subscription>, names: &[String]) -> Subscript
     Subscription {
         wildcard: names.iter().any(|n| n == "*"),
         legacy: false,
-        names: names.iter().filter(|n| *n != "*").cloned().collect(),
+        names: names
+            .iter()
+            .filter(|n| *n != "*")
+            .map(|n| match prev.and_then(|p| p.names.get(n.as_str())) {
+                Some(k) => k.clone(),
+                None => intern(n, set),
+            })
+            .collect(),
     }
 }
 
@@ -185,7 +209,7 @@ impl StreamState for SotwStream {
     fn reports(&self) -> Vec<TypeReport> {
         self.core.reports()
     }
-    fn known_resources(&self) -> Vec<KnownResource> {
+    fn known_resources(&mut self) -> Vec<KnownResource> {
         self.core.known_resources()
     }
 }

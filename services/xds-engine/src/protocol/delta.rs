@@ -2,17 +2,18 @@
 
 use std::sync::Arc;
 
-use xds_api::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
-};
+use xds_api::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
-use super::{AckOutcome, Core, Known, KnownResource, NodeView, StreamState, TypeReport, TypeState};
-use crate::resources::{set_version, ResourceType, Resources};
+use super::{
+    intern, AckOutcome, Core, Force, KnownResource, NodeView, StreamState, TypeReport, TypeState,
+};
+use crate::resources::{ResourceType, Resources};
+use crate::wire::DeltaResponse;
 
 /// Protocol state of one delta stream.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DeltaStream {
-    core: Core,
+    pub(super) core: Core,
 }
 
 impl DeltaStream {
@@ -22,7 +23,7 @@ impl DeltaStream {
     }
 
     /// A new stream for a node.
-    pub fn new(node: NodeView) -> Self {
+    pub fn new(node: Box<dyn NodeView>) -> Self {
         DeltaStream {
             core: Core::new(node),
         }
@@ -35,7 +36,7 @@ impl DeltaStream {
         req: &DeltaDiscoveryRequest,
         res: Option<&Resources>,
         now_ms: u64,
-    ) -> Vec<DeltaDiscoveryResponse> {
+    ) -> Vec<DeltaResponse> {
         let Some(ty) = ResourceType::from_type_url(&req.type_url) else {
             tracing::debug!(type_url = %req.type_url, "ignoring request for an unserved type");
             return Vec::new();
@@ -60,55 +61,68 @@ impl DeltaStream {
         // A listener removal the client accepted may release its routes' clusters.
         let lds_acked = ty == ResourceType::Listener && matches!(outcome, AckOutcome::Ack);
 
+        let set = res.map(|r| &**r.set(ty));
         let st = self.core.types[ty.index()].get_or_insert_with(TypeState::default);
-        let before = st.sub.clone();
+        let mut sub = st.sub.clone();
         let mut first_wildcard = false;
         if !exists {
             // Legacy wildcard: a first request that subscribes to nothing
             // (https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#how-the-client-specifies-what-resources-to-return).
-            st.sub.wildcard = req.resource_names_subscribe.is_empty();
+            sub.wildcard = req.resource_names_subscribe.is_empty();
             // Reconnect: what the client already has is not resent
             // (https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#xds-protocol-delta-reconnect).
-            for (n, v) in &req.initial_resource_versions {
-                st.known.insert(
-                    Arc::from(n.as_str()),
-                    Known {
-                        version: Arc::from(v.as_str()),
-                        entry: None,
-                    },
+            if !req.initial_resource_versions.is_empty() {
+                st.initial = Some(
+                    req.initial_resource_versions
+                        .iter()
+                        .map(|(n, v)| (n.clone(), v.clone()))
+                        .collect(),
                 );
             }
         }
-        let mut newly = Vec::new();
+        let was_wildcard = exists && st.sub.wildcard;
+        let mut newly: Vec<Arc<str>> = Vec::new();
         for n in &req.resource_names_subscribe {
             if n == "*" {
-                st.sub.wildcard = true;
-            } else if st.sub.names.insert(n.clone()) {
-                newly.push(n.clone());
+                sub.wildcard = true;
+            } else if !sub.names.contains(n.as_str()) {
+                let k = intern(n, set);
+                sub.names.insert(k.clone());
+                newly.push(k);
             }
         }
         for n in &req.resource_names_unsubscribe {
             if n == "*" {
-                st.sub.wildcard = false;
+                sub.wildcard = false;
             } else {
-                st.sub.names.remove(n);
+                sub.names.remove(n.as_str());
             }
         }
-        if !exists && st.sub.wildcard && req.initial_resource_versions.is_empty() {
+        if !exists && sub.wildcard && req.initial_resource_versions.is_empty() {
             first_wildcard = true;
         }
-        // The client dropped what it unsubscribed from: forget it, so that
-        // neither removal nor make-before-break is applied to it.
-        let sub = st.sub.clone();
-        st.known.retain(|n, _| sub.covers(n));
-        let rds_sub_changed = ty == ResourceType::RouteConfiguration && before != sub;
-        if rds_sub_changed {
-            self.core.drop_unsubscribed_routes();
+        let sub_changed = sub != st.sub;
+        if sub_changed {
+            st.force = if exists && sub.wildcard && !was_wildcard {
+                Force::All
+            } else {
+                match std::mem::take(&mut st.force) {
+                    Force::All => Force::All,
+                    Force::Names(mut old) => {
+                        old.extend(newly.iter().cloned());
+                        Force::Names(old)
+                    }
+                    Force::Nothing => Force::Names(newly.clone()),
+                }
+            };
+            st.set_sub(sub);
         }
+        let rds_sub_changed = ty == ResourceType::RouteConfiguration && sub_changed;
 
         let Some(res) = res else {
             return Vec::new();
         };
+        self.core.refresh(res);
         let mut out = Vec::new();
         for t in ResourceType::PUSH_ORDER {
             let resp = if t == ty {
@@ -129,7 +143,8 @@ impl DeltaStream {
     }
 
     /// Responses for a new snapshot, in make-before-break order.
-    pub fn on_snapshot(&mut self, res: &Resources) -> Vec<DeltaDiscoveryResponse> {
+    pub fn on_snapshot(&mut self, res: &Resources) -> Vec<DeltaResponse> {
+        self.core.refresh(res);
         ResourceType::PUSH_ORDER
             .into_iter()
             .filter_map(|t| self.build(t, res, &[], false))
@@ -140,69 +155,37 @@ impl DeltaStream {
         &mut self,
         ty: ResourceType,
         res: &Resources,
-        newly: &[String],
+        newly: &[Arc<str>],
         always: bool,
-    ) -> Option<DeltaDiscoveryResponse> {
-        self.core.state(ty)?;
-        let sel = self.core.select(ty, res);
-        let nonce_seq = self.core.nonce_seq;
-        let st = self.core.state_mut(ty)?;
-
-        let resources: Vec<Resource> = sel
-            .iter()
-            .filter(|(n, e)| st.known.get(*n).is_none_or(|k| k.version != e.version))
-            .map(|(n, e)| Resource {
-                name: n.to_string(),
-                version: e.version.to_string(),
-                resource: Some(e.any.clone()),
-                ..Default::default()
-            })
-            .collect();
-        let mut removed: Vec<String> = st
-            .known
-            .keys()
-            .filter(|n| !sel.contains_key(*n))
-            .map(|n| n.to_string())
-            .collect();
+    ) -> Option<DeltaResponse> {
+        let ch = self.core.changes(ty, res)?;
+        let mut removed = ch.removed.clone();
         // A subscribed name that does not exist is reported in
         // removed_resources, so the client need not wait for a timeout
         // (https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#knowing-when-a-requested-resource-does-not-exist).
         for n in newly {
-            if !sel.contains_key(n.as_str()) && !removed.contains(n) {
+            let exists =
+                ch.set.get(n).is_some() || ch.extras.iter().chain(&ch.kept).any(|e| e.name == *n);
+            if !exists && !removed.contains(n) {
                 removed.push(n.clone());
             }
         }
-        if resources.is_empty() && removed.is_empty() && !always {
+        self.core.commit(ty, &ch);
+        if ch.updated.is_empty() && removed.is_empty() && !always {
             return None;
         }
-        for r in &resources {
-            if let Some(e) = sel.get(r.name.as_str()) {
-                st.known.insert(
-                    e.name.clone(),
-                    Known {
-                        version: e.version.clone(),
-                        entry: Some(e.clone()),
-                    },
-                );
-            }
-        }
-        for n in &removed {
-            st.known.remove(n.as_str());
-        }
-        let version = set_version(sel.values());
-        let nonce = (nonce_seq + 1).to_string();
-        self.core.nonce_seq = nonce_seq + 1;
+        let version = self.core.sotw_version(ty, &ch);
+        let nonce = self.core.next_nonce();
         let st = self.core.state_mut(ty)?;
-        st.nonce = Some(nonce.clone());
+        st.nonce = nonce;
         st.sent_version = Some(version.clone());
         st.pending = true;
-        Some(DeltaDiscoveryResponse {
+        Some(DeltaResponse {
             system_version_info: version,
-            resources,
-            type_url: ty.type_url().to_owned(),
+            type_url: ty.type_url(),
+            nonce: nonce.to_string(),
+            resources: ch.updated,
             removed_resources: removed,
-            nonce,
-            ..Default::default()
         })
     }
 }
@@ -211,7 +194,7 @@ impl StreamState for DeltaStream {
     fn reports(&self) -> Vec<TypeReport> {
         self.core.reports()
     }
-    fn known_resources(&self) -> Vec<KnownResource> {
+    fn known_resources(&mut self) -> Vec<KnownResource> {
         self.core.known_resources()
     }
 }

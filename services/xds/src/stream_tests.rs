@@ -1,3 +1,5 @@
+//! The engine's state machines with Meridian's translation and node views.
+
 use std::collections::HashMap;
 
 use xds_api::pb::envoy::service::discovery::v3::{
@@ -5,8 +7,63 @@ use xds_api::pb::envoy::service::discovery::v3::{
 };
 use xds_api::pb::google::rpc::Status;
 
-use super::*;
-use crate::translate::{tests::policy, translate, Weights};
+use meridian_xds_engine::protocol::{Answer, DeltaStream, ResourceStatus, SotwStream, StreamState};
+use xds_api::pb::envoy::config::core::v3::Node;
+use xds_api::pb::google::protobuf::value::Kind;
+
+use crate::assemble::translate;
+use crate::node::{Inbound, MeridianNode};
+use crate::translate::{tests::policy, Weights, EGRESS_ADDRESS_METADATA_KEY};
+use meridian_policy::Policy;
+use meridian_xds_engine::{ResourceType, Resources};
+use prost::Message;
+use std::collections::BTreeMap;
+
+/// The streams, answering with the generated messages.
+trait Proto {
+    type Req;
+    type Resp;
+    fn handle(&mut self, r: &Self::Req, res: Option<&Resources>, now: u64) -> Vec<Self::Resp>;
+    fn snapshot(&mut self, res: &Resources) -> Vec<Self::Resp>;
+}
+
+impl Proto for SotwStream {
+    type Req = DiscoveryRequest;
+    type Resp = DiscoveryResponse;
+    fn handle(&mut self, r: &Self::Req, res: Option<&Resources>, now: u64) -> Vec<Self::Resp> {
+        SotwStream::handle_request(self, r, res, now)
+            .iter()
+            .map(|r| r.to_proto())
+            .collect()
+    }
+    fn snapshot(&mut self, res: &Resources) -> Vec<Self::Resp> {
+        SotwStream::on_snapshot(self, res)
+            .iter()
+            .map(|r| r.to_proto())
+            .collect()
+    }
+}
+
+impl Proto for DeltaStream {
+    type Req = DeltaDiscoveryRequest;
+    type Resp = DeltaDiscoveryResponse;
+    fn handle(&mut self, r: &Self::Req, res: Option<&Resources>, now: u64) -> Vec<Self::Resp> {
+        DeltaStream::handle_request(self, r, res, now)
+            .iter()
+            .map(|r| r.to_proto())
+            .collect()
+    }
+    fn snapshot(&mut self, res: &Resources) -> Vec<Self::Resp> {
+        DeltaStream::on_snapshot(self, res)
+            .iter()
+            .map(|r| r.to_proto())
+            .collect()
+    }
+}
+
+fn boxed(view: MeridianNode) -> Box<MeridianNode> {
+    Box::new(view)
+}
 
 const LDS: ResourceType = ResourceType::Listener;
 const RDS: ResourceType = ResourceType::RouteConfiguration;
@@ -86,17 +143,17 @@ fn types(out: &[DiscoveryResponse]) -> Vec<ResourceType> {
 
 /// Subscribes a sidecar to everything and ACKs; returns the stream.
 fn synced_sidecar(res: &Resources) -> SotwStream {
-    let mut s = SotwStream::new(NodeView::default());
+    let mut s = SotwStream::new(boxed(MeridianNode::default()));
     for (ty, names) in [
         (CDS, vec![]),
         (EDS, vec!["a", "a@v2", "b"]),
         (LDS, vec![]),
         (RDS, vec!["egress_8080"]),
     ] {
-        let out = s.handle_request(&req(ty, &names, "", "", false), Some(res), 0);
+        let out = s.handle(&req(ty, &names, "", "", false), Some(res), 0);
         for r in out {
             let t = ResourceType::from_type_url(&r.type_url).expect("known");
-            s.handle_request(
+            s.handle(
                 &req(t, &names_for(&s, t), &r.version_info, &r.nonce, false),
                 Some(res),
                 0,
@@ -106,16 +163,12 @@ fn synced_sidecar(res: &Resources) -> SotwStream {
     s
 }
 
-fn names_for(s: &SotwStream, t: ResourceType) -> Vec<&'static str> {
-    let st = s.core.state(t).expect("state");
-    if st.sub.wildcard {
-        vec![]
-    } else {
-        st.sub
-            .names
-            .iter()
-            .map(|n| &*Box::leak(n.clone().into_boxed_str()))
-            .collect()
+/// The names `synced_sidecar` subscribed with.
+fn names_for(_s: &SotwStream, t: ResourceType) -> Vec<&'static str> {
+    match t {
+        EDS => vec!["a", "a@v2", "b"],
+        RDS => vec!["egress_8080"],
+        _ => vec![],
     }
 }
 
@@ -136,8 +189,8 @@ fn wildcard_lds_gets_egress_only_named_gets_exactly_what_exists() {
         ),
     ];
     for (asked, want) in cases {
-        let mut s = SotwStream::new(NodeView::default());
-        let out = s.handle_request(&req(LDS, &asked, "", "", false), Some(&res), 0);
+        let mut s = SotwStream::new(boxed(MeridianNode::default()));
+        let out = s.handle(&req(LDS, &asked, "", "", false), Some(&res), 0);
         assert_eq!(out.len(), 1, "{asked:?}");
         assert_eq!(names_of(&out[0]), want, "{asked:?}");
     }
@@ -146,22 +199,22 @@ fn wildcard_lds_gets_egress_only_named_gets_exactly_what_exists() {
 #[test]
 fn ack_then_nack_does_not_loop_and_later_good_version_is_sent() {
     let r1 = snap(&[("a", None)]);
-    let mut s = SotwStream::new(NodeView::default());
-    let out = s.handle_request(&req(CDS, &[], "", "", false), Some(&r1), 0);
+    let mut s = SotwStream::new(boxed(MeridianNode::default()));
+    let out = s.handle(&req(CDS, &[], "", "", false), Some(&r1), 0);
     assert_eq!(out.len(), 1);
     let v1 = out[0].version_info.clone();
     // ACK: nothing more.
     assert!(s
-        .handle_request(&req(CDS, &[], &v1, &out[0].nonce, false), Some(&r1), 0)
+        .handle(&req(CDS, &[], &v1, &out[0].nonce, false), Some(&r1), 0)
         .is_empty());
     // New snapshot, NACKed: recorded, not resent.
     let r2 = snap(&[("a", None), ("b", None)]);
-    let out2 = s.on_snapshot(&r2);
+    let out2 = s.snapshot(&r2);
     assert_eq!(types(&out2), [CDS]);
     let nack = req(CDS, &[], &v1, &out2[0].nonce, true);
-    assert!(s.handle_request(&nack, Some(&r2), 7).is_empty());
+    assert!(s.handle(&nack, Some(&r2), 7).is_empty());
     assert!(
-        s.on_snapshot(&r2).is_empty(),
+        s.snapshot(&r2).is_empty(),
         "same snapshot again: no resend loop"
     );
     let rep = s
@@ -177,42 +230,43 @@ fn ack_then_nack_does_not_loop_and_later_good_version_is_sent() {
     assert_eq!(rep.last_acked_version, Some(v1));
     // A different version goes out.
     let r3 = snap(&[("b", None)]);
-    assert_eq!(types(&s.on_snapshot(&r3)), [CDS]);
+    assert_eq!(types(&s.snapshot(&r3)), [CDS]);
 }
 
 #[test]
 fn stale_nonce_is_ignored() {
     let r1 = snap(&[("a", None)]);
-    let mut s = SotwStream::new(NodeView::default());
-    let out = s.handle_request(&req(RDS, &["grpc_a"], "", "", false), Some(&r1), 0);
+    let mut s = SotwStream::new(boxed(MeridianNode::default()));
+    let out = s.handle(&req(RDS, &["grpc_a"], "", "", false), Some(&r1), 0);
     assert_eq!(out.len(), 1);
     let stale = req(RDS, &["grpc_a", "egress_8080"], "", "999", false);
-    assert!(s.handle_request(&stale, Some(&r1), 0).is_empty());
+    assert!(s.handle(&stale, Some(&r1), 0).is_empty());
     let fresh = req(RDS, &["grpc_a", "egress_8080"], "", &out[0].nonce, false);
-    let out = s.handle_request(&fresh, Some(&r1), 0);
-    assert_eq!(names_of(&out[0]), ["egress_8080", "grpc_a"]);
+    let out = s.handle(&fresh, Some(&r1), 0);
+    // SotW RDS carries what the client does not have yet: the new name only.
+    assert_eq!(names_of(&out[0]), ["egress_8080"]);
 }
 
 #[test]
 fn sotw_reconnect_with_current_version_gets_nothing() {
     let res = snap(&[("a", None)]);
-    let mut first = SotwStream::new(NodeView::default());
-    let v = first.handle_request(&req(CDS, &[], "", "", false), Some(&res), 0)[0]
+    let mut first = SotwStream::new(boxed(MeridianNode::default()));
+    let v = first.handle(&req(CDS, &[], "", "", false), Some(&res), 0)[0]
         .version_info
         .clone();
-    let mut again = SotwStream::new(NodeView::default());
+    let mut again = SotwStream::new(boxed(MeridianNode::default()));
     assert!(again
-        .handle_request(&req(CDS, &[], &v, "", false), Some(&res), 0)
+        .handle(&req(CDS, &[], &v, "", false), Some(&res), 0)
         .is_empty());
     // Something changes: now it is sent.
     assert_eq!(
-        types(&again.on_snapshot(&snap(&[("a", None), ("b", None)]))),
+        types(&again.snapshot(&snap(&[("a", None), ("b", None)]))),
         [CDS]
     );
     // An old version is answered at once.
-    let mut old = SotwStream::new(NodeView::default());
+    let mut old = SotwStream::new(boxed(MeridianNode::default()));
     assert_eq!(
-        old.handle_request(&req(CDS, &[], "0000", "", false), Some(&res), 0)
+        old.handle(&req(CDS, &[], "0000", "", false), Some(&res), 0)
             .len(),
         1
     );
@@ -220,14 +274,10 @@ fn sotw_reconnect_with_current_version_gets_nothing() {
 
 #[test]
 fn requests_before_first_snapshot_are_answered_on_it() {
-    let mut s = SotwStream::new(NodeView::default());
-    assert!(s
-        .handle_request(&req(LDS, &[], "", "", false), None, 0)
-        .is_empty());
-    assert!(s
-        .handle_request(&req(CDS, &[], "", "", false), None, 0)
-        .is_empty());
-    assert_eq!(types(&s.on_snapshot(&snap(&[("a", None)]))), [CDS, LDS]);
+    let mut s = SotwStream::new(boxed(MeridianNode::default()));
+    assert!(s.handle(&req(LDS, &[], "", "", false), None, 0).is_empty());
+    assert!(s.handle(&req(CDS, &[], "", "", false), None, 0).is_empty());
+    assert_eq!(types(&s.snapshot(&snap(&[("a", None)]))), [CDS, LDS]);
 }
 
 #[test]
@@ -242,7 +292,7 @@ fn snapshot_change_is_ordered_cds_eds_lds_rds_and_removal_waits_for_route_ack() 
         ],
         &Weights::new(),
     );
-    let out = s.on_snapshot(&r2);
+    let out = s.snapshot(&r2);
     assert_eq!(types(&out), [CDS, EDS, LDS, RDS]);
     // a and a@v2 stay: the ACKed routes still point at them.
     assert_eq!(names_of(&out[0]), ["a", "a@v2", "b", "b@v2", "c"]);
@@ -251,7 +301,7 @@ fn snapshot_change_is_ordered_cds_eds_lds_rds_and_removal_waits_for_route_ack() 
         let t = ResourceType::from_type_url(&r.type_url).expect("t");
         let names = names_for(&s, t);
         assert!(s
-            .handle_request(
+            .handle(
                 &req(t, &names, &r.version_info, &r.nonce, false),
                 Some(&r2),
                 0
@@ -259,22 +309,15 @@ fn snapshot_change_is_ordered_cds_eds_lds_rds_and_removal_waits_for_route_ack() 
             .is_empty());
     }
     let rds = &out[3];
-    let out = s.handle_request(
+    let out = s.handle(
         &req(RDS, &["egress_8080"], &rds.version_info, &rds.nonce, false),
         Some(&r2),
         0,
     );
-    assert_eq!(types(&out), [CDS, EDS]);
-    assert_eq!(
-        names_of(&out[0]),
-        ["b", "b@v2", "c"],
-        "full-state CDS omits the removed cluster"
-    );
-    assert_eq!(
-        names_of(&out[1]),
-        ["b"],
-        "EDS carries the requested names that still exist"
-    );
+    // Full-state CDS omits the removed clusters; SotW EDS cannot say
+    // "removed" and nothing else changed, so no EDS response.
+    assert_eq!(types(&out), [CDS]);
+    assert_eq!(names_of(&out[0]), ["b", "b@v2", "c"]);
 }
 
 #[test]
@@ -296,23 +339,25 @@ fn node_egress_address_rebinds_egress_listener_only() {
             )]),
         });
         assert_eq!(
-            NodeView::from_node(Some(&node)).egress_address.as_deref(),
+            MeridianNode::from_node(Some(&node))
+                .egress_address
+                .as_deref(),
             want
         );
     }
     let res = snap(&[("a", None)]);
-    let mut s = SotwStream::new(NodeView {
+    let mut s = SotwStream::new(boxed(MeridianNode {
         egress_address: Some("10.1.2.3".into()),
         ..Default::default()
-    });
-    let out = s.handle_request(&req(LDS, &[], "", "", false), Some(&res), 0);
+    }));
+    let out = s.handle(&req(LDS, &[], "", "", false), Some(&res), 0);
     let shared = res.get(LDS, "egress_8080").expect("egress");
     use prost::Message;
     let l = xds_api::pb::envoy::config::listener::v3::Listener::decode(
         out[0].resources[0].value.as_slice(),
     )
     .expect("l");
-    assert_ne!(out[0].resources[0].value, shared.any.value);
+    assert_ne!(out[0].resources[0].value, shared.bytes.to_vec());
     assert!(format!("{:?}", l.address).contains("10.1.2.3"));
 }
 
@@ -347,39 +392,39 @@ fn dnames(r: &DeltaDiscoveryResponse) -> (Vec<String>, Vec<String>) {
 #[test]
 fn delta_subscribe_unknown_unsubscribe_ack_nack() {
     let r1 = snap(&[("a", None)]);
-    let mut d = DeltaStream::new(NodeView::default());
-    let out = d.handle_request(&dreq(EDS, &["a", "zzz"], &[], "", false), Some(&r1), 0);
+    let mut d = DeltaStream::new(boxed(MeridianNode::default()));
+    let out = d.handle(&dreq(EDS, &["a", "zzz"], &[], "", false), Some(&r1), 0);
     assert_eq!(
         dnames(&out[0]),
         (vec!["a".into()], vec!["zzz".into()]),
         "unknown names are reported removed"
     );
     assert!(d
-        .handle_request(&dreq(EDS, &[], &[], &out[0].nonce, false), Some(&r1), 0)
+        .handle(&dreq(EDS, &[], &[], &out[0].nonce, false), Some(&r1), 0)
         .is_empty());
     // Unsubscribe: no response, and later changes to it are not sent.
     assert!(d
-        .handle_request(&dreq(EDS, &[], &["a"], "", false), Some(&r1), 0)
+        .handle(&dreq(EDS, &[], &["a"], "", false), Some(&r1), 0)
         .is_empty());
     let r2 = translate(&[policy("a", 8080, None, true)], &Weights::new());
-    assert!(d.on_snapshot(&r2).is_empty());
+    assert!(d.snapshot(&r2).is_empty());
     // NACK: not resent, a later version is.
-    let out = d.handle_request(&dreq(CDS, &[], &[], "", false), Some(&r1), 0);
+    let out = d.handle(&dreq(CDS, &[], &[], "", false), Some(&r1), 0);
     assert_eq!(dnames(&out[0]).0, ["a"]);
-    let out = d.on_snapshot(&r2);
+    let out = d.snapshot(&r2);
     assert_eq!(dnames(&out[0]).0, ["a"]);
     assert!(d
-        .handle_request(&dreq(CDS, &[], &[], &out[0].nonce, true), Some(&r2), 0)
+        .handle(&dreq(CDS, &[], &[], &out[0].nonce, true), Some(&r2), 0)
         .is_empty());
-    assert!(d.on_snapshot(&r2).is_empty());
-    assert_eq!(dnames(&d.on_snapshot(&r1)[0]).0, ["a"]);
+    assert!(d.snapshot(&r2).is_empty());
+    assert_eq!(dnames(&d.snapshot(&r1)[0]).0, ["a"]);
 }
 
 #[test]
 fn delta_reconnect_with_initial_versions_and_removal() {
     let r1 = snap(&[("a", None), ("b", None)]);
-    let mut first = DeltaStream::new(NodeView::default());
-    let out = first.handle_request(&dreq(CDS, &[], &[], "", false), Some(&r1), 0);
+    let mut first = DeltaStream::new(boxed(MeridianNode::default()));
+    let out = first.handle(&dreq(CDS, &[], &[], "", false), Some(&r1), 0);
     let have: HashMap<String, String> = out[0]
         .resources
         .iter()
@@ -393,28 +438,28 @@ fn delta_reconnect_with_initial_versions_and_removal() {
         ],
         &Weights::new(),
     );
-    let mut again = DeltaStream::new(NodeView::default());
+    let mut again = DeltaStream::new(boxed(MeridianNode::default()));
     let mut rq = dreq(CDS, &[], &[], "", false);
     rq.initial_resource_versions = have;
     rq.initial_resource_versions
         .insert("gone".into(), "x".into());
-    let out = again.handle_request(&rq, Some(&r2), 0);
+    let out = again.handle(&rq, Some(&r2), 0);
     assert_eq!(dnames(&out[0]), (vec!["b".into()], vec!["gone".into()]));
     // Policy delete on a wildcard delta stream without routes in use: removed.
-    again.handle_request(&dreq(CDS, &[], &[], &out[0].nonce, false), Some(&r2), 0);
+    again.handle(&dreq(CDS, &[], &[], &out[0].nonce, false), Some(&r2), 0);
     let r3 = snap(&[("b", None)]);
-    let out = again.on_snapshot(&r3);
+    let out = again.snapshot(&r3);
     assert_eq!(dnames(&out[0]).1, ["a"]);
 }
 
 #[test]
 fn delta_wildcard_lds_excludes_api_listeners() {
     let res = snap(&[("a", None)]);
-    let mut d = DeltaStream::new(NodeView::default());
-    let out = d.handle_request(&dreq(LDS, &[], &[], "", false), Some(&res), 0);
+    let mut d = DeltaStream::new(boxed(MeridianNode::default()));
+    let out = d.handle(&dreq(LDS, &[], &[], "", false), Some(&res), 0);
     assert_eq!(dnames(&out[0]).0, ["egress_8080"]);
-    let mut g = DeltaStream::new(NodeView::default());
-    let out = g.handle_request(
+    let mut g = DeltaStream::new(boxed(MeridianNode::default()));
+    let out = g.handle(
         &dreq(LDS, &["a.example.com"], &[], "", false),
         Some(&res),
         0,
@@ -427,7 +472,7 @@ fn deleting_the_last_policy_on_a_port_removes_listener_then_clusters() {
     let r1 = snap(&[("a", Some(("v2", 10)))]);
     let mut s = synced_sidecar(&r1);
     let r2 = translate(&[], &Weights::new());
-    let out = s.on_snapshot(&r2);
+    let out = s.snapshot(&r2);
     // The listener goes at once (full-state LDS without it); its routes go
     // with it, so nothing references a's clusters any more.
     let lds = out
@@ -441,7 +486,7 @@ fn deleting_the_last_policy_on_a_port_removes_listener_then_clusters() {
         Some(c) if names_of(c).is_empty() => c.clone(),
         _ => {
             let names = names_for(&s, LDS);
-            let after = s.handle_request(
+            let after = s.handle(
                 &req(LDS, &names, &lds.version_info, &lds.nonce, false),
                 Some(&r2),
                 0,
@@ -462,26 +507,27 @@ fn deleting_the_last_policy_on_a_port_removes_listener_then_clusters() {
 #[test]
 fn answers_are_reported_once_and_stale_nonces_are_not_answers() {
     let r1 = snap(&[("a", None)]);
-    let mut s = SotwStream::new(NodeView::default());
-    let out = s.handle_request(&req(CDS, &[], "", "", false), Some(&r1), 0);
+    let mut s = SotwStream::new(boxed(MeridianNode::default()));
+    let out = s.handle(&req(CDS, &[], "", "", false), Some(&r1), 0);
     assert_eq!(s.take_answer(), None, "a first request answers nothing");
     let v1 = out[0].version_info.clone();
-    s.handle_request(&req(CDS, &[], &v1, &out[0].nonce, false), Some(&r1), 0);
+    s.handle(&req(CDS, &[], &v1, &out[0].nonce, false), Some(&r1), 0);
     assert_eq!(s.take_answer(), Some((CDS, Answer::Ack)));
     assert_eq!(s.take_answer(), None, "taken once");
     // A NACK of a newer response, then a stale nonce that answers nothing.
     let r2 = snap(&[("a", None), ("b", None)]);
-    let out2 = s.on_snapshot(&r2);
-    s.handle_request(&req(CDS, &[], &v1, &out2[0].nonce, true), Some(&r2), 1);
+    let out2 = s.snapshot(&r2);
+    s.handle(&req(CDS, &[], &v1, &out2[0].nonce, true), Some(&r2), 1);
     assert_eq!(s.take_answer(), Some((CDS, Answer::Nack)));
-    s.handle_request(&req(CDS, &[], &v1, "old-nonce", false), Some(&r2), 2);
+    s.handle(&req(CDS, &[], &v1, "old-nonce", false), Some(&r2), 2);
     assert_eq!(s.take_answer(), None);
 }
 
 mod security {
     use super::*;
+    use crate::assemble::translate_mesh;
     use crate::tls::{TRUST_BUNDLE_SECRET, WORKLOAD_SECRET};
-    use crate::translate::{translate_mesh, Mesh};
+    use crate::translate::Mesh;
     use meridian_policy::MtlsMode;
     use prost::Message;
     use xds_api::pb::envoy::extensions::transport_sockets::tls::v3::{secret, Secret};
@@ -530,12 +576,12 @@ mod security {
             (Some("spiffe://td/ns/x/sa/unknown"), "", false),
         ];
         for (identity, want_cert, has_cert) in cases {
-            let mut s = SotwStream::new(NodeView {
+            let mut s = SotwStream::new(boxed(MeridianNode {
                 identity: identity.map(str::to_owned),
                 ..Default::default()
-            });
+            }));
             // Naming another identity's entry, or a bogus name, yields nothing.
-            let out = s.handle_request(
+            let out = s.handle(
                 &req(
                     SDS,
                     &[WORKLOAD_SECRET, TRUST_BUNDLE_SECRET, A, B, "x"],
@@ -573,11 +619,11 @@ mod security {
         ] {
             let res = mesh_snapshot(mode);
             for proxyless in [false, true] {
-                let mut s = SotwStream::new(NodeView {
+                let mut s = SotwStream::new(boxed(MeridianNode {
                     proxyless,
                     ..Default::default()
-                });
-                let out = s.handle_request(&req(CDS, &[], "", "", false), Some(&res), 0);
+                }));
+                let out = s.handle(&req(CDS, &[], "", "", false), Some(&res), 0);
                 let c = xds_api::pb::envoy::config::cluster::v3::Cluster::decode(
                     out[0].resources[0].value.as_slice(),
                 )
@@ -617,11 +663,11 @@ mod security {
             (MtlsMode::Disabled, vec![false], false),
         ] {
             let res = mesh_snapshot(mode);
-            let mut s = SotwStream::new(NodeView {
+            let mut s = SotwStream::new(boxed(MeridianNode {
                 inbound: Some(inbound.clone()),
                 ..Default::default()
-            });
-            let lds = s.handle_request(&req(LDS, &[], "", "", false), Some(&res), 0);
+            }));
+            let lds = s.handle(&req(LDS, &[], "", "", false), Some(&res), 0);
             let names = names_of(&lds[0]);
             assert!(names.contains(&"inbound_a".to_owned()), "{names:?}");
             let l = lds[0]
@@ -637,14 +683,14 @@ mod security {
                 .collect();
             assert_eq!(tls, chains, "{mode:?}");
             assert_eq!(!l.listener_filters.is_empty(), inspector, "{mode:?}");
-            let cds = s.handle_request(&req(CDS, &[], "", "", false), Some(&res), 0);
+            let cds = s.handle(&req(CDS, &[], "", "", false), Some(&res), 0);
             assert!(names_of(&cds[0]).contains(&"inbound|a".to_owned()));
         }
         // Without the metadata, or for a policy that does not exist: nothing.
         let res = mesh_snapshot(MtlsMode::Strict);
         for view in [
-            NodeView::default(),
-            NodeView {
+            MeridianNode::default(),
+            MeridianNode {
                 inbound: Some(Inbound {
                     policy: "missing".into(),
                     ..inbound.clone()
@@ -652,8 +698,8 @@ mod security {
                 ..Default::default()
             },
         ] {
-            let mut s = SotwStream::new(view);
-            let lds = s.handle_request(&req(LDS, &[], "", "", false), Some(&res), 0);
+            let mut s = SotwStream::new(boxed(view));
+            let lds = s.handle(&req(LDS, &[], "", "", false), Some(&res), 0);
             assert!(!names_of(&lds[0]).iter().any(|n| n.starts_with("inbound_")));
         }
     }
@@ -664,20 +710,103 @@ mod security {
         let res = mesh_snapshot(MtlsMode::Strict);
         let name = "grpc/server?xds.resource.listening_address=10.0.0.1:80";
         let unknown = "grpc/server?xds.resource.listening_address=10.9.9.9:80";
-        let mut s = SotwStream::new(NodeView {
+        let mut s = SotwStream::new(boxed(MeridianNode {
             proxyless: true,
             ..Default::default()
-        });
-        let out = s.handle_request(&req(LDS, &[name, unknown], "", "", false), Some(&res), 0);
+        }));
+        let out = s.handle(&req(LDS, &[name, unknown], "", "", false), Some(&res), 0);
         assert_eq!(names_of(&out[0]), [name]);
         let l = Listener::decode(out[0].resources[0].value.as_slice()).unwrap();
         assert!(l.filter_chains[0].transport_socket.is_some(), "strict: TLS");
         for mode in [MtlsMode::Permissive, MtlsMode::Disabled] {
             let res = mesh_snapshot(mode);
-            let mut s = SotwStream::new(NodeView::default());
-            let out = s.handle_request(&req(LDS, &[name], "", "", false), Some(&res), 0);
+            let mut s = SotwStream::new(boxed(MeridianNode::default()));
+            let out = s.handle(&req(LDS, &[name], "", "", false), Some(&res), 0);
             let l = Listener::decode(out[0].resources[0].value.as_slice()).unwrap();
             assert!(l.filter_chains[0].transport_socket.is_none(), "{mode:?}");
         }
     }
+}
+
+#[test]
+fn a_node_naming_its_hosts_gets_only_theirs_and_other_changes_send_nothing() {
+    use meridian_xds_engine::snapshot_channel;
+    use xds_api::pb::google::protobuf::{Struct, Value};
+    let mut meta = Node::default();
+    meta.metadata = Some(Struct {
+        fields: HashMap::from([(
+            crate::node::HOSTS_METADATA_KEY.to_owned(),
+            Value {
+                kind: Some(Kind::StringValue("a.example.com, zzz.example.com".into())),
+            },
+        )]),
+    });
+    let view = MeridianNode::from_node(Some(&meta));
+    assert_eq!(
+        view.hosts.iter().flatten().cloned().collect::<Vec<_>>(),
+        ["a.example.com", "zzz.example.com"]
+    );
+    let (publisher, subscriber) = snapshot_channel();
+    let world = |c_port: u32, a_weight: u32| {
+        let mut a = policy("a", 8080, None, false);
+        a.spec.zones[0].weight = a_weight;
+        let mut c = policy("c", c_port, None, false);
+        c.spec.zones[0].weight = c_port;
+        vec![a, policy("b", 8080, None, false), c]
+    };
+    let mut t = crate::assemble::Translator::new(Default::default());
+    t.rebuild(&world(9090, 70), &Weights::new());
+    let (res, _) = t.output();
+    publisher.publish(res);
+    let res = subscriber.current().resources.clone();
+    let mut s = SotwStream::new(Box::new(view));
+    let cds = s.handle(&req(CDS, &[], "", "", false), Some(&res), 0);
+    assert_eq!(names_of(&cds[0]), ["a"]);
+    let lds = s.handle(&req(LDS, &[], "", "", false), Some(&res), 0);
+    assert_eq!(names_of(&lds[0]), ["egress_8080"]);
+    let rds = s.handle(&req(RDS, &["egress_8080"], "", "", false), Some(&res), 0);
+    let route = xds_api::pb::envoy::config::route::v3::RouteConfiguration::decode(
+        rds[0].resources[0].value.as_slice(),
+    )
+    .unwrap();
+    let vhosts: Vec<String> = route.virtual_hosts.iter().map(|v| v.name.clone()).collect();
+    assert_eq!(vhosts, ["a"], "only the named host's virtual host");
+    let eds = s.handle(&req(EDS, &["a"], "", "", false), Some(&res), 0);
+    assert_eq!(names_of(&eds[0]), ["a"]);
+    for (ty, r) in [
+        (CDS, &cds[0]),
+        (LDS, &lds[0]),
+        (RDS, &rds[0]),
+        (EDS, &eds[0]),
+    ] {
+        let names = match ty {
+            RDS => vec!["egress_8080"],
+            EDS => vec!["a"],
+            _ => vec![],
+        };
+        s.handle(
+            &req(ty, &names, &r.version_info, &r.nonce, false),
+            Some(&res),
+            0,
+        );
+    }
+    // A change to a policy the node does not call sends nothing.
+    let by_name = |ps: Vec<Policy>| -> BTreeMap<String, Policy> {
+        ps.into_iter()
+            .map(|p| (p.metadata.name.clone(), p))
+            .collect()
+    };
+    let next = by_name(world(9191, 70));
+    t.update(["c"], |n| next.get(n), &Weights::new());
+    publisher.publish(t.output().0);
+    assert!(s
+        .snapshot(&subscriber.current().resources.clone())
+        .is_empty());
+    // A change to the one it calls: its endpoints only.
+    let next = by_name(world(9191, 40));
+    t.update(["a"], |n| next.get(n), &Weights::new());
+    publisher.publish(t.output().0);
+    let out = s.snapshot(&subscriber.current().resources.clone());
+    assert_eq!(types(&out), [EDS]);
+    assert_eq!(names_of(&out[0]), ["a"]);
 }

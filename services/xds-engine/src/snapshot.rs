@@ -14,26 +14,25 @@ use crate::resources::Resources;
 /// One immutable published state.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    /// Shared by every stream; entries are `Arc`s, so nothing is copied per stream.
+    /// The default view: what a node that names no view reads.
     pub resources: Arc<Resources>,
     /// 0 until the first publish; streams wait for it before answering, so
-    /// a replica that has not loaded its policies never serves an empty config.
+    /// a replica that has not loaded its configuration never serves an
+    /// empty one.
     pub generation: u64,
     /// When the writer learned of the first change this snapshot carries;
     /// streams measure push latency from it. `None` for a full reload.
     pub changed_at: Option<Instant>,
-    /// Per namespace: what a node of that namespace sees (the unscoped
-    /// policies plus the namespace's own). `resources` holds the unscoped
-    /// policies only, for nodes without a namespace.
-    pub scoped: BTreeMap<String, Arc<Resources>>,
+    /// Further views by key (see [`crate::NodeView::view`]); a node whose
+    /// key is not here reads [`Snapshot::resources`].
+    pub views: BTreeMap<String, Arc<Resources>>,
 }
 
 impl Snapshot {
-    /// The resource set a node of `namespace` reads.
-    pub fn view(&self, namespace: Option<&str>) -> &Resources {
-        namespace
-            .and_then(|ns| self.scoped.get(ns))
-            .map_or(&*self.resources, |r| &**r)
+    /// The resource set a node reading view `key` gets.
+    pub fn view(&self, key: Option<&str>) -> &Arc<Resources> {
+        key.and_then(|k| self.views.get(k))
+            .unwrap_or(&self.resources)
     }
 }
 
@@ -59,31 +58,46 @@ impl Publisher {
     /// Publishes a new resource set and returns its generation. Publishing a
     /// set equal to the current one is a no-op (streams are not woken).
     pub fn publish(&self, resources: Resources) -> u64 {
-        self.publish_scoped(resources, BTreeMap::new(), None)
+        self.publish_views(resources, BTreeMap::new(), None)
     }
 
     /// Like [`Publisher::publish`], for a change first seen at `changed_at`.
     pub fn publish_change(&self, resources: Resources, changed_at: Option<Instant>) -> u64 {
-        self.publish_scoped(resources, BTreeMap::new(), changed_at)
+        self.publish_views(resources, BTreeMap::new(), changed_at)
     }
 
-    /// Publishes the unscoped set and one set per namespace (see
-    /// [`Snapshot::scoped`]), for a change first seen at `changed_at`.
-    pub fn publish_scoped(
+    /// Publishes the default view and the keyed views, for a change first
+    /// seen at `changed_at`. Each view is sealed against the current
+    /// snapshot's view of the same key, so unchanged types are shared and
+    /// changed ones list what changed (see [`Resources::seal_against`]).
+    pub fn publish_views(
         &self,
-        resources: Resources,
-        scoped: BTreeMap<String, Resources>,
+        mut resources: Resources,
+        views: BTreeMap<String, Resources>,
         changed_at: Option<Instant>,
     ) -> u64 {
+        let cur = self.tx.borrow().clone();
+        resources.seal_against(&cur.resources);
+        resources.seal();
+        let views: BTreeMap<String, Resources> = views
+            .into_iter()
+            .map(|(k, mut v)| {
+                if let Some(p) = cur.views.get(&k) {
+                    v.seal_against(p);
+                }
+                v.seal();
+                (k, v)
+            })
+            .collect();
         let mut generation = 0;
         self.tx.send_if_modified(|cur| {
-            let same_scoped = cur.scoped.len() == scoped.len()
+            let same_views = cur.views.len() == views.len()
                 && cur
-                    .scoped
+                    .views
                     .iter()
-                    .zip(&scoped)
+                    .zip(&views)
                     .all(|((a, ra), (b, rb))| a == b && **ra == *rb);
-            if cur.generation > 0 && *cur.resources == resources && same_scoped {
+            if cur.generation > 0 && *cur.resources == resources && same_views {
                 generation = cur.generation;
                 return false;
             }
@@ -92,7 +106,7 @@ impl Publisher {
                 resources: Arc::new(resources),
                 generation,
                 changed_at,
-                scoped: scoped.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
+                views: views.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
             });
             true
         });
@@ -105,6 +119,11 @@ impl Publisher {
         Subscriber {
             rx: self.tx.subscribe(),
         }
+    }
+
+    /// The snapshot being served.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.tx.borrow().clone()
     }
 }
 
@@ -123,19 +142,12 @@ impl Subscriber {
 mod tests {
     use super::*;
     use crate::resources::{Entry, ResourceType};
-    use xds_api::pb::google::protobuf::Any;
 
     fn res(v: &[u8]) -> Resources {
         let mut r = Resources::new();
         r.insert(
             ResourceType::Cluster,
-            Entry::new(
-                "a",
-                Any {
-                    type_url: ResourceType::Cluster.type_url().into(),
-                    value: v.to_vec(),
-                },
-            ),
+            Entry::new("a", ResourceType::Cluster, v.to_vec()),
         );
         r
     }

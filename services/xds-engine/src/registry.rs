@@ -37,6 +37,18 @@ impl Machine {
             Machine::Delta(d) => d,
         }
     }
+
+    fn state_mut(&mut self) -> &mut dyn StreamState {
+        match self {
+            Machine::Sotw(s) => s,
+            Machine::Delta(d) => d,
+        }
+    }
+
+    /// Per-type status.
+    pub(crate) fn reports(&self) -> Vec<TypeReport> {
+        self.state().reports()
+    }
 }
 
 #[derive(Debug)]
@@ -193,7 +205,7 @@ impl Registry {
     }
 
     pub(crate) fn known_resources(slot: &ClientSlot) -> Vec<KnownResource> {
-        slot.machine().state().known_resources()
+        slot.machine().state_mut().known_resources()
     }
 }
 
