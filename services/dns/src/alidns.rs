@@ -18,14 +18,21 @@
 //! those types only, so CNAME targets are refused ([`Error::Invalid`]). Two
 //! zones cannot share one target either: Alidns refuses duplicate records.
 //!
-//! **Mapping back.** Each record's `Remark` is `meridian:<zone>`; that is
-//! how [`Provider::read`] names records by zone (a target cannot: it changes,
-//! and names no zone). `AddDomainRecord` takes no remark, so a new record
-//! gets it from `UpdateDomainRecordRemark` right after. Meridian owns the A,
-//! AAAA and CNAME records of the RR: any without a Meridian remark, on another
-//! line, or a second one for the same zone and type (for example a record
-//! added just before a crash, before its remark was set) comes back as
-//! `unmanaged:<RecordId>` and the diff deletes it.
+//! **Mapping back and ownership.** Each record's `Remark` is
+//! `meridian:<zone>@<owner>` (the installation's owner id): that is how
+//! [`Provider::read`] names records by zone (a target cannot: it changes,
+//! and names no zone), and it is the ownership mark (Alidns has a remark
+//! per record, so no TXT record is needed beside it; `meridian:<zone>`,
+//! written before marks named their owner, counts as this installation's).
+//! `AddDomainRecord` takes no remark, so a new record gets it from
+//! `UpdateDomainRecordRemark` right after. Records without this
+//! installation's remark are foreign: never changed or deleted, and since
+//! weighted round robin spans every record of the RR and type, Meridian
+//! refuses to publish beside them ([`Error::NotOwned`]). One of ours on
+//! another line, or a second one for the same zone and type, comes back as
+//! `unmanaged:<RecordId>` and the diff deletes it. A record added just before
+//! a crash, before its remark was set, is foreign from then on: it blocks
+//! the name until removed by hand (the event says which record).
 //!
 //! **Applying** is one API call per step and not atomic: deletes first (so a
 //! target can move between zones without a duplicate), then adds, updates,
@@ -47,8 +54,8 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Deserialize;
 use sha1::Sha1;
 
-use crate::desired::{classify_target, fqdn, Change, Record, RecordKind};
-use crate::provider::{Error, Provider};
+use crate::desired::{classify_target, fqdn, Change, Granularity, Owner, Record, RecordKind};
+use crate::provider::{excerpt, submit, Error, Fence, Provider, CALL_TIMEOUT};
 
 const KIND: &str = "alidns";
 /// The public Alidns endpoint.
@@ -295,12 +302,12 @@ fn delete_record(record_id: &str) -> Call {
     call("DeleteDomainRecord", &[("RecordId", record_id)])
 }
 
-fn update_remark(record_id: &str, zone: &str) -> Call {
+fn update_remark(record_id: &str, zone: &str, owner: &str) -> Call {
     call(
         "UpdateDomainRecordRemark",
         &[
             ("RecordId", record_id),
-            ("Remark", &format!("{REMARK_PREFIX}{zone}")),
+            ("Remark", &format!("{REMARK_PREFIX}{zone}@{owner}")),
         ],
     )
 }
@@ -416,9 +423,9 @@ struct ApiError {
 fn classify_error(action: &str, status: u16, body: &str) -> Error {
     let err: ApiError = serde_json::from_str(body).unwrap_or_default();
     let mut text = if err.code.is_empty() {
-        body.trim().to_owned()
+        excerpt(body)
     } else {
-        format!("{}: {}", err.code, err.message)
+        format!("{}: {}", excerpt(&err.code), excerpt(&err.message))
     };
     if !err.request_id.is_empty() {
         text.push_str(&format!(" (RequestId {})", err.request_id));
@@ -455,21 +462,45 @@ struct Held<'a> {
     record: Record,
 }
 
+/// The zone a remark names, if it is `owner`'s mark: `meridian:<zone>@<owner>`,
+/// or `meridian:<zone>` as written before marks named their owner.
+fn remark_zone<'r>(remark: Option<&'r str>, owner: &str) -> Option<&'r str> {
+    let mark = remark?.strip_prefix(REMARK_PREFIX)?;
+    let zone = match mark.rsplit_once('@') {
+        Some((zone, by)) if by == owner => zone,
+        Some(_) => return None,
+        None => mark,
+    };
+    Some(zone).filter(|z| !z.is_empty())
+}
+
 /// Meridian's view of the live records of `name` (already filtered to its
-/// RR): A, AAAA and CNAME records, named by their remark; see the module docs.
-fn held<'a>(name: &str, raw: &'a [ApiRecord]) -> Vec<Held<'a>> {
+/// RR): A, AAAA and CNAME records, named by their remark, and the records
+/// without `owner`'s remark (foreign); see the module docs.
+fn held<'a>(name: &str, raw: &'a [ApiRecord], owner: &str) -> (Vec<Held<'a>>, Vec<Record>) {
     let mut claimed = BTreeSet::new();
     let mut out = Vec::new();
+    let mut foreign = Vec::new();
     for api in raw {
         let Some(kind) = RecordKind::parse(&api.rtype.to_ascii_uppercase()) else {
             continue;
         };
+        let Some(marked) = remark_zone(api.remark.as_deref(), owner) else {
+            foreign.push(Record {
+                name: name.to_owned(),
+                kind,
+                set_id: format!("RecordId {}", api.record_id),
+                weight: api.meridian_weight(),
+                target: normalize(kind, &api.value),
+                ttl: api.ttl,
+            });
+            continue;
+        };
         let on_default_line = api.line.as_deref().is_none_or(|l| l == DEFAULT_LINE);
-        let zone = api
-            .remark
-            .as_deref()
-            .and_then(|r| r.strip_prefix(REMARK_PREFIX))
-            .filter(|z| !z.is_empty() && on_default_line)
+        // Ours, but not the one record of its zone and type on the default
+        // line (e.g. added twice around a crash): deleted.
+        let zone = Some(marked)
+            .filter(|_| on_default_line)
             .filter(|z| claimed.insert((kind, (*z).to_owned())));
         let set_id = match zone {
             Some(z) => z.to_owned(),
@@ -487,7 +518,7 @@ fn held<'a>(name: &str, raw: &'a [ApiRecord]) -> Vec<Held<'a>> {
             },
         });
     }
-    out
+    (out, foreign)
 }
 
 fn normalize(kind: RecordKind, value: &str) -> String {
@@ -640,9 +671,10 @@ impl AlidnsProvider {
             return Err(Error::Invalid("Alidns domain_name is empty".to_owned()));
         }
         let client = reqwest::Client::builder()
-            // A hung API must surface as Unavailable, not stall reconciles.
-            .timeout(Duration::from_secs(10))
-            .connect_timeout(Duration::from_secs(3))
+            // A hung API must surface as Unavailable well inside the
+            // failover lease, not stall reconciles.
+            .timeout(CALL_TIMEOUT)
+            .connect_timeout(Duration::from_secs(1))
             .build()
             .map_err(|e| Error::Invalid(format!("building the Alidns HTTP client: {e}")))?;
         Ok(Self {
@@ -738,13 +770,20 @@ impl AlidnsProvider {
         )))
     }
 
-    async fn run(&self, rr: &str, steps: &[Step]) -> Result<(), Error> {
+    async fn run(
+        &self,
+        rr: &str,
+        steps: &[Step],
+        owner: &Owner,
+        fence: &impl Fence,
+    ) -> Result<(), Error> {
         // SetDNSSLBStatus once per type and apply, before the first weight.
         let mut slb_open = BTreeSet::new();
         for step in steps {
             match step {
                 Step::Delete { record_id } => {
-                    self.send::<IgnoredAny>(&delete_record(record_id)).await?;
+                    self.change::<IgnoredAny>(fence, &delete_record(record_id))
+                        .await?;
                 }
                 Step::Add {
                     kind,
@@ -754,14 +793,16 @@ impl AlidnsProvider {
                     weight,
                 } => {
                     let added: AddResponse = self
-                        .send(&add_record(&self.domain, rr, *kind, value, *ttl))
+                        .change(fence, &add_record(&self.domain, rr, *kind, value, *ttl))
                         .await?;
                     let id = &added.record_id;
-                    self.send::<IgnoredAny>(&update_remark(id, zone)).await?;
+                    self.change::<IgnoredAny>(fence, &update_remark(id, zone, &owner.id))
+                        .await?;
                     if *weight == 0 {
-                        self.send::<IgnoredAny>(&set_status(id, false)).await?;
+                        self.change::<IgnoredAny>(fence, &set_status(id, false))
+                            .await?;
                     } else {
-                        self.set_weight(rr, id, *kind, *weight, &mut slb_open)
+                        self.set_weight(rr, id, *kind, *weight, &mut slb_open, fence)
                             .await?;
                     }
                 }
@@ -771,11 +812,14 @@ impl AlidnsProvider {
                     value,
                     ttl,
                 } => {
-                    self.send::<IgnoredAny>(&update_record(record_id, rr, *kind, value, *ttl))
-                        .await?;
+                    self.change::<IgnoredAny>(
+                        fence,
+                        &update_record(record_id, rr, *kind, value, *ttl),
+                    )
+                    .await?;
                 }
                 Step::Enable { record_id } => {
-                    self.send::<IgnoredAny>(&set_status(record_id, true))
+                    self.change::<IgnoredAny>(fence, &set_status(record_id, true))
                         .await?;
                 }
                 Step::Weight {
@@ -783,11 +827,11 @@ impl AlidnsProvider {
                     kind,
                     weight,
                 } => {
-                    self.set_weight(rr, record_id, *kind, *weight, &mut slb_open)
+                    self.set_weight(rr, record_id, *kind, *weight, &mut slb_open, fence)
                         .await?;
                 }
                 Step::Disable { record_id } => {
-                    self.send::<IgnoredAny>(&set_status(record_id, false))
+                    self.change::<IgnoredAny>(fence, &set_status(record_id, false))
                         .await?;
                 }
             }
@@ -802,14 +846,28 @@ impl AlidnsProvider {
         kind: RecordKind,
         weight: u32,
         slb_open: &mut BTreeSet<RecordKind>,
+        fence: &impl Fence,
     ) -> Result<(), Error> {
         if slb_open.insert(kind) {
-            self.send::<IgnoredAny>(&set_slb_status(&self.domain, &self.sub_domain(rr), kind))
-                .await?;
+            self.change::<IgnoredAny>(
+                fence,
+                &set_slb_status(&self.domain, &self.sub_domain(rr), kind),
+            )
+            .await?;
         }
-        self.send::<IgnoredAny>(&update_weight(record_id, weight))
+        self.change::<IgnoredAny>(fence, &update_weight(record_id, weight))
             .await?;
         Ok(())
+    }
+
+    /// One call that changes Alidns, fenced (see [`submit`]): Alidns applies
+    /// a change call by call, so each is checked against the lease.
+    async fn change<T: DeserializeOwned>(
+        &self,
+        fence: &impl Fence,
+        call: &Call,
+    ) -> Result<T, Error> {
+        submit(fence, self.send(call)).await
     }
 }
 
@@ -818,19 +876,35 @@ impl Provider for AlidnsProvider {
         KIND
     }
 
-    async fn read(&self, name: &str) -> Result<Vec<Record>, Error> {
-        let (name, rr) = self.split_name(name)?;
-        let raw = self.list(&rr).await?;
-        Ok(held(&name, &raw).into_iter().map(|h| h.record).collect())
+    fn granularity(&self) -> Granularity {
+        // Weighted round robin covers every record of the RR and type.
+        Granularity::WholeName
     }
 
-    async fn apply(&self, name: &str, changes: &[Change], desired: &[Record]) -> Result<(), Error> {
+    async fn read(&self, name: &str, owner: &Owner) -> Result<crate::desired::Held, Error> {
+        let (name, rr) = self.split_name(name)?;
+        let raw = self.list(&rr).await?;
+        let (owned, foreign) = held(&name, &raw, &owner.id);
+        Ok(crate::desired::Held {
+            owned: owned.into_iter().map(|h| h.record).collect(),
+            foreign,
+        })
+    }
+
+    async fn apply(
+        &self,
+        name: &str,
+        changes: &[Change],
+        desired: &[Record],
+        owner: &Owner,
+        fence: &impl Fence,
+    ) -> Result<(), Error> {
         let (name, rr) = self.split_name(name)?;
         check_desired(desired)?;
         // Fresh record ids and states: the diff came from an earlier read.
         let raw = self.list(&rr).await?;
-        let steps = plan(&held(&name, &raw), changes);
-        self.run(&rr, &steps).await
+        let steps = plan(&held(&name, &raw, &owner.id).0, changes);
+        self.run(&rr, &steps, owner, fence).await
     }
 }
 
@@ -1045,11 +1119,11 @@ mod tests {
                 vec![("Action", "DeleteDomainRecord"), ("RecordId", "9999985")],
             ),
             (
-                update_remark("9999985", "eu west"),
+                update_remark("9999985", "eu west", "meridian"),
                 vec![
                     ("Action", "UpdateDomainRecordRemark"),
                     ("RecordId", "9999985"),
-                    ("Remark", "meridian:eu west"),
+                    ("Remark", "meridian:eu west@meridian"),
                 ],
             ),
             (
@@ -1183,7 +1257,7 @@ mod tests {
         );
         assert_eq!(records[1].record_id, "9999986");
         // MX records are not Meridian's: nothing to read, nothing to delete.
-        assert!(held("www.example.com.", records).is_empty());
+        assert!(held("www.example.com.", records, "meridian").0.is_empty());
     }
 
     /// Constructed, not documented: the documented response shape holding
@@ -1236,19 +1310,29 @@ mod tests {
     #[test]
     fn reads_records_by_remark_with_disabled_as_weight_0() {
         let raw = weighted();
-        let got: Vec<Record> = held("track.example.com.", &raw)
-            .into_iter()
-            .map(|h| h.record)
-            .collect();
+        let (owned, foreign) = held("track.example.com.", &raw, "meridian");
+        let got: Vec<Record> = owned.into_iter().map(|h| h.record).collect();
         assert_eq!(
             got,
             vec![
                 rec(RecordKind::A, "a", 70, "192.0.2.10"),
                 rec(RecordKind::A, "b", 0, "192.0.2.11"),
                 rec(RecordKind::AAAA, "c", 30, "2001:db8::1"),
-                rec(RecordKind::A, "unmanaged:1004", 1, "198.51.100.1"),
             ]
         );
+        // The hand-made record is someone else's: never Meridian's to change.
+        assert_eq!(
+            foreign,
+            vec![rec(RecordKind::A, "RecordId 1004", 1, "198.51.100.1")]
+        );
+        // Another installation's mark is not ours; ours with our id is.
+        let mut theirs = raw[0].clone();
+        theirs.remark = Some("meridian:a@meridian-other".to_owned());
+        let mut ours = raw[0].clone();
+        ours.remark = Some("meridian:a@meridian".to_owned());
+        let both = [theirs, ours];
+        let (owned, foreign) = held("track.example.com.", &both, "meridian");
+        assert_eq!((owned.len(), foreign.len()), (1, 1));
         // A second record claiming the same zone and type, or one on another
         // line, is not that zone's.
         let mut dup = raw[0].clone();
@@ -1257,7 +1341,8 @@ mod tests {
         other_line.record_id = "2002".to_owned();
         other_line.line = Some("telecom".to_owned());
         let raw = vec![raw[0].clone(), dup, other_line];
-        let ids: Vec<String> = held("track.example.com.", &raw)
+        let ids: Vec<String> = held("track.example.com.", &raw, "meridian")
+            .0
             .into_iter()
             .map(|h| h.record.set_id)
             .collect();
@@ -1267,7 +1352,7 @@ mod tests {
     #[test]
     fn plan_maps_weight_0_to_disable() {
         let raw = weighted();
-        let h = held("track.example.com.", &raw);
+        let h = held("track.example.com.", &raw, "meridian").0;
         let desired = vec![
             // a: 70 → 0 (drained)
             rec(RecordKind::A, "a", 0, "192.0.2.10"),
@@ -1283,10 +1368,7 @@ mod tests {
         assert_eq!(
             steps,
             vec![
-                // The hand-made record goes first.
-                Step::Delete {
-                    record_id: "1004".to_owned()
-                },
+                // The hand-made record (1004) is not Meridian's: untouched.
                 Step::Enable {
                     record_id: "1002".to_owned()
                 },
@@ -1313,7 +1395,7 @@ mod tests {
     #[test]
     fn plan_updates_targets_ttls_and_weights_in_place() {
         let raw = weighted();
-        let h = held("track.example.com.", &raw);
+        let h = held("track.example.com.", &raw, "meridian").0;
         let mut moved = rec(RecordKind::A, "a", 50, "192.0.2.20");
         moved.ttl = 1200;
         let desired = vec![moved, rec(RecordKind::AAAA, "c", 30, "2001:db8::1")];
@@ -1325,9 +1407,7 @@ mod tests {
                 Step::Delete {
                     record_id: "1002".to_owned()
                 },
-                Step::Delete {
-                    record_id: "1004".to_owned()
-                },
+                // 1004, made by hand, is not Meridian's to delete.
                 Step::Update {
                     record_id: "1001".to_owned(),
                     kind: RecordKind::A,
@@ -1352,7 +1432,7 @@ mod tests {
             .filter(|r| r.record_id != "1004")
             .cloned()
             .collect();
-        let h = held("track.example.com.", &live);
+        let h = held("track.example.com.", &live, "meridian").0;
         let current: Vec<Record> = h.iter().map(|h| h.record.clone()).collect();
         assert_eq!(diff(&current, &desired), vec![]);
     }

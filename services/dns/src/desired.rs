@@ -187,6 +187,140 @@ pub fn diff(current: &[Record], desired: &[Record]) -> Vec<Change> {
     changes.into_iter().map(|(_, c)| c).collect()
 }
 
+/// Whose records these are: the Meridian installation (one owner id per
+/// database, shared by its replicas) and the policy they serve. Records
+/// carry it as an ownership mark (see [`ownership_text`]), the way
+/// external-dns's TXT registry marks what it created, so that Meridian
+/// changes and removes only records it created, and two installations
+/// sharing a DNS zone never touch each other's records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// The installation, e.g. `meridian-3f2a9c01b7de`.
+    pub id: String,
+    /// The policy whose records these are (informational: a record of
+    /// another policy of the same installation is still owned, so a host
+    /// moving between policies is taken over, not refused).
+    pub policy: String,
+}
+
+impl Owner {
+    pub fn new(id: impl Into<String>, policy: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            policy: policy.into(),
+        }
+    }
+}
+
+impl Default for Owner {
+    /// The owner id of tests and tools that run without a database.
+    fn default() -> Self {
+        Self::new("meridian", "")
+    }
+}
+
+/// The first label of the names that hold ownership marks: a TXT record
+/// cannot sit beside a CNAME, so marks live at `_meridian.<name>`.
+pub const OWNERSHIP_LABEL: &str = "_meridian";
+const HERITAGE: &str = "heritage=meridian";
+
+/// Where the ownership marks of `name`'s records live.
+pub fn ownership_name(name: &str) -> String {
+    format!("{OWNERSHIP_LABEL}.{}", fqdn(name))
+}
+
+/// One ownership mark as parsed back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ownership {
+    pub owner: String,
+    pub policy: String,
+    pub zone: String,
+}
+
+/// The mark of `owner`'s record for `zone`, unquoted:
+/// `heritage=meridian,meridian/owner=ID,meridian/policy=P,meridian/zone=Z`.
+pub fn ownership_text(owner: &Owner, zone: &str) -> String {
+    format!(
+        "{HERITAGE},meridian/owner={},meridian/policy={},meridian/zone={zone}",
+        owner.id, owner.policy
+    )
+}
+
+/// Parses a mark, quoted (as DNS APIs return TXT data) or not; `None` for
+/// any other text, which is then simply not a mark.
+pub fn parse_ownership(text: &str) -> Option<Ownership> {
+    let text = text.trim();
+    let text = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(text);
+    let mut parts = text.split(',');
+    if parts.next()? != HERITAGE {
+        return None;
+    }
+    let (mut owner, mut policy, mut zone) = (None, None, None);
+    for part in parts {
+        let (key, value) = part.split_once('=')?;
+        match key {
+            "meridian/owner" => owner = Some(value),
+            "meridian/policy" => policy = Some(value),
+            "meridian/zone" => zone = Some(value),
+            _ => {}
+        }
+    }
+    Some(Ownership {
+        owner: owner.filter(|o| !o.is_empty())?.to_owned(),
+        policy: policy.unwrap_or_default().to_owned(),
+        zone: zone.filter(|z| !z.is_empty())?.to_owned(),
+    })
+}
+
+/// What a provider holds for a name: the records Meridian owns (by its
+/// marks), and records of the types it publishes that someone else made.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    /// Meridian's records, in the shape [`desired_records`] produces.
+    pub owned: Vec<Record>,
+    /// Records of A / AAAA / CNAME (LUA in PowerDNS) type at the name that
+    /// carry no mark of this owner. Never changed, never deleted.
+    pub foreign: Vec<Record>,
+}
+
+/// How a provider stores a name's records, for [`conflicts`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Granularity {
+    /// One record set per zone (Route 53 weighted sets): a foreign set is in
+    /// the way only with the same type and set id, or when either is a CNAME.
+    PerZone,
+    /// All of a name's records of one type form one set written whole
+    /// (PowerDNS RRsets; Alidns weighted round robin spans every record of
+    /// the name and type): any foreign record of those types is in the way.
+    WholeName,
+}
+
+/// Why writing `desired` would change or shadow records Meridian did not
+/// create; empty when it would not. Meridian then refuses to write.
+pub fn conflicts(desired: &[Record], foreign: &[Record], granularity: Granularity) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in foreign {
+        let clash = desired.iter().any(|d| match granularity {
+            Granularity::WholeName => true,
+            Granularity::PerZone => {
+                (d.kind == f.kind && d.set_id == f.set_id)
+                    || d.kind == RecordKind::CNAME
+                    || f.kind == RecordKind::CNAME
+            }
+        });
+        if clash {
+            out.push(format!(
+                "{} {} {} ({}) was not created by this Meridian installation",
+                f.name, f.kind, f.target, f.set_id
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,6 +532,101 @@ mod tests {
         ];
         for (what, current, desired, want) in cases {
             assert_eq!(diff(&current, &desired), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn ownership_marks_round_trip_and_refuse_other_text() {
+        let owner = Owner::new("meridian-1a2b", "track-api");
+        let text = ownership_text(&owner, "zone-a");
+        assert_eq!(
+            text,
+            "heritage=meridian,meridian/owner=meridian-1a2b,meridian/policy=track-api,meridian/zone=zone-a"
+        );
+        let want = Some(Ownership {
+            owner: "meridian-1a2b".into(),
+            policy: "track-api".into(),
+            zone: "zone-a".into(),
+        });
+        type Case = (&'static str, String, Option<Ownership>);
+        let cases: Vec<Case> = vec![
+            ("plain", text.clone(), want.clone()),
+            (
+                "quoted, as DNS APIs return TXT",
+                format!("\"{text}\""),
+                want,
+            ),
+            (
+                "external-dns's mark is not ours",
+                "\"heritage=external-dns,external-dns/owner=default\"".into(),
+                None,
+            ),
+            ("any other TXT", "v=spf1 -all".into(), None),
+            ("no owner", "heritage=meridian,meridian/zone=a".into(), None),
+            ("no zone", "heritage=meridian,meridian/owner=x".into(), None),
+        ];
+        for (what, text, want) in cases {
+            assert_eq!(parse_ownership(&text), want, "{what}");
+        }
+        assert_eq!(
+            ownership_name("Track.Example.com"),
+            "_meridian.track.example.com."
+        );
+    }
+
+    #[test]
+    fn conflicts_table() {
+        use Granularity::*;
+        use RecordKind::*;
+        let a = rec(A, "a", 50, "192.0.2.10");
+        let foreign_a = rec(A, "hand-made", 10, "198.51.100.1");
+        let foreign_same_id = rec(A, "a", 10, "198.51.100.1");
+        let foreign_cname = rec(CNAME, "x", 10, "lb.example.net.");
+        type Case = (&'static str, Vec<Record>, Vec<Record>, Granularity, usize);
+        let cases: Vec<Case> = vec![
+            ("nothing foreign", vec![a.clone()], vec![], PerZone, 0),
+            (
+                "other set id beside ours",
+                vec![a.clone()],
+                vec![foreign_a.clone()],
+                PerZone,
+                0,
+            ),
+            (
+                "same set id",
+                vec![a.clone()],
+                vec![foreign_same_id],
+                PerZone,
+                1,
+            ),
+            (
+                "a foreign CNAME",
+                vec![a.clone()],
+                vec![foreign_cname],
+                PerZone,
+                1,
+            ),
+            (
+                "whole-name sets",
+                vec![a.clone()],
+                vec![foreign_a.clone()],
+                WholeName,
+                1,
+            ),
+            (
+                "removing ours never conflicts",
+                vec![],
+                vec![foreign_a],
+                WholeName,
+                0,
+            ),
+        ];
+        for (what, desired, foreign, granularity, want) in cases {
+            assert_eq!(
+                conflicts(&desired, &foreign, granularity).len(),
+                want,
+                "{what}"
+            );
         }
     }
 }

@@ -27,9 +27,17 @@
 //! reconcile is a no-op exactly when the live RRsets are what the desired
 //! records render to, and drift of any kind is rewritten.
 //!
-//! Meridian owns the A, AAAA, CNAME and LUA RRsets of the names it manages:
-//! [`Provider::apply`] replaces them in one PATCH (atomic in PowerDNS),
-//! deleting the ones the desired records do not render to.
+//! **Ownership.** Beside the records, a TXT RRset at `_meridian.<name>`
+//! holds one mark per zone naming the installation, policy and zone
+//! ([`crate::desired::ownership_text`]). Meridian owns the A, AAAA, CNAME
+//! and LUA RRsets of a name only when that TXT RRset holds its mark (or,
+//! for names written before marks existed, when the RRsets carry the
+//! `meridian/v1` comment and no mark of anyone): [`Provider::apply`]
+//! replaces them, and the marks, in one PATCH (atomic in PowerDNS),
+//! deleting the ones the desired records do not render to. Records at a
+//! name Meridian does not own are reported as foreign and never written
+//! over (an RRset is the unit PowerDNS writes, so any of them is in the
+//! way); removing a policy deletes its RRsets and marks, and nothing else.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -37,14 +45,19 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::desired::{classify_target, fqdn, Change, Record, RecordKind};
-use crate::provider::{Error, Provider};
+use crate::desired::{
+    classify_target, fqdn, ownership_name, ownership_text, parse_ownership, Change, Granularity,
+    Held, Owner, Record, RecordKind,
+};
+use crate::provider::{excerpt, submit, Error, Fence, Provider, CALL_TIMEOUT};
 
 const KIND: &str = "pdns";
 const COMMENT_PREFIX: &str = "meridian/v1 ";
 const COMMENT_ACCOUNT: &str = "meridian";
 const MANAGED_TYPES: [&str; 4] = ["A", "AAAA", "CNAME", "LUA"];
 const UNMANAGED_PREFIX: &str = "unmanaged:";
+/// TTL of the ownership marks; nothing resolves them in the hot path.
+const MARK_TTL: u32 = 300;
 
 /// A PowerDNS API key.
 pub type ApiKey = crate::provider::Secret;
@@ -75,9 +88,10 @@ impl PdnsProvider {
     /// Builds the HTTP client; makes no request.
     pub fn new(config: PdnsConfig) -> Result<Self, Error> {
         let client = reqwest::Client::builder()
-            // A hung API must surface as Unavailable, not stall reconciles.
-            .timeout(Duration::from_secs(10))
-            .connect_timeout(Duration::from_secs(3))
+            // A hung API must surface as Unavailable well inside the
+            // failover lease, not stall reconciles.
+            .timeout(CALL_TIMEOUT)
+            .connect_timeout(Duration::from_secs(1))
             .build()
             .map_err(|e| Error::Invalid(format!("building the PowerDNS HTTP client: {e}")))?;
         let zone = fqdn(&config.zone);
@@ -130,6 +144,7 @@ impl PdnsProvider {
             .ok()
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
             .unwrap_or(body);
+        let message = excerpt(&message);
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             Err(unavailable(format!("HTTP {status}: {message}")))
         } else {
@@ -154,8 +169,13 @@ impl Provider for PdnsProvider {
         KIND
     }
 
-    async fn read(&self, name: &str) -> Result<Vec<Record>, Error> {
+    fn granularity(&self) -> Granularity {
+        Granularity::WholeName
+    }
+
+    async fn read(&self, name: &str, owner: &Owner) -> Result<Held, Error> {
         let name = self.check_name(name)?;
+        let marks_at = ownership_name(&name);
         let zone: ApiZone = self
             .send(self.client.get(self.zone_url()))
             .await?
@@ -164,7 +184,20 @@ impl Provider for PdnsProvider {
             .map_err(|e| Error::Invalid(format!("PowerDNS zone response: {e}")))?;
         let mut live = Vec::new();
         let mut written = None;
+        // None: no marks at all; Some(ours?).
+        let mut marked: Option<bool> = None;
         for rrset in zone.rrsets {
+            if fqdn(&rrset.name) == marks_at && rrset.rtype == "TXT" {
+                let marks: Vec<_> = rrset
+                    .records
+                    .iter()
+                    .filter_map(|r| parse_ownership(&r.content))
+                    .collect();
+                if !marks.is_empty() {
+                    marked = Some(marks.iter().any(|m| m.owner == owner.id));
+                }
+                continue;
+            }
             if fqdn(&rrset.name) != name || !MANAGED_TYPES.contains(&rrset.rtype.as_str()) {
                 continue;
             }
@@ -189,12 +222,50 @@ impl Provider for PdnsProvider {
             }
         }
         live.sort();
-        Ok(decode(
+        // Marked as ours, or (before marks existed) written by Meridian.
+        let owned = marked.unwrap_or(written.is_some());
+        if !owned {
+            let foreign = live
+                .iter()
+                .flat_map(|rrset| {
+                    let kind = RecordKind::parse(&rrset.rtype).unwrap_or(RecordKind::A);
+                    let name = &name;
+                    rrset.contents.iter().map(move |c| Record {
+                        name: name.clone(),
+                        kind,
+                        set_id: format!("{} RRset", rrset.rtype),
+                        weight: 0,
+                        target: c.clone(),
+                        ttl: rrset.ttl,
+                    })
+                })
+                .collect();
+            return Ok(Held {
+                owned: Vec::new(),
+                foreign,
+            });
+        }
+        let mut owned = decode(
             &name,
             &live,
             &written.unwrap_or_default(),
             self.config.use_lua,
-        ))
+        );
+        if marked.is_none() && !owned.is_empty() {
+            // Adopted from before marks existed: the apply adds them.
+            owned.push(Record {
+                name: name.clone(),
+                kind: RecordKind::A,
+                set_id: format!("{UNMANAGED_PREFIX}unmarked"),
+                weight: 0,
+                target: "no ownership mark yet".to_owned(),
+                ttl: 0,
+            });
+        }
+        Ok(Held {
+            owned,
+            foreign: Vec::new(),
+        })
     }
 
     async fn apply(
@@ -202,6 +273,8 @@ impl Provider for PdnsProvider {
         name: &str,
         _changes: &[Change],
         desired: &[Record],
+        owner: &Owner,
+        fence: &impl Fence,
     ) -> Result<(), Error> {
         // No weighted sets in PowerDNS: whole RRsets are rendered from the
         // desired state, so `changes` only told the caller that it differs.
@@ -231,12 +304,30 @@ impl Provider for PdnsProvider {
                 "comments": [{"content": comment, "account": COMMENT_ACCOUNT}],
             }));
         }
-        self.send(
-            self.client
-                .patch(self.zone_url())
-                .json(&json!({ "rrsets": rrsets })),
-        )
-        .await?;
+        // The marks go and come with the records, in the same atomic patch.
+        let marks: BTreeSet<String> = desired
+            .iter()
+            .map(|r| format!("\"{}\"", ownership_text(owner, &r.set_id)))
+            .collect();
+        let marks_at = ownership_name(&name);
+        if marks.is_empty() {
+            rrsets.push(json!({"name": marks_at, "type": "TXT", "changetype": "DELETE"}));
+        } else {
+            rrsets.push(json!({
+                "name": marks_at,
+                "type": "TXT",
+                "ttl": MARK_TTL,
+                "changetype": "REPLACE",
+                "records": marks.iter()
+                    .map(|c| json!({"content": c, "disabled": false}))
+                    .collect::<Vec<_>>(),
+            }));
+        }
+        let patch = self
+            .client
+            .patch(self.zone_url())
+            .json(&json!({ "rrsets": rrsets }));
+        submit(fence, self.send(patch)).await?;
         Ok(())
     }
 }

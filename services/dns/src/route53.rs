@@ -37,16 +37,22 @@
 //! own retries are off, so `reconcile`'s [`crate::Backoff`] is the only retry
 //! policy. A reconcile of a converged name costs one `ListResourceRecordSets`.
 //!
-//! **Ownership.** Meridian owns the *weighted* A / AAAA / CNAME sets of the
-//! names it manages: `read` returns exactly those (name matches, has a
-//! `SetIdentifier` and a `Weight`), so a set edited by hand is rewritten and
-//! a weighted set of an unknown zone is deleted. Not read, hence never
-//! touched: simple (unweighted) sets, other routing policies (latency,
-//! failover, geo), alias sets and other types; Route 53 refuses to mix routing
-//! policies on one name and type, which surfaces as [`Error::Rejected`]. A
-//! set holding several values (hand edit) reads back as one record whose
-//! target is the values joined by spaces, so it is replaced, or deleted with
-//! its exact values. Health checks are not managed (see Weights).
+//! **Ownership.** Every weighted set Meridian writes has a mark beside it:
+//! a weighted TXT set at `_meridian.<name>` with the same `SetIdentifier`,
+//! whose value names the installation, policy and zone
+//! ([`crate::desired::ownership_text`]), written and deleted in the same
+//! batch as the set. Meridian owns exactly the weighted A / AAAA / CNAME
+//! sets of a name whose mark is its own: a set it owns that was edited by
+//! hand is rewritten, one it owns for a zone no longer published is
+//! deleted. Every other set at the name (weighted sets without its mark,
+//! simple sets, other routing policies) is foreign: never changed or
+//! deleted, and a change that would write over one (same type and set id,
+//! or a CNAME beside it) is refused as [`Error::NotOwned`]; Route 53 itself
+//! refuses to mix routing policies on one name and type, which surfaces as
+//! [`Error::Rejected`]. Alias sets and other types are not read. A set
+//! holding several values (hand edit) reads back as one record whose target
+//! is the values joined by spaces, so it is replaced, or deleted with its
+//! exact values. Health checks are not managed (see Weights).
 //!
 //! **Errors.** Throttling, `PriorRequestNotComplete`, HTTP 5xx, timeouts and
 //! connection errors are [`Error::Unavailable`]; other 4xx are
@@ -82,8 +88,11 @@ use aws_sdk_route53::types::{
     ResourceRecordSet, RrType,
 };
 
-use crate::desired::{classify_target, fqdn, Change, Record, RecordKind};
-use crate::provider::{Error, Provider};
+use crate::desired::{
+    classify_target, fqdn, ownership_name, ownership_text, parse_ownership, Change, Granularity,
+    Held, Owner, Record, RecordKind,
+};
+use crate::provider::{submit, Error, Fence, Provider, CALL_TIMEOUT};
 
 const KIND: &str = "route53";
 /// Region used when [`Route53Config::region`] is `None`; Route 53 is global
@@ -94,6 +103,8 @@ pub const MAX_WEIGHT: u32 = 255;
 const MAX_SET_ID_LEN: usize = 128;
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 const SYNC_INTERVAL: Duration = Duration::from_millis(500);
+/// TTL of the ownership marks; nothing resolves them in the hot path.
+const MARK_TTL: i64 = 300;
 /// Error codes that mean "try again later", whatever the HTTP status.
 const RETRYABLE_CODES: [&str; 7] = [
     "Throttling",
@@ -188,11 +199,12 @@ impl Route53Provider {
             // reconcile's Backoff is the one retry policy, and it re-reads
             // before retrying; the SDK would resend a possibly landed batch.
             .retry_config(RetryConfig::disabled())
-            // A hung API must surface as Unavailable, not stall reconciles.
+            // A hung API must surface as Unavailable well inside the
+            // failover lease, not stall reconciles.
             .timeout_config(
                 TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(3))
-                    .operation_attempt_timeout(Duration::from_secs(10))
+                    .connect_timeout(Duration::from_secs(1))
+                    .operation_attempt_timeout(CALL_TIMEOUT)
                     .build(),
             );
         if let Some(url) = &config.endpoint_url {
@@ -256,10 +268,93 @@ impl Provider for Route53Provider {
         KIND
     }
 
-    async fn read(&self, name: &str) -> Result<Vec<Record>, Error> {
+    fn granularity(&self) -> Granularity {
+        Granularity::PerZone
+    }
+
+    async fn read(&self, name: &str, owner: &Owner) -> Result<Held, Error> {
         let name = fqdn(name);
+        let marks = self.marks(&name).await?;
+        let mut held = Held::default();
+        for set in self.list(&name).await? {
+            let Some(record) = to_record(&name, &set) else {
+                // A simple set, or another routing policy, of a type
+                // Meridian publishes: someone else's, in the way of ours.
+                if let Some(kind) = RecordKind::parse(set.r#type().as_str()) {
+                    if set.alias_target().is_none() && fqdn(&unescape(set.name())) == name {
+                        held.foreign.push(Record {
+                            name: name.clone(),
+                            kind,
+                            set_id: set.set_identifier().unwrap_or("(not weighted)").to_owned(),
+                            weight: 0,
+                            target: set
+                                .resource_records()
+                                .iter()
+                                .map(|r| r.value())
+                                .collect::<Vec<_>>()
+                                .join(" "),
+                            ttl: 0,
+                        });
+                    }
+                }
+                continue;
+            };
+            if record.target.split(' ').any(str::is_empty) {
+                return Err(Error::Invalid(format!(
+                    "ListResourceRecordSets returned an empty value for {name} ({}); the endpoint's XML may be unreadable to the AWS SDK",
+                    record.set_id
+                )));
+            }
+            let ours = marks
+                .iter()
+                .any(|(set_id, mark, _)| *set_id == record.set_id && mark.owner == owner.id);
+            if ours {
+                held.owned.push(record);
+            } else {
+                held.foreign.push(record);
+            }
+        }
+        held.owned.sort_by(|a, b| a.key().cmp(&b.key()));
+        Ok(held)
+    }
+
+    async fn apply(
+        &self,
+        name: &str,
+        changes: &[Change],
+        _desired: &[Record],
+        owner: &Owner,
+        fence: &impl Fence,
+    ) -> Result<(), Error> {
+        let name = fqdn(name);
+        // The exact marks, for deleting them (Route 53 deletes by value).
+        let marks = self.marks(&name).await?;
+        let Some(batch) = change_batch(&name, changes, &marks, owner)? else {
+            return Ok(());
+        };
+        let _serialized = self.apply_lock.lock().await;
+        let out = submit(fence, async {
+            self.client
+                .change_resource_record_sets()
+                .hosted_zone_id(&self.hosted_zone_id)
+                .change_batch(batch)
+                .send()
+                .await
+                .map_err(change_error)
+        })
+        .await?;
+        let info = out.change_info().ok_or_else(|| {
+            Error::Invalid("ChangeResourceRecordSets answered without ChangeInfo".to_owned())
+        })?;
+        self.wait_insync(info.id(), info.status().clone()).await
+    }
+}
+
+impl Route53Provider {
+    /// Every set named `name` (all types), all pages.
+    async fn list(&self, name: &str) -> Result<Vec<ResourceRecordSet>, Error> {
         let mut out = Vec::new();
-        let mut start = (name.clone(), None::<RrType>, None::<String>);
+        let mut start = (name.to_owned(), None::<RrType>, None::<String>);
         let mut seen = BTreeSet::new();
         loop {
             let page = self
@@ -272,19 +367,12 @@ impl Provider for Route53Provider {
                 .send()
                 .await
                 .map_err(|e| sdk_error("ListResourceRecordSets", e))?;
-            for record in page
-                .resource_record_sets()
-                .iter()
-                .filter_map(|set| to_record(&name, set))
-            {
-                if record.target.split(' ').any(str::is_empty) {
-                    return Err(Error::Invalid(format!(
-                        "ListResourceRecordSets returned an empty value for {name} ({}); the endpoint's XML may be unreadable to the AWS SDK",
-                        record.set_id
-                    )));
-                }
-                out.push(record);
-            }
+            out.extend(
+                page.resource_record_sets()
+                    .iter()
+                    .filter(|set| fqdn(&unescape(set.name())) == name)
+                    .cloned(),
+            );
             // Sets are listed by name, so the name's sets are contiguous:
             // stop once the next page starts at another name.
             let next = match page.next_record_name() {
@@ -304,33 +392,28 @@ impl Provider for Route53Provider {
             }
             start = next;
         }
-        out.sort_by(|a, b| a.key().cmp(&b.key()));
         Ok(out)
     }
 
-    async fn apply(
+    /// The ownership marks of `name`'s sets: (set id, mark, the set itself).
+    async fn marks(
         &self,
         name: &str,
-        changes: &[Change],
-        _desired: &[Record],
-    ) -> Result<(), Error> {
-        let name = fqdn(name);
-        let Some(batch) = change_batch(&name, changes)? else {
-            return Ok(());
-        };
-        let _serialized = self.apply_lock.lock().await;
-        let out = self
-            .client
-            .change_resource_record_sets()
-            .hosted_zone_id(&self.hosted_zone_id)
-            .change_batch(batch)
-            .send()
-            .await
-            .map_err(change_error)?;
-        let info = out.change_info().ok_or_else(|| {
-            Error::Invalid("ChangeResourceRecordSets answered without ChangeInfo".to_owned())
-        })?;
-        self.wait_insync(info.id(), info.status().clone()).await
+    ) -> Result<Vec<(String, crate::desired::Ownership, ResourceRecordSet)>, Error> {
+        Ok(self
+            .list(&ownership_name(name))
+            .await?
+            .into_iter()
+            .filter(|set| set.r#type() == &RrType::Txt)
+            .filter_map(|set| {
+                let set_id = set.set_identifier()?.to_owned();
+                let mark = set
+                    .resource_records()
+                    .iter()
+                    .find_map(|r| parse_ownership(r.value()))?;
+                Some((set_id, mark, set))
+            })
+            .collect())
     }
 }
 
@@ -448,12 +531,26 @@ fn to_record(name: &str, set: &ResourceRecordSet) -> Option<Record> {
 /// The one batch for `changes` (all for `name`): deletes, then upserts, so
 /// a switch between CNAME and address records is valid within the batch.
 /// `None` when there is nothing to change.
-fn change_batch(name: &str, changes: &[Change]) -> Result<Option<ChangeBatch>, Error> {
+/// Each record's ownership mark goes with it: upserted beside an upsert,
+/// deleted (with the exact values of `marks`) beside a delete.
+fn change_batch(
+    name: &str,
+    changes: &[Change],
+    marks: &[(String, crate::desired::Ownership, ResourceRecordSet)],
+    owner: &Owner,
+) -> Result<Option<ChangeBatch>, Error> {
     let (deletes, upserts): (Vec<&Change>, Vec<&Change>) =
         changes.iter().partition(|c| matches!(c, Change::Delete(_)));
-    let mut out = Vec::with_capacity(changes.len());
-    for change in deletes.into_iter().chain(upserts) {
-        let (action, record) = match change {
+    let mut out = Vec::with_capacity(2 * changes.len());
+    let change = |action, set| {
+        AwsChange::builder()
+            .action(action)
+            .resource_record_set(set)
+            .build()
+            .map_err(|e| Error::Invalid(format!("Route 53 change: {e}")))
+    };
+    for change_ in deletes.into_iter().chain(upserts) {
+        let (action, record) = match change_ {
             Change::Upsert(r) => (ChangeAction::Upsert, r),
             Change::Delete(r) => (ChangeAction::Delete, r),
         };
@@ -463,13 +560,17 @@ fn change_batch(name: &str, changes: &[Change]) -> Result<Option<ChangeBatch>, E
                 record.name
             )));
         }
-        out.push(
-            AwsChange::builder()
-                .action(action)
-                .resource_record_set(record_set(record)?)
-                .build()
-                .map_err(|e| Error::Invalid(format!("Route 53 change: {e}")))?,
-        );
+        out.push(change(action.clone(), record_set(record)?)?);
+        let mark = match action {
+            ChangeAction::Delete => marks
+                .iter()
+                .find(|(set_id, m, _)| *set_id == record.set_id && m.owner == owner.id)
+                .map(|(_, _, set)| set.clone()),
+            _ => Some(mark_set(record, owner)?),
+        };
+        if let Some(mark) = mark {
+            out.push(change(action, mark)?);
+        }
     }
     if out.is_empty() {
         return Ok(None);
@@ -515,6 +616,25 @@ fn record_set(record: &Record) -> Result<ResourceRecordSet, Error> {
         .set_resource_records(Some(values))
         .build()
         .map_err(|e| invalid(e.to_string()))
+}
+
+/// The ownership mark of `record`: a weighted TXT set beside it.
+fn mark_set(record: &Record, owner: &Owner) -> Result<ResourceRecordSet, Error> {
+    let value = format!("\"{}\"", ownership_text(owner, &record.set_id));
+    ResourceRecordSet::builder()
+        .name(ownership_name(&record.name))
+        .r#type(RrType::Txt)
+        .set_identifier(&record.set_id)
+        .weight(0)
+        .ttl(MARK_TTL)
+        .resource_records(
+            ResourceRecord::builder()
+                .value(value)
+                .build()
+                .map_err(|e| Error::Invalid(e.to_string()))?,
+        )
+        .build()
+        .map_err(|e| Error::Invalid(format!("{} mark: {e}", record.name)))
 }
 
 /// Route 53 lists names with `\ddd` octal escapes (e.g. `\052` for `*`).
@@ -754,38 +874,77 @@ mod tests {
     }
 
     #[test]
-    fn batch_deletes_first_and_upserts_never_creates() {
+    fn batch_deletes_first_and_upserts_never_creates_each_with_its_mark() {
+        let owner = Owner::new("meridian-test", "track-api");
         let changes = vec![
             Change::Upsert(rec(RecordKind::A, "a", 70, "192.0.2.10")),
             Change::Delete(rec(RecordKind::CNAME, "b", 30, "lb.example.net.")),
         ];
-        let batch = change_batch("track.example.com.", &changes)
+        let b_mark = mark_set(&rec(RecordKind::CNAME, "b", 30, "lb.example.net."), &owner).unwrap();
+        let marks = vec![(
+            "b".to_owned(),
+            parse_ownership(&ownership_text(&owner, "b")).unwrap(),
+            b_mark,
+        )];
+        let batch = change_batch("track.example.com.", &changes, &marks, &owner)
             .unwrap()
             .unwrap();
-        let got: Vec<(ChangeAction, String, Option<i64>)> = batch
+        let got: Vec<(ChangeAction, String, String, Option<i64>)> = batch
             .changes()
             .iter()
             .map(|c| {
                 let set = c.resource_record_set().unwrap();
                 (
                     c.action().clone(),
+                    set.name().to_owned(),
                     set.r#type().as_str().to_owned(),
                     set.weight(),
                 )
             })
             .collect();
+        let (host, marks_at) = (
+            "track.example.com.".to_owned(),
+            "_meridian.track.example.com.".to_owned(),
+        );
         assert_eq!(
             got,
             vec![
-                (ChangeAction::Delete, "CNAME".to_owned(), Some(30)),
-                (ChangeAction::Upsert, "A".to_owned(), Some(70)),
+                (
+                    ChangeAction::Delete,
+                    host.clone(),
+                    "CNAME".to_owned(),
+                    Some(30)
+                ),
+                (
+                    ChangeAction::Delete,
+                    marks_at.clone(),
+                    "TXT".to_owned(),
+                    Some(0)
+                ),
+                (ChangeAction::Upsert, host, "A".to_owned(), Some(70)),
+                (ChangeAction::Upsert, marks_at, "TXT".to_owned(), Some(0)),
             ]
         );
-        let set = batch.changes()[1].resource_record_set().unwrap();
+        let set = batch.changes()[2].resource_record_set().unwrap();
         assert_eq!(set.set_identifier(), Some("a"));
         assert_eq!(set.ttl(), Some(30));
         assert_eq!(set.resource_records()[0].value(), "192.0.2.10");
-        assert_eq!(change_batch("track.example.com.", &[]).unwrap(), None);
+        let mark = batch.changes()[3].resource_record_set().unwrap();
+        assert_eq!(mark.set_identifier(), Some("a"));
+        assert_eq!(
+            mark.resource_records()[0].value(),
+            "\"heritage=meridian,meridian/owner=meridian-test,meridian/policy=track-api,meridian/zone=a\""
+        );
+        // A record without a mark of ours (adopted or half-written) is
+        // deleted alone.
+        let batch = change_batch("track.example.com.", &changes[1..], &[], &owner)
+            .unwrap()
+            .unwrap();
+        assert_eq!(batch.changes().len(), 1);
+        assert_eq!(
+            change_batch("track.example.com.", &[], &[], &owner).unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -801,12 +960,19 @@ mod tests {
             },
         ];
         for record in cases {
-            let err = change_batch("track.example.com.", &[Change::Upsert(record.clone())]);
+            let err = change_batch(
+                "track.example.com.",
+                &[Change::Upsert(record.clone())],
+                &[],
+                &Owner::default(),
+            );
             assert!(matches!(err, Err(Error::Invalid(_))), "{record:?}: {err:?}");
         }
         assert!(change_batch(
             "track.example.com.",
-            &[Change::Upsert(rec(RecordKind::A, "a", 255, "192.0.2.10"))]
+            &[Change::Upsert(rec(RecordKind::A, "a", 255, "192.0.2.10"))],
+            &[],
+            &Owner::default(),
         )
         .is_ok());
     }

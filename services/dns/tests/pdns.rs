@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use meridian_dns::{
-    desired_records, reconcile, ApiKey, Error, PdnsConfig, PdnsProvider, Provider, Record,
+    desired_records, reconcile, ApiKey, Error, Owner, PdnsConfig, PdnsProvider, Provider, Record,
 };
 use meridian_policy::Policy;
 use meridian_test_support::pdns::{free_tcp_port, Pdns, A, B, HOST, ZONE};
@@ -53,7 +53,7 @@ async fn plain_mode_serves_healthy_zones_and_restores_drift() {
     assert_eq!(first.changes, 2);
     assert_eq!(pdns.query_a().await, set(&[A, B]));
     assert_eq!(
-        provider.read(HOST).await.unwrap(),
+        provider.read(HOST, &Owner::default()).await.unwrap().owned,
         want,
         "read maps back to per-zone records"
     );
@@ -97,7 +97,10 @@ async fn plain_mode_serves_healthy_zones_and_restores_drift() {
     assert!(reconcile(&provider, HOST, &want).await.unwrap().changes > 0);
     assert_eq!(pdns.query_a().await, set(&[A, B]));
     assert_eq!(reconcile(&provider, HOST, &[]).await.unwrap().changes, 2);
-    assert_eq!(provider.read(HOST).await.unwrap(), vec![]);
+    assert_eq!(
+        provider.read(HOST, &Owner::default()).await.unwrap().owned,
+        vec![]
+    );
 }
 
 #[tokio::test]
@@ -111,7 +114,7 @@ async fn lua_mode_answers_by_weight_and_restores_drift() {
     let switched = reconcile(&provider, HOST, &want).await.unwrap();
     assert!(switched.changes > 0, "plain data must not satisfy LUA mode");
     assert_eq!(
-        provider.read(HOST).await.unwrap(),
+        provider.read(HOST, &Owner::default()).await.unwrap().owned,
         want,
         "read maps back to per-zone records"
     );
@@ -249,5 +252,51 @@ async fn errors_are_classified() {
             .unwrap()
             .changes,
         0
+    );
+}
+
+#[tokio::test]
+async fn records_made_by_hand_are_never_touched() {
+    let pdns = Pdns::start().await;
+    let provider = pdns.provider(false);
+    let want = desired(&[]);
+    let hand = "198.51.100.1";
+
+    // A name whose A RRset someone else made: Meridian refuses to publish
+    // over it, and removing Meridian's records leaves it alone.
+    pdns.edit_by_hand(HOST, "A", &[hand]).await;
+    let err = reconcile(&provider, HOST, &want).await.unwrap_err();
+    assert!(matches!(err, Error::NotOwned(_)), "{err}");
+    assert_eq!(reconcile(&provider, HOST, &[]).await.unwrap().changes, 0);
+    assert_eq!(pdns.query_a().await, set(&[hand]));
+    pdns.delete_by_hand(HOST, "A").await;
+
+    // Meridian's records, with records made by hand next to them: another
+    // name in the zone, and a TXT record at the same name.
+    let www = "www.example.com.";
+    pdns.edit_by_hand(www, "A", &["198.51.100.9"]).await;
+    pdns.edit_by_hand(HOST, "TXT", &["\"made by hand\""]).await;
+    reconcile(&provider, HOST, &want).await.unwrap();
+    assert_eq!(pdns.query_a().await, set(&[A, B]));
+    // Marked as this installation's: another one owns nothing here.
+    let other = provider
+        .read(HOST, &Owner::new("meridian-other", "x"))
+        .await
+        .unwrap();
+    assert_eq!((other.owned.len(), other.foreign.len()), (0, 2));
+
+    // Removing them removes Meridian's records and marks, nothing else.
+    assert_eq!(reconcile(&provider, HOST, &[]).await.unwrap().changes, 2);
+    assert_eq!(pdns.query_a().await, set(&[]));
+    assert_eq!(pdns.rrsets(HOST).await, vec!["TXT".to_owned()]);
+    assert_eq!(
+        pdns.rrsets("_meridian.track.example.com.").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        meridian_test_support::pdns::query_a(pdns.dns_port, www)
+            .await
+            .unwrap(),
+        set(&["198.51.100.9"])
     );
 }

@@ -10,7 +10,7 @@ use aws_sdk_route53::types::{
     Change as AwsChange, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
 };
 use meridian_dns::{
-    desired_records, reconcile, reconcile_with, AwsSecret, Backoff, Change, Error, Provider,
+    desired_records, reconcile, reconcile_with, AwsSecret, Backoff, Change, Error, Owner, Provider,
     Record, Route53Provider,
 };
 use meridian_policy::Policy;
@@ -92,6 +92,60 @@ fn desired(effective: &[(&str, u32)]) -> Vec<Record> {
         .unwrap()
 }
 
+/// Writes a weighted A set at HOST as a person would, behind Meridian's back.
+async fn upsert_by_hand(
+    sdk: &aws_sdk_route53::Client,
+    zone_id: &str,
+    set_id: &str,
+    weight: i64,
+    value: &str,
+) {
+    let set = ResourceRecordSet::builder()
+        .name(HOST)
+        .r#type(RrType::A)
+        .set_identifier(set_id)
+        .weight(weight)
+        .ttl(300)
+        .resource_records(ResourceRecord::builder().value(value).build().unwrap())
+        .build()
+        .unwrap();
+    sdk.change_resource_record_sets()
+        .hosted_zone_id(zone_id)
+        .change_batch(
+            ChangeBatch::builder()
+                .changes(
+                    AwsChange::builder()
+                        .action(ChangeAction::Upsert)
+                        .resource_record_set(set)
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("hand edit");
+}
+
+/// The set ids of the ownership marks beside HOST.
+async fn marks(sdk: &aws_sdk_route53::Client, zone_id: &str) -> Vec<String> {
+    let out = sdk
+        .list_resource_record_sets()
+        .hosted_zone_id(zone_id)
+        .send()
+        .await
+        .expect("ListResourceRecordSets");
+    let mut ids: Vec<String> = out
+        .resource_record_sets()
+        .iter()
+        .filter(|s| s.name() == "_meridian.track.example.com." && s.r#type() == &RrType::Txt)
+        .filter_map(|s| s.set_identifier().map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids
+}
+
 const FAST: Backoff = Backoff {
     attempts: 3,
     initial: Duration::from_millis(20),
@@ -114,7 +168,7 @@ async fn weighted_sets_follow_the_policy_and_drift_is_restored() {
         vec![listed("zone-a", 70, A), listed("zone-b", 30, B)]
     );
     assert_eq!(
-        provider.read(HOST).await.unwrap(),
+        provider.read(HOST, &Owner::default()).await.unwrap().owned,
         want,
         "read maps back to per-zone records"
     );
@@ -138,37 +192,7 @@ async fn weighted_sets_follow_the_policy_and_drift_is_restored() {
     );
 
     // Drift: zone-a put back to weight 50 with another target, by hand.
-    let hand_edit = ResourceRecordSet::builder()
-        .name(HOST)
-        .r#type(RrType::A)
-        .set_identifier("zone-a")
-        .weight(50)
-        .ttl(300)
-        .resource_records(
-            ResourceRecord::builder()
-                .value("198.51.100.1")
-                .build()
-                .unwrap(),
-        )
-        .build()
-        .unwrap();
-    sdk.change_resource_record_sets()
-        .hosted_zone_id(&zone_id)
-        .change_batch(
-            ChangeBatch::builder()
-                .changes(
-                    AwsChange::builder()
-                        .action(ChangeAction::Upsert)
-                        .resource_record_set(hand_edit)
-                        .build()
-                        .unwrap(),
-                )
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .expect("hand edit");
+    upsert_by_hand(&sdk, &zone_id, "zone-a", 50, "198.51.100.1").await;
     assert_eq!(
         list(&sdk, &zone_id).await[0],
         (
@@ -203,7 +227,54 @@ async fn weighted_sets_follow_the_policy_and_drift_is_restored() {
     let out = reconcile(&provider, HOST, &only_b).await.unwrap();
     assert_eq!(out.changes, 1);
     assert_eq!(list(&sdk, &zone_id).await, vec![listed("zone-b", 100, B)]);
-    assert_eq!(provider.read(HOST).await.unwrap(), only_b);
+    assert_eq!(
+        provider.read(HOST, &Owner::default()).await.unwrap().owned,
+        only_b
+    );
+    assert_eq!(
+        marks(&sdk, &zone_id).await,
+        ["zone-b"],
+        "a deleted set's mark goes with it"
+    );
+
+    // A weighted set made by hand beside Meridian's is never touched, nor
+    // written over, and survives Meridian removing all of its own.
+    upsert_by_hand(&sdk, &zone_id, "by-hand", 10, "198.51.100.7").await;
+    assert_eq!(
+        reconcile(&provider, HOST, &only_b).await.unwrap().changes,
+        0
+    );
+    let mut over = only_b.clone();
+    over[0].set_id = "by-hand".to_owned();
+    let err = reconcile(&provider, HOST, &over).await.unwrap_err();
+    assert!(matches!(err, Error::NotOwned(_)), "{err}");
+    assert_eq!(reconcile(&provider, HOST, &[]).await.unwrap().changes, 1);
+    let by_hand = (
+        "by-hand".to_owned(),
+        "A".to_owned(),
+        10,
+        300,
+        vec!["198.51.100.7".to_owned()],
+    );
+    assert_eq!(list(&sdk, &zone_id).await, vec![by_hand]);
+    assert!(
+        marks(&sdk, &zone_id).await.is_empty(),
+        "no mark left behind"
+    );
+    // Another installation does not own Meridian's sets either.
+    reconcile(&provider, HOST, &only_b).await.unwrap();
+    let other = meridian_dns::reconcile_fenced(
+        &provider,
+        HOST,
+        &[],
+        &Owner::new("meridian-other", "x"),
+        &meridian_dns::Unfenced,
+        FAST,
+    )
+    .await
+    .unwrap();
+    assert_eq!(other.changes, 0);
+    assert_eq!(list(&sdk, &zone_id).await.len(), 2);
 
     // Moto gone: connection errors are Unavailable, after the retries.
     drop(moto);
@@ -248,7 +319,13 @@ async fn errors_are_classified() {
     let provider = Route53Provider::new(moto.config(&zone_id)).unwrap();
     let ghost = want[0].clone();
     let err = provider
-        .apply(HOST, &[Change::Delete(ghost)], &[])
+        .apply(
+            HOST,
+            &[Change::Delete(ghost)],
+            &[],
+            &Owner::default(),
+            &meridian_dns::Unfenced,
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Rejected { status: 400, .. }), "{err}");
@@ -258,7 +335,10 @@ async fn errors_are_classified() {
     heavy[0].weight = 256;
     let err = reconcile(&provider, HOST, &heavy).await.unwrap_err();
     assert!(matches!(err, Error::Invalid(_)), "{err}");
-    assert_eq!(provider.read(HOST).await.unwrap(), vec![]);
+    assert_eq!(
+        provider.read(HOST, &Owner::default()).await.unwrap().owned,
+        vec![]
+    );
 
     // Missing credentials are a configuration error, not a lookup elsewhere.
     let mut config = moto.config(&zone_id);

@@ -2,18 +2,29 @@
 //! its effective weights) against what each provider holds, applying only
 //! differences. It runs beside the decision loop, never inside it, so a
 //! slow or failing provider delays neither xDS nor the other providers.
+//!
+//! **Fencing.** Every request that changes a provider is checked against
+//! the failover lease right before it is sent, and cut off a margin before
+//! the lease could expire ([`LeaseFence`], [`meridian_dns::submit`]); every
+//! provider request is bounded by [`meridian_dns::provider::CALL_TIMEOUT`],
+//! well inside the 5 s lease. A replica that lost the lease submits nothing.
+//!
+//! **Ownership and cleanup.** Records carry this installation's ownership
+//! mark (owner id from the database) and records without it are never
+//! touched. Every (provider, host) published is remembered in the database
+//! before the first change; when no policy wants it any more (policy
+//! deleted, zone removed or moved to another provider, host changed) the
+//! reconciler removes this installation's records there, then forgets it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use meridian_dns::desired::{desired_records, Record};
-use meridian_dns::{
-    reconcile, AlidnsConfig, AlidnsProvider, ApiKey, AwsSecret, PdnsConfig, PdnsProvider, Provider,
-    Route53Config, Route53Provider,
-};
+use meridian_dns::desired::{desired_records, fqdn, Owner, Record};
+use meridian_dns::{reconcile_fenced, AnyProvider, Backoff, Fence, Provider};
+use meridian_policy::provider::{ProviderConfig, SecretRef};
 use meridian_store::providers::ProviderRow;
 use meridian_store::Store;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::sync::Arc;
 
 use tokio::sync::{watch, Notify};
@@ -22,8 +33,71 @@ use tracing::Instrument;
 
 use crate::{event, LEASE};
 
-/// Longest a provider may take for one policy before it is reported failed.
+/// Longest a provider may take for one policy (reads, retries, submits and
+/// waiting for Route 53 to sync) before it is reported failed. Each request
+/// within is bounded much tighter (see the module docs).
 const CALL_LIMIT: Duration = Duration::from_secs(10);
+
+/// Longest the lease check before a submit may take.
+const FENCE_CHECK_LIMIT: Duration = Duration::from_secs(1);
+
+/// Longest error text copied into events and statuses: provider answers
+/// can be long, and are not ours to store whole.
+const MESSAGE_LIMIT: usize = 400;
+
+/// The failover lease as the fence of DNS submits.
+pub struct LeaseFence {
+    store: Store,
+    token: i64,
+}
+
+impl LeaseFence {
+    pub fn new(store: Store, token: i64) -> Self {
+        Self { store, token }
+    }
+}
+
+impl Fence for LeaseFence {
+    async fn check(&self) -> Result<tokio::time::Instant, meridian_dns::Error> {
+        // The deadline counts from before the question: the database's
+        // `expires_at - now()` is measured later, so this errs early.
+        let asked = tokio::time::Instant::now();
+        let fenced = |why: String| meridian_dns::Error::Fenced(why);
+        match tokio::time::timeout(
+            FENCE_CHECK_LIMIT,
+            self.store.lease_remaining(LEASE, self.token),
+        )
+        .await
+        {
+            Ok(Ok(Some(left))) => Ok(asked + left),
+            Ok(Ok(None)) => Err(fenced(format!(
+                "the failover lease is no longer held with token {}",
+                self.token
+            ))),
+            Ok(Err(e)) => Err(fenced(format!("cannot check the failover lease: {e}"))),
+            Err(_) => Err(fenced(format!(
+                "the failover lease check took over {FENCE_CHECK_LIMIT:?}"
+            ))),
+        }
+    }
+}
+
+/// One reconcile of one host at one provider.
+struct Job {
+    policy: String,
+    host: String,
+    provider: String,
+    records: Vec<Record>,
+    /// No policy wants records here any more: remove ours.
+    cleanup: bool,
+}
+
+/// Why a reconcile did not finish.
+enum Failure {
+    /// The lease is gone: another replica leads, and reports.
+    Fenced(String),
+    Failed(String),
+}
 
 /// What was last applied per (policy, provider): tells drift (the provider
 /// changed while our desired state did not) from our own changes.
@@ -35,6 +109,12 @@ pub struct Reconciler {
     applied: Applied,
     /// Last error per (policy, provider), so a persisting failure is one event.
     failing: BTreeMap<(String, String), String>,
+    /// This installation's owner id, read once.
+    owner_id: Option<String>,
+    /// (provider, host, policy) known to be remembered as published.
+    remembered: BTreeSet<(String, String, String)>,
+    /// Built providers by name.
+    providers: BTreeMap<String, Cached>,
 }
 
 impl Reconciler {
@@ -44,6 +124,9 @@ impl Reconciler {
             every,
             applied: Applied::new(),
             failing: BTreeMap::new(),
+            owner_id: None,
+            remembered: BTreeSet::new(),
+            providers: BTreeMap::new(),
         }
     }
 
@@ -73,8 +156,17 @@ impl Reconciler {
         }
     }
 
-    /// One pass over every policy that publishes in DNS.
+    /// One pass over every policy that publishes in DNS, and over every
+    /// host no policy publishes any more (cleanup).
     pub async fn step(&mut self, token: i64) -> Result<(), meridian_store::Error> {
+        let owner_id = match &self.owner_id {
+            Some(id) => id.clone(),
+            None => {
+                let id = self.store.dns_owner_id().await?;
+                self.owner_id = Some(id.clone());
+                id
+            }
+        };
         let policies = self.store.all().await?;
         let providers: BTreeMap<String, ProviderRow> = self
             .store
@@ -84,12 +176,17 @@ impl Reconciler {
             .map(|p| (p.name.clone(), p))
             .collect();
         let effective = self.store.effective_weights().await?;
+        let published = self.store.dns_published().await?;
         let mut jobs = Vec::new();
+        // (provider, host) some policy still publishes, or may: a policy
+        // whose records cannot be computed keeps what it has.
+        let mut wanted_keys = BTreeSet::new();
         for policy in policies
             .iter()
             .filter(|p| p.spec.zones.iter().any(|z| z.dns.is_some()))
         {
             let name = &policy.metadata.name;
+            let host = fqdn(&policy.spec.host);
             let weights = effective
                 .get(name)
                 .map(|e| e.weights.clone())
@@ -104,27 +201,56 @@ impl Reconciler {
             let wanted = match desired_records(policy, &weights) {
                 Ok(w) => w,
                 Err(e) => {
+                    for zone in &policy.spec.zones {
+                        if let Some(dns) = &zone.dns {
+                            wanted_keys.insert((dns.provider.clone(), host.clone()));
+                        }
+                    }
                     self.fail(name, "*", &e.to_string()).await?;
                     continue;
                 }
             };
             for (provider_name, records) in wanted {
-                jobs.push((
-                    name.clone(),
-                    policy.spec.host.clone(),
-                    provider_name,
+                wanted_keys.insert((provider_name.clone(), host.clone()));
+                jobs.push(Job {
+                    policy: name.clone(),
+                    host: host.clone(),
+                    provider: provider_name,
                     records,
-                ));
+                    cleanup: false,
+                });
+            }
+        }
+        for p in published {
+            if !wanted_keys.contains(&(p.provider.clone(), p.host.clone())) {
+                jobs.push(Job {
+                    policy: p.policy_name,
+                    host: p.host,
+                    provider: p.provider,
+                    records: Vec::new(),
+                    cleanup: true,
+                });
             }
         }
         // The database fences decisions; provider calls it cannot, so check
-        // the lease right before them.
+        // the lease before the pass (and again before every submit).
         if jobs.is_empty() || !self.store.lease_held(LEASE, token).await? {
             return Ok(());
         }
+        // Remember where records will be, before any can be written.
+        for job in jobs.iter().filter(|j| !j.cleanup) {
+            let key = (job.provider.clone(), job.host.clone(), job.policy.clone());
+            if !self.remembered.contains(&key) {
+                self.store
+                    .mark_dns_published(&job.provider, &job.host, &job.policy)
+                    .await?;
+                self.remembered.insert(key);
+            }
+        }
         // A decision changed what a provider should hold: say so before
         // calling it (status pending), so an SRE sees the change in flight.
-        for (name, _, provider_name, records) in &jobs {
+        for job in jobs.iter().filter(|j| !j.cleanup) {
+            let (name, provider_name, records) = (&job.policy, &job.provider, &job.records);
             let key = (name.clone(), provider_name.clone());
             if self.applied.get(&key).is_some_and(|last| last != records) {
                 self.store
@@ -149,46 +275,90 @@ impl Reconciler {
         }
         // Every provider at once, each bounded by CALL_LIMIT: one slow or
         // failing provider delays neither the others nor the next decision.
-        let (this, providers) = (&*self, &providers);
-        let results = futures::future::join_all(jobs.iter().map(
-            |(name, host, provider_name, records)| {
-                // A reconcile that should change records is traced at info;
-                // the periodic drift check, which usually changes nothing,
-                // only at debug.
-                let changing = self
+        let fence = LeaseFence::new(self.store.clone(), token);
+        self.refresh_providers(&providers);
+        let (this, fence) = (&*self, &fence);
+        let results = futures::future::join_all(jobs.iter().map(|job| {
+            let (name, host, provider_name, records) =
+                (&job.policy, &job.host, &job.provider, &job.records);
+            // A reconcile that should change records is traced at info;
+            // the periodic drift check, which usually changes nothing,
+            // only at debug.
+            let changing = job.cleanup
+                || self
                     .applied
                     .get(&(name.clone(), provider_name.clone()))
                     .is_none_or(|last| last != records);
-                let span = if changing {
-                    tracing::info_span!("dns.reconcile", otel.kind = "client", policy = %name, %host, provider = %provider_name, changes = tracing::field::Empty, otel.status_code = tracing::field::Empty)
-                } else {
-                    tracing::debug_span!("dns.reconcile", otel.kind = "client", policy = %name, %host, provider = %provider_name, changes = tracing::field::Empty, otel.status_code = tracing::field::Empty)
+            let span = if changing {
+                tracing::info_span!("dns.reconcile", otel.kind = "client", policy = %name, %host, provider = %provider_name, cleanup = job.cleanup, changes = tracing::field::Empty, otel.status_code = tracing::field::Empty)
+            } else {
+                tracing::debug_span!("dns.reconcile", otel.kind = "client", policy = %name, %host, provider = %provider_name, cleanup = job.cleanup, changes = tracing::field::Empty, otel.status_code = tracing::field::Empty)
+            };
+            let recorded = span.clone();
+            let owner = Owner::new(owner_id.clone(), name.clone());
+            async move {
+                let result = match this.providers.get(provider_name) {
+                    None => Err(Failure::Failed(format!(
+                        "no DNS provider named {provider_name:?}"
+                    ))),
+                    Some(Cached {
+                        provider: Err(why), ..
+                    }) => Err(Failure::Failed(why.clone())),
+                    Some(Cached {
+                        provider: Ok(provider),
+                        ..
+                    }) => fenced(provider.as_ref(), host, records, &owner, fence).await,
                 };
-                let recorded = span.clone();
-                async move {
-                    let result = match providers.get(provider_name) {
-                        None => Err(format!("no DNS provider named {provider_name:?}")),
-                        Some(row) => this.apply(row, host, records).await,
-                    };
-                    match &result {
-                        Ok(changes) => {
-                            recorded.record("changes", changes);
-                        }
-                        // `fail` logs and reports it, once the round is over.
-                        Err(_) => {
-                            recorded.record("otel.status_code", "ERROR");
-                        }
+                match &result {
+                    Ok(changes) => {
+                        recorded.record("changes", changes);
                     }
-                    result
+                    // `fail` logs and reports it, once the round is over.
+                    Err(_) => {
+                        recorded.record("otel.status_code", "ERROR");
+                    }
                 }
-                .instrument(span)
-            },
-        ))
+                result
+            }
+            .instrument(span)
+        }))
         .await;
-        for ((name, _, provider_name, records), result) in jobs.into_iter().zip(results) {
+        for (job, result) in jobs.into_iter().zip(results) {
+            let Job {
+                policy: name,
+                host,
+                provider: provider_name,
+                records,
+                cleanup,
+            } = job;
             let name = &name;
             let key = (name.clone(), provider_name.clone());
             match result {
+                Ok(changes) if cleanup => {
+                    self.store
+                        .forget_dns_published(&provider_name, &host)
+                        .await?;
+                    self.remembered
+                        .retain(|(p, h, _)| !(p == &provider_name && h == &host));
+                    self.applied.remove(&key);
+                    self.failing.remove(&key);
+                    if changes > 0 {
+                        let message = format!(
+                            "{provider_name}: {changes} records of {host} removed (no policy publishes them there any more)"
+                        );
+                        let details =
+                            json!({"provider": provider_name, "host": host, "changes": changes});
+                        self.store
+                            .record_event(&event(
+                                name,
+                                "dns-records-removed",
+                                "info",
+                                message,
+                                details,
+                            ))
+                            .await?;
+                    }
+                }
                 Ok(changes) => {
                     let drift = changes > 0 && self.applied.get(&key) == Some(&records);
                     self.store
@@ -215,7 +385,11 @@ impl Reconciler {
                     }
                     self.applied.insert(key, records);
                 }
-                Err(message) => self.fail(name, &provider_name, &message).await?,
+                Err(Failure::Fenced(why)) => {
+                    // Not a provider failure: the new leader reports.
+                    tracing::info!(policy = %name, provider = %provider_name, %why, "DNS change not submitted");
+                }
+                Err(Failure::Failed(message)) => self.fail(name, &provider_name, &message).await?,
             }
         }
         Ok(())
@@ -227,6 +401,7 @@ impl Reconciler {
         provider: &str,
         message: &str,
     ) -> Result<(), meridian_store::Error> {
+        let message = &bounded(message);
         self.store
             .set_dns_status(policy, provider, "error", false, Some(message))
             .await?;
@@ -251,92 +426,96 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Brings one provider to `records` for `host`; the number of changes made.
-    async fn apply(
-        &self,
-        row: &ProviderRow,
-        host: &str,
-        records: &[Record],
-    ) -> Result<usize, String> {
-        let config = &row.config.0;
-        let text = |k: &str| {
-            config
-                .get(k)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned()
-        };
-        let optional = |k: &str| config.get(k).and_then(Value::as_str).map(str::to_owned);
-        let err = |e: meridian_dns::Error| e.to_string();
-        match row.kind.as_str() {
-            "pdns" => {
-                let provider = PdnsProvider::new(PdnsConfig {
-                    api_url: text("apiUrl"),
-                    api_key: ApiKey::new(secret(config.get("apiKey"))?),
-                    zone: text("zone"),
-                    use_lua: config
-                        .get("useLua")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false),
-                })
-                .map_err(err)?;
-                bounded(&provider, host, records).await
+    /// Builds the providers the rows describe, keeping those already built
+    /// from the same settings (clients, connection pools and Route 53's
+    /// change lock live across passes). Each is rebuilt after
+    /// [`PROVIDER_REFRESH`], so credentials rotated in their files or
+    /// variables are picked up.
+    fn refresh_providers(&mut self, rows: &BTreeMap<String, ProviderRow>) {
+        self.providers.retain(|name, _| rows.contains_key(name));
+        for (name, row) in rows {
+            let config = ProviderConfig::parse(&row.kind, &row.config.0).map_err(|errors| {
+                let fields: Vec<String> = errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect();
+                format!("stored settings are invalid ({})", fields.join("; "))
+            });
+            // A provider that could not be built (say, its credential file
+            // is missing) is tried again every pass.
+            let fresh = self.providers.get(name).is_some_and(|c| {
+                c.config == config && c.provider.is_ok() && c.built_at.elapsed() < PROVIDER_REFRESH
+            });
+            if fresh {
+                continue;
             }
-            "route53" => {
-                let provider = Route53Provider::new(Route53Config {
-                    hosted_zone_id: text("hostedZoneId"),
-                    region: optional("region"),
-                    endpoint_url: optional("endpointUrl"),
-                    access_key_id: AwsSecret::new(secret(config.get("accessKeyId"))?),
-                    secret_access_key: AwsSecret::new(secret(config.get("secretAccessKey"))?),
-                })
-                .map_err(err)?;
-                bounded(&provider, host, records).await
-            }
-            "alidns" => {
-                let provider = AlidnsProvider::new(AlidnsConfig {
-                    endpoint: optional("endpoint")
-                        .unwrap_or_else(|| meridian_dns::alidns::DEFAULT_ENDPOINT.to_owned()),
-                    domain_name: text("domainName"),
-                    access_key_id: meridian_dns::alidns::Secret::new(secret(
-                        config.get("accessKeyId"),
-                    )?),
-                    access_key_secret: meridian_dns::alidns::Secret::new(secret(
-                        config.get("accessKeySecret"),
-                    )?),
-                })
-                .map_err(err)?;
-                bounded(&provider, host, records).await
-            }
-            other => Err(format!("unknown provider kind {other:?}")),
+            let provider = config.as_ref().map_err(Clone::clone).and_then(|c| {
+                AnyProvider::build(c, secret)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            });
+            self.providers.insert(
+                name.clone(),
+                Cached {
+                    config,
+                    built_at: std::time::Instant::now(),
+                    provider,
+                },
+            );
         }
     }
 }
 
-/// One reconcile, bounded by [`CALL_LIMIT`].
-async fn bounded(
+/// A provider built from its settings, or why it could not be.
+struct Cached {
+    config: Result<ProviderConfig, String>,
+    built_at: std::time::Instant,
+    provider: Result<Arc<AnyProvider>, String>,
+}
+
+/// How long a built provider is kept before it is built again.
+const PROVIDER_REFRESH: Duration = Duration::from_secs(300);
+
+/// One fenced reconcile, bounded by [`CALL_LIMIT`].
+async fn fenced(
     provider: &impl Provider,
     host: &str,
     records: &[Record],
-) -> Result<usize, String> {
-    match tokio::time::timeout(CALL_LIMIT, reconcile(provider, host, records)).await {
+    owner: &Owner,
+    fence: &LeaseFence,
+) -> Result<usize, Failure> {
+    let run = reconcile_fenced(provider, host, records, owner, fence, Backoff::default());
+    match tokio::time::timeout(CALL_LIMIT, run).await {
         Ok(Ok(outcome)) => Ok(outcome.changes),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {CALL_LIMIT:?}")),
+        Ok(Err(meridian_dns::Error::Fenced(why))) => Err(Failure::Fenced(why)),
+        Ok(Err(e)) => Err(Failure::Failed(e.to_string())),
+        Err(_) => Err(Failure::Failed(format!("no answer within {CALL_LIMIT:?}"))),
     }
+}
+
+/// `message` cut to [`MESSAGE_LIMIT`] characters, control characters
+/// replaced: provider error bodies end up in events and statuses.
+fn bounded(message: &str) -> String {
+    let mut out: String = message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MESSAGE_LIMIT)
+        .collect();
+    if message.chars().count() > MESSAGE_LIMIT {
+        out.push('…');
+    }
+    out
 }
 
 /// Reads a credential from where its reference points. The value is never
 /// logged or stored; errors name the reference, not the secret.
-fn secret(reference: Option<&Value>) -> Result<String, String> {
-    let r = reference.ok_or("credential reference missing")?;
-    if let Some(env) = r.get("env").and_then(Value::as_str) {
-        return std::env::var(env).map_err(|_| format!("environment variable {env} is not set"));
-    }
-    if let Some(path) = r.get("file").and_then(Value::as_str) {
-        return std::fs::read_to_string(path)
+fn secret(reference: &SecretRef) -> Result<String, String> {
+    match reference {
+        SecretRef::Env(env) => {
+            std::env::var(env).map_err(|_| format!("environment variable {env} is not set"))
+        }
+        SecretRef::File(path) => std::fs::read_to_string(path)
             .map(|s| s.trim().to_owned())
-            .map_err(|e| format!("cannot read credential file {path}: {e}"));
+            .map_err(|e| format!("cannot read credential file {path}: {e}")),
     }
-    Err("credential reference must be {\"env\": NAME} or {\"file\": PATH}".into())
 }

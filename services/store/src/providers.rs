@@ -95,15 +95,78 @@ impl Store {
 }
 
 impl Store {
-    /// Policies with a zone that publishes through `provider`.
+    /// Policies with a zone that publishes through `provider`, and policies
+    /// (deleted ones too) whose records the leader has not removed from it
+    /// yet: the provider's credentials are needed until then.
     pub async fn policies_using_provider(&self, provider: &str) -> Result<Vec<String>, Error> {
         Ok(sqlx::query_scalar(
             "SELECT name FROM policies WHERE spec -> 'zones' @> jsonb_build_array(jsonb_build_object('dns', jsonb_build_object('provider', $1::text)))
-             ORDER BY name",
+             UNION
+             SELECT policy_name FROM dns_published WHERE provider = $1
+             ORDER BY 1",
         )
         .bind(provider)
         .fetch_all(&self.pool)
         .await?)
+    }
+}
+
+/// A (provider, host) the leader published records to.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Published {
+    pub provider: String,
+    pub host: String,
+    /// The policy that last published there (it may be deleted since).
+    pub policy_name: String,
+}
+
+impl Store {
+    /// This installation's DNS owner id (see migration 0020).
+    pub async fn dns_owner_id(&self) -> Result<String, Error> {
+        Ok(sqlx::query_scalar("SELECT id FROM dns_owner")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Every (provider, host) with records of ours, as far as we know.
+    pub async fn dns_published(&self) -> Result<Vec<Published>, Error> {
+        Ok(sqlx::query_as(
+            "SELECT provider, host, policy_name FROM dns_published ORDER BY provider, host",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Remembers that `policy` publishes `host` through `provider`; called
+    /// before a change is submitted, so a crash never forgets records.
+    pub async fn mark_dns_published(
+        &self,
+        provider: &str,
+        host: &str,
+        policy: &str,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO dns_published (provider, host, policy_name) VALUES ($1, $2, $3)
+             ON CONFLICT (provider, host) DO UPDATE
+             SET policy_name = EXCLUDED.policy_name, updated_at = now()
+             WHERE dns_published.policy_name <> EXCLUDED.policy_name",
+        )
+        .bind(provider)
+        .bind(host)
+        .bind(policy)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets (provider, host) once the provider holds nothing of ours there.
+    pub async fn forget_dns_published(&self, provider: &str, host: &str) -> Result<(), Error> {
+        sqlx::query("DELETE FROM dns_published WHERE provider = $1 AND host = $2")
+            .bind(provider)
+            .bind(host)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }
 
@@ -155,6 +218,25 @@ impl Store {
         .bind(policy)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// How long `token` still holds lease `name`, as the database sees it;
+    /// `None` once it does not. Checked right before every provider submit,
+    /// which the database cannot fence.
+    pub async fn lease_remaining(
+        &self,
+        name: &str,
+        token: i64,
+    ) -> Result<Option<std::time::Duration>, Error> {
+        let seconds: Option<f64> = sqlx::query_scalar(
+            "SELECT extract(epoch FROM expires_at - now())::float8 FROM leases
+             WHERE name = $1 AND token = $2 AND expires_at > now()",
+        )
+        .bind(name)
+        .bind(token)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(seconds.map(|s| std::time::Duration::from_secs_f64(s.max(0.0))))
     }
 
     /// Whether `token` still holds lease `name`: checked right before a

@@ -14,6 +14,7 @@
 //! A missing PostgreSQL is a failure that says what to install, never a skip.
 
 pub mod backend;
+pub mod delay;
 pub mod envoy;
 pub mod git;
 pub mod metrics;

@@ -243,6 +243,49 @@ impl Pdns {
         assert_eq!(status, 204, "hand edit: {}", resp.text().await.unwrap());
     }
 
+    /// Deletes the `rtype` RRset of `name` through the API, by hand.
+    pub async fn delete_by_hand(&self, name: &str, rtype: &str) {
+        let resp = self
+            .http
+            .patch(format!(
+                "{}/api/v1/servers/localhost/zones/{ZONE}",
+                self.api_url
+            ))
+            .header("X-API-Key", &self.api_key)
+            .json(&json!({"rrsets": [{"name": name, "type": rtype, "changetype": "DELETE"}]}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        assert_eq!(status, 204, "hand delete: {}", resp.text().await.unwrap());
+    }
+
+    /// The types of the RRsets at `name`, sorted, as the API lists them.
+    pub async fn rrsets(&self, name: &str) -> Vec<String> {
+        let zone: serde_json::Value = self
+            .http
+            .get(format!(
+                "{}/api/v1/servers/localhost/zones/{ZONE}",
+                self.api_url
+            ))
+            .header("X-API-Key", &self.api_key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut types: Vec<String> = zone["rrsets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["name"] == name)
+            .filter_map(|r| r["type"].as_str().map(str::to_owned))
+            .collect();
+        types.sort();
+        types
+    }
+
     /// The A answers for HOST, from one real DNS query over UDP.
     pub async fn query_a(&self) -> BTreeSet<String> {
         query_a(self.dns_port, HOST)
