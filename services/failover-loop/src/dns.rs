@@ -326,17 +326,13 @@ async fn bounded(
     }
 }
 
-/// Reads a credential from where its reference points. The value is never
-/// logged or stored; errors name the reference, not the secret.
+/// Reads a credential from where its reference points, through the one
+/// resolver every role shares (its rules say which variables and files a
+/// reference may name). The value is never logged or stored; errors name
+/// the reference and the rule, not the secret.
 fn secret(reference: Option<&Value>) -> Result<String, String> {
     let r = reference.ok_or("credential reference missing")?;
-    if let Some(env) = r.get("env").and_then(Value::as_str) {
-        return std::env::var(env).map_err(|_| format!("environment variable {env} is not set"));
-    }
-    if let Some(path) = r.get("file").and_then(Value::as_str) {
-        return std::fs::read_to_string(path)
-            .map(|s| s.trim().to_owned())
-            .map_err(|e| format!("cannot read credential file {path}: {e}"));
-    }
-    Err("credential reference must be {\"env\": NAME} or {\"file\": PATH}".into())
+    meridian_secrets::resolve(r)
+        .map(meridian_secrets::Secret::into_string)
+        .map_err(|e| e.to_string())
 }
