@@ -57,11 +57,30 @@ pub async fn require(State(state): State<AppState>, request: Request, next: Next
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match state.auth.authorize(authorization, needed).await {
-        Ok(who) => CALLER.scope(who, next.run(request)).await,
-        Err(e) => refusal(e),
+    let who = match state.auth.authorize(authorization, needed).await {
+        Ok(who) => who,
+        Err(e) => return refusal(e),
+    };
+    if !STREAMS.contains(&route.as_str()) {
+        return CALLER.scope(who, next.run(request)).await;
     }
+    // A long-lived stream counts against its caller's cap for as long as
+    // its body is being sent.
+    let permit = match state.auth.open_stream(&who) {
+        Ok(permit) => permit,
+        Err(e) => return refusal(e),
+    };
+    let response = CALLER.scope(who, next.run(request)).await;
+    let (parts, body) = response.into_parts();
+    let held = futures::StreamExt::map(body.into_data_stream(), move |chunk| {
+        let _ = &permit;
+        chunk
+    });
+    Response::from_parts(parts, axum::body::Body::from_stream(held))
 }
+
+/// Routes whose responses are long-lived streams, capped per caller.
+const STREAMS: [&str; 1] = ["/api/v1/events/stream"];
 
 fn refusal(e: AuthError) -> Response {
     let message = e.to_string();
@@ -82,6 +101,13 @@ fn refusal(e: AuthError) -> Response {
             let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            r
+        }
+        AuthError::TooManyStreams { .. } => {
+            let mut r = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_streams", message)
+                .into_response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(5u32));
             r
         }
         AuthError::Unavailable(why) => {

@@ -39,7 +39,10 @@ pub async fn get(State(state): State<AppState>) -> Result<Response, ApiError> {
 #[utoipa::path(post, path = "/api/v1/ca/rotate", tag = "mtls",
     responses((status = 200, body = Object), (status = 404, description = "No CA configured", body = ErrorBody)))]
 pub async fn rotate(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let rotation = state.store.rotate_workload_certs("anonymous").await?;
+    let rotation = state
+        .store
+        .rotate_workload_certs(&crate::auth::caller().actor)
+        .await?;
     tracing::info!(rotation, "forced rotation of workload certificates");
     Ok(Json(json!({ "rotation": rotation })).into_response())
 }

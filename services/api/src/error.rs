@@ -6,6 +6,10 @@ use meridian_policy::{DecodeError, FieldError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+/// `Retry-After` of every 503: about how long the database health check
+/// takes to notice that the database is back.
+pub const RETRY_AFTER_SECONDS: u64 = 2;
+
 /// Body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -39,9 +43,13 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
     pub fn invalid(details: Vec<FieldError>) -> Self {
+        Self::invalid_resource("policy", details)
+    }
+    /// 422 for a `what` (policy, provider, source): every field named.
+    pub fn invalid_resource(what: &str, details: Vec<FieldError>) -> Self {
         let message = match details.as_slice() {
-            [one] => format!("invalid policy: {}: {}", one.field, one.message),
-            many => format!("invalid policy: {} problems, see details", many.len()),
+            [one] => format!("invalid {what}: {}: {}", one.field, one.message),
+            many => format!("invalid {what}: {} problems, see details", many.len()),
         };
         Self {
             status: StatusCode::UNPROCESSABLE_ENTITY,
@@ -71,6 +79,11 @@ impl ApiError {
             format!("{got} is not supported here; send {allowed}"),
         )
     }
+    /// 503: the database cannot be used now. `Retry-After` tells clients
+    /// when to come back instead of hammering a replica that cannot help.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
     pub fn too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -82,10 +95,16 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let unavailable = self.body.error == "unavailable";
         let mut response = (self.status, axum::Json(self.body)).into_response();
         response
             .headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if unavailable {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
         response
     }
 }
@@ -102,50 +121,42 @@ impl From<DecodeError> for ApiError {
 }
 
 impl From<meridian_store::Error> for ApiError {
+    /// By the error's [`meridian_store::Kind`]: the same classification
+    /// the gRPC edge maps, with no catch-all.
     fn from(e: meridian_store::Error) -> Self {
-        use meridian_store::Error as E;
+        use meridian_store::Kind;
         let message = e.to_string();
-        match e {
-            E::OwnedByGitops { .. } => Self::new(StatusCode::CONFLICT, "gitops_managed", message),
-            E::SourceExists { .. } => Self::new(StatusCode::CONFLICT, "already_exists", message),
-            E::NotFound { .. } | E::ProviderNotFound { .. } | E::SourceNotFound { .. } => {
-                Self::new(StatusCode::NOT_FOUND, "not_found", message)
-            }
-            E::ProviderExists { .. } | E::TokenExists { .. } | E::TokenRevoked { .. } => {
-                Self::new(StatusCode::CONFLICT, "already_exists", message)
-            }
-            E::TokenNotFound { .. } => Self::new(StatusCode::NOT_FOUND, "not_found", message),
-            E::NoCa => Self::new(StatusCode::CONFLICT, "no_ca", message),
-            E::RevisionNotFound { .. } => {
-                let mut err = Self::invalid(vec![FieldError::new("revision", message.clone())]);
+        let (status, code) = match e.kind() {
+            Kind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Kind::AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
+            Kind::HostTaken => (StatusCode::CONFLICT, "host_conflict"),
+            Kind::ManagedByGitops => (StatusCode::CONFLICT, "gitops_managed"),
+            Kind::Revoked => (StatusCode::CONFLICT, "revoked"),
+            Kind::Precondition => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
+            Kind::NotConfigured => (StatusCode::CONFLICT, "no_ca"),
+            Kind::Gone => (StatusCode::GONE, "gone"),
+            Kind::Invalid => {
+                let field = e.field().unwrap_or_default();
+                let mut err = Self::invalid(vec![FieldError::new(field, message.clone())]);
                 err.body.message = message;
-                err
+                return err;
             }
-            E::NameTaken { .. } => Self::new(StatusCode::CONFLICT, "already_exists", message),
-            E::HostTaken { .. } => Self::new(StatusCode::CONFLICT, "host_conflict", message),
-            E::StaleVersion { .. } | E::PreconditionOnMissing { .. } => Self::new(
-                StatusCode::PRECONDITION_FAILED,
-                "precondition_failed",
-                message,
-            ),
-            unavailable if unavailable.is_unavailable() => {
-                tracing::warn!(error = %unavailable, "database unavailable");
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the database is not reachable; retry",
-                )
+            Kind::Unavailable => {
+                tracing::warn!(error = %e, "database unavailable");
+                return Self::unavailable("the database is not reachable; retry");
             }
-            other => {
+            Kind::Internal => {
                 // Never leak SQL or internals to the client; the log has it.
-                tracing::error!(error = %other, "internal error");
-                Self::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error; see the server log",
-                )
+                tracing::error!(error = %e, "internal error");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
-        }
+        };
+        let message = if code == "internal" {
+            "internal error; see the server log".to_owned()
+        } else {
+            message
+        };
+        Self::new(status, code, message)
     }
 }
 

@@ -14,19 +14,13 @@ use meridian_store::gitops::Source;
 use meridian_store::Write;
 use serde_json::{json, Value};
 
+use crate::auth::caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::request::{self, flags, query_pairs};
 use crate::AppState;
 
-const ACTOR: &str = "anonymous";
-
 fn invalid_source(details: Vec<FieldError>) -> ApiError {
-    let mut e = ApiError::invalid(details);
-    e.body.message = match e.body.details.as_slice() {
-        [one] => format!("invalid source: {}: {}", one.field, one.message),
-        many => format!("invalid source: {} problems, see details", many.len()),
-    };
-    e
+    ApiError::invalid_resource("source", details)
 }
 
 async fn source_body(headers: &HeaderMap, body: Body) -> Result<Source, ApiError> {
@@ -64,7 +58,7 @@ pub async fn create(
     body: Body,
 ) -> Result<Response, ApiError> {
     let source = source_body(&headers, body).await?;
-    let stored = state.store.create_source(&source).await?;
+    let stored = state.store.create_source(&source, &caller().actor).await?;
     Ok((StatusCode::CREATED, Json(stored)).into_response())
 }
 
@@ -99,7 +93,7 @@ pub async fn replace(
             source.name
         )));
     }
-    let (stored, created) = state.store.replace_source(&source).await?;
+    let (stored, created) = state.store.replace_source(&source, &caller().actor).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -115,7 +109,7 @@ pub async fn delete(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    state.store.delete_source(&name).await?;
+    state.store.delete_source(&name, &caller().actor).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -127,7 +121,7 @@ pub async fn sync(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    state.store.request_sync(&name).await?;
+    state.store.request_sync(&name, &caller().actor).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"status": "sync requested"})),
@@ -177,7 +171,8 @@ pub async fn webhook(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = request::read_body(&headers, body).await?;
+    // Verified, never stored: any bytes the sender signed.
+    let bytes = request::read_raw_body(&headers, body).await?;
     let unauthorized =
         |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m.to_owned());
     let src = state.store.source(&name).await?;
@@ -212,7 +207,12 @@ pub async fn webhook(
     if let Err(reason) = source::webhook_concerns(&bytes, &src.branch) {
         return Ok(Json(json!({"status": "ignored", "reason": reason})).into_response());
     }
-    state.store.request_sync(&name).await?;
+    // The webhook's sender proved it knows the source's secret; that
+    // is all that is known of it.
+    state
+        .store
+        .request_sync(&name, &format!("webhook:{name}"))
+        .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"status": "sync requested"})),
@@ -316,7 +316,7 @@ pub async fn apply_set(
                 adopt: src.adopt,
             },
         ),
-        None => (ACTOR.to_owned(), "api".to_owned(), Planner::Api),
+        None => (caller().actor, "api".to_owned(), Planner::Api),
     };
     let w = Write {
         actor: &actor,

@@ -130,6 +130,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/ca/rotate", post(ca::rotate))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/readyz/xds", get(readyz_xds))
         .route("/openapi.json", get(openapi::serve))
         .route("/metrics", get(metrics::serve))
         // After routing, so it knows the route and so what the request needs.
@@ -137,6 +138,16 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require,
         ))
+        // Before authentication and any query: while the database is known
+        // to be down, a request that needs it is answered 503 at once.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            database_gate,
+        ))
+        // Before authentication (route layers run outermost last-added):
+        // text PostgreSQL cannot store never reaches a token lookup or a
+        // handler.
+        .route_layer(axum::middleware::from_fn(request::storable_uri))
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(axum::middleware::map_response(error::json_errors))
         // Our handlers read bodies through `request::read_body`, which
@@ -168,6 +179,7 @@ pub fn admin_router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/readyz/xds", get(readyz_xds))
         .route("/metrics", get(metrics::serve))
         .fallback(|| async { StatusCode::NOT_FOUND })
         .with_state(state)
@@ -191,15 +203,54 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready: the roles have loaded their initial state and the database
-/// answers within a second.
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let unavailable = |message: &str| {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"error": "unavailable", "message": message})),
+/// Routes that answer without the database: everything else waits for it.
+fn needs_database(path: &str) -> bool {
+    path.starts_with("/api/v1/") && path != "/api/v1/xds/clients"
+}
+
+/// While the database is known to be down (the store's checks, every
+/// second), a request that needs it gets 503 with `Retry-After` at once,
+/// rather than holding a connection slot for the pool's whole acquire
+/// timeout first. A 503 that a handler met anyway prompts a check, so the
+/// next requests learn of it without waiting for the monitor's tick.
+async fn database_gate(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = request.uri().path().to_owned();
+    if !needs_database(&path) {
+        return next.run(request).await;
+    }
+    if state.store.is_down() {
+        return error::ApiError::unavailable(
+            "the database is not reachable; retry after the Retry-After interval",
         )
-    };
+        .into_response();
+    }
+    let response = next.run(request).await;
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE
+        && response
+            .headers()
+            .contains_key(axum::http::header::RETRY_AFTER)
+    {
+        let store = state.store.clone();
+        tokio::spawn(async move { store.check().await });
+    }
+    response
+}
+
+fn unavailable(message: &str) -> (StatusCode, Json<serde_json::Value>) {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error": "unavailable", "message": message})),
+    )
+}
+
+/// API readiness (`/readyz`): the roles have loaded their initial state
+/// and the database answers. A load balancer in front of the REST or gRPC
+/// API uses this: without the database those can only answer 503.
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     // A draining replica stops taking new work: load balancers that still
     // hold a kept-alive connection to it move away.
     if state.shutdown.is_cancelled() {
@@ -208,14 +259,34 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if !state.ready.iter().all(|flag| flag.load(Ordering::Acquire)) {
         return unavailable("still loading the initial configuration");
     }
-    let ok = tokio::time::timeout(Duration::from_secs(1), state.store.ping())
-        .await
-        .unwrap_or(false);
-    if ok {
+    // A fresh check (at most CHECK_TIMEOUT), which also updates what the
+    // database gate knows.
+    if state.store.check().await {
         (StatusCode::OK, Json(json!({"status": "ready"})))
     } else {
         unavailable("the database does not answer")
     }
+}
+
+/// xDS readiness (`/readyz/xds`): the first snapshot is loaded and the
+/// replica is not draining. The database is not asked: while it is down a
+/// replica keeps serving its last snapshot, which is what Envoy should
+/// get, so a load balancer in front of the xDS port (and a Kubernetes
+/// readiness probe of replicas serving xDS) uses this, and a database blip
+/// takes no replica out of service.
+async fn readyz_xds(State(state): State<AppState>) -> impl IntoResponse {
+    if state.shutdown.is_cancelled() {
+        return unavailable("shutting down");
+    }
+    if state.xds_clients.is_none() {
+        return unavailable("this replica does not run the xds role");
+    }
+    if !state.ready.iter().all(|flag| flag.load(Ordering::Acquire)) {
+        return unavailable("the first xDS snapshot is not loaded yet");
+    }
+    let body =
+        json!({"status": "ready", "database": if state.store.is_down() { "down" } else { "up" }});
+    (StatusCode::OK, Json(body))
 }
 
 /// The xDS clients connected to this replica, with per-type versions sent,

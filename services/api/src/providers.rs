@@ -14,6 +14,7 @@ use meridian_policy::FieldError;
 use meridian_store::providers::ProviderRow;
 use serde_json::{json, Map, Value};
 
+use crate::auth::caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::request;
 use crate::AppState;
@@ -47,8 +48,36 @@ async fn body(headers: &HeaderMap, body: Body) -> Result<(String, String, Value)
     let name = take(&mut map, "name").unwrap_or_default();
     let kind = take(&mut map, "kind").unwrap_or_default();
     let config = Value::Object(map);
-    validate_provider(&name, &kind, &config).map_err(ApiError::invalid)?;
+    validate_provider(&name, &kind, &config).map_err(invalid_provider)?;
+    check_references(&config).map_err(invalid_provider)?;
     Ok((name, kind, config))
+}
+
+/// Every credential reference in the settings names what this replica's
+/// rules allow (an env prefix, the secrets directories): a provider's
+/// credentials go to the URL its writer chose, so a reference to anything
+/// else would let an admin read the process's own secrets.
+fn check_references(config: &Value) -> Result<(), Vec<FieldError>> {
+    let errors: Vec<FieldError> = config
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, v)| meridian_secrets::looks_like_reference(v))
+        .filter_map(|(k, v)| {
+            meridian_secrets::check(v)
+                .err()
+                .map(|e| FieldError::new(format!("config.{k}"), e.to_string()))
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+fn invalid_provider(details: Vec<FieldError>) -> ApiError {
+    ApiError::invalid_resource("provider", details)
 }
 
 /// Every DNS provider; credentials appear only as their references.
@@ -92,7 +121,7 @@ pub async fn create(
     let (name, kind, config) = body(&headers, b).await?;
     let (row, _) = state
         .store
-        .put_provider(&name, &kind, &config, true)
+        .put_provider(&name, &kind, &config, true, &caller().actor)
         .await?;
     let mut response = (StatusCode::CREATED, Json(to_json(row))).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/providers/{name}")) {
@@ -125,7 +154,7 @@ pub async fn replace(
     }
     let (row, created) = state
         .store
-        .put_provider(&name, &kind, &config, false)
+        .put_provider(&name, &kind, &config, false, &caller().actor)
         .await?;
     let status = if created {
         StatusCode::CREATED
@@ -151,6 +180,6 @@ pub async fn delete(
             format!("DNS provider {name:?} is used by policies {}; change their zones' dns.provider first", users.join(", ")),
         ));
     }
-    state.store.delete_provider(&name).await?;
+    state.store.delete_provider(&name, &caller().actor).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -59,8 +59,22 @@ pub async fn json_value(
     serde_json::from_slice(&bytes).map_err(ApiError::malformed_json)
 }
 
-/// Collects the body, refusing more than [`MAX_BODY`] bytes without reading them all.
+/// Collects the body, refusing more than [`MAX_BODY`] bytes without
+/// reading them all, and refusing a JSON body with text PostgreSQL cannot
+/// store ([`storable_json`]). Every handler that keeps what it reads
+/// reads through here.
 pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    let bytes = read_raw_body(headers, body).await?;
+    // A body that is not JSON is the caller's to refuse, in its own words.
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+        storable_json(&value)?;
+    }
+    Ok(bytes)
+}
+
+/// [`read_body`] without the text check, for bodies that are verified
+/// and never stored (webhook payloads).
+pub async fn read_raw_body(headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -79,7 +93,116 @@ pub async fn policy_body(headers: &HeaderMap, body: Body) -> Result<Policy, ApiE
     let bytes = read_body(headers, body).await?;
     let mut policy = decode::from_bytes(&bytes, format)?;
     policy.metadata.clear_server_fields();
+    // YAML has its own escapes for NUL ("\0"), so the decoded policy is
+    // checked, not only a JSON body.
+    storable_json(&serde_json::to_value(&policy).expect("a policy serializes"))?;
     Ok(policy)
+}
+
+/// Why PostgreSQL could not store `s` (`text` and `jsonb` hold no NUL
+/// character), if it could not.
+pub fn unstorable(s: &str) -> Option<&'static str> {
+    s.contains('\0')
+        .then_some("contains a NUL character (\\u0000), which cannot be stored")
+}
+
+/// 422 naming the first field (as `a.b[2].c`) or key whose text
+/// PostgreSQL cannot store.
+pub fn storable_json(value: &serde_json::Value) -> Result<(), ApiError> {
+    fn walk(v: &serde_json::Value, at: &str) -> Option<(String, &'static str)> {
+        use serde_json::Value as V;
+        match v {
+            V::String(s) => unstorable(s).map(|why| (at.to_owned(), why)),
+            V::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, item)| walk(item, &format!("{at}[{i}]"))),
+            V::Object(map) => map.iter().find_map(|(k, item)| {
+                let here = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                match unstorable(k) {
+                    Some(why) => Some((here, why)),
+                    None => walk(item, &here),
+                }
+            }),
+            _ => None,
+        }
+    }
+    match walk(value, "") {
+        None => Ok(()),
+        Some((field, why)) => Err(ApiError::invalid_resource(
+            "request",
+            vec![meridian_policy::FieldError::new(field, why)],
+        )),
+    }
+}
+
+/// Refuses a request whose path or query holds text PostgreSQL cannot
+/// store (a NUL, `%00`) or that is not UTF-8 once percent-decoded, with a
+/// 400 naming the query parameter or the path, before any handler sees it:
+/// one check for every route, rather than one per handler.
+pub async fn storable_uri(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let uri = request.uri();
+    let path_bytes = percent_decode(uri.path().as_bytes(), false);
+    let path_problem = match std::str::from_utf8(&path_bytes) {
+        Err(_) => Some("is not UTF-8 text once percent-decoded"),
+        Ok(text) => unstorable(text),
+    };
+    if let Some(why) = path_problem {
+        return ApiError::bad_request(format!("the request path {why}")).into_response();
+    }
+    for pair in uri.query().unwrap_or_default().split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (k, v) = (
+            percent_decode(k.as_bytes(), true),
+            percent_decode(v.as_bytes(), true),
+        );
+        let name = String::from_utf8_lossy(&k).replace('\0', "\\u0000");
+        for (what, bytes) in [("name", &k), ("value", &v)] {
+            let problem = match std::str::from_utf8(bytes) {
+                Err(_) => Some("is not UTF-8 text once percent-decoded"),
+                Ok(text) => unstorable(text),
+            };
+            if let Some(why) = problem {
+                return ApiError::bad_request(format!(
+                    "query parameter {name:?}: its {what} {why}"
+                ))
+                .into_response();
+            }
+        }
+    }
+    next.run(request).await
+}
+
+/// `%XX` escapes (and, in a query, `+` for space) as bytes; a malformed
+/// escape stays as it is, as browsers send it.
+fn percent_decode(input: &[u8], plus_is_space: bool) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        match input[i] {
+            b'%' if i + 2 < input.len() => match (hex(input[i + 1]), hex(input[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' if plus_is_space => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
 }
 
 /// `If-Match`: absent, `*`, or one entity tag (quoted or not).
@@ -226,6 +349,28 @@ mod tests {
         );
         h.insert(header::IF_MATCH, "\"1\", \"2\"".parse().unwrap());
         assert!(precondition(&h).is_err());
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode(b"a%00b", false), b"a\0b");
+        assert_eq!(percent_decode(b"a+b%2B%zz%4", true), b"a b+%zz%4");
+        assert_eq!(percent_decode(b"%FF", false), [0xFF]);
+        assert_eq!(percent_decode(b"%", false), b"%");
+    }
+
+    #[test]
+    fn unstorable_json_names_the_field() {
+        let v = serde_json::json!({"items": [{"metadata": {"name": "ok"}}, {"metadata": {"name": "a\u{0}b"}}]});
+        let e = storable_json(&v).unwrap_err();
+        assert_eq!(e.body.details[0].field, "items[1].metadata.name");
+        assert_eq!(e.status, axum::http::StatusCode::UNPROCESSABLE_ENTITY);
+        let key = serde_json::json!({"labels": {"k\u{0}": "v"}});
+        assert_eq!(
+            storable_json(&key).unwrap_err().body.details[0].field,
+            "labels.k\u{0}"
+        );
+        assert!(storable_json(&serde_json::json!({"a": ["b", 1, null]})).is_ok());
     }
 
     #[test]

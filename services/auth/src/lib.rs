@@ -59,6 +59,9 @@ pub enum AuthError {
     },
     #[error("cannot check credentials now: {0}")]
     Unavailable(String),
+    /// The caller holds as many long-lived streams as it may.
+    #[error("{actor} already holds {limit} streams (event streams and watches); close one first")]
+    TooManyStreams { actor: String, limit: u32 },
 }
 
 #[derive(Clone, Debug, Default)]
@@ -66,6 +69,36 @@ pub struct Config {
     pub oidc: Option<OidcConfig>,
     /// Per caller; none means unlimited.
     pub rate: Option<Rate>,
+    /// Long-lived streams (event streams, watches) one caller may hold at
+    /// once; none means unlimited. Each holds a database poll or a feed
+    /// subscription, so one caller must not be able to take them all.
+    pub streams_per_caller: Option<u32>,
+}
+
+/// Long-lived streams held per caller.
+#[derive(Debug, Default)]
+struct Streams {
+    limit: Option<u32>,
+    held: Mutex<HashMap<String, u32>>,
+}
+
+/// One held stream: counted until dropped (when the stream ends).
+#[derive(Debug)]
+pub struct StreamPermit {
+    streams: std::sync::Arc<Streams>,
+    actor: String,
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        let mut held = self.streams.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.actor) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.actor);
+            }
+        }
+    }
 }
 
 /// Token lookups are cached this long, so revoking a token takes effect on
@@ -75,6 +108,7 @@ const TOKEN_CACHE: Duration = Duration::from_secs(2);
 pub struct Authenticator {
     mode: Mode,
     limiter: Option<Mutex<limit::Limiter>>,
+    streams: std::sync::Arc<Streams>,
 }
 
 enum Mode {
@@ -94,6 +128,7 @@ impl Authenticator {
         Authenticator {
             mode: Mode::Off,
             limiter: None,
+            streams: Default::default(),
         }
     }
 
@@ -105,7 +140,37 @@ impl Authenticator {
                 cache: Mutex::new(HashMap::new()),
             })),
             limiter: config.rate.map(|r| Mutex::new(limit::Limiter::new(r))),
+            streams: std::sync::Arc::new(Streams {
+                limit: config.streams_per_caller,
+                held: Mutex::default(),
+            }),
         }
+    }
+
+    /// Counts a long-lived stream against `who`'s limit; the stream holds
+    /// the permit until it ends.
+    pub fn open_stream(&self, who: &Identity) -> Result<StreamPermit, AuthError> {
+        let mut held = self.streams.held.lock().unwrap_or_else(|e| e.into_inner());
+        let n = held.entry(who.actor.clone()).or_insert(0);
+        if let Some(limit) = self.streams.limit {
+            if *n >= limit {
+                return Err(AuthError::TooManyStreams {
+                    actor: who.actor.clone(),
+                    limit,
+                });
+            }
+        }
+        *n += 1;
+        Ok(StreamPermit {
+            streams: self.streams.clone(),
+            actor: who.actor.clone(),
+        })
+    }
+
+    /// Streams `actor` holds now.
+    pub fn streams_held(&self, actor: &str) -> u32 {
+        let held = self.streams.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.get(actor).copied().unwrap_or(0)
     }
 
     pub fn is_on(&self) -> bool {
@@ -197,10 +262,53 @@ impl Authenticator {
         }
     }
 
+    /// Caps streams per caller (on an [`Authenticator::off`] too, where
+    /// every caller is the one anonymous admin).
+    pub fn with_stream_limit(mut self, limit: Option<u32>) -> Authenticator {
+        self.streams = std::sync::Arc::new(Streams {
+            limit,
+            held: Mutex::default(),
+        });
+        self
+    }
+
     /// Drops cached lookups, so a token revoked here stops working at once.
     pub fn forget_tokens(&self) {
         if let Mode::On(on) = &self.mode {
             on.cache.lock().expect("token cache lock").clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_are_counted_per_caller_and_released() {
+        let auth = Authenticator::off().with_stream_limit(Some(2));
+        let (a, b) = (
+            Identity {
+                actor: "token:a".into(),
+                role: Role::Viewer,
+            },
+            Identity {
+                actor: "token:b".into(),
+                role: Role::Viewer,
+            },
+        );
+        let one = auth.open_stream(&a).unwrap();
+        let two = auth.open_stream(&a).unwrap();
+        assert!(matches!(
+            auth.open_stream(&a),
+            Err(AuthError::TooManyStreams { limit: 2, .. })
+        ));
+        let other = auth.open_stream(&b).unwrap();
+        assert_eq!(auth.streams_held("token:a"), 2);
+        drop(one);
+        let three = auth.open_stream(&a).unwrap();
+        drop((two, three, other));
+        assert_eq!(auth.streams_held("token:a"), 0);
+        assert_eq!(auth.streams_held("token:b"), 0);
     }
 }

@@ -507,15 +507,16 @@ fn bounded(message: &str) -> String {
     out
 }
 
-/// Reads a credential from where its reference points. The value is never
-/// logged or stored; errors name the reference, not the secret.
+/// Reads a credential from where its reference points, through the one
+/// resolver every role shares (its rules say which variables and files a
+/// reference may name). The value is never logged or stored; errors name
+/// the reference and the rule, not the secret.
 fn secret(reference: &SecretRef) -> Result<String, String> {
-    match reference {
-        SecretRef::Env(env) => {
-            std::env::var(env).map_err(|_| format!("environment variable {env} is not set"))
-        }
-        SecretRef::File(path) => std::fs::read_to_string(path)
-            .map(|s| s.trim().to_owned())
-            .map_err(|e| format!("cannot read credential file {path}: {e}")),
-    }
+    let v = match reference {
+        SecretRef::Env(env) => serde_json::json!({ "env": env }),
+        SecretRef::File(path) => serde_json::json!({ "file": path }),
+    };
+    meridian_secrets::resolve(&v)
+        .map(meridian_secrets::Secret::into_string)
+        .map_err(|e| e.to_string())
 }

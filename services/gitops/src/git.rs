@@ -17,6 +17,15 @@ use crate::source::{resolve, Secret, SecretError};
 
 /// Largest policy file read from a repository; bigger ones are errors.
 pub const MAX_FILE_BYTES: usize = 4 * 1024 * 1024;
+/// Most policy files read from one commit: everything read is held in
+/// memory and validated at once, so a repository cannot be unbounded.
+pub const MAX_FILES: usize = 2_000;
+/// Most bytes of policy files read from one commit, all files together.
+pub const MAX_TOTAL_BYTES: usize = 32 * 1024 * 1024;
+/// Most tree entries (files and directories, policy files or not) walked
+/// under the source's path: a tree of millions of entries costs time even
+/// when few are policies.
+pub const MAX_ENTRIES: usize = 100_000;
 
 /// What a fetch found: the branch's commit and its policy files under the
 /// source's path, as `(path relative to that directory, bytes)`.
@@ -43,6 +52,10 @@ pub enum Error {
     Read { commit: String, message: String },
     #[error("{file} is larger than {MAX_FILE_BYTES} bytes")]
     TooLarge { file: String },
+    /// Over one of the repository limits ([`MAX_FILES`],
+    /// [`MAX_TOTAL_BYTES`], [`MAX_ENTRIES`]); nothing is applied.
+    #[error("the repository is over a limit: {0}")]
+    OverLimit(String),
 }
 
 /// Fetches `source.branch` into the cache and reads its files. Setting
@@ -73,10 +86,16 @@ pub fn fetch(cache_dir: &Path, source: &Source, interrupt: &AtomicBool) -> Resul
     }
     let mut overrides: Vec<String> = Vec::new();
     if let Some(key) = &key_file {
-        // gix's ssh transport runs the ssh program; point it at the key.
+        // gix's ssh transport runs core.sshCommand through `sh -c`, as git
+        // does, so the command must not carry input: the key is always
+        // our own copy, named after the source (a DNS label) in the cache
+        // directory (the operator's setting), and that path is quoted.
         overrides.push(format!(
-            "core.sshCommand=ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes",
-            key.display()
+            "core.sshCommand={}",
+            ssh_command(key).map_err(|message| Error::Cache {
+                path: key.clone(),
+                message,
+            })?
         ));
     }
     let repo = gix::open_opts(
@@ -143,12 +162,14 @@ pub fn fetch(cache_dir: &Path, source: &Source, interrupt: &AtomicBool) -> Resul
         tree = repo.find_tree(entry.object_id()).map_err(|e| read(&e))?;
     }
     let mut files = Vec::new();
-    walk(&repo, tree, String::new(), &mut files).map_err(|e| match e {
+    let mut budget = Budget::default();
+    walk(&repo, tree, String::new(), &mut files, &mut budget).map_err(|e| match e {
         Walk::Git(message) => Error::Read {
             commit: sha.clone(),
             message,
         },
         Walk::TooLarge(file) => Error::TooLarge { file },
+        Walk::OverLimit(what) => Error::OverLimit(what),
     })?;
     files.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(Fetched { commit: sha, files })
@@ -185,6 +206,47 @@ fn chain(e: &dyn std::error::Error) -> String {
 enum Walk {
     Git(String),
     TooLarge(String),
+    OverLimit(String),
+}
+
+/// What a walk has read so far, against the limits.
+#[derive(Default)]
+struct Budget {
+    entries: usize,
+    files: usize,
+    bytes: usize,
+}
+
+impl Budget {
+    fn entry(&mut self) -> Result<(), Walk> {
+        self.entries += 1;
+        if self.entries > MAX_ENTRIES {
+            return Err(Walk::OverLimit(format!(
+                "more than {MAX_ENTRIES} files and directories under the source's path"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks a policy file's size before its bytes are copied.
+    fn file(&mut self, name: &str, size: usize) -> Result<(), Walk> {
+        if size > MAX_FILE_BYTES {
+            return Err(Walk::TooLarge(name.to_owned()));
+        }
+        self.files += 1;
+        self.bytes += size;
+        if self.files > MAX_FILES {
+            return Err(Walk::OverLimit(format!(
+                "more than {MAX_FILES} policy files"
+            )));
+        }
+        if self.bytes > MAX_TOTAL_BYTES {
+            return Err(Walk::OverLimit(format!(
+                "policy files larger than {MAX_TOTAL_BYTES} bytes together"
+            )));
+        }
+        Ok(())
+    }
 }
 
 fn walk(
@@ -192,26 +254,29 @@ fn walk(
     tree: gix::Tree<'_>,
     prefix: String,
     out: &mut Vec<(String, Vec<u8>)>,
+    budget: &mut Budget,
 ) -> Result<(), Walk> {
     let git = |e: gix::Error| Walk::Git(chain(&e));
     let mut subtrees = Vec::new();
     for entry in tree.iter() {
         let entry = entry.map_err(git)?;
+        budget.entry()?;
         let name = format!("{prefix}{}", entry.filename().to_str_lossy());
         let mode = entry.mode();
         if mode.is_tree() {
             subtrees.push((entry.object_id(), format!("{name}/")));
         } else if mode.is_blob() && is_policy_file(&name) {
+            // The header gives the size without inflating the blob.
+            let header = repo.find_header(entry.object_id()).map_err(git)?;
+            let size = usize::try_from(header.size()).unwrap_or(usize::MAX);
+            budget.file(&name, size)?;
             let blob = repo.find_blob(entry.object_id()).map_err(git)?;
-            if blob.data.len() > MAX_FILE_BYTES {
-                return Err(Walk::TooLarge(name));
-            }
-            out.push((name, blob.data.clone()));
+            out.push((name, blob.detach().data));
         }
     }
     for (id, prefix) in subtrees {
         let sub = repo.find_tree(id).map_err(git)?;
-        walk(repo, sub, prefix, out)?;
+        walk(repo, sub, prefix, out, budget)?;
     }
     Ok(())
 }
@@ -223,25 +288,25 @@ fn auth_secret(source: &Source, key: &str) -> Result<Option<Secret>, SecretError
     }
 }
 
-/// The ssh key as a file the ssh program can read: the named file itself,
-/// or (for `{"env": ...}`) a private copy in the cache directory.
+/// The ssh key as a private file the ssh program can read: always a copy
+/// in the cache directory (mode 0600), named after the source, read through
+/// the one credential resolver. The reference's own path never reaches a
+/// command line.
 fn ssh_key_file(cache_dir: &Path, source: &Source) -> Result<Option<PathBuf>, Error> {
     let Some(reference) = source.auth.as_ref().and_then(|a| a.get("sshKey")) else {
         return Ok(None);
     };
-    if let Some(path) = reference.get("file").and_then(|p| p.as_str()) {
-        return Ok(Some(PathBuf::from(path)));
-    }
     let key = resolve(reference)?;
     let path = cache_dir.join(format!("{}.key", source.name));
     let write = || -> std::io::Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::create_dir_all(cache_dir)?;
+        // A key left by an older version may be more open; start afresh.
+        let _ = std::fs::remove_file(&path);
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&path)?;
         f.write_all(key.expose().as_bytes())?;
@@ -252,4 +317,76 @@ fn ssh_key_file(cache_dir: &Path, source: &Source) -> Result<Option<PathBuf>, Er
         message: e.to_string(),
     })?;
     Ok(Some(path))
+}
+
+/// The ssh command line for `key`, the key's path single-quoted for the
+/// shell gix runs it with.
+fn ssh_command(key: &Path) -> Result<String, String> {
+    let path = key
+        .to_str()
+        .ok_or("the cache directory's path is not UTF-8")?;
+    if path.chars().any(char::is_control) {
+        return Err("the cache directory's path contains control characters".into());
+    }
+    Ok(format!(
+        "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes",
+        shell_quote(path)
+    ))
+}
+
+/// `s` as one POSIX shell word: in single quotes, each `'` as `'\''`.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_stops_at_each_limit() {
+        let mut b = Budget::default();
+        assert!(matches!(
+            b.file("big.yaml", MAX_FILE_BYTES + 1),
+            Err(Walk::TooLarge(_))
+        ));
+        let mut b = Budget::default();
+        for _ in 0..MAX_FILES {
+            assert!(b.file("a.yaml", 1).is_ok());
+        }
+        assert!(matches!(b.file("a.yaml", 1), Err(Walk::OverLimit(_))));
+        let mut b = Budget::default();
+        for _ in 0..MAX_TOTAL_BYTES / MAX_FILE_BYTES {
+            assert!(b.file("a.yaml", MAX_FILE_BYTES).is_ok());
+        }
+        assert!(matches!(b.file("a.yaml", 1), Err(Walk::OverLimit(_))));
+        let mut b = Budget::default();
+        for _ in 0..MAX_ENTRIES {
+            assert!(b.entry().is_ok());
+        }
+        assert!(matches!(b.entry(), Err(Walk::OverLimit(_))));
+    }
+
+    #[test]
+    fn the_ssh_command_quotes_the_key_path() {
+        let cmd = ssh_command(Path::new("/var/cache/it's here; rm -rf x/s.key")).unwrap();
+        assert_eq!(
+            cmd,
+            "ssh -i '/var/cache/it'\\''s here; rm -rf x/s.key' -o IdentitiesOnly=yes -o BatchMode=yes"
+        );
+        // What sh makes of it: exactly one argument after -i.
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "printf '%s\\n' {}",
+                shell_quote("a'b; touch /tmp/x #")
+            ))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            "a'b; touch /tmp/x #\n"
+        );
+        assert!(ssh_command(Path::new("/a\nb")).is_err());
+    }
 }

@@ -5,7 +5,6 @@ use hmac::{Hmac, Mac};
 use meridian_policy::validate::dns_label;
 use meridian_policy::FieldError;
 use meridian_store::gitops::Source;
-use serde_json::Value;
 use sha2::Sha256;
 
 /// Shortest polling interval: a tighter loop only loads the git server.
@@ -26,6 +25,9 @@ pub fn validate(s: &Source) -> Result<(), Vec<FieldError>> {
             "url",
             "must be a file://, http://, https:// or ssh:// URL".to_owned(),
         ),
+    }
+    if let Err(m) = url_credentials(&s.url) {
+        push("url", m);
     }
     if s.branch.is_empty()
         || s.branch.starts_with(['-', '/'])
@@ -56,8 +58,8 @@ pub fn validate(s: &Source) -> Result<(), Vec<FieldError>> {
                     let at = format!("auth.{k}");
                     match k.as_str() {
                         "token" | "sshKey" => {
-                            if let Err(m) = meridian_policy::provider::secret_reference(v) {
-                                push(&at, m);
+                            if let Err(e) = meridian_secrets::check(v) {
+                                push(&at, e.to_string());
                             }
                         }
                         "username" if v.as_str().is_some_and(|u| !u.is_empty()) => {}
@@ -72,8 +74,8 @@ pub fn validate(s: &Source) -> Result<(), Vec<FieldError>> {
         }
     }
     if let Some(secret) = &s.webhook_secret {
-        if let Err(m) = meridian_policy::provider::secret_reference(secret) {
-            push("webhookSecret", m);
+        if let Err(e) = meridian_secrets::check(secret) {
+            push("webhookSecret", e.to_string());
         }
     }
     if errors.is_empty() {
@@ -83,55 +85,30 @@ pub fn validate(s: &Source) -> Result<(), Vec<FieldError>> {
     }
 }
 
-/// A credential: `Debug` never prints it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
+/// A URL may not carry a credential: sources are shown to every viewer
+/// and written to the audit log. ssh's `user@` is a login name and allowed;
+/// a password, or any user part on http(s) (where it is the token), is not.
+fn url_credentials(url: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Ok(());
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let Some((user, _)) = authority.rsplit_once('@') else {
+        return Ok(());
+    };
+    match scheme {
+        "ssh" if !user.contains(':') => Ok(()),
+        "ssh" => Err("must not hold a password; use auth.sshKey".to_owned()),
+        _ => Err(
+            "must not hold credentials (user:password@ or token@); use auth.token and auth.username"
+                .to_owned(),
+        ),
     }
 }
 
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-/// Why a named credential could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum SecretError {
-    #[error("environment variable {0} is not set")]
-    MissingEnv(String),
-    #[error("reading secret file {path}: {source}")]
-    File {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("not a secret reference")]
-    NotAReference,
-}
-
-/// Reads the credential a `{"env": ...}` / `{"file": ...}` reference names,
-/// at the moment it is needed, so a rotated secret is picked up.
-pub fn resolve(reference: &Value) -> Result<Secret, SecretError> {
-    if let Some(name) = reference.get("env").and_then(Value::as_str) {
-        return std::env::var(name)
-            .map(|v| Secret(v.trim_end_matches(['\r', '\n']).to_owned()))
-            .map_err(|_| SecretError::MissingEnv(name.to_owned()));
-    }
-    if let Some(path) = reference.get("file").and_then(Value::as_str) {
-        return std::fs::read_to_string(path)
-            .map(|v| Secret(v.trim_end_matches(['\r', '\n']).to_owned()))
-            .map_err(|source| SecretError::File {
-                path: path.to_owned(),
-                source,
-            });
-    }
-    Err(SecretError::NotAReference)
-}
+/// Credentials are read by the one resolver every role shares, with the
+/// replica's rules of which variables and files may be named.
+pub use meridian_secrets::{resolve, Error as SecretError, Secret};
 
 /// GitHub: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>`.
 /// The comparison is constant-time.
@@ -199,7 +176,7 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn source(v: Value) -> Source {
         serde_json::from_value(v).unwrap()
@@ -240,8 +217,28 @@ mod tests {
             ]
         );
         let ssh = source(json!({"name": "s", "url": "ssh://git@127.0.0.1/r.git",
-            "auth": {"sshKey": {"file": "/etc/key"}}}));
+            "auth": {"sshKey": {"file": "/var/run/secrets/git/key"}}}));
         assert_eq!(fields(&ssh), Vec::<String>::new());
+    }
+
+    #[test]
+    fn urls_carry_no_credentials() {
+        let url = |u: &str| fields(&source(json!({"name": "s", "url": u})));
+        for bad in [
+            "https://user:pass@git.example.com/r.git",
+            "https://ghp_token@github.com/o/r.git",
+            "http://a:b@127.0.0.1/r",
+            "ssh://git:pw@127.0.0.1/r.git",
+        ] {
+            assert_eq!(url(bad), vec!["url"], "{bad}");
+        }
+        for good in [
+            "ssh://git@127.0.0.1/r.git",
+            "https://git.example.com/r.git?x=a@b",
+            "file:///srv/repo",
+        ] {
+            assert_eq!(url(good), Vec::<String>::new(), "{good}");
+        }
     }
 
     #[test]
@@ -262,18 +259,34 @@ mod tests {
         assert!(!verify_gitlab(b"tok", ""));
     }
 
+    /// A key path is never handed to a shell, and one that a shell would
+    /// interpret is refused when the source is written.
     #[test]
-    fn secrets_are_read_from_files_and_never_printed() {
-        let dir = std::env::temp_dir().join(format!("meridian-secret-{}", std::process::id()));
-        std::fs::write(&dir, "hunter2\n").unwrap();
-        let s = resolve(&json!({"file": dir.to_str().unwrap()})).unwrap();
-        std::fs::remove_file(&dir).unwrap();
-        assert_eq!(s.expose(), "hunter2");
-        assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
-        assert!(matches!(
-            resolve(&json!({"env": "MERIDIAN_SURELY_UNSET_VAR"})),
-            Err(SecretError::MissingEnv(_))
-        ));
+    fn credential_references_follow_the_secret_rules() {
+        let with = |auth: Value| {
+            source(json!({"name": "s", "url": "ssh://git@127.0.0.1/r.git", "auth": auth}))
+        };
+        let pwn = with(json!({"sshKey": {"file": "/dev/null; touch /tmp/pwned #"}}));
+        let errors = validate(&pwn).unwrap_err();
+        assert_eq!(errors[0].field, "auth.sshKey");
+        assert!(errors[0].message.contains("';'"), "{}", errors[0].message);
+        for refused in [
+            json!({"sshKey": {"file": "/etc/ssh/ssh_host_ed25519_key"}}),
+            json!({"token": {"env": "DATABASE_URL"}}),
+            json!({"token": {"env": "GIT_TOKEN"}}),
+        ] {
+            let errors = validate(&with(refused.clone())).unwrap_err();
+            assert!(
+                errors[0].message.contains("MERIDIAN_SECRET_"),
+                "{refused}: {}",
+                errors[0].message
+            );
+        }
+        assert!(validate(&with(
+            json!({"sshKey": {"file": "/var/run/secrets/git/key"}})
+        ))
+        .is_ok());
+        assert!(validate(&with(json!({"token": {"env": "MERIDIAN_SECRET_GIT"}}))).is_ok());
     }
 
     #[test]

@@ -16,7 +16,16 @@ fn source(name: &str, url: &str) -> Source {
     serde_json::from_value(json!({"name": name, "url": url, "path": "policies"})).unwrap()
 }
 
+/// Credential files of these tests live in temporary directories: allow
+/// those (the rules are process-wide, and every test installs the same).
+fn allow_temp_secrets() {
+    meridian_secrets::install(
+        meridian_secrets::Rules::new("MERIDIAN_SECRET_", vec![std::env::temp_dir()]).unwrap(),
+    );
+}
+
 fn syncer(store: &Store, cache: &TempDir) -> Syncer {
+    allow_temp_secrets();
     Syncer::new(
         store.clone(),
         Config {
@@ -59,7 +68,7 @@ async fn create_update_rename_delete_and_prune_across_commits() {
     let c1 = repo.commit("two policies");
     let src = db
         .store
-        .create_source(&source("team", &repo.file_url()))
+        .create_source(&source("team", &repo.file_url()), "test")
         .await
         .unwrap();
     let s = syncer(&db.store, &cache);
@@ -144,7 +153,7 @@ async fn create_update_rename_delete_and_prune_across_commits() {
     // With prune off, a policy gone from the repository stays.
     let mut keep = src.clone();
     keep.prune = false;
-    db.store.replace_source(&keep).await.unwrap();
+    db.store.replace_source(&keep, "test").await.unwrap();
     repo.remove("policies/search.yaml");
     repo.commit("drop find");
     let r = s.sync(&keep, "test").await.unwrap();
@@ -173,7 +182,7 @@ async fn an_invalid_commit_changes_nothing_and_lists_every_error() {
     let good = repo.commit("good");
     let src = db
         .store
-        .create_source(&source("team", &repo.file_url()))
+        .create_source(&source("team", &repo.file_url()), "test")
         .await
         .unwrap();
     let s = syncer(&db.store, &cache);
@@ -258,7 +267,7 @@ async fn owners_are_respected_and_a_forced_api_edit_is_restored() {
     team.commit("p");
     let team_src = db
         .store
-        .create_source(&source("team", &team.file_url()))
+        .create_source(&source("team", &team.file_url()), "test")
         .await
         .unwrap();
     assert_eq!(
@@ -274,7 +283,7 @@ async fn owners_are_respected_and_a_forced_api_edit_is_restored() {
     other.commit("clash");
     let other_src = db
         .store
-        .create_source(&source("other", &other.file_url()))
+        .create_source(&source("other", &other.file_url()), "test")
         .await
         .unwrap();
     let r = s.sync(&other_src, "test").await.unwrap();
@@ -304,14 +313,14 @@ async fn owners_are_respected_and_a_forced_api_edit_is_restored() {
     adopter.commit("adopt");
     let mut adopt_src = db
         .store
-        .create_source(&source("adopter", &adopter.file_url()))
+        .create_source(&source("adopter", &adopter.file_url()), "test")
         .await
         .unwrap();
     let r = s.sync(&adopt_src, "test").await.unwrap();
     assert_eq!(r.outcome, Outcome::Conflict);
     assert!(r.errors[0]["message"].as_str().unwrap().contains("adopt"));
     adopt_src.adopt = true;
-    db.store.replace_source(&adopt_src).await.unwrap();
+    db.store.replace_source(&adopt_src, "test").await.unwrap();
     let r = s.sync(&adopt_src, "test").await.unwrap();
     assert_eq!(r.outcome, Outcome::Applied, "{r:?}");
     assert_eq!(db.store.get("api-made").await.unwrap().spec.port, 3001);
@@ -383,7 +392,7 @@ async fn five_hundred_policies_apply_atomically() {
     repo.commit("500 at port 1000");
     let src = db
         .store
-        .create_source(&source("bulk", &repo.file_url()))
+        .create_source(&source("bulk", &repo.file_url()), "test")
         .await
         .unwrap();
     let s = syncer(&db.store, &cache);
@@ -473,7 +482,10 @@ async fn syncs_over_smart_http() {
     let http = HttpGit::start(&root).await;
     let src = db
         .store
-        .create_source(&source("web", &format!("{}/.git", http.url(&dir_name))))
+        .create_source(
+            &source("web", &format!("{}/.git", http.url(&dir_name))),
+            "test",
+        )
         .await
         .unwrap();
     let s = syncer(&db.store, &cache);
@@ -524,7 +536,11 @@ async fn a_token_is_read_from_its_file_but_never_sent_over_plain_http() {
     let s = syncer(&db.store, &cache);
 
     // Without credentials the server says 401: a failed sync, nothing applied.
-    let anonymous = db.store.create_source(&source("anon", &url)).await.unwrap();
+    let anonymous = db
+        .store
+        .create_source(&source("anon", &url), "test")
+        .await
+        .unwrap();
     let r = s.sync(&anonymous, "test").await.unwrap();
     assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
     eprintln!("401 without credentials: {}", r.errors[0]["message"]);
@@ -532,7 +548,7 @@ async fn a_token_is_read_from_its_file_but_never_sent_over_plain_http() {
 
     let mut authed = source("authed", &url);
     authed.auth = Some(json!({"username": "ci", "token": {"file": token_file.to_str().unwrap()}}));
-    let authed = db.store.create_source(&authed).await.unwrap();
+    let authed = db.store.create_source(&authed, "test").await.unwrap();
     // gix asks for credentials, gets the token from the named file, and
     // refuses to send it in clear text: tokens need https.
     let r = s.sync(&authed, "test").await.unwrap();
@@ -544,16 +560,66 @@ async fn a_token_is_read_from_its_file_but_never_sent_over_plain_http() {
 
     // A token that cannot be read is reported as such.
     let mut missing = source("missing", &url);
-    missing.auth = Some(json!({"token": {"file": "/nonexistent/meridian-token"}}));
-    let missing = db.store.create_source(&missing).await.unwrap();
+    let gone = secrets.0.join("gone");
+    missing.auth = Some(json!({"token": {"file": gone.to_str().unwrap()}}));
+    let missing = db.store.create_source(&missing, "test").await.unwrap();
     let r = s.sync(&missing, "test").await.unwrap();
     assert_eq!(r.outcome, Outcome::Failed);
     let message = r.errors[0]["message"].as_str().unwrap();
-    assert!(message.contains("/nonexistent/meridian-token"), "{message}");
+    assert!(message.contains(gone.to_str().unwrap()), "{message}");
+
+    // A file outside the secrets directories is refused at sync time too
+    // (a row written before the rules, or straight into the table), and
+    // the refusal says the rule, not the file's content.
+    let mut outside = source("outside", &url);
+    outside.auth = Some(json!({"token": {"file": "/etc/hostname"}}));
+    let outside = db.store.create_source(&outside, "test").await.unwrap();
+    let r = s.sync(&outside, "test").await.unwrap();
+    assert_eq!(r.outcome, Outcome::Failed);
+    let message = r.errors[0]["message"].as_str().unwrap();
+    assert!(message.contains("--secrets-dir"), "{message}");
+}
+
+/// The audit's proof of concept: an ssh key "path" that is a shell command.
+/// Stored straight into the table (the API refuses it), the sync fails and
+/// runs nothing: the key path never reaches the shell gix runs ssh with.
+#[tokio::test]
+async fn an_ssh_key_path_never_reaches_a_shell() {
+    let db = database().await;
+    let cache = TempDir::new("cache");
+    let s = syncer(&db.store, &cache);
+    let marker = std::env::temp_dir().join(format!("meridian-pwned-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let mut src = source("pwn", "ssh://git@127.0.0.1:1/repo.git");
+    src.auth =
+        Some(json!({"sshKey": {"file": format!("/dev/null; touch {} #", marker.display())}}));
+    assert!(meridian_gitops::source::validate(&src).is_err());
+    let src = db.store.create_source(&src, "test").await.unwrap();
+    let r = s.sync(&src, "test").await.unwrap();
+    assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
+    assert!(!marker.exists(), "the key path ran as a shell command");
+
+    // The same with the key in a secrets directory, whose path the shell
+    // would split: it is copied, and the copy's path is quoted.
+    let secrets = TempDir::new("keys");
+    let key = secrets.0.join("id_ed25519");
+    std::fs::write(&key, "not really a key\n").unwrap();
+    let mut src = source("quoted", "ssh://git@127.0.0.1:1/repo.git");
+    src.auth = Some(json!({"sshKey": {"file": key.to_str().unwrap()}}));
+    let src = db.store.create_source(&src, "test").await.unwrap();
+    let r = s.sync(&src, "test").await.unwrap();
+    assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
+    let copy = cache.0.join("quoted.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 }
 
 #[tokio::test]
 async fn webhooks_need_a_valid_signature() {
+    allow_temp_secrets();
     let db = database().await;
     let server = Server::start(db.store.clone()).await;
     let http = reqwest::Client::new();
@@ -694,7 +760,7 @@ async fn two_replicas_never_sync_one_source_at_once() {
     repo.write("policies/a.yaml", &policy_yaml("a", "a.example.com", 1000));
     repo.commit("a");
     db.store
-        .create_source(&source("team", &repo.file_url()))
+        .create_source(&source("team", &repo.file_url()), "test")
         .await
         .unwrap();
     let (a, b) = (syncer(&db.store, &c1), syncer(&db.store, &c2));
@@ -718,7 +784,7 @@ async fn a_host_moves_to_a_new_policy_in_one_commit() {
     repo.commit("old serves shop");
     let src = db
         .store
-        .create_source(&source("team", &repo.file_url()))
+        .create_source(&source("team", &repo.file_url()), "test")
         .await
         .unwrap();
     let s = syncer(&db.store, &cache);

@@ -42,7 +42,7 @@ async fn xds_snapshots_show_one_commit_or_the_other() {
     let source: Source =
         serde_json::from_value(json!({"name": "bulk", "url": repo.file_url(), "path": "policies"}))
             .unwrap();
-    let source = db.store.create_source(&source).await.unwrap();
+    let source = db.store.create_source(&source, "test").await.unwrap();
     let syncer = Syncer::new(
         db.store.clone(),
         Config {

@@ -23,33 +23,29 @@ pub fn invalid(problems: Vec<FieldError>) -> Status {
     )
 }
 
+/// A store error as a status, by its [`meridian_store::Kind`]: the same
+/// classification the REST edge maps, with no catch-all.
 pub fn from_store(e: meridian_store::Error) -> Status {
-    use meridian_store::Error as E;
+    use meridian_store::Kind;
     let message = e.to_string();
-    match e {
-        E::NotFound { .. }
-        | E::ProviderNotFound { .. }
-        | E::RevisionNotFound { .. }
-        | E::TokenNotFound { .. } => Status::not_found(message),
-        E::NameTaken { .. }
-        | E::HostTaken { .. }
-        | E::ProviderExists { .. }
-        | E::TokenExists { .. } => Status::already_exists(message),
-        E::StaleVersion { .. } | E::OwnedByGitops { .. } | E::TokenRevoked { .. } => {
+    match e.kind() {
+        Kind::NotFound => Status::not_found(message),
+        Kind::AlreadyExists | Kind::HostTaken => Status::already_exists(message),
+        Kind::ManagedByGitops | Kind::Revoked | Kind::Precondition | Kind::NotConfigured => {
             Status::failed_precondition(message)
         }
-        E::SourceNotFound { .. } => Status::not_found(message),
-        E::SourceExists { .. } => Status::already_exists(message),
-        E::PreconditionOnMissing { name } => Status::not_found(format!(
-            "policy {name:?} does not exist, so the expected resource version cannot match"
-        )),
-        unavailable if unavailable.is_unavailable() => {
-            tracing::warn!(error = %unavailable, "database unavailable");
+        Kind::Gone => Status::out_of_range(message),
+        Kind::Invalid => invalid(vec![FieldError::new(
+            e.field().unwrap_or_default(),
+            message,
+        )]),
+        Kind::Unavailable => {
+            tracing::warn!(error = %e, "database unavailable");
             Status::unavailable("the database is not reachable; retry")
         }
-        other => {
+        Kind::Internal => {
             // Never leak SQL or internals to the client; the log has it.
-            tracing::error!(error = %other, "internal error");
+            tracing::error!(error = %e, "internal error");
             Status::internal("internal error; see the server log")
         }
     }

@@ -162,7 +162,8 @@ impl FailoverService for Failover {
         &self,
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        authorize(&self.auth, &request, Role::Viewer).await?;
+        let who = authorize(&self.auth, &request, Role::Viewer).await?;
+        let permit = crate::open_stream(&self.auth, &who)?;
         let r = request.into_inner();
         let policy = (!r.policy.is_empty()).then_some(r.policy);
         let mut cursor = match r.after_id {
@@ -172,6 +173,8 @@ impl FailoverService for Failover {
         let (tx, rx) = mpsc::channel(256);
         let (store, stop) = (self.store.clone(), self.shutdown.clone());
         tokio::spawn(async move {
+            // Held until the stream ends (the client goes, or shutdown).
+            let _permit = permit;
             loop {
                 match store.events_after(cursor, policy.as_deref(), 500).await {
                     Ok(batch) => {

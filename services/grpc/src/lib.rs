@@ -34,17 +34,30 @@ pub(crate) async fn authorize<T>(
         .metadata()
         .get("authorization")
         .and_then(|v| v.to_str().ok());
-    auth.authorize(header, needed).await.map_err(|e| {
-        let message = e.to_string();
-        match e {
-            AuthError::Missing | AuthError::Invalid(_) => tonic::Status::unauthenticated(message),
-            AuthError::Forbidden { .. } => tonic::Status::permission_denied(message),
-            AuthError::RateLimited { .. } => tonic::Status::resource_exhausted(message),
-            AuthError::Unavailable(_) => {
-                tonic::Status::unavailable("cannot check credentials now; retry")
-            }
+    auth.authorize(header, needed).await.map_err(auth_status)
+}
+
+/// A long-lived stream of `who`, counted against its cap until the
+/// returned permit is dropped with the stream.
+pub(crate) fn open_stream(
+    auth: &Authenticator,
+    who: &Identity,
+) -> Result<meridian_auth::StreamPermit, tonic::Status> {
+    auth.open_stream(who).map_err(auth_status)
+}
+
+fn auth_status(e: AuthError) -> tonic::Status {
+    let message = e.to_string();
+    match e {
+        AuthError::Missing | AuthError::Invalid(_) => tonic::Status::unauthenticated(message),
+        AuthError::Forbidden { .. } => tonic::Status::permission_denied(message),
+        AuthError::RateLimited { .. } | AuthError::TooManyStreams { .. } => {
+            tonic::Status::resource_exhausted(message)
         }
-    })
+        AuthError::Unavailable(_) => {
+            tonic::Status::unavailable("cannot check credentials now; retry")
+        }
+    }
 }
 
 /// One span per call, named like OpenTelemetry's RPC conventions

@@ -166,7 +166,8 @@ impl PolicyService for Policies {
         &self,
         request: Request<pb::WatchPoliciesRequest>,
     ) -> Result<Response<WatchStream>, Status> {
-        authorize(&self.auth, &request, Role::Viewer).await?;
+        let who = authorize(&self.auth, &request, Role::Viewer).await?;
+        let permit = crate::open_stream(&self.auth, &who)?;
         let r = request.into_inner();
         let start = match r.resource_version.as_str() {
             "" => Start::Snapshot,
@@ -181,9 +182,13 @@ impl PolicyService for Policies {
             tx,
             self.shutdown.clone(),
         ));
-        let stream = ReceiverStream::new(rx).map(|item| match item {
-            Ok(item) => Ok(response(item)),
-            Err(e) => Err(from_store(e)),
+        // The permit lives as long as the response stream.
+        let stream = ReceiverStream::new(rx).map(move |item| {
+            let _ = &permit;
+            match item {
+                Ok(item) => Ok(response(item)),
+                Err(e) => Err(from_store(e)),
+            }
         });
         Ok(Response::new(Box::pin(stream)))
     }

@@ -114,12 +114,7 @@ impl Prober {
     /// Probes until `shutdown`; every probe task stops with it.
     pub async fn run(self, shutdown: CancellationToken) {
         let (tx, mut rx) = mpsc::channel::<Outcome>(4096);
-        let http = reqwest::Client::builder()
-            // A fresh connection per probe: a pooled one can hide a listener that is gone.
-            .pool_max_idle_per_host(0)
-            .local_address(self.config.source)
-            .build()
-            .expect("HTTP client");
+        let http = probe_http_client(self.config.source);
         let client = ProbeClient {
             http,
             source: self.config.source,
@@ -303,6 +298,19 @@ fn authority(address: &str, port: u32) -> String {
     }
 }
 
+/// The HTTP client of probes. Redirects are not followed: a backend's
+/// answer is judged as it is (a 3xx against `expectedStatus`), so a
+/// backend cannot steer Meridian's probes to other addresses.
+fn probe_http_client(source: Option<IpAddr>) -> reqwest::Client {
+    reqwest::Client::builder()
+        // A fresh connection per probe: a pooled one can hide a listener that is gone.
+        .pool_max_idle_per_host(0)
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(source)
+        .build()
+        .expect("HTTP client")
+}
+
 /// What probes go out with: one HTTP client (no pooling) and the source address.
 #[derive(Clone)]
 struct ProbeClient {
@@ -375,5 +383,53 @@ async fn probe(t: &Target, client: &ProbeClient) -> Result<(), String> {
                 other => Err(format!("gRPC health {other:?}")),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod redirect_tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Answers every request with `response`, counting requests.
+    async fn server(response: String) -> (u16, Arc<AtomicU32>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = Arc::new(AtomicU32::new(0));
+        let counted = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = [0u8; 2048];
+                let _ = conn.read(&mut buf).await;
+                counted.fetch_add(1, Ordering::SeqCst);
+                let _ = conn.write_all(response.as_bytes()).await;
+            }
+        });
+        (port, hits)
+    }
+
+    #[tokio::test]
+    async fn probes_do_not_follow_redirects() {
+        let (elsewhere, hits) =
+            server("HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into())
+                .await;
+        let (backend, _) = server(format!(
+            "HTTP/1.1 302 Found\r\nlocation: http://127.0.0.1:{elsewhere}/internal\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        ))
+        .await;
+        let client = super::probe_http_client(None);
+        let r = client
+            .get(format!("http://127.0.0.1:{backend}/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 302);
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            0,
+            "the probe followed the redirect"
+        );
     }
 }

@@ -65,10 +65,20 @@ pub struct File {
     pub oidc_jwks_url: Option<String>,
     pub oidc_role_claim: Option<String>,
     pub rate_limit: Option<u32>,
+    pub max_streams_per_caller: Option<u32>,
+    pub retention_events_days: Option<u32>,
+    pub retention_audit_days: Option<u32>,
+    pub retention_gitops_syncs_days: Option<u32>,
+    pub retention_expired_certs_days: Option<u32>,
+    pub prune_minutes: Option<u64>,
+    pub gitops_poll_ms: Option<u64>,
     pub otlp_endpoint: Option<String>,
     pub otlp_sample_ratio: Option<f64>,
     pub otlp_filter: Option<String>,
     pub otlp_service_name: Option<String>,
+    /// `--secrets-dir`, as a list.
+    pub secrets_dirs: Option<Vec<PathBuf>>,
+    pub secret_env_prefix: Option<String>,
 }
 
 impl File {
@@ -133,10 +143,27 @@ pub fn merge(args: &mut ServeArgs, file: File, matches: &ArgMatches) -> Result<(
     take!(oidc_jwks_url, optional);
     take!(oidc_role_claim);
     take!(rate_limit);
+    take!(max_streams_per_caller);
+    take!(retention_events_days);
+    take!(retention_audit_days);
+    take!(retention_gitops_syncs_days);
+    take!(retention_expired_certs_days);
+    take!(prune_minutes);
+    take!(gitops_poll_ms);
     take!(otlp_endpoint, optional);
     take!(otlp_sample_ratio);
     take!(otlp_filter);
     take!(otlp_service_name);
+    if let Some(dirs) = file.secrets_dirs {
+        if unset("secrets_dirs") {
+            args.security.secrets_dirs = dirs;
+        }
+    }
+    if let Some(prefix) = file.secret_env_prefix {
+        if unset("secret_env_prefix") {
+            args.security.secret_env_prefix = prefix;
+        }
+    }
     if let Some(dir) = file.data_dir {
         if unset("data_dir") {
             args.db.data_dir = dir;
@@ -239,6 +266,18 @@ const OIDC: Name = Name {
     key: "oidcIssuer",
     flag: "oidc-issuer",
     env: "MERIDIAN_OIDC_ISSUER",
+};
+
+const SECRETS: Name = Name {
+    key: "secretsDirs",
+    flag: "secrets-dir",
+    env: "MERIDIAN_SECRETS_DIRS",
+};
+
+const RETENTION: Name = Name {
+    key: "retentionAuditDays",
+    flag: "retention-audit-days",
+    env: "MERIDIAN_RETENTION_AUDIT_DAYS",
 };
 
 const OTLP_ENDPOINT: Name = Name {
@@ -369,7 +408,16 @@ pub fn validate(args: &mut ServeArgs) -> Result<(), Error> {
             Trace::Endpoint(_) | Trace::Exporter(_) => invalid(OTLP_ENDPOINT, e.to_string()),
         })?;
     }
-    resolve_database_url(&mut args.db)
+    args.retention()
+        .check()
+        .map_err(|m| invalid(RETENTION, m))?;
+    resolve_database_url(&mut args.db)?;
+    let rules = args
+        .security
+        .secret_rules(args.db.database_url_file.as_deref())
+        .map_err(|m| invalid(SECRETS, m))?;
+    args.security.secret_rules = Some(rules);
+    Ok(())
 }
 
 /// Reads `--database-url-file` into the URL, and checks the URL's shape.

@@ -247,6 +247,10 @@ pub struct ServeArgs {
     /// bursts of twice that; 0 for no limit.
     #[arg(long, env = "MERIDIAN_RATE_LIMIT", default_value_t = 100)]
     pub rate_limit: u32,
+    /// Long-lived streams (REST event streams, gRPC watches and event
+    /// streams) each caller may hold at once; 0 for no limit.
+    #[arg(long, env = "MERIDIAN_MAX_STREAMS_PER_CALLER", default_value_t = 32)]
+    pub max_streams_per_caller: u32,
     /// Apply pending migrations at start. With `false`, the replica only
     /// checks that the schema is current and refuses to start otherwise,
     /// for deployments that run `meridian migrate` once per upgrade.
@@ -257,6 +261,32 @@ pub struct ServeArgs {
     #[arg(long, env = "MERIDIAN_GITOPS_POLL_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(50..=60_000))]
     pub gitops_poll_ms: u64,
+    /// Days failover and operator events are kept.
+    #[arg(long, env = "MERIDIAN_RETENTION_EVENTS_DAYS", default_value_t = 30)]
+    pub retention_events_days: u32,
+    /// Days audit rows are kept: the longest of all (at least the others).
+    #[arg(long, env = "MERIDIAN_RETENTION_AUDIT_DAYS", default_value_t = 400)]
+    pub retention_audit_days: u32,
+    /// Days GitOps sync records are kept (the newest 20 of each source
+    /// always stay; no source keeps more than 10,000).
+    #[arg(
+        long,
+        env = "MERIDIAN_RETENTION_GITOPS_SYNCS_DAYS",
+        default_value_t = 7
+    )]
+    pub retention_gitops_syncs_days: u32,
+    /// Days an expired workload certificate's row is kept.
+    #[arg(
+        long,
+        env = "MERIDIAN_RETENTION_EXPIRED_CERTS_DAYS",
+        default_value_t = 7
+    )]
+    pub retention_expired_certs_days: u32,
+    /// How often old rows are pruned and table sizes measured, in minutes
+    /// (one replica at a time prunes).
+    #[arg(long, env = "MERIDIAN_PRUNE_MINUTES", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=1440))]
+    pub prune_minutes: u64,
     /// How long to wait for in-flight requests at shutdown, in seconds.
     #[arg(long, env = "MERIDIAN_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
@@ -279,6 +309,17 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// The retention settings, as the store takes them.
+    pub fn retention(&self) -> meridian_store::retention::Retention {
+        let days = |d: u32| std::time::Duration::from_secs(u64::from(d) * 86_400);
+        meridian_store::retention::Retention {
+            events: days(self.retention_events_days),
+            audit: days(self.retention_audit_days),
+            gitops_syncs: days(self.retention_gitops_syncs_days),
+            expired_certs: days(self.retention_expired_certs_days),
+        }
+    }
+
     /// Trace export settings, when a collector is configured.
     pub fn otlp(&self) -> Option<meridian_telemetry::traces::OtlpSettings> {
         let endpoint = self.otlp_endpoint.clone()?;
@@ -340,6 +381,11 @@ fn main() -> ExitCode {
             }
             log_format = args.log_format;
             otlp = args.otlp();
+            // Before any thread starts: every role reads credentials with
+            // these rules.
+            if let Some(rules) = args.security.secret_rules.clone() {
+                meridian_secrets::install(rules);
+            }
         }
         Command::Migrate(db) => {
             if let Err(e) = config::resolve_database_url(db) {

@@ -58,6 +58,46 @@ pub struct SecurityArgs {
         default_value = "localhost,127.0.0.1"
     )]
     pub xds_server_names: Vec<String>,
+    /// Directories whose files a credential reference (`{"file": PATH}` in
+    /// DNS providers and GitOps sources) may name; repeatable, or
+    /// comma-separated in the variable. An empty value allows no files.
+    #[arg(
+        long = "secrets-dir",
+        env = "MERIDIAN_SECRETS_DIRS",
+        value_delimiter = ',',
+        default_value = meridian_secrets::DEFAULT_DIR
+    )]
+    pub secrets_dirs: Vec<PathBuf>,
+    /// Environment variables a credential reference (`{"env": NAME}`) may
+    /// name must start with this.
+    #[arg(long, env = "MERIDIAN_SECRETS_ENV_PREFIX", default_value = meridian_secrets::DEFAULT_ENV_PREFIX)]
+    pub secret_env_prefix: String,
+    /// Built from the two above by the settings check.
+    #[arg(skip)]
+    pub secret_rules: Option<meridian_secrets::Rules>,
+}
+
+impl SecurityArgs {
+    /// The rules of credential references: the prefix and directories
+    /// given, and never the files Meridian keeps its own keys in.
+    pub fn secret_rules(
+        &self,
+        database_url_file: Option<&Path>,
+    ) -> Result<meridian_secrets::Rules, String> {
+        let dirs = self
+            .secrets_dirs
+            .iter()
+            .filter(|d| !d.as_os_str().is_empty())
+            .cloned()
+            .collect();
+        let own = [
+            database_url_file,
+            self.ca_key_file.as_deref(),
+            self.ca_private_key_file.as_deref(),
+        ];
+        Ok(meridian_secrets::Rules::new(&self.secret_env_prefix, dirs)?
+            .deny(own.into_iter().flatten().map(Path::to_owned)))
+    }
 }
 
 /// Reads the master key from MERIDIAN_CA_KEY (the key itself) or the file.

@@ -31,6 +31,10 @@ pub enum Role {
     Gitops,
 }
 
+/// Connections of the failover leader's own pool: the decision loop, the
+/// lease renewal and the DNS reconciler, each at most one at a time.
+const LEADER_POOL: u32 = 4;
+
 /// Name of the database inside a private cluster.
 const PRIVATE_DB: &str = "meridian";
 
@@ -194,8 +198,9 @@ fn warn_if_unauthenticated(args: &ServeArgs) {
 }
 
 fn authenticator(args: &ServeArgs, store: &Store) -> Arc<meridian_auth::Authenticator> {
+    let streams = (args.max_streams_per_caller > 0).then_some(args.max_streams_per_caller);
     if args.no_auth {
-        return Arc::new(meridian_auth::Authenticator::off());
+        return Arc::new(meridian_auth::Authenticator::off().with_stream_limit(streams));
     }
     let oidc = args
         .oidc_issuer
@@ -212,7 +217,12 @@ fn authenticator(args: &ServeArgs, store: &Store) -> Arc<meridian_auth::Authenti
     });
     Arc::new(meridian_auth::Authenticator::new(
         store.clone(),
-        meridian_auth::Config { oidc, rate },
+        meridian_auth::Config {
+            oidc,
+            rate,
+            streams_per_caller: (args.max_streams_per_caller > 0)
+                .then_some(args.max_streams_per_caller),
+        },
     ))
 }
 
@@ -298,6 +308,19 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
 
     let shutdown = CancellationToken::new();
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    // What the API's database gate and /readyz know of the database.
+    let (monitor, stop) = (store.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        monitor.monitor(Duration::from_secs(1), stop).await;
+        Ok(())
+    });
+    // Old rows go by age; one replica at a time prunes.
+    let (pruner, stop, retention) = (store.clone(), shutdown.clone(), args.retention());
+    let every = Duration::from_secs(args.prune_minutes * 60);
+    tasks.spawn(async move {
+        pruner.prune_loop(retention, every, stop).await;
+        Ok(())
+    });
     let mut state = meridian_api::AppState::new(store.clone());
     state.shutdown = shutdown.clone();
     state.auth = authenticator(args, &store);
@@ -389,8 +412,16 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
         });
     }
     if args.roles.contains(&Role::Failover) {
+        // The leader, its lease and its DNS reconciler get connections of
+        // their own: on the shared pool, callers holding many streams or a
+        // burst of API requests could keep the lease from being renewed
+        // (the pool's acquire timeout is longer than the lease), and a
+        // replica would lose leadership to load rather than failure.
+        let leader_store = Store::connect(&db.url, LEADER_POOL)
+            .await
+            .context("connecting the failover leader to PostgreSQL")?;
         let leader = meridian_failover_loop::Leader::new(
-            store.clone(),
+            leader_store,
             meridian_failover_loop::Config::new(replica.clone()),
         );
         let stop = shutdown.clone();

@@ -91,7 +91,12 @@ async fn the_demo_bootstrap_token_and_init_script_set_up_an_authenticated_meridi
     let m = Meridian::start_with(
         Path::new(BIN),
         &db.url,
-        &[("MERIDIAN_NO_AUTH", "false"), ("MERIDIAN_ROLES", "api")],
+        &[
+            ("MERIDIAN_NO_AUTH", "false"),
+            ("MERIDIAN_ROLES", "api"),
+            // Where compose mounts the secrets the providers name.
+            ("MERIDIAN_SECRETS_DIRS", secrets.0.to_str().unwrap()),
+        ],
         &[],
     )
     .await;

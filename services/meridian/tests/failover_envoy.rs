@@ -267,7 +267,10 @@ async fn failover_timeline_with_default_settings() {
     let moto = Moto::start().await;
     let zone_id = moto.create_zone().await;
     let db = database().await;
-    let (id_var, secret_var) = ("MERIDIAN_TEST_AWS_KEY_ID", "MERIDIAN_TEST_AWS_SECRET");
+    let (id_var, secret_var) = (
+        "MERIDIAN_SECRET_TEST_AWS_KEY_ID",
+        "MERIDIAN_SECRET_TEST_AWS_SECRET",
+    );
     let env = [
         (id_var, "AKIAIOSFODNN7EXAMPLE"),
         (secret_var, "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
@@ -382,7 +385,7 @@ async fn powerdns_follows_failover_and_drift_is_restored() {
     // Starts with the zone example.com. created.
     let pdns = Pdns::start().await;
     let db = database().await;
-    let key_var = "MERIDIAN_TEST_PDNS_API_KEY";
+    let key_var = "MERIDIAN_SECRET_TEST_PDNS_API_KEY";
     let m =
         Meridian::start_with_env(BIN.as_ref(), &db.url, &[(key_var, pdns.api_key.as_str())]).await;
     let provider = json!({"name": "pdns-test", "kind": "pdns", "apiUrl": pdns.api_url,
@@ -467,7 +470,10 @@ async fn route53_outage_is_reported_and_retried_while_xds_shifts() {
     let zone_id = moto.create_zone().await;
     let relay = Relay::start(moto.url.trim_start_matches("http://")).await;
     let db = database().await;
-    let (id_var, secret_var) = ("MERIDIAN_TEST_AWS_KEY_ID", "MERIDIAN_TEST_AWS_SECRET");
+    let (id_var, secret_var) = (
+        "MERIDIAN_SECRET_TEST_AWS_KEY_ID",
+        "MERIDIAN_SECRET_TEST_AWS_SECRET",
+    );
     // Any SigV4-shaped credentials pass moto.
     let env = [
         (id_var, "AKIAIOSFODNN7EXAMPLE"),
@@ -577,7 +583,7 @@ async fn two_replicas_apply_each_dns_change_once_across_a_leader_death() {
 
     let pdns = Pdns::start().await;
     let db = database().await;
-    let key_var = "MERIDIAN_TEST_PDNS_API_KEY";
+    let key_var = "MERIDIAN_SECRET_TEST_PDNS_API_KEY";
     let env = [(key_var, pdns.api_key.as_str())];
     let first = Meridian::start_with_env(BIN.as_ref(), &db.url, &env).await;
     // The first replica leads before the second exists.

@@ -278,7 +278,7 @@ async fn diff_previews_a_sources_next_sync_for_a_pull_request() {
     let source: meridian_store::gitops::Source =
         serde_json::from_value(json!({"name": "team", "url": repo.file_url(), "path": "policies"}))
             .unwrap();
-    let source = db.store.create_source(&source).await.unwrap();
+    let source = db.store.create_source(&source, "test").await.unwrap();
     let syncer = meridian_gitops::sync::Syncer::new(
         db.store.clone(),
         meridian_gitops::sync::Config {

@@ -90,7 +90,7 @@ fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 async fn metrics_are_listed_from_start_and_move_with_traffic() {
     let pdns = Pdns::start().await;
     let db = database().await;
-    let key_var = "MERIDIAN_TEST_PDNS_API_KEY";
+    let key_var = "MERIDIAN_SECRET_TEST_PDNS_API_KEY";
     let m = Meridian::start_with_env(
         Path::new(BIN.as_str()),
         &db.url,

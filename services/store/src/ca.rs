@@ -220,18 +220,13 @@ async fn audit(
     action: &str,
     rotation: i64,
 ) -> Result<(), Error> {
-    // The audit log is keyed by policy; CA actions name no policy.
-    sqlx::query(
-        "INSERT INTO audit_log (actor, action, policy_name, after) VALUES ($1, $2, '', $3)",
-    )
-    .bind(actor)
-    .bind(action)
-    .bind(sqlx::types::Json(
+    crate::audit::record(
+        tx,
+        actor,
+        action,
         serde_json::json!({ "rotation": rotation }),
-    ))
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    )
+    .await
 }
 
 /// A subscription to [`CA_CHANNEL`].

@@ -55,20 +55,137 @@ pub enum Error {
     /// No CA is stored yet (no replica has started with `--ca-key-file`).
     #[error("no certificate authority is configured; start a replica with --ca-key-file")]
     NoCa,
+    /// A watch resumed from a version whose changes were pruned by retention.
+    #[error("changes after resource version {after} were pruned (up to {compacted}); start again from a snapshot")]
+    Compacted { after: i64, compacted: i64 },
+    /// A value is text PostgreSQL cannot store (a NUL character, or not
+    /// valid in the database's encoding). The REST edge refuses such text
+    /// before it gets here, naming the field; this is the backstop for
+    /// every other way in (gRPC, GitOps files).
+    #[error("a value contains text that cannot be stored (a NUL character or invalid encoding)")]
+    InvalidText,
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[source] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[source] sqlx::migrate::MigrateError),
 }
 
+/// What kind of failure an [`Error`] is: the one classification that both
+/// edges map, the REST API to a status and code and the gRPC API to a
+/// `Code`, each with an exhaustive `match`, so they cannot disagree and a
+/// new error cannot slip through a catch-all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The named resource does not exist.
+    NotFound,
+    /// A resource of that name exists already.
+    AlreadyExists,
+    /// Another policy already serves the host.
+    HostTaken,
+    /// A GitOps source owns the policy.
+    ManagedByGitops,
+    /// The token was revoked for good.
+    Revoked,
+    /// The caller's expected version does not hold (optimistic concurrency).
+    Precondition,
+    /// A field of the request is wrong in a way only the store can tell
+    /// (a revision that does not exist, text that cannot be stored);
+    /// [`Error::field`] names it when known.
+    Invalid,
+    /// Something the call needs is not set up (no CA yet).
+    NotConfigured,
+    /// What was asked for is no longer kept (pruned by retention).
+    Gone,
+    /// The database cannot be reached or has no free connection: retry.
+    Unavailable,
+    /// Anything else: a bug or an unexpected database error. The edges
+    /// say only "internal error" and log the details.
+    Internal,
+}
+
 impl Error {
+    /// The kind of failure, for the edges to map. Exhaustive on purpose.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Error::NotFound { .. }
+            | Error::ProviderNotFound { .. }
+            | Error::TokenNotFound { .. }
+            | Error::SourceNotFound { .. } => Kind::NotFound,
+            Error::ProviderExists { .. }
+            | Error::TokenExists { .. }
+            | Error::NameTaken { .. }
+            | Error::SourceExists { .. } => Kind::AlreadyExists,
+            Error::HostTaken { .. } => Kind::HostTaken,
+            Error::OwnedByGitops { .. } => Kind::ManagedByGitops,
+            Error::TokenRevoked { .. } => Kind::Revoked,
+            Error::StaleVersion { .. } | Error::PreconditionOnMissing { .. } => Kind::Precondition,
+            Error::RevisionNotFound { .. } | Error::InvalidText => Kind::Invalid,
+            Error::NoCa => Kind::NotConfigured,
+            Error::Compacted { .. } => Kind::Gone,
+            // Only the failover loop sees it; reaching an edge is a bug.
+            Error::LeaseLost { .. } | Error::Migrate(_) => Kind::Internal,
+            Error::Database(e) => match e {
+                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                    Kind::Unavailable
+                }
+                _ => Kind::Internal,
+            },
+        }
+    }
+
+    /// The request field a [`Kind::Invalid`] error is about, when known.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            Error::RevisionNotFound { .. } => Some("revision"),
+            _ => None,
+        }
+    }
+
     /// The database could not be reached or had no free connection: worth a retry.
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
-            Error::Database(
-                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
-            )
-        )
+        self.kind() == Kind::Unavailable
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    /// Text PostgreSQL refused to store (SQLSTATE 22021, invalid byte
+    /// sequence, e.g. a NUL in `text`; 22P05, untranslatable character,
+    /// e.g. `\u0000` in `jsonb`) is the caller's mistake, not ours.
+    fn from(e: sqlx::Error) -> Error {
+        if let sqlx::Error::Database(db) = &e {
+            if matches!(db.code().as_deref(), Some("22021" | "22P05")) {
+                return Error::InvalidText;
+            }
+        }
+        Error::Database(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds() {
+        let cases = [
+            (Error::NoCa, Kind::NotConfigured),
+            (
+                Error::RevisionNotFound {
+                    name: "a".into(),
+                    revision: 3,
+                },
+                Kind::Invalid,
+            ),
+            (Error::InvalidText, Kind::Invalid),
+            (
+                Error::Database(sqlx::Error::PoolTimedOut),
+                Kind::Unavailable,
+            ),
+            (Error::Database(sqlx::Error::RowNotFound), Kind::Internal),
+            (Error::TokenRevoked { name: "t".into() }, Kind::Revoked),
+        ];
+        for (e, kind) in cases {
+            assert_eq!(e.kind(), kind, "{e}");
+        }
     }
 }

@@ -108,6 +108,18 @@ pub struct Current {
     pub owner: Option<String>,
 }
 
+/// A source write's audit row: the source as stored (credential
+/// references only, never a secret).
+async fn audit_source(
+    conn: &mut sqlx::PgConnection,
+    actor: &str,
+    action: &str,
+    s: &Source,
+) -> Result<(), Error> {
+    let after = serde_json::to_value(s).unwrap_or_default();
+    crate::audit::record(conn, actor, action, after).await
+}
+
 const SOURCE_COLUMNS: &str =
     "name, url, branch, path, interval_seconds, prune, adopt, auth, webhook_secret";
 
@@ -159,8 +171,9 @@ impl Store {
             })
     }
 
-    /// Stores a new source; it is due for a sync at once.
-    pub async fn create_source(&self, s: &Source) -> Result<Source, Error> {
+    /// Stores a new source, audited as `actor`; it is due for a sync at once.
+    pub async fn create_source(&self, s: &Source, actor: &str) -> Result<Source, Error> {
+        let mut tx = self.pool.begin().await?;
         let result = sqlx::query(
             "INSERT INTO gitops_sources (name, url, branch, path, interval_seconds, prune, adopt,
                                          auth, webhook_secret)
@@ -175,10 +188,14 @@ impl Store {
         .bind(s.adopt)
         .bind(s.auth.as_ref().map(Json))
         .bind(s.webhook_secret.as_ref().map(Json))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await;
         match result {
-            Ok(_) => self.source(&s.name).await,
+            Ok(_) => {
+                audit_source(&mut tx, actor, "source-created", s).await?;
+                tx.commit().await?;
+                self.source(&s.name).await
+            }
             Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
                 Err(Error::SourceExists {
                     name: s.name.clone(),
@@ -190,7 +207,8 @@ impl Store {
 
     /// Creates or replaces; the flag says whether it was created. A changed
     /// source is due for a sync at once.
-    pub async fn replace_source(&self, s: &Source) -> Result<(Source, bool), Error> {
+    pub async fn replace_source(&self, s: &Source, actor: &str) -> Result<(Source, bool), Error> {
+        let mut tx = self.pool.begin().await?;
         let created: bool = sqlx::query_scalar(
             "INSERT INTO gitops_sources (name, url, branch, path, interval_seconds, prune, adopt,
                                          auth, webhook_secret)
@@ -209,14 +227,21 @@ impl Store {
         .bind(s.adopt)
         .bind(s.auth.as_ref().map(Json))
         .bind(s.webhook_secret.as_ref().map(Json))
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
+        let action = if created {
+            "source-created"
+        } else {
+            "source-replaced"
+        };
+        audit_source(&mut tx, actor, action, s).await?;
+        tx.commit().await?;
         Ok((self.source(&s.name).await?, created))
     }
 
     /// Deletes a source. Its policies stay, and become API-managed: deleting
     /// a repository's registration must not take its services down.
-    pub async fn delete_source(&self, name: &str) -> Result<(), Error> {
+    pub async fn delete_source(&self, name: &str, actor: &str) -> Result<(), Error> {
         let mut tx = self.pool.begin().await?;
         let deleted = sqlx::query("DELETE FROM gitops_sources WHERE name = $1")
             .bind(name)
@@ -232,16 +257,20 @@ impl Store {
             .bind(name)
             .execute(&mut *tx)
             .await?;
+        let after = serde_json::json!({"name": name});
+        crate::audit::record(&mut tx, actor, "source-deleted", after).await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// Makes a source due now (manual sync or webhook); whichever replica
     /// runs the gitops role claims it within a moment.
-    pub async fn request_sync(&self, name: &str) -> Result<(), Error> {
+    /// Audited as `actor` (a caller, or `webhook:<source>`).
+    pub async fn request_sync(&self, name: &str, actor: &str) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
         let n = sqlx::query("UPDATE gitops_sources SET next_sync_at = now() WHERE name = $1")
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
         if n == 0 {
@@ -249,6 +278,9 @@ impl Store {
                 name: name.to_owned(),
             });
         }
+        let after = serde_json::json!({"name": name});
+        crate::audit::record(&mut tx, actor, "source-sync-requested", after).await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -9,20 +9,24 @@
 //!
 //! This is the only crate that speaks SQL.
 
+mod audit;
 pub mod ca;
 mod dashboard;
 mod error;
 pub mod failover;
 pub mod gitops;
+mod health;
 mod metrics;
 pub mod notify;
 mod policies;
 pub mod providers;
+pub mod retention;
 pub mod status;
 pub mod tokens;
 pub mod watch;
 
-pub use error::Error;
+pub use error::{Error, Kind};
+pub use health::CHECK_TIMEOUT;
 pub use policies::{gitops_origin, ListQuery, Precondition, Write};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -39,6 +43,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
+    health: std::sync::Arc<health::Health>,
 }
 
 impl Store {
@@ -52,11 +57,14 @@ impl Store {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
-        Ok(Store { pool })
+        Ok(Store::from_pool(pool))
     }
 
     pub fn from_pool(pool: PgPool) -> Store {
-        Store { pool }
+        Store {
+            pool,
+            health: health::Health::new(),
+        }
     }
 
     pub fn pool(&self) -> &PgPool {

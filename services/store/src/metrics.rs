@@ -19,11 +19,20 @@ static MAX: LazyLock<Gauge> = LazyLock::new(|| {
     )
 });
 
+pub(crate) static DB_UP: LazyLock<Gauge> = LazyLock::new(|| {
+    single_gauge(
+        "meridian_db_up",
+        "1 when the last database check answered within a second, 0 when not.",
+    )
+});
+
 /// Copies the pool's numbers into the gauges before every scrape: reading
 /// them then is exact and costs nothing between scrapes.
 pub(crate) fn export(pool: PgPool) {
     let max = i64::from(pool.options().get_max_connections());
     MAX.set(max);
+    // Up until a check says otherwise, so the family is listed from the start.
+    DB_UP.set(1);
     let connections = CONNECTIONS.clone();
     meridian_telemetry::on_render(move || {
         let size = i64::from(pool.size());

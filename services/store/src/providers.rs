@@ -47,14 +47,17 @@ impl Store {
         })
     }
 
-    /// Creates (`create == true`, 409 if it exists) or replaces a provider.
+    /// Creates (`create == true`, 409 if it exists) or replaces a
+    /// provider, audited as `actor` in the same transaction.
     pub async fn put_provider(
         &self,
         name: &str,
         kind: &str,
         config: &Value,
         create: bool,
+        actor: &str,
     ) -> Result<(ProviderRow, bool), Error> {
+        let mut tx = self.pool.begin().await?;
         let sql = if create {
             "INSERT INTO dns_providers (name, kind, config) VALUES ($1, $2, $3)
              RETURNING name, kind, config, created_at, updated_at, true AS created"
@@ -67,10 +70,20 @@ impl Store {
             .bind(name)
             .bind(kind)
             .bind(Json(config))
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await;
         match written {
-            Ok(w) => Ok((w.row, w.created)),
+            Ok(w) => {
+                let action = if w.created {
+                    "provider-created"
+                } else {
+                    "provider-replaced"
+                };
+                let after = serde_json::json!({"name": name, "kind": kind, "config": config});
+                crate::audit::record(&mut tx, actor, action, after).await?;
+                tx.commit().await?;
+                Ok((w.row, w.created))
+            }
             Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
                 Err(Error::ProviderExists {
                     name: name.to_owned(),
@@ -80,16 +93,21 @@ impl Store {
         }
     }
 
-    pub async fn delete_provider(&self, name: &str) -> Result<(), Error> {
+    /// Deletes a provider, audited as `actor` in the same transaction.
+    pub async fn delete_provider(&self, name: &str, actor: &str) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query("DELETE FROM dns_providers WHERE name = $1")
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         if done.rows_affected() == 0 {
             return Err(Error::ProviderNotFound {
                 name: name.to_owned(),
             });
         }
+        let after = serde_json::json!({"name": name});
+        crate::audit::record(&mut tx, actor, "provider-deleted", after).await?;
+        tx.commit().await?;
         Ok(())
     }
 }

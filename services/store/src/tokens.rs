@@ -5,6 +5,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::types::Json;
 
+use crate::audit::record as audit;
 use crate::{Error, Store};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
@@ -224,21 +225,4 @@ async fn insert(
     .bind(actor)
     .fetch_optional(conn)
     .await?)
-}
-
-async fn audit(
-    conn: &mut sqlx::PgConnection,
-    actor: &str,
-    action: &str,
-    after: Value,
-) -> Result<(), Error> {
-    sqlx::query(
-        "INSERT INTO audit_log (actor, action, policy_name, after) VALUES ($1, $2, '', $3)",
-    )
-    .bind(actor)
-    .bind(action)
-    .bind(Json(after))
-    .execute(conn)
-    .await?;
-    Ok(())
 }

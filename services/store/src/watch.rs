@@ -88,7 +88,13 @@ impl Store {
 
     /// Policy changes with a version in `(after, upto]`, oldest first, at
     /// most `limit`. Pass a settled version as `upto`.
+    /// Fails with [`Error::Compacted`] when changes after `after` were
+    /// pruned: the caller must start again from a snapshot.
     pub async fn changes(&self, after: i64, upto: i64, limit: i64) -> Result<Vec<Change>, Error> {
+        let compacted = self.compacted_version().await?;
+        if after < compacted {
+            return Err(Error::Compacted { after, compacted });
+        }
         let rows: Vec<LogRow> = sqlx::query_as(
             "SELECT resource_version, action, actor, at, before, after FROM audit_log
              WHERE resource_version > $1 AND resource_version <= $2
@@ -105,20 +111,53 @@ impl Store {
 
     /// Every policy, and the settled version they are the state at: a watch
     /// that starts from nothing sends these, then the changes after it.
-    /// Read while holding the fence, so no write commits in between.
     pub async fn snapshot(&self) -> Result<(i64, Vec<Policy>), Error> {
+        let mut snapshot = self.begin_snapshot().await?;
+        let policies = snapshot.policies().await?;
+        snapshot.tx.commit().await?;
+        Ok((snapshot.settled, policies))
+    }
+
+    /// Pins a database snapshot at a settled version. The writers' fence is
+    /// held only while the snapshot is taken (an instant), not while the
+    /// policies are read, so a large snapshot or a slow watch client never
+    /// holds writes up: the reading runs in a REPEATABLE READ transaction
+    /// whose snapshot was taken while nobody was between taking a version
+    /// and committing.
+    pub async fn begin_snapshot(&self) -> Result<Snapshot, Error> {
+        // The reading connection first, so the fence is never held while
+        // waiting for a pool slot.
         let mut tx = self.pool.begin().await?;
+        // Takes no snapshot itself; the first query below does.
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let mut fence = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(VERSION_FENCE)
-            .execute(&mut *tx)
+            .execute(&mut *fence)
             .await?;
         let settled: i64 = sqlx::query_scalar(
             "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM resource_version_seq",
         )
         .fetch_one(&mut *tx)
         .await?;
-        let policies = crate::policies::all_in(&mut tx).await?;
-        tx.commit().await?;
-        Ok((settled, policies))
+        fence.commit().await?;
+        Ok(Snapshot { settled, tx })
+    }
+}
+
+/// A pinned, consistent view of the policies at [`Snapshot::settled`].
+pub struct Snapshot {
+    /// Every version up to this is committed (or gone) in the view, and
+    /// none after it is visible.
+    pub settled: i64,
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+}
+
+impl Snapshot {
+    /// The policies as of [`Snapshot::settled`].
+    pub async fn policies(&mut self) -> Result<Vec<Policy>, Error> {
+        crate::policies::all_in(&mut self.tx).await
     }
 }

@@ -90,7 +90,7 @@ fn policy(name: &str) -> Value {
 fn endpoints() -> Vec<(Method, &'static str, Option<Value>, Role)> {
     use Role::*;
     let provider = json!({"name": "pdns-a", "kind": "pdns", "apiUrl": "http://127.0.0.1:8081",
-                          "zone": "example.com.", "apiKey": {"env": "PDNS_API_KEY"}});
+                          "zone": "example.com.", "apiKey": {"env": "MERIDIAN_SECRET_PDNS_API_KEY"}});
     vec![
         (Method::GET, "/api/v1/policies", None, Viewer),
         (Method::GET, "/api/v1/policies/p", None, Viewer),
@@ -233,7 +233,7 @@ async fn every_endpoint_against_every_role() {
         assert_eq!(s, StatusCode::CREATED, "{b}");
     }
     let seed = json!({"name": "pdns-seed", "kind": "pdns", "apiUrl": "http://127.0.0.1:8081",
-                      "zone": "example.com.", "apiKey": {"env": "PDNS_API_KEY"}});
+                      "zone": "example.com.", "apiKey": {"env": "MERIDIAN_SECRET_PDNS_API_KEY"}});
     let (s, b) = api
         .call(Method::POST, "/api/v1/providers", Some(&seed), Some(&admin))
         .await;
@@ -515,6 +515,7 @@ async fn oidc_jwts_are_checked_against_the_jwks_and_carry_the_role() {
             role_claim: "meridian_role".into(),
         }),
         rate: None,
+        streams_per_caller: None,
     })
     .await;
     let admin = api.token("admin", Role::Admin).await;

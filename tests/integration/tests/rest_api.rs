@@ -1165,12 +1165,15 @@ async fn dns_providers_store_credential_references_never_secrets() {
     let api = Api::start().await;
     let url = api.url("/api/v1/providers");
     let pdns = json!({"name": "pdns-local", "kind": "pdns", "apiUrl": "http://127.0.0.1:8081",
-                      "zone": "example.com.", "apiKey": {"env": "PDNS_API_KEY"}, "useLua": true});
+                      "zone": "example.com.", "apiKey": {"env": "MERIDIAN_SECRET_PDNS_API_KEY"}, "useLua": true});
     let r = api.client.post(&url).json(&pdns).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(r.headers()["location"], "/api/v1/providers/pdns-local");
     let body: Value = r.json().await.unwrap();
-    assert_eq!(body["apiKey"], json!({"env": "PDNS_API_KEY"}));
+    assert_eq!(
+        body["apiKey"],
+        json!({"env": "MERIDIAN_SECRET_PDNS_API_KEY"})
+    );
     error_of(
         api.client.post(&url).json(&pdns).send().await.unwrap(),
         StatusCode::CONFLICT,
