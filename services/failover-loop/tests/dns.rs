@@ -89,6 +89,7 @@ async fn a_submit_delayed_past_the_lease_never_lands_after_a_new_leader() {
             "pdns",
             &json!({"apiUrl": proxy.url(), "zone": "example.com.", "apiKey": {"env": key}}),
             true,
+            "test",
         )
         .await
         .unwrap();
@@ -175,6 +176,7 @@ async fn deleting_a_policy_removes_its_records_and_nothing_else() {
             "pdns",
             &json!({"apiUrl": pdns.api_url, "zone": "example.com.", "apiKey": {"env": pdns_key}}),
             true,
+            "test",
         )
         .await
         .unwrap();
@@ -185,6 +187,7 @@ async fn deleting_a_policy_removes_its_records_and_nothing_else() {
             &json!({"hostedZoneId": zone_id, "endpointUrl": moto.url,
                     "accessKeyId": {"env": aws_id}, "secretAccessKey": {"env": aws_secret}}),
             true,
+            "test",
         )
         .await
         .unwrap();

@@ -261,7 +261,7 @@ async fn when_the_leader_dies_another_replica_takes_over_within_10_s() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: scripts/bench-failover"]
 async fn failover_timeline_with_default_settings() {
-    use meridian_dns::{Provider, Route53Provider};
+    use meridian_dns::{Owner, Provider, Route53Provider};
     use meridian_test_support::moto::Moto;
 
     let moto = Moto::start().await;
@@ -303,11 +303,14 @@ async fn failover_timeline_with_default_settings() {
     let route53 = Route53Provider::new(moto.config(&zone_id)).unwrap();
     let dns_weight_a = || async {
         let records = route53
-            .read("orders.example.com.")
+            .read("orders.example.com.", &Owner::default())
             .await
             .unwrap_or_default();
+        // Read as a stranger: Meridian's records are then the foreign ones.
         records
+            .owned
             .iter()
+            .chain(&records.foreign)
             .find(|r| r.set_id == "zone-a")
             .map(|r| r.weight)
     };
@@ -463,7 +466,7 @@ async fn powerdns_follows_failover_and_drift_is_restored() {
 /// back the records converge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route53_outage_is_reported_and_retried_while_xds_shifts() {
-    use meridian_dns::{Provider, Route53Provider};
+    use meridian_dns::{Owner, Provider, Route53Provider};
     use meridian_test_support::moto::{Moto, Relay};
 
     let moto = Moto::start().await;
@@ -504,11 +507,14 @@ async fn route53_outage_is_reported_and_retried_while_xds_shifts() {
     let route53 = Route53Provider::new(moto.config(&zone_id)).unwrap();
     let weights = || async {
         let records = route53
-            .read("orders.example.com.")
+            .read("orders.example.com.", &Owner::default())
             .await
             .unwrap_or_default();
+        // Read as a stranger: Meridian's records are then the foreign ones.
         records
+            .owned
             .iter()
+            .chain(&records.foreign)
             .map(|r| (r.set_id.clone(), r.weight))
             .collect::<Vec<_>>()
     };
