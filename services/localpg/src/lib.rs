@@ -329,7 +329,9 @@ fn usable_data_dir(wanted: &Path, as_postgres: bool) -> Result<PathBuf, Error> {
     let name = wanted.to_string_lossy().replace('/', "_");
     let fallback = std::env::temp_dir().join(format!("meridian-pg{name}"));
     fs::create_dir_all(&fallback).map_err(io(format!("creating {}", fallback.display())))?;
-    tracing::warn!(
+    // Expected, not a fault: a root checkout under /root (mode 0700) is out of
+    // the postgres user's reach. The README documents where the data goes.
+    tracing::info!(
         wanted = %wanted.display(),
         using = %fallback.display(),
         "the postgres user cannot reach the data directory; using one under the temp directory"
