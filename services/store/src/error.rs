@@ -52,6 +52,10 @@ pub enum Error {
     /// This replica's failover lease expired or was taken over: it must stop deciding.
     #[error("the failover lease {lease:?} is no longer held with token {token}")]
     LeaseLost { lease: String, token: i64 },
+    /// A traffic move would break one of the policy's guard rails (e.g.
+    /// `minHealthyZones`); forcing it with a reason goes ahead, audited.
+    #[error("refused by the guard rail {rule}: {message}")]
+    GuardRail { rule: String, message: String },
     /// No CA is stored yet (no replica has started with `--ca-key-file`).
     #[error("no certificate authority is configured; start a replica with --ca-key-file")]
     NoCa,
