@@ -116,6 +116,7 @@ impl From<meridian_store::Error> for ApiError {
             }
             E::TokenNotFound { .. } => Self::new(StatusCode::NOT_FOUND, "not_found", message),
             E::NoCa => Self::new(StatusCode::CONFLICT, "no_ca", message),
+            E::GuardRail { .. } => Self::new(StatusCode::CONFLICT, "guard_rail", message),
             E::RevisionNotFound { .. } => {
                 let mut err = Self::invalid(vec![FieldError::new("revision", message.clone())]);
                 err.body.message = message;

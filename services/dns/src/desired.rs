@@ -207,6 +207,7 @@ mod tests {
                 target: target.to_owned(),
                 provider: provider.to_owned(),
             }),
+            capacity_percent: None,
         }
     }
 

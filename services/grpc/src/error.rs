@@ -35,9 +35,10 @@ pub fn from_store(e: meridian_store::Error) -> Status {
         | E::HostTaken { .. }
         | E::ProviderExists { .. }
         | E::TokenExists { .. } => Status::already_exists(message),
-        E::StaleVersion { .. } | E::OwnedByGitops { .. } | E::TokenRevoked { .. } => {
-            Status::failed_precondition(message)
-        }
+        E::StaleVersion { .. }
+        | E::OwnedByGitops { .. }
+        | E::TokenRevoked { .. }
+        | E::GuardRail { .. } => Status::failed_precondition(message),
         E::SourceNotFound { .. } => Status::not_found(message),
         E::SourceExists { .. } => Status::already_exists(message),
         E::PreconditionOnMissing { name } => Status::not_found(format!(

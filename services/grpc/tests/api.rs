@@ -433,6 +433,7 @@ async fn overrides_and_drains_are_audited_events_that_a_resumed_event_watch_sees
                 .collect(),
             reason: String::new(),
             expires_at: None,
+            force: false,
         })
         .await
         .unwrap_err();
@@ -453,6 +454,7 @@ async fn overrides_and_drains_are_audited_events_that_a_resumed_event_watch_sees
             .collect(),
         reason: "region a incident drill".into(),
         expires_at: None,
+        force: false,
     })
     .await
     .unwrap();
@@ -472,6 +474,7 @@ async fn overrides_and_drains_are_audited_events_that_a_resumed_event_watch_sees
         .drain(pb::DrainRequest {
             policy: "pay".into(),
             zone: "b".into(),
+            force_reason: String::new(),
         })
         .await
         .unwrap()
@@ -481,6 +484,7 @@ async fn overrides_and_drains_are_audited_events_that_a_resumed_event_watch_sees
         .drain(pb::DrainRequest {
             policy: "pay".into(),
             zone: "z".into(),
+            force_reason: String::new(),
         })
         .await
         .unwrap_err();
@@ -579,6 +583,7 @@ async fn the_same_tokens_and_roles_as_rest() {
             pb::DrainRequest {
                 policy: "g".into(),
                 zone: "a".into(),
+                force_reason: String::new(),
             },
         )
     };
