@@ -513,7 +513,10 @@ async fn overrides_and_drains_are_audited_events_that_a_resumed_event_watch_sees
         if kinds.is_empty() {
             first_id = e.id;
         }
-        kinds.push(e.kind);
+        // Each of these writes re-derives the weights, with its own event.
+        if e.kind != "weights-changed" {
+            kinds.push(e.kind);
+        }
     }
     assert_eq!(kinds, ["override-set", "zone-drained", "override-cleared"]);
 
@@ -528,7 +531,10 @@ async fn overrides_and_drains_are_audited_events_that_a_resumed_event_watch_sees
         .into_inner();
     let mut again = Vec::new();
     while again.len() < 2 {
-        again.push(resumed.message().await.unwrap().unwrap().kind);
+        let kind = resumed.message().await.unwrap().unwrap().kind;
+        if kind != "weights-changed" {
+            again.push(kind);
+        }
     }
     assert_eq!(again, ["zone-drained", "override-cleared"]);
     api.stop().await;
