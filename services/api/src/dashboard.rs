@@ -479,6 +479,7 @@ mod tests {
             cause: "failover".into(),
             reasons: BTreeMap::new(),
             decided_at: at(0),
+            guard_rails: Vec::new(),
         };
         let facts = Facts {
             zone_health: [("a", "unhealthy"), ("b", "healthy")].into(),

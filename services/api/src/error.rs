@@ -134,6 +134,7 @@ impl From<meridian_store::Error> for ApiError {
             Kind::Revoked => (StatusCode::CONFLICT, "revoked"),
             Kind::Precondition => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
             Kind::NotConfigured => (StatusCode::CONFLICT, "no_ca"),
+            Kind::GuardRail => (StatusCode::CONFLICT, "guard_rail"),
             Kind::Gone => (StatusCode::GONE, "gone"),
             Kind::Invalid => {
                 let field = e.field().unwrap_or_default();

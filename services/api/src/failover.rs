@@ -25,6 +25,10 @@ struct OverrideRequest {
     reason: String,
     #[serde(default)]
     expires_at: Option<DateTime<Utc>>,
+    /// Go ahead although fewer zones than `failover.minHealthyZones` would
+    /// serve; `reason` is audited as the reason for forcing.
+    #[serde(default)]
+    force: bool,
 }
 
 async fn json_body<T: serde::de::DeserializeOwned>(
@@ -43,11 +47,12 @@ async fn json_body<T: serde::de::DeserializeOwned>(
 
 /// Pin a policy's weights; wins over automation until cleared or expired.
 #[utoipa::path(put, path = "/api/v1/policies/{name}/override", tag = "failover", params(("name" = String, Path, description = "Policy name")),
-    request_body(content = Object, content_type = "application/json", description = "`{weights: {zone: weight}, reason, expiresAt?}`: weights for every zone, summing to 100"),
+    request_body(content = Object, content_type = "application/json", description = "`{weights: {zone: weight}, reason, expiresAt?, force?}`: weights for every zone, summing to 100, each within the zone's capacityPercent; `force: true` goes past `minHealthyZones` (audited, with `reason`)"),
     responses(
         (status = 200, description = "The stored override", body = Object),
         (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody),
+        (status = 409, description = "`guard_rail`: fewer zones than `failover.minHealthyZones` would serve", body = ErrorBody),
         (status = 415, body = ErrorBody),
         (status = 422, description = "Invalid; every problem listed", body = ErrorBody),
     ))]
@@ -74,12 +79,13 @@ pub async fn set_override(
     }
     let stored = state
         .store
-        .set_override(
+        .set_override_forced(
             &name,
             &req.weights,
             &req.reason,
             req.expires_at,
             &caller().actor,
+            req.force.then_some(req.reason.as_str()),
         )
         .await?;
     Ok(Json(stored).into_response())
@@ -104,13 +110,36 @@ pub async fn clear_override(
 }
 
 /// Take a zone out of rotation; its weight goes to the other zones.
-#[utoipa::path(post, path = "/api/v1/policies/{name}/zones/{zone}/drain", tag = "failover", params(("name" = String, Path, description = "Policy name"), ("zone" = String, Path, description = "Zone name")),
-    responses((status = 200, description = "`{policy, zone, drained, changed}`", body = Object), (status = 404, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/policies/{name}/zones/{zone}/drain", tag = "failover", params(("name" = String, Path, description = "Policy name"), ("zone" = String, Path, description = "Zone name"),
+        ("force" = Option<bool>, Query, description = "Drain although fewer zones than `failover.minHealthyZones` would serve; needs `reason`"),
+        ("reason" = Option<String>, Query, description = "Why the drain is forced; audited")),
+    responses((status = 200, description = "`{policy, zone, drained, changed}`", body = Object), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "`guard_rail`: fewer zones than `failover.minHealthyZones` would serve", body = ErrorBody),
+        (status = 422, description = "`force` without a `reason`", body = ErrorBody)))]
 pub async fn drain(
     state: State<AppState>,
     path: Path<(String, String)>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    set_drain(state, path, true).await
+    let (mut force, mut reason) = (false, None);
+    for (k, v) in query_pairs(query.as_deref(), &["force", "reason"])? {
+        match k.as_str() {
+            "force" => {
+                force = v.parse().map_err(|_| {
+                    ApiError::invalid(vec![FieldError::new("force", "must be true or false")])
+                })?
+            }
+            _ => reason = Some(v),
+        }
+    }
+    let reason = reason.filter(|r| !r.trim().is_empty());
+    if force && reason.is_none() {
+        return Err(ApiError::invalid(vec![FieldError::new(
+            "reason",
+            "say why the guard rail is forced",
+        )]));
+    }
+    set_drain(state, path, true, reason.filter(|_| force)).await
 }
 
 /// Put a drained zone back into rotation.
@@ -120,13 +149,14 @@ pub async fn undrain(
     state: State<AppState>,
     path: Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    set_drain(state, path, false).await
+    set_drain(state, path, false, None).await
 }
 
 async fn set_drain(
     State(state): State<AppState>,
     Path((name, zone)): Path<(String, String)>,
     drained: bool,
+    force: Option<String>,
 ) -> Result<Response, ApiError> {
     let policy = state.store.get(&name).await?;
     if !policy.spec.zones.iter().any(|z| z.name == zone) {
@@ -138,7 +168,7 @@ async fn set_drain(
     }
     let changed = state
         .store
-        .set_drain(&name, &zone, drained, &caller().actor)
+        .set_drain_forced(&name, &zone, drained, &caller().actor, force.as_deref())
         .await?;
     Ok(
         Json(json!({"policy": name, "zone": zone, "drained": drained, "changed": changed}))
@@ -161,6 +191,50 @@ pub async fn status(
         0
     ));
     Ok(Json(body).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SimulateRequest {
+    /// Zones to make fail (stop answering).
+    fail: Vec<String>,
+}
+
+/// What-if: the weights xDS and DNS would get if these zones stopped
+/// answering now, the guard rails that would trip, and the time to shift.
+/// Runs the leader's own decision on the stored reports, states, overrides
+/// and drains, with the named zones silent; changes nothing.
+#[utoipa::path(post, path = "/api/v1/policies/{name}/simulate", tag = "failover", params(("name" = String, Path, description = "Policy name")),
+    request_body(content = Object, content_type = "application/json", description = "`{fail: [zone, ...]}`: the zones to make fail"),
+    responses(
+        (status = 200, description = "`{fail, xds: {zone: weight}, dns: [{zone, provider, target, weight}], cause, reasons, guardRails: [{rule, message}], critical?, events, predicted: {detectionMs, dnsMs, ttlMs, totalMs}}`", body = Object),
+        (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 415, body = ErrorBody),
+        (status = 422, description = "A zone the policy does not have", body = ErrorBody),
+    ))]
+pub async fn simulate(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: SimulateRequest = json_body(&headers, body).await?;
+    let (policies, rows) = state
+        .store
+        .failover_inputs(meridian_store::status::REPORT_FRESHNESS)
+        .await?;
+    let Some(policy) = policies.iter().find(|p| p.metadata.name == name) else {
+        return Err(meridian_store::Error::NotFound { name }.into());
+    };
+    let input = rows
+        .inputs(std::slice::from_ref(policy))
+        .pop()
+        .expect("one input per policy");
+    let answer =
+        meridian_failover::simulate::simulate(&input, &req.fail, Utc::now().timestamp_millis(), 0)
+            .map_err(ApiError::invalid)?;
+    Ok(Json(answer).into_response())
 }
 
 /// `GET /api/v1/events?policy=NAME&since=RFC3339&limit=N`, oldest first.

@@ -92,6 +92,7 @@ pub fn router(state: AppState) -> Router {
             post(failover::undrain),
         )
         .route("/api/v1/policies/:name/status", get(failover::status))
+        .route("/api/v1/policies/:name/simulate", post(failover::simulate))
         .route(
             "/api/v1/providers",
             get(providers::list).post(providers::create),

@@ -29,6 +29,7 @@ use crate::{ca, dashboard, error, failover, gitops, policies, providers, tokens}
         gitops::webhook,
         gitops::apply_set,
         failover::status,
+        failover::simulate,
         failover::set_override,
         failover::clear_override,
         failover::drain,

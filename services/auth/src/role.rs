@@ -70,7 +70,9 @@ pub fn rest_access(method: &str, route: &str) -> Access {
     if method == "POST" && route == "/api/v1/gitops/webhook/:name" {
         return Access::Open;
     }
-    let read = matches!(method, "GET" | "HEAD" | "OPTIONS");
+    // A simulation is a POST (it takes a body) that changes nothing.
+    let read = matches!(method, "GET" | "HEAD" | "OPTIONS")
+        || (method == "POST" && route == "/api/v1/policies/:name/simulate");
     let admin_read = route.starts_with("/api/v1/audit") || route.starts_with("/api/v1/tokens");
     let operator_write = matches!(
         (method, route),
@@ -128,6 +130,7 @@ mod tests {
             ("POST", "/api/v1/gitops/webhook/:name", Open),
             ("GET", "/api/v1/policies", R(Viewer)),
             ("GET", "/api/v1/policies/:name/status", R(Viewer)),
+            ("POST", "/api/v1/policies/:name/simulate", R(Viewer)),
             ("GET", "/api/v1/events/stream", R(Viewer)),
             ("POST", "/api/v1/policies", R(Admin)),
             ("PUT", "/api/v1/policies/:name", R(Admin)),

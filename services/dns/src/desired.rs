@@ -341,6 +341,7 @@ mod tests {
                 target: target.to_owned(),
                 provider: provider.to_owned(),
             }),
+            capacity_percent: None,
         }
     }
 

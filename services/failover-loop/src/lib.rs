@@ -8,12 +8,10 @@
 //! `NOTIFY` then moves every replica's xDS. A deposed leader's write is
 //! refused by the fence, so a decision is never applied twice by two leaders.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use meridian_failover::decide::{decide, Override};
-use meridian_failover::health::{evaluate, Health, ZoneState, ZoneTally};
-use meridian_policy::Policy;
+use meridian_failover::step::{fmt_weights, step_policy, Update};
 use meridian_store::failover::{NewEvent, WeightDecision};
 use meridian_store::Store;
 use serde_json::json;
@@ -174,154 +172,100 @@ impl Leader {
         LEADER.set(0);
     }
 
-    /// One bounded step over every policy, as leader with `token`.
+    /// One bounded step over every policy, as leader with `token`: reads
+    /// the inputs, runs the pure pass ([`meridian_failover::step`]) for each
+    /// policy, and stores each policy's update in its own fenced
+    /// transaction. A policy whose update fails is logged and retried next
+    /// pass; the others are still decided. Only a lost lease ends the pass.
     pub async fn step(&self, token: i64) -> Result<(), meridian_store::Error> {
-        let policies = self.store.all().await?;
-        let reports = self
+        let (policies, rows) = self
             .store
-            .health_reports(self.config.report_freshness)
+            .failover_inputs(self.config.report_freshness)
             .await?;
-        let states = self.store.zone_states().await?;
-        let overrides = self.store.overrides().await?;
-        let drains = self.store.drains().await?;
-        let current = self.store.effective_weights().await?;
         let now = chrono::Utc::now().timestamp_millis();
-
-        let mut tallies: BTreeMap<(String, String), Vec<ZoneTally>> = BTreeMap::new();
-        for r in reports {
-            tallies
-                .entry((r.policy_name, r.zone))
-                .or_default()
-                .push(ZoneTally {
-                    checker: r.checker,
-                    samples: r.samples.max(0) as u32,
-                    failures: r.failures.max(0) as u32,
-                });
-        }
-
-        for p in &policies {
-            let name = &p.metadata.name;
-            let mut health = BTreeMap::new();
-            let mut changed_states = BTreeMap::new();
-            let mut events = Vec::new();
-            for z in &p.spec.zones {
-                let key = (name.clone(), z.name.clone());
-                let prev: Option<ZoneState> = states
-                    .get(&key)
-                    .and_then(|v| serde_json::from_value(v.clone()).ok());
-                let (state, verdict) = evaluate(
-                    prev.as_ref(),
-                    tallies.get(&key).map_or(&[][..], Vec::as_slice),
-                    &p.spec.failover,
-                    now,
-                );
-                let before = prev.as_ref().map(|s| s.health).unwrap_or(Health::Unknown);
-                if before != state.health && state.health != Health::Unknown {
-                    let (kind, severity) = match state.health {
-                        Health::Unhealthy => ("zone-unhealthy", "warning"),
-                        _ => ("zone-recovered", "info"),
-                    };
-                    if !(before == Health::Unknown && state.health == Health::Healthy) {
-                        events.push(event(
-                            name,
-                            kind,
-                            severity,
-                            format!("zone {}: {}", z.name, verdict.reason),
-                            json!({
-                                "zone": z.name, "failureRatePercent": verdict.failure_rate_percent,
-                                "samples": verdict.samples, "checkers": verdict.checkers,
-                            }),
-                        ));
-                    }
-                }
-                if prev.as_ref() != Some(&state) {
-                    changed_states.insert(
-                        z.name.clone(),
-                        serde_json::to_value(&state).unwrap_or_default(),
-                    );
-                }
-                health.insert(z.name.clone(), state.health);
-            }
-
-            let ov = overrides.get(name).map(|o| Override {
-                weights: o.weights.clone(),
-                reason: o.reason.clone(),
-                expires_at_ms: o.expires_at.map(|t| t.timestamp_millis()),
-            });
-            let drained: BTreeSet<String> =
-                drains.get(name).into_iter().flatten().cloned().collect();
-            let decision = decide(&p.spec, &health, ov.as_ref(), &drained, now);
-            let cause = serde_json::to_value(decision.cause)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_else(|| format!("{:?}", decision.cause));
-
-            let (was_weights, was_cause) = match current.get(name) {
-                Some(e) => (e.weights.clone(), e.cause.clone()),
-                None => (spec_weights(p), "spec".to_owned()),
+        let inputs = rows.inputs(&policies);
+        let mut failed = 0;
+        for input in &inputs {
+            let Some(update) = step_policy(input, now) else {
+                continue;
             };
-            let weights_changed = decision.weights != was_weights || cause != was_cause;
-            if weights_changed {
-                events.push(event(
-                    name,
-                    "weights-changed",
-                    if decision.critical.is_some() { "critical" } else { "info" },
-                    format!("weights {} -> {} ({cause})", fmt(&was_weights), fmt(&decision.weights)),
-                    json!({"from": was_weights, "to": decision.weights, "cause": cause, "reasons": decision.reasons}),
-                ));
-                if let Some(critical) = &decision.critical {
-                    events.push(event(
-                        name,
-                        "failover-critical",
-                        "critical",
-                        critical.clone(),
-                        json!({}),
-                    ));
+            if update.is_empty() {
+                continue;
+            }
+            match self.store_update(token, &update).await {
+                Ok(()) => {}
+                Err(e @ meridian_store::Error::LeaseLost { .. }) => return Err(e),
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(policy = %update.policy, error = %e, "storing the failover decision failed; the other policies go on");
                 }
             }
-            if weights_changed || !changed_states.is_empty() || !events.is_empty() {
-                let weights = weights_changed.then_some(WeightDecision {
-                    weights: &decision.weights,
-                    cause: &cause,
-                    reasons: &decision.reasons,
-                });
-                let span = tracing::info_span!(
-                    "failover.decide",
-                    policy = %name,
-                    %cause,
-                    weights_changed,
-                    events = events.len()
-                );
-                self.store
-                    .decide(LEASE, token, name, weights, &changed_states, &events)
-                    .instrument(span)
-                    .await?;
-                if weights_changed {
-                    DECISIONS
-                        .get_or_create(&[("policy", name.clone()), ("cause", cause.clone())])
-                        .inc();
-                    self.decided.notify_one();
-                    tracing::info!(policy = %name, from = %fmt(&was_weights), to = %fmt(&decision.weights), %cause, "effective weights changed");
-                }
-            }
+        }
+        if failed > 0 {
+            STEPS.get_or_create(&[("outcome", "error".into())]).inc();
         }
         Ok(())
     }
-}
 
-fn spec_weights(p: &Policy) -> BTreeMap<String, u32> {
-    p.spec
-        .zones
-        .iter()
-        .map(|z| (z.name.clone(), z.weight))
-        .collect()
-}
-
-fn fmt(w: &BTreeMap<String, u32>) -> String {
-    w.iter()
-        .map(|(z, n)| format!("{z}={n}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    async fn store_update(&self, token: i64, update: &Update) -> Result<(), meridian_store::Error> {
+        let name = &update.policy;
+        let cause = update.decision.cause.as_str();
+        let changed_states: BTreeMap<String, serde_json::Value> = update
+            .states
+            .iter()
+            .map(|(z, s)| (z.clone(), serde_json::to_value(s).unwrap_or_default()))
+            .collect();
+        let events: Vec<NewEvent> = update
+            .events
+            .iter()
+            .map(|e| NewEvent {
+                policy_name: Some(name.clone()),
+                kind: e.kind.clone(),
+                severity: e.severity.as_str().to_owned(),
+                message: e.message.clone(),
+                details: e.details.clone(),
+            })
+            .collect();
+        let rails = serde_json::to_value(&update.decision.guard_rails).unwrap_or_default();
+        let weights = update.weights_changed.then_some(WeightDecision {
+            weights: &update.decision.weights,
+            cause,
+            reasons: &update.decision.reasons,
+            guard_rails: &rails,
+        });
+        let span = tracing::info_span!(
+            "failover.decide",
+            policy = %name,
+            %cause,
+            weights_changed = update.weights_changed,
+            events = events.len()
+        );
+        let stored = self
+            .store
+            .decide(
+                LEASE,
+                token,
+                name,
+                &update.resource_version,
+                weights,
+                &changed_states,
+                &events,
+            )
+            .instrument(span)
+            .await?;
+        if !stored {
+            tracing::debug!(policy = %name, "policy changed while deciding; deciding again next pass");
+            return Ok(());
+        }
+        if update.weights_changed {
+            DECISIONS
+                .get_or_create(&[("policy", name.clone()), ("cause", cause.to_owned())])
+                .inc();
+            self.decided.notify_one();
+            tracing::info!(policy = %name, to = %fmt_weights(&update.decision.weights), %cause, "effective weights changed");
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn event(

@@ -55,21 +55,32 @@ fn zone(name: &str, target: &str, provider: &str) -> Value {
 async fn decide(store: &Store, token: i64, weights: &[(&str, u32)]) {
     let weights: BTreeMap<String, u32> = weights.iter().map(|(z, w)| ((*z).into(), *w)).collect();
     let reasons = BTreeMap::new();
-    store
+    // A decision is for one version of the policy (a write in between wins).
+    let version = store
+        .get("track-api")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let no_rails = json!([]);
+    assert!(store
         .decide(
             LEASE,
             token,
             "track-api",
+            &version,
             Some(WeightDecision {
                 weights: &weights,
                 cause: "test",
                 reasons: &reasons,
+                guard_rails: &no_rails,
             }),
             &BTreeMap::new(),
             &[],
         )
         .await
-        .unwrap();
+        .unwrap());
 }
 
 fn set(items: &[&str]) -> BTreeSet<String> {

@@ -49,6 +49,9 @@ pub enum Cause {
     Drain,
     /// `manual` mode kept the weights although some zone is unhealthy.
     Manual,
+    /// Traffic is returning to a recovered or undrained zone in steps
+    /// (`failover.failback`).
+    Failback,
 }
 
 impl Cause {
@@ -62,6 +65,7 @@ impl Cause {
             Cause::Override => "override",
             Cause::Drain => "drain",
             Cause::Manual => "manual",
+            Cause::Failback => "failback",
         }
     }
 }
@@ -80,6 +84,30 @@ pub struct Decision {
     /// zone drained, an invalid override.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub critical: Option<String>,
+    /// Guard rails that shaped these weights (capacity, ramped failback).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guard_rails: Vec<GuardRail>,
+}
+
+/// A guard rail that held traffic back from where failover alone would
+/// have sent it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuardRail {
+    /// `capacityPercent`, `failback` or `minHealthyZones`.
+    pub rule: String,
+    pub message: String,
+}
+
+/// The effective weights stored now, as the next decision starts from them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Current {
+    pub weights: BTreeMap<String, u32>,
+    /// [`Cause::as_str`] of the stored decision.
+    pub cause: String,
+    /// When the stored weights last changed.
+    pub decided_at_ms: i64,
 }
 
 /// Checks an override against the policy: every zone it names exists, each
@@ -99,6 +127,16 @@ pub fn validate_override(spec: &Spec, o: &Override) -> Result<(), Vec<String>> {
     let sum: u64 = o.weights.values().map(|&w| u64::from(w)).sum();
     if sum != 100 {
         errors.push(format!("weights: sum to {sum}, must sum to 100"));
+    }
+    for z in &spec.zones {
+        let w = o.weights.get(&z.name).copied().unwrap_or(0);
+        if w <= 100 && w > z.capacity() {
+            errors.push(format!(
+                "weights.{}: {w} is over the zone's capacityPercent {}",
+                z.name,
+                z.capacity()
+            ));
+        }
     }
     if errors.is_empty() {
         Ok(())
@@ -229,6 +267,7 @@ pub fn decide(
         cause,
         reasons,
         critical: (!critical.is_empty()).then(|| critical.join("; ")),
+        guard_rails: Vec::new(),
     };
 
     if zones.is_empty() {
@@ -398,6 +437,319 @@ fn explain_changes(spec: &Spec, weights: &[u32], reasons: &mut BTreeMap<String, 
     }
 }
 
+/// The effective weights of a policy with every guard rail applied: the
+/// target of [`decide`], then each zone's `capacityPercent`, then the
+/// ramped failback from the `current` weights. Failover itself is never
+/// held back: a zone that turns unhealthy loses its traffic at once.
+///
+/// Capacity: a zone over its capacity keeps only that much; the rest goes
+/// to zones that can take traffic (healthy or unknown, not drained) with
+/// room, by spec weight (in `priority` mode the best tier with room
+/// first). What they cannot hold stays on the unhealthy zones, in
+/// proportion to their spec weights, rather than overloading a healthy one;
+/// a [`GuardRail`] says so.
+///
+/// Failback: when the current weights come from a failover, a drain or a
+/// failback under way, a zone whose target is above its current weight
+/// gains at most `failback.stepPercent` of its target per
+/// `failback.stepSeconds` (one step at once). The healthy zones that took
+/// its traffic keep the difference meanwhile. An override is never ramped.
+pub fn decide_with(
+    spec: &Spec,
+    health: &BTreeMap<String, Health>,
+    overrides: Option<&Override>,
+    drained: &BTreeSet<String>,
+    current: Option<&Current>,
+    now_ms: i64,
+) -> Decision {
+    let mut d = decide(spec, health, overrides, drained, now_ms);
+    let zones = &spec.zones;
+    if zones.is_empty() {
+        return d;
+    }
+    let target: Vec<u32> = zones.iter().map(|z| d.weights[&z.name]).collect();
+    let unhealthy: Vec<bool> = zones
+        .iter()
+        .map(|z| health.get(&z.name) == Some(&Health::Unhealthy))
+        .collect();
+    let is_drained: Vec<bool> = zones.iter().map(|z| drained.contains(&z.name)).collect();
+    let able: Vec<bool> = (0..zones.len())
+        .map(|i| !unhealthy[i] && !is_drained[i])
+        .collect();
+    let mut w = target.clone();
+    if let Some(rail) = cap(spec, &mut w, &able, &unhealthy, &is_drained) {
+        d.guard_rails.push(rail);
+    }
+    if d.cause != Cause::Override {
+        if let Some((ramped, rail, why)) = ramp(spec, &w, current, &able, now_ms) {
+            w = ramped;
+            d.cause = Cause::Failback;
+            d.guard_rails.push(rail);
+            for (zone, reason) in why {
+                d.reasons.insert(zone, reason);
+            }
+            if let Some(rail) = cap(spec, &mut w, &able, &unhealthy, &is_drained) {
+                d.guard_rails.push(rail);
+            }
+        }
+    }
+    if w != target {
+        for (i, z) in zones.iter().enumerate() {
+            if w[i] != target[i] && !d.reasons.contains_key(&z.name) {
+                d.reasons
+                    .insert(z.name.clone(), format!("weight {} → {}", z.weight, w[i]));
+            } else if w[i] != target[i] && w[i] > 0 && unhealthy[i] {
+                d.reasons.insert(
+                    z.name.clone(),
+                    format!(
+                        "unhealthy, but keeps {}%: the healthy zones' capacityPercent cannot hold it",
+                        w[i]
+                    ),
+                );
+            }
+        }
+    }
+    d.weights = zones.iter().map(|z| z.name.clone()).zip(w).collect();
+    d
+}
+
+/// Adds up to `excess` to the zones `pick` chooses that have room under
+/// `caps`, by spec weight (evenly among zero weights), until it is all
+/// placed or no chosen zone has room; returns what is left.
+fn fill(
+    spec: &Spec,
+    mut excess: u32,
+    w: &mut [u32],
+    caps: &[u32],
+    pick: impl Fn(usize) -> bool,
+) -> u32 {
+    loop {
+        let chosen: Vec<usize> = (0..w.len())
+            .filter(|&i| pick(i) && w[i] < caps[i])
+            .collect();
+        if chosen.is_empty() || excess == 0 {
+            return excess;
+        }
+        let by: Vec<u32> = chosen.iter().map(|&i| spec.zones[i].weight).collect();
+        let mut given = 0;
+        for (&i, share) in chosen.iter().zip(apportion(excess, &by)) {
+            let add = share.min(caps[i] - w[i]);
+            w[i] += add;
+            given += add;
+        }
+        // Every pass places at least one unit: some chosen zone got a share
+        // of at least 1 and has room for at least 1.
+        excess -= given;
+        if given == 0 {
+            return excess;
+        }
+    }
+}
+
+/// Caps every zone at its `capacityPercent`; see [`decide_with`].
+fn cap(
+    spec: &Spec,
+    w: &mut [u32],
+    able: &[bool],
+    unhealthy: &[bool],
+    drained: &[bool],
+) -> Option<GuardRail> {
+    let zones = &spec.zones;
+    let caps: Vec<u32> = zones.iter().map(|z| z.capacity().min(100)).collect();
+    let mut excess = 0;
+    let mut over = Vec::new();
+    for i in 0..w.len() {
+        if w[i] > caps[i] {
+            excess += w[i] - caps[i];
+            w[i] = caps[i];
+            over.push(zones[i].name.as_str());
+        }
+    }
+    if excess == 0 {
+        return None;
+    }
+    let moved = excess;
+    let tiers: Vec<Option<u32>> = if spec.failover.mode == FailoverMode::Priority {
+        let set: BTreeSet<u32> = (0..w.len())
+            .filter(|&i| able[i])
+            .map(|i| zones[i].priority)
+            .collect();
+        set.into_iter().map(Some).collect()
+    } else {
+        vec![None]
+    };
+    for tier in tiers {
+        excess = fill(spec, excess, w, &caps, |i| {
+            able[i] && tier.is_none_or(|t| zones[i].priority == t)
+        });
+    }
+    let mut kept_on: Vec<&str> = Vec::new();
+    let degraded = excess;
+    if excess > 0 {
+        let before: Vec<u32> = w.to_vec();
+        excess = fill(spec, excess, w, &caps, |i| unhealthy[i] && !drained[i]);
+        excess = fill(spec, excess, w, &caps, |i| drained[i]);
+        kept_on = (0..w.len())
+            .filter(|&i| w[i] > before[i])
+            .map(|i| zones[i].name.as_str())
+            .collect();
+    }
+    if excess > 0 {
+        // Capacities summing under 100 fail validation; should a stored
+        // policy have them anyway, traffic still goes somewhere.
+        let i = (0..w.len()).max_by_key(|&i| (w[i], std::cmp::Reverse(i)))?;
+        w[i] += excess;
+    }
+    let message = if degraded > 0 {
+        format!(
+            "the healthy zones' capacityPercent cannot hold all traffic: {}% stays on degraded zone{} {} in proportion",
+            degraded,
+            if kept_on.len() == 1 { "" } else { "s" },
+            kept_on.join(", ")
+        )
+    } else {
+        format!(
+            "{} over capacityPercent: {moved}% spread over zones with room",
+            over.join(", ")
+        )
+    };
+    Some(GuardRail {
+        rule: "capacityPercent".to_owned(),
+        message,
+    })
+}
+
+/// Weights held back by a ramp, the rail saying so, and zone → reason.
+type Ramped = (Vec<u32>, GuardRail, Vec<(String, String)>);
+
+/// The ramped failback; `None` when nothing is held back. See [`decide_with`].
+fn ramp(
+    spec: &Spec,
+    target: &[u32],
+    current: Option<&Current>,
+    able: &[bool],
+    now_ms: i64,
+) -> Option<Ramped> {
+    let current = current?;
+    if !matches!(current.cause.as_str(), "failover" | "drain" | "failback") {
+        return None;
+    }
+    let zones = &spec.zones;
+    // A changed zone set has no history to ramp from.
+    if current.weights.len() != zones.len() {
+        return None;
+    }
+    let prev: Vec<u32> = zones
+        .iter()
+        .map(|z| current.weights.get(&z.name).copied())
+        .collect::<Option<_>>()?;
+    let fb = spec.failover.failback();
+    if fb.step_percent >= 100 {
+        return None;
+    }
+    // The first step is taken at once; the next ones stepSeconds apart.
+    let due = current.cause != "failback"
+        || now_ms - current.decided_at_ms >= i64::from(fb.step_seconds) * 1000;
+    let mut w = target.to_vec();
+    let mut held = 0;
+    let mut returning = Vec::new();
+    for i in 0..w.len() {
+        if target[i] > prev[i] {
+            let step = (target[i] * fb.step_percent).div_ceil(100).max(1);
+            let allowed = if due { prev[i] + step } else { prev[i] };
+            w[i] = target[i].min(allowed);
+            held += target[i] - w[i];
+            returning.push(i);
+        }
+    }
+    if held == 0 {
+        return None;
+    }
+    // The healthy zones giving traffic back keep it meanwhile; an unhealthy
+    // zone never does (failover is immediate).
+    let donors: Vec<usize> = (0..w.len())
+        .filter(|&i| target[i] < prev[i] && able[i])
+        .collect();
+    let room: Vec<u32> = donors.iter().map(|&i| prev[i] - target[i]).collect();
+    let keep = held.min(room.iter().sum());
+    if keep == 0 {
+        return None;
+    }
+    for (&i, share) in donors.iter().zip(apportion(keep, &room)) {
+        w[i] += share;
+    }
+    let mut rest = held - keep;
+    for &i in &returning {
+        let add = rest.min(target[i] - w[i]);
+        w[i] += add;
+        rest -= add;
+    }
+    let names: Vec<&str> = returning
+        .iter()
+        .filter(|&&i| w[i] < target[i])
+        .map(|&i| zones[i].name.as_str())
+        .collect();
+    let why = returning
+        .iter()
+        .filter(|&&i| w[i] < target[i])
+        .map(|&i| {
+            (
+                zones[i].name.clone(),
+                format!(
+                    "returning: {} of {}% ({}% of its share every {} s)",
+                    w[i], target[i], fb.step_percent, fb.step_seconds
+                ),
+            )
+        })
+        .collect();
+    let rail = GuardRail {
+        rule: "failback".to_owned(),
+        message: format!(
+            "traffic returns to {} in steps of {}% every {} s",
+            names.join(", "),
+            fb.step_percent,
+            fb.step_seconds
+        ),
+    };
+    Some((w, rail, why))
+}
+
+/// Refuses a drain or an override that would leave fewer zones serving
+/// than `failover.minHealthyZones`: a zone serves when it gets traffic and
+/// is not unhealthy. `drained` and `overrides` are the state after the
+/// change; `now_ms` decides whether the override is in force.
+pub fn check_min_healthy(
+    spec: &Spec,
+    health: &BTreeMap<String, Health>,
+    overrides: Option<&Override>,
+    drained: &BTreeSet<String>,
+    now_ms: i64,
+) -> Result<(), GuardRail> {
+    let d = decide_with(spec, health, overrides, drained, None, now_ms);
+    let serving: Vec<&str> = spec
+        .zones
+        .iter()
+        .filter(|z| {
+            d.weights.get(&z.name).copied().unwrap_or(0) > 0
+                && health.get(&z.name) != Some(&Health::Unhealthy)
+        })
+        .map(|z| z.name.as_str())
+        .collect();
+    let min = spec.failover.min_healthy();
+    if (serving.len() as u64) < u64::from(min) {
+        return Err(GuardRail {
+            rule: "minHealthyZones".to_owned(),
+            message: format!(
+                "failover.minHealthyZones is {min}, and only {} zone{} would serve ({}); force it with a reason to go ahead",
+                serving.len(),
+                if serving.len() == 1 { "" } else { "s" },
+                if serving.is_empty() { "none".to_owned() } else { serving.join(", ") }
+            ),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,6 +769,7 @@ mod tests {
                     priority,
                     endpoints: Vec::new(),
                     dns: None,
+                    capacity_percent: None,
                 })
                 .collect(),
             routes: Vec::new(),
@@ -1124,5 +1477,330 @@ mod tests {
             self.reason = reason.to_owned();
             self
         }
+    }
+
+    fn with_caps(mut s: Spec, caps: &[Option<u32>]) -> Spec {
+        for (z, &c) in s.zones.iter_mut().zip(caps) {
+            z.capacity_percent = c;
+        }
+        s
+    }
+
+    #[test]
+    fn capacity_table() {
+        struct Case {
+            name: &'static str,
+            zones: &'static [(&'static str, u32)],
+            caps: &'static [Option<u32>],
+            unhealthy: &'static [&'static str],
+            want: &'static [u32],
+            rail: Option<&'static str>,
+        }
+        let cases = [
+            Case {
+                name: "no zone near its capacity: plain failover",
+                zones: &[("a", 50), ("b", 30), ("c", 20)],
+                caps: &[None, Some(60), Some(60)],
+                unhealthy: &["a"],
+                want: &[0, 60, 40],
+                rail: None,
+            },
+            Case {
+                name: "b can take 50: the rest goes to c",
+                zones: &[("a", 50), ("b", 30), ("c", 20)],
+                caps: &[None, Some(50), None],
+                unhealthy: &["a"],
+                want: &[0, 50, 50],
+                rail: Some("spread"),
+            },
+            Case {
+                name: "healthy zones hold only 80: 20 stays on the failed zone",
+                zones: &[("a", 50), ("b", 30), ("c", 20)],
+                caps: &[None, Some(40), Some(40)],
+                unhealthy: &["a"],
+                want: &[20, 40, 40],
+                rail: Some("stays on degraded zone a"),
+            },
+            Case {
+                name: "two failed zones keep what is left in proportion to spec",
+                zones: &[("a", 40), ("b", 20), ("c", 40)],
+                caps: &[None, None, Some(60)],
+                unhealthy: &["a", "b"],
+                want: &[27, 13, 60],
+                rail: Some("degraded zones a, b"),
+            },
+            Case {
+                name: "all unhealthy fails open, within capacity",
+                zones: &[("a", 50), ("b", 50)],
+                caps: &[Some(60), Some(60)],
+                unhealthy: &["a", "b"],
+                want: &[50, 50],
+                rail: None,
+            },
+        ];
+        for case in cases {
+            let s = with_caps(weighted(case.zones), case.caps);
+            let d = decide_with(&s, &health(case.unhealthy), None, &set(&[]), None, 0);
+            assert_eq!(weights_of(&s, &d), case.want, "{}: {d:?}", case.name);
+            match case.rail {
+                None => assert!(d.guard_rails.is_empty(), "{}: {d:?}", case.name),
+                Some(text) => assert!(
+                    d.guard_rails
+                        .iter()
+                        .any(|r| r.rule == "capacityPercent" && r.message.contains(text)),
+                    "{}: {:?}",
+                    case.name,
+                    d.guard_rails
+                ),
+            }
+        }
+        // Priority mode: the standby tier takes what the first cannot hold.
+        let s = with_caps(
+            spec(
+                FailoverMode::Priority,
+                &[("p0", 100, 0), ("p1", 0, 1), ("p2", 0, 2)],
+            ),
+            &[Some(70), Some(20), None],
+        );
+        let d = decide_with(&s, &health(&[]), None, &set(&[]), None, 0);
+        assert_eq!(weights_of(&s, &d), [70, 20, 10]);
+    }
+
+    fn current(w: &[(&str, u32)], cause: &str, at: i64) -> Current {
+        Current {
+            weights: w.iter().map(|&(z, n)| (z.to_owned(), n)).collect(),
+            cause: cause.to_owned(),
+            decided_at_ms: at,
+        }
+    }
+
+    #[test]
+    fn failback_ramps_and_failover_does_not() {
+        let s = weighted(&[("a", 50), ("b", 30), ("c", 20)]);
+        let healthy = health(&[]);
+        let none = set(&[]);
+        // a recovered after a failover (0/60/40): 25% of its 50 at once,
+        // however recent the failover...
+        let c = current(&[("a", 0), ("b", 60), ("c", 40)], "failover", 99_999);
+        let d = decide_with(&s, &healthy, None, &none, Some(&c), 100_000);
+        assert_eq!(weights_of(&s, &d), [13, 52, 35]);
+        assert_eq!(d.cause, Cause::Failback);
+        assert!(d.reasons["a"].starts_with("returning: 13 of 50"), "{d:?}");
+        // ...nothing more before stepSeconds (5 s)...
+        let c = current(&[("a", 13), ("b", 52), ("c", 35)], "failback", 100_000);
+        let d = decide_with(&s, &healthy, None, &none, Some(&c), 104_999);
+        assert_eq!(weights_of(&s, &d), [13, 52, 35]);
+        // ...then a step every 5 s until the spec weights.
+        let mut c = c;
+        let mut now = 105_000;
+        let mut seen = vec![13];
+        loop {
+            let d = decide_with(&s, &healthy, None, &none, Some(&c), now);
+            let w = weights_of(&s, &d);
+            assert_eq!(w.iter().sum::<u32>(), 100);
+            seen.push(w[0]);
+            if d.cause == Cause::Spec {
+                break;
+            }
+            c = current(&[("a", w[0]), ("b", w[1]), ("c", w[2])], "failback", now);
+            now += 5_000;
+        }
+        assert_eq!(seen, [13, 26, 39, 50]);
+        // Failover during a ramp is immediate, for the returning zone too.
+        let c = current(&[("a", 26), ("b", 44), ("c", 30)], "failback", 0);
+        let d = decide_with(&s, &health(&["a"]), None, &none, Some(&c), 1);
+        assert_eq!(weights_of(&s, &d), [0, 60, 40]);
+        assert_eq!(d.cause, Cause::Failover);
+        let d = decide_with(&s, &health(&["b"]), None, &none, Some(&c), 1);
+        assert_eq!(weights_of(&s, &d)[1], 0, "{d:?}");
+        // An undrained zone ramps too; an override never does.
+        let c = current(&[("a", 0), ("b", 60), ("c", 40)], "drain", 0);
+        let d = decide_with(&s, &healthy, None, &none, Some(&c), 100_000);
+        assert_eq!(d.cause, Cause::Failback);
+        let o = ov(&[("a", 100)], None);
+        let d = decide_with(&s, &healthy, Some(&o), &none, Some(&c), 100_000);
+        assert_eq!(weights_of(&s, &d), [100, 0, 0]);
+        // After a spec write or an override, nothing ramps.
+        let c = current(&[("a", 0), ("b", 60), ("c", 40)], "override", 0);
+        let d = decide_with(&s, &healthy, None, &none, Some(&c), 100_000);
+        assert_eq!(weights_of(&s, &d), [50, 30, 20]);
+        // stepPercent 100 turns the ramp off.
+        let mut s100 = s.clone();
+        s100.failover.failback = Some(meridian_policy::Failback {
+            step_percent: 100,
+            step_seconds: 5,
+        });
+        let c = current(&[("a", 0), ("b", 60), ("c", 40)], "failover", 0);
+        let d = decide_with(&s100, &healthy, None, &none, Some(&c), 100_000);
+        assert_eq!(weights_of(&s100, &d), [50, 30, 20]);
+    }
+
+    #[test]
+    fn min_healthy_zones_refuses_drains_and_overrides() {
+        let mut s = weighted(&[("a", 50), ("b", 30), ("c", 20)]);
+        s.failover.min_healthy_zones = Some(2);
+        let ok = check_min_healthy(&s, &health(&[]), None, &set(&["a"]), 0);
+        assert_eq!(ok, Ok(()));
+        let err = check_min_healthy(&s, &health(&["b"]), None, &set(&["a"]), 0).unwrap_err();
+        assert_eq!(err.rule, "minHealthyZones");
+        assert!(
+            err.message.contains("only 1 zone would serve (c)"),
+            "{}",
+            err.message
+        );
+        let o = ov(&[("a", 100)], None);
+        assert!(check_min_healthy(&s, &health(&[]), Some(&o), &set(&[]), 0).is_err());
+        // An expired override does not count.
+        let o = ov(&[("a", 100)], Some(5));
+        assert!(check_min_healthy(&s, &health(&[]), Some(&o), &set(&[]), 10).is_ok());
+    }
+
+    /// splitmix64, so every generated case is reproducible from its seed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: u32) -> u32 {
+            (self.next() % u64::from(n.max(1))) as u32
+        }
+    }
+
+    /// A zone with capacityPercent 60 never gets more than 60, whatever the
+    /// mode, health, drains, override, or failback under way; and the
+    /// weights always sum to 100 over exactly the spec's zones.
+    #[test]
+    fn capacity_holds_in_generated_cases() {
+        let names = ["z0", "z1", "z2", "z3", "z4"];
+        let mut checked = 0;
+        for seed in 0..20_000u64 {
+            let mut rng = Rng(seed);
+            let n = 2 + rng.below(4) as usize;
+            let mode = [
+                FailoverMode::Weighted,
+                FailoverMode::Priority,
+                FailoverMode::Manual,
+            ][rng.below(3) as usize];
+            let capped = rng.below(n as u32) as usize;
+            // Random weights summing to 100, the capped zone's within 60
+            // (validation requires it outside priority mode).
+            let mut left = 100;
+            let mut weights = vec![0; n];
+            for (i, w) in weights.iter_mut().enumerate().take(n - 1) {
+                let most = if i == capped { left.min(60) } else { left };
+                *w = rng.below(most + 1);
+                left -= *w;
+            }
+            weights[n - 1] = left;
+            if weights[capped] > 60 {
+                let extra = weights[capped] - 60;
+                weights[capped] = 60;
+                let other = (capped + 1) % n;
+                weights[other] += extra;
+            }
+            let zones: Vec<(&str, u32, u32)> = (0..n)
+                .map(|i| (names[i], weights[i], rng.below(3)))
+                .collect();
+            let mut s = spec(mode, &zones);
+            for (i, z) in s.zones.iter_mut().enumerate() {
+                z.capacity_percent = if i == capped {
+                    Some(60)
+                } else if rng.below(3) == 0 {
+                    Some(40 + rng.below(61))
+                } else {
+                    None
+                };
+            }
+            let cap_sum: u32 = s.zones.iter().map(|z| z.capacity()).sum();
+            let fits = (0..n)
+                .all(|i| mode == FailoverMode::Priority || weights[i] <= s.zones[i].capacity());
+            if cap_sum < 100 || !fits {
+                continue; // validation refuses such a policy
+            }
+            let h: BTreeMap<String, Health> = (0..n)
+                .map(|i| {
+                    let h = [Health::Healthy, Health::Unhealthy, Health::Unknown]
+                        [rng.below(3) as usize];
+                    (names[i].to_owned(), h)
+                })
+                .collect();
+            let drained: BTreeSet<String> = (0..n)
+                .filter(|_| rng.below(5) == 0)
+                .map(|i| names[i].to_owned())
+                .collect();
+            let o = (rng.below(4) == 0).then(|| {
+                let mut w = BTreeMap::new();
+                let mut left = 100;
+                for (i, name) in names.iter().enumerate().take(n) {
+                    let room = left.min(s.zones[i].capacity());
+                    let take = if i == n - 1 {
+                        room
+                    } else {
+                        rng.below(room + 1)
+                    };
+                    w.insert((*name).to_owned(), take);
+                    left -= take;
+                }
+                Override {
+                    weights: w,
+                    reason: "generated".to_owned(),
+                    expires_at_ms: None,
+                }
+            });
+            let cur = (rng.below(2) == 0).then(|| {
+                let mut w = BTreeMap::new();
+                let mut left = 100;
+                for (i, name) in names.iter().enumerate().take(n) {
+                    let take = if i == n - 1 {
+                        left
+                    } else {
+                        rng.below(left.min(60) + 1)
+                    };
+                    w.insert((*name).to_owned(), take.min(s.zones[i].capacity()));
+                    left -= take.min(s.zones[i].capacity());
+                }
+                if left > 0 {
+                    // Put what is left where it fits.
+                    for i in 0..n {
+                        let z = &s.zones[i];
+                        let have = w[&z.name];
+                        let add = left.min(z.capacity() - have);
+                        *w.get_mut(&z.name).unwrap() += add;
+                        left -= add;
+                    }
+                }
+                Current {
+                    weights: w,
+                    cause: ["failover", "failback", "drain", "spec"][rng.below(4) as usize]
+                        .to_owned(),
+                    decided_at_ms: i64::from(rng.below(20_000)),
+                }
+            });
+            let now = 10_000 + i64::from(rng.below(20_000));
+            let d = decide_with(&s, &h, o.as_ref(), &drained, cur.as_ref(), now);
+            assert_eq!(d.weights.len(), n, "seed {seed}: {d:?}");
+            assert_eq!(
+                d.weights.values().sum::<u32>(),
+                100,
+                "seed {seed}: {s:?} {d:?}"
+            );
+            for z in &s.zones {
+                assert!(
+                    d.weights[&z.name] <= z.capacity(),
+                    "seed {seed}: {} has {} over capacity {}: {d:?}",
+                    z.name,
+                    d.weights[&z.name],
+                    z.capacity()
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked > 10_000, "only {checked} cases");
     }
 }

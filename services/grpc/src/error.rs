@@ -31,9 +31,11 @@ pub fn from_store(e: meridian_store::Error) -> Status {
     match e.kind() {
         Kind::NotFound => Status::not_found(message),
         Kind::AlreadyExists | Kind::HostTaken => Status::already_exists(message),
-        Kind::ManagedByGitops | Kind::Revoked | Kind::Precondition | Kind::NotConfigured => {
-            Status::failed_precondition(message)
-        }
+        Kind::ManagedByGitops
+        | Kind::Revoked
+        | Kind::Precondition
+        | Kind::NotConfigured
+        | Kind::GuardRail => Status::failed_precondition(message),
         Kind::Gone => Status::out_of_range(message),
         Kind::Invalid => invalid(vec![FieldError::new(
             e.field().unwrap_or_default(),

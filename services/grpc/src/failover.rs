@@ -47,6 +47,7 @@ impl Failover {
         policy: &str,
         zone: &str,
         drained: bool,
+        force: Option<&str>,
     ) -> Result<bool, Status> {
         let p = self.store.get(policy).await.map_err(from_store)?;
         if !p.spec.zones.iter().any(|z| z.name == zone) {
@@ -55,7 +56,7 @@ impl Failover {
             )));
         }
         self.store
-            .set_drain(policy, zone, drained, &who.actor)
+            .set_drain_forced(policy, zone, drained, &who.actor, force)
             .await
             .map_err(from_store)
     }
@@ -138,6 +139,14 @@ impl FailoverService for Failover {
                     drained: z.drained,
                     reason: z.reason,
                     last_report_at: z.last_report_at.map(to_timestamp),
+                    decided_by: match z.decided_by {
+                        meridian_failover::Source::Probes => "probes",
+                        meridian_failover::Source::Traffic => "traffic",
+                    }
+                    .to_owned(),
+                    traffic_failure_rate_percent: z.traffic.rate_percent(),
+                    traffic_requests: i64::try_from(z.traffic.requests).unwrap_or(i64::MAX),
+                    capacity_percent: z.capacity_percent,
                 })
                 .collect(),
             r#override: s.override_.as_ref().map(override_to_pb),
@@ -152,6 +161,11 @@ impl FailoverService for Failover {
                     last_error: d.last_error,
                     updated_at: Some(to_timestamp(d.updated_at)),
                 })
+                .collect(),
+            guard_rails: s
+                .guard_rails
+                .iter()
+                .filter_map(|r| r.get("message").and_then(|m| m.as_str()).map(str::to_owned))
                 .collect(),
         }))
     }
@@ -229,7 +243,14 @@ impl FailoverService for Failover {
         }
         let stored = self
             .store
-            .set_override(&r.policy, &weights, &r.reason, expires_at, &who.actor)
+            .set_override_forced(
+                &r.policy,
+                &weights,
+                &r.reason,
+                expires_at,
+                &who.actor,
+                r.force.then_some(r.reason.as_str()),
+            )
             .await
             .map_err(from_store)?;
         Ok(Response::new(pb::SetOverrideResponse {
@@ -264,7 +285,10 @@ impl FailoverService for Failover {
     ) -> Result<Response<pb::DrainResponse>, Status> {
         let who = authorize(&self.auth, &request, Role::Operator).await?;
         let r = request.into_inner();
-        let changed = self.set_drain(&who, &r.policy, &r.zone, true).await?;
+        let force = Some(r.force_reason.as_str()).filter(|r| !r.trim().is_empty());
+        let changed = self
+            .set_drain(&who, &r.policy, &r.zone, true, force)
+            .await?;
         Ok(Response::new(pb::DrainResponse { changed }))
     }
 
@@ -274,7 +298,9 @@ impl FailoverService for Failover {
     ) -> Result<Response<pb::UndrainResponse>, Status> {
         let who = authorize(&self.auth, &request, Role::Operator).await?;
         let r = request.into_inner();
-        let changed = self.set_drain(&who, &r.policy, &r.zone, false).await?;
+        let changed = self
+            .set_drain(&who, &r.policy, &r.zone, false, None)
+            .await?;
         Ok(Response::new(pb::UndrainResponse { changed }))
     }
 }

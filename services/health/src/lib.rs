@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use meridian_failover::health::{tally, Sample, Window};
 use meridian_policy::{validate::status_ranges, HealthCheck, HealthProtocol, Policy};
+use meridian_store::failover::ReportRow;
 use meridian_store::Store;
 use meridian_telemetry::{
     counter, float_gauge, histogram, Counter, Family, FloatGauge, HistogramFamily, Labels,
@@ -91,14 +92,36 @@ impl From<&HealthCheck> for CheckKey {
 struct Outcome {
     policy: String,
     zone: String,
+    /// `address:port` of the endpoint probed.
+    endpoint: String,
     sample: Sample,
     error: Option<String>,
+    /// The endpoint answered, rightly or wrongly (a failure may still be
+    /// an answer: HTTP 503, gRPC NOT_SERVING).
+    answered: bool,
 }
 
 /// The windows of one zone as this checker saw it.
 struct ZoneWindow {
     window: Window,
     last_error: Option<String>,
+    /// Endpoint → its probes in a row that got no answer at all. The zone
+    /// is silent for as many rounds as its least silent endpoint.
+    silent: BTreeMap<String, u32>,
+}
+
+impl ZoneWindow {
+    fn new(window_seconds: u32) -> ZoneWindow {
+        ZoneWindow {
+            window: Window::new(window_seconds),
+            last_error: None,
+            silent: BTreeMap::new(),
+        }
+    }
+
+    fn unanswered_rounds(&self) -> u32 {
+        self.silent.values().copied().min().unwrap_or(0)
+    }
 }
 
 pub struct Prober {
@@ -133,6 +156,8 @@ impl Prober {
                 Some(o) = rx.recv() => {
                     if let Some(w) = windows.get_mut(&(o.policy, o.zone)) {
                         w.window.insert(o.sample);
+                        let run = w.silent.entry(o.endpoint).or_default();
+                        *run = if o.answered { 0 } else { run.saturating_add(1) };
                         if o.error.is_some() {
                             w.last_error = o.error;
                         }
@@ -152,10 +177,17 @@ impl Prober {
                             FAILURE_RATIO
                                 .get_or_create(&[("policy", p.clone()), ("zone", z.clone())])
                                 .set(ratio);
-                            (p.clone(), z.clone(), t.samples as i32, t.failures as i32, w.last_error.clone())
+                            ReportRow {
+                                policy: p.clone(),
+                                zone: z.clone(),
+                                samples: t.samples as i32,
+                                failures: t.failures as i32,
+                                unanswered_rounds: w.unanswered_rounds().min(i32::MAX as u32) as i32,
+                                last_error: w.last_error.clone(),
+                            }
                         })
                         .collect();
-                    if let Err(e) = self.store.report_health(&self.config.checker, &rows).await {
+                    if let Err(e) = self.store.report_health_rounds(&self.config.checker, &rows).await {
                         tracing::warn!(error = %e, "health: cannot report; will retry next round");
                     }
                 }
@@ -203,8 +235,8 @@ fn reconcile(
         }
         keep
     });
-    for t in wanted {
-        if let std::collections::hash_map::Entry::Vacant(slot) = tasks.entry(t) {
+    for t in &wanted {
+        if let std::collections::hash_map::Entry::Vacant(slot) = tasks.entry(t.clone()) {
             let t = slot.key().clone();
             slot.insert(tokio::spawn(probe_loop(
                 t,
@@ -213,6 +245,21 @@ fn reconcile(
                 shutdown.clone(),
             )));
         }
+    }
+    let endpoints: HashSet<(String, String, String)> = wanted
+        .iter()
+        .map(|t| {
+            (
+                t.policy.clone(),
+                t.zone.clone(),
+                authority(&t.address, t.port),
+            )
+        })
+        .collect();
+    for ((p, z), w) in windows.iter_mut() {
+        // A removed endpoint's silence must not hold the zone down.
+        w.silent
+            .retain(|e, _| endpoints.contains(&(p.clone(), z.clone(), e.clone())));
     }
     windows.retain(|k, _| {
         let keep = zones.contains_key(k);
@@ -223,15 +270,9 @@ fn reconcile(
         keep
     });
     for (k, secs) in zones {
-        let w = windows.entry(k).or_insert_with(|| ZoneWindow {
-            window: Window::new(secs),
-            last_error: None,
-        });
+        let w = windows.entry(k).or_insert_with(|| ZoneWindow::new(secs));
         if w.window.window_ms() != i64::from(secs) * 1000 {
-            *w = ZoneWindow {
-                window: Window::new(secs),
-                last_error: None,
-            };
+            *w = ZoneWindow::new(secs);
         }
     }
 }
@@ -253,7 +294,10 @@ async fn probe_loop(
         let started = Instant::now();
         let result = match tokio::time::timeout(timeout, probe(&t, &client)).await {
             Ok(r) => r,
-            Err(_) => Err(format!("no answer within {} ms", t.check.timeout_ms)),
+            Err(_) => Err(Failed::silent(format!(
+                "no answer within {} ms",
+                t.check.timeout_ms
+            ))),
         };
         PROBE_SECONDS
             .get_or_create(&[("protocol", protocol_label(t.check.protocol).into())])
@@ -269,13 +313,15 @@ async fn probe_loop(
         let outcome = Outcome {
             policy: t.policy.clone(),
             zone: t.zone.clone(),
+            endpoint: authority(&t.address, t.port),
             sample: Sample {
                 at_ms,
                 ok: result.is_ok(),
             },
+            answered: result.as_ref().map_or_else(|e| e.answered, |_| true),
             error: result
                 .err()
-                .map(|e| format!("{}:{}: {e}", t.address, t.port)),
+                .map(|e| format!("{}:{}: {}", t.address, t.port, e.message)),
         };
         if tx.send(outcome).await.is_err() {
             return;
@@ -318,48 +364,69 @@ struct ProbeClient {
     source: Option<IpAddr>,
 }
 
-async fn probe(t: &Target, client: &ProbeClient) -> Result<(), String> {
+/// Why a probe failed, and whether the endpoint answered at all.
+struct Failed {
+    message: String,
+    /// False for silence (refused, reset, timed out): the signal that
+    /// fails a zone within seconds, whatever its window says.
+    answered: bool,
+}
+
+impl Failed {
+    fn silent(message: impl std::fmt::Display) -> Failed {
+        Failed {
+            message: message.to_string(),
+            answered: false,
+        }
+    }
+
+    fn answer(message: impl std::fmt::Display) -> Failed {
+        Failed {
+            message: message.to_string(),
+            answered: true,
+        }
+    }
+}
+
+async fn probe(t: &Target, client: &ProbeClient) -> Result<(), Failed> {
     let http = &client.http;
     let authority = authority(&t.address, t.port);
     match t.check.protocol {
         HealthProtocol::Tcp => {
             let addr = tokio::net::lookup_host(&authority)
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(Failed::silent)?
                 .next()
-                .ok_or_else(|| format!("{authority} resolves to nothing"))?;
+                .ok_or_else(|| Failed::silent(format!("{authority} resolves to nothing")))?;
             let socket = if addr.is_ipv4() {
                 tokio::net::TcpSocket::new_v4()
             } else {
                 tokio::net::TcpSocket::new_v6()
             }
-            .map_err(|e| e.to_string())?;
+            .map_err(Failed::silent)?;
             if let Some(source) = client.source {
                 socket
                     .bind((source, 0).into())
-                    .map_err(|e| format!("binding {source}: {e}"))?;
+                    .map_err(|e| Failed::silent(format!("binding {source}: {e}")))?;
             }
-            socket
-                .connect(addr)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
+            socket.connect(addr).await.map(drop).map_err(Failed::silent)
         }
         HealthProtocol::Http => {
             let response = http
                 .get(format!("http://{authority}{}", t.check.path))
                 .send()
                 .await
-                .map_err(|e| e.to_string())?;
+                // No response at all: refused, reset, timed out.
+                .map_err(Failed::silent)?;
             let status = response.status().as_u16();
             let ranges = status_ranges(&t.check.expected_status).unwrap_or_default();
             if ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status)) {
                 Ok(())
             } else {
-                Err(format!(
+                Err(Failed::answer(format!(
                     "HTTP {status}, expected {}",
                     t.check.expected_status
-                ))
+                )))
             }
         }
         HealthProtocol::Grpc => {
@@ -368,19 +435,19 @@ async fn probe(t: &Target, client: &ProbeClient) -> Result<(), String> {
                 HealthCheckRequest,
             };
             let channel = tonic::transport::Endpoint::from_shared(format!("http://{authority}"))
-                .map_err(|e| e.to_string())?
+                .map_err(Failed::silent)?
                 .connect()
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(Failed::silent)?;
             let reply = HealthClient::new(channel)
                 .check(HealthCheckRequest {
                     service: String::new(),
                 })
                 .await
-                .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+                .map_err(|s| Failed::answer(format!("{}: {}", s.code(), s.message())))?;
             match reply.into_inner().status() {
                 ServingStatus::Serving => Ok(()),
-                other => Err(format!("gRPC health {other:?}")),
+                other => Err(Failed::answer(format!("gRPC health {other:?}"))),
             }
         }
     }

@@ -187,6 +187,71 @@ pub async fn delete(server: &str, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `POST /api/v1/policies/NAME/simulate`: prints what would happen if the
+/// zones in `fail` stopped answering now.
+pub async fn simulate(
+    server: &str,
+    name: &str,
+    fail: &[String],
+    output: Output,
+) -> anyhow::Result<()> {
+    let what = format!("simulating policy {name}");
+    let response = send(
+        &what,
+        http_client()?
+            .post(url(server, &format!("/{name}/simulate")))
+            .json(&serde_json::json!({"fail": fail})),
+    )
+    .await?;
+    if !response.status().is_success() {
+        return Err(self::fail(&what, response).await);
+    }
+    let s: Value = response.json().await?;
+    if !matches!(output, Output::Table) {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    println!(
+        "if {} failed: cause {}",
+        fail.join(", "),
+        s["cause"].as_str().unwrap_or("?")
+    );
+    println!("{:<24} {:>5}  REASON", "ZONE", "XDS");
+    for (zone, w) in s["xds"].as_object().into_iter().flatten() {
+        println!(
+            "{:<24} {:>5}  {}",
+            zone,
+            w,
+            s["reasons"][zone].as_str().unwrap_or("")
+        );
+    }
+    for d in s["dns"].as_array().into_iter().flatten() {
+        println!(
+            "dns {} {} via {}: weight {}",
+            d["zone"].as_str().unwrap_or(""),
+            d["target"].as_str().unwrap_or(""),
+            d["provider"].as_str().unwrap_or(""),
+            d["weight"]
+        );
+    }
+    for r in s["guardRails"].as_array().into_iter().flatten() {
+        println!(
+            "guard rail {}: {}",
+            r["rule"].as_str().unwrap_or(""),
+            r["message"].as_str().unwrap_or("")
+        );
+    }
+    if let Some(c) = s["critical"].as_str() {
+        println!("critical: {c}");
+    }
+    let p = &s["predicted"];
+    println!(
+        "predicted shift: {} ms to detect, {} ms DNS, {} ms TTL: {} ms in all",
+        p["detectionMs"], p["dnsMs"], p["ttlMs"], p["totalMs"]
+    );
+    Ok(())
+}
+
 /// Renders locally from the server's stored policies: the translation is a
 /// pure function of them, so this prints what the server serves.
 pub async fn render(server: &str, node: &str, policy: Option<&str>) -> anyhow::Result<()> {

@@ -80,6 +80,18 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// What-if: the xDS and DNS weights, guard rails and time to shift if
+    /// these zones stopped answering now (the leader's own decision; changes nothing).
+    Simulate {
+        name: String,
+        /// Zones to fail, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        fail: Vec<String>,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// xDS debugging.
     #[command(subcommand)]
     Xds(XdsCommand),
@@ -439,6 +451,12 @@ fn main() -> ExitCode {
                 server,
             } => gitops_cli::diff(&server.server, &path, prune, source.as_deref()).await,
             Command::Delete { name, server } => client::delete(&server.server, &name).await,
+            Command::Simulate {
+                name,
+                fail,
+                output,
+                server,
+            } => client::simulate(&server.server, &name, &fail, output).await,
             Command::Xds(XdsCommand::Render {
                 node,
                 policy,

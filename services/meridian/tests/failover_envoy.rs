@@ -185,7 +185,14 @@ async fn a_failing_zone_is_drained_from_envoy_and_returns_after_recovery() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    wait_weights(&m, (70, 30), Duration::from_secs(10), "zone-b restored").await;
+    // Ramped failback (25% of its share every 5 s by default): 15 s to full.
+    wait_weights(&m, (70, 30), Duration::from_secs(25), "zone-b restored").await;
+    let steps: Vec<Value> = events(&m)
+        .await
+        .into_iter()
+        .filter(|e| e["kind"] == "weights-changed" && e["details"]["cause"] == "failback")
+        .collect();
+    assert!(steps.len() >= 2, "failback in steps: {steps:?}");
     m.stop().await;
 }
 

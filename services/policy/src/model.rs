@@ -120,6 +120,18 @@ pub struct Zone {
     pub endpoints: Vec<Endpoint>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<ZoneDns>,
+    /// Largest share of the policy's traffic this zone may take, in percent
+    /// (default 100): failover, failback, overrides and drains never give it
+    /// more, so a failover cannot overload it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_percent: Option<u32>,
+}
+
+impl Zone {
+    /// [`Zone::capacity_percent`], 100 when unset.
+    pub fn capacity(&self) -> u32 {
+        self.capacity_percent.unwrap_or(100)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -243,6 +255,45 @@ pub struct Failover {
     pub min_samples: u32,
     /// How long a failed zone must stay under the threshold to count as healthy.
     pub recovery_seconds: u32,
+    /// Zones that must keep serving: a drain or an override that would
+    /// leave fewer is refused unless forced with a reason (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_healthy_zones: Option<u32>,
+    /// How traffic returns to a recovered or undrained zone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failback: Option<Failback>,
+}
+
+impl Failover {
+    /// [`Failover::min_healthy_zones`], 1 when unset.
+    pub fn min_healthy(&self) -> u32 {
+        self.min_healthy_zones.unwrap_or(1)
+    }
+
+    /// [`Failover::failback`], or the default ramp.
+    pub fn failback(&self) -> Failback {
+        self.failback.clone().unwrap_or_default()
+    }
+}
+
+/// Ramped failback: a zone coming back gets `stepPercent` of its share at
+/// once, then another step every `stepSeconds`. Failover itself is never
+/// ramped: an unhealthy zone loses its traffic at once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Failback {
+    /// Percent of the zone's share returned per step, 1 to 100 (100: at once).
+    pub step_percent: u32,
+    pub step_seconds: u32,
+}
+
+impl Default for Failback {
+    fn default() -> Self {
+        Self {
+            step_percent: 25,
+            step_seconds: 5,
+        }
+    }
 }
 
 impl Default for Failover {
@@ -253,6 +304,8 @@ impl Default for Failover {
             window_seconds: 30,
             min_samples: 10,
             recovery_seconds: 60,
+            min_healthy_zones: None,
+            failback: None,
         }
     }
 }

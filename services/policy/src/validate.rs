@@ -102,6 +102,31 @@ pub fn validate(policy: &Policy) -> Result<(), Vec<FieldError>> {
             v.check(&format!("{at}.dns.target"), address(&dns.target));
             v.check(&format!("{at}.dns.provider"), dns_label(&dns.provider));
         }
+        if let Some(cap) = zone.capacity_percent {
+            if cap > 100 {
+                v.push(
+                    format!("{at}.capacityPercent"),
+                    format!("must be 0 to 100, is {cap}"),
+                );
+            } else if spec.failover.mode != crate::FailoverMode::Priority && zone.weight > cap {
+                // In priority mode weights split a tier, not the policy's traffic.
+                v.push(
+                    format!("{at}.weight"),
+                    format!("{} is over the zone's capacityPercent {cap}", zone.weight),
+                );
+            }
+        }
+    }
+    let capacity: u64 = spec
+        .zones
+        .iter()
+        .map(|z| u64::from(z.capacity().min(100)))
+        .sum();
+    if !spec.zones.is_empty() && capacity < 100 {
+        v.push(
+            "spec.zones",
+            format!("zone capacityPercent values sum to {capacity}: together the zones must be able to take 100"),
+        );
     }
     let total: u64 = spec.zones.iter().map(|z| u64::from(z.weight)).sum();
     if weights_ok && !spec.zones.is_empty() && total != 100 {
@@ -189,6 +214,22 @@ pub fn validate(policy: &Policy) -> Result<(), Vec<FieldError>> {
     }
     if fo.recovery_seconds > 86_400 {
         v.push("spec.failover.recoverySeconds", "must be 0 to 86400");
+    }
+    if let Some(n) = fo.min_healthy_zones {
+        if n as usize > spec.zones.len() {
+            v.push(
+                "spec.failover.minHealthyZones",
+                format!("{n} is more than the policy's {} zones", spec.zones.len()),
+            );
+        }
+    }
+    if let Some(fb) = &fo.failback {
+        if !(1..=100).contains(&fb.step_percent) {
+            v.push("spec.failover.failback.stepPercent", "must be 1 to 100");
+        }
+        if fb.step_seconds > 3600 {
+            v.push("spec.failover.failback.stepSeconds", "must be 0 to 3600");
+        }
     }
 
     for (i, san) in spec.mtls.allowed_sans.iter().enumerate() {
@@ -464,6 +505,47 @@ spec:
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].field, "spec.zones");
         assert!(errs[0].message.contains("sum to 90"), "{}", errs[0].message);
+    }
+
+    #[test]
+    fn guard_rail_fields() {
+        let mut p = policy("");
+        p.spec.zones[0].capacity_percent = Some(80);
+        p.spec.zones[1].capacity_percent = Some(40);
+        p.spec.failover.min_healthy_zones = Some(2);
+        p.spec.failover.failback = Some(crate::Failback {
+            step_percent: 10,
+            step_seconds: 30,
+        });
+        assert_eq!(fields(&p), Vec::<String>::new());
+        // 70 + 30 over capacities 60 + 30: the weight and the sum are wrong.
+        p.spec.zones[1].capacity_percent = Some(30);
+        p.spec.zones[0].capacity_percent = Some(69);
+        assert_eq!(fields(&p), ["spec.zones[0].weight", "spec.zones"]);
+        p.spec.zones[0].capacity_percent = Some(101);
+        p.spec.zones[1].capacity_percent = None;
+        p.spec.failover.min_healthy_zones = Some(3);
+        p.spec.failover.failback = Some(crate::Failback {
+            step_percent: 0,
+            step_seconds: 3601,
+        });
+        assert_eq!(
+            fields(&p),
+            [
+                "spec.zones[0].capacityPercent",
+                "spec.failover.minHealthyZones",
+                "spec.failover.failback.stepPercent",
+                "spec.failover.failback.stepSeconds",
+            ]
+        );
+        // Priority mode: weights split a tier, so only the sum is checked.
+        p.spec.failover = crate::Failover {
+            mode: crate::FailoverMode::Priority,
+            ..Default::default()
+        };
+        p.spec.zones[0].capacity_percent = Some(50);
+        p.spec.zones[1].capacity_percent = Some(50);
+        assert_eq!(fields(&p), Vec::<String>::new());
     }
 
     #[test]

@@ -74,6 +74,7 @@ fn spec_to_pb(s: &m::Spec) -> pb::Spec {
                     target: d.target.clone(),
                     provider: d.provider.clone(),
                 }),
+                capacity_percent: z.capacity_percent,
             })
             .collect(),
         routes: s
@@ -121,6 +122,11 @@ fn spec_to_pb(s: &m::Spec) -> pb::Spec {
             window_seconds: Some(s.failover.window_seconds),
             min_samples: Some(s.failover.min_samples),
             recovery_seconds: Some(s.failover.recovery_seconds),
+            min_healthy_zones: s.failover.min_healthy_zones,
+            failback: s.failover.failback.as_ref().map(|f| pb::Failback {
+                step_percent: f.step_percent,
+                step_seconds: f.step_seconds,
+            }),
         }),
         mtls: Some(pb::Mtls {
             mode: match s.mtls.mode {
@@ -230,6 +236,7 @@ fn spec_from_pb(s: pb::Spec, problems: &mut Problems) -> m::Spec {
                 target: d.target,
                 provider: d.provider,
             }),
+            capacity_percent: z.capacity_percent,
         })
         .collect();
     let routes = s
@@ -299,6 +306,11 @@ fn spec_from_pb(s: pb::Spec, problems: &mut Problems) -> m::Spec {
                 window_seconds: f.window_seconds.unwrap_or(d.window_seconds),
                 min_samples: f.min_samples.unwrap_or(d.min_samples),
                 recovery_seconds: f.recovery_seconds.unwrap_or(d.recovery_seconds),
+                min_healthy_zones: f.min_healthy_zones,
+                failback: f.failback.map(|b| m::Failback {
+                    step_percent: b.step_percent,
+                    step_seconds: b.step_seconds,
+                }),
             }
         }
     };

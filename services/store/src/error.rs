@@ -52,6 +52,10 @@ pub enum Error {
     /// This replica's failover lease expired or was taken over: it must stop deciding.
     #[error("the failover lease {lease:?} is no longer held with token {token}")]
     LeaseLost { lease: String, token: i64 },
+    /// A traffic move would break one of the policy's guard rails (e.g.
+    /// `minHealthyZones`); forcing it with a reason goes ahead, audited.
+    #[error("refused by the guard rail {rule}: {message}")]
+    GuardRail { rule: String, message: String },
     /// No CA is stored yet (no replica has started with `--ca-key-file`).
     #[error("no certificate authority is configured; start a replica with --ca-key-file")]
     NoCa,
@@ -94,6 +98,8 @@ pub enum Kind {
     Invalid,
     /// Something the call needs is not set up (no CA yet).
     NotConfigured,
+    /// A traffic guard rail (capacity, minimum healthy zones) refuses the move.
+    GuardRail,
     /// What was asked for is no longer kept (pruned by retention).
     Gone,
     /// The database cannot be reached or has no free connection: retry.
@@ -121,6 +127,7 @@ impl Error {
             Error::StaleVersion { .. } | Error::PreconditionOnMissing { .. } => Kind::Precondition,
             Error::RevisionNotFound { .. } | Error::InvalidText => Kind::Invalid,
             Error::NoCa => Kind::NotConfigured,
+            Error::GuardRail { .. } => Kind::GuardRail,
             Error::Compacted { .. } => Kind::Gone,
             // Only the failover loop sees it; reaching an edge is a bug.
             Error::LeaseLost { .. } | Error::Migrate(_) => Kind::Internal,

@@ -20,6 +20,19 @@ pub struct HealthReport {
     pub failures: i32,
     pub last_error: Option<String>,
     pub reported_at: DateTime<Utc>,
+    /// Probe rounds in a row without any answer from the zone.
+    pub unanswered_rounds: i32,
+}
+
+/// One row of a checker's report for [`Store::report_health_rounds`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportRow {
+    pub policy: String,
+    pub zone: String,
+    pub samples: i32,
+    pub failures: i32,
+    pub unanswered_rounds: i32,
+    pub last_error: Option<String>,
 }
 
 /// The weights the leader decided for a policy, and why.
@@ -30,6 +43,8 @@ pub struct EffectiveWeights {
     pub cause: String,
     pub reasons: BTreeMap<String, String>,
     pub decided_at: DateTime<Utc>,
+    /// Guard rails that shaped the weights (`{rule, message}` each).
+    pub guard_rails: Vec<Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -60,6 +75,8 @@ pub struct WeightDecision<'a> {
     pub weights: &'a BTreeMap<String, u32>,
     pub cause: &'a str,
     pub reasons: &'a BTreeMap<String, String>,
+    /// Guard rails that shaped the weights, as JSON (`[]` for none).
+    pub guard_rails: &'a Value,
 }
 
 /// An event to record.
@@ -73,32 +90,55 @@ pub struct NewEvent {
 }
 
 impl Store {
-    /// Upserts this checker's tallies (one row per policy and zone).
+    /// Upserts this checker's tallies (one row per policy and zone), none
+    /// of them silent: see [`Store::report_health_rounds`].
     pub async fn report_health(
         &self,
         checker: &str,
         rows: &[(String, String, i32, i32, Option<String>)],
     ) -> Result<(), Error> {
+        let rows: Vec<ReportRow> = rows
+            .iter()
+            .map(|(p, z, s, f, e)| ReportRow {
+                policy: p.clone(),
+                zone: z.clone(),
+                samples: *s,
+                failures: *f,
+                unanswered_rounds: 0,
+                last_error: e.clone(),
+            })
+            .collect();
+        self.report_health_rounds(checker, &rows).await
+    }
+
+    /// Upserts this checker's tallies (one row per policy and zone).
+    pub async fn report_health_rounds(
+        &self,
+        checker: &str,
+        rows: &[ReportRow],
+    ) -> Result<(), Error> {
         if rows.is_empty() {
             return Ok(());
         }
-        let (mut policies, mut zones, mut samples, mut failures, mut errors) =
-            (vec![], vec![], vec![], vec![], vec![]);
-        for (p, z, s, f, e) in rows {
-            policies.push(p.clone());
-            zones.push(z.clone());
-            samples.push(*s);
-            failures.push(*f);
-            errors.push(e.clone());
+        let (mut policies, mut zones, mut samples, mut failures, mut rounds, mut errors) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for r in rows {
+            policies.push(r.policy.clone());
+            zones.push(r.zone.clone());
+            samples.push(r.samples);
+            failures.push(r.failures);
+            rounds.push(r.unanswered_rounds);
+            errors.push(r.last_error.clone());
         }
         // Reports for a policy deleted meanwhile are dropped by the join.
         sqlx::query(
-            "INSERT INTO health_reports (policy_name, zone, checker, samples, failures, last_error, reported_at)
-             SELECT r.p, r.z, $1, r.s, r.f, r.e, now()
-             FROM unnest($2::text[], $3::text[], $4::int[], $5::int[], $6::text[]) AS r(p, z, s, f, e)
+            "INSERT INTO health_reports (policy_name, zone, checker, samples, failures, unanswered_rounds, last_error, reported_at)
+             SELECT r.p, r.z, $1, r.s, r.f, r.u, r.e, now()
+             FROM unnest($2::text[], $3::text[], $4::int[], $5::int[], $6::int[], $7::text[]) AS r(p, z, s, f, u, e)
              JOIN policies ON policies.name = r.p
              ON CONFLICT (policy_name, zone, checker) DO UPDATE
              SET samples = EXCLUDED.samples, failures = EXCLUDED.failures,
+                 unanswered_rounds = EXCLUDED.unanswered_rounds,
                  last_error = EXCLUDED.last_error, reported_at = EXCLUDED.reported_at",
         )
         .bind(checker)
@@ -106,6 +146,7 @@ impl Store {
         .bind(&zones)
         .bind(&samples)
         .bind(&failures)
+        .bind(&rounds)
         .bind(&errors)
         .execute(&self.pool)
         .await?;
@@ -118,7 +159,7 @@ impl Store {
         fresh_for: std::time::Duration,
     ) -> Result<Vec<HealthReport>, Error> {
         Ok(sqlx::query_as(
-            "SELECT policy_name, zone, checker, samples, failures, last_error, reported_at
+            "SELECT policy_name, zone, checker, samples, failures, last_error, reported_at, unanswered_rounds
              FROM health_reports WHERE reported_at > now() - make_interval(secs => $1)
              ORDER BY policy_name, zone, checker",
         )
@@ -158,9 +199,10 @@ impl Store {
             String,
             Json<BTreeMap<String, String>>,
             DateTime<Utc>,
+            Json<Vec<Value>>,
         );
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT policy_name, weights, cause, reasons, decided_at FROM effective_weights
+            "SELECT policy_name, weights, cause, reasons, decided_at, guard_rails FROM effective_weights
              WHERE $1::text[] IS NULL OR policy_name = ANY($1)",
         )
         .bind(names)
@@ -168,7 +210,7 @@ impl Store {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(p, w, cause, reasons, decided_at)| {
+            .map(|(p, w, cause, reasons, decided_at, rails)| {
                 (
                     p,
                     EffectiveWeights {
@@ -176,6 +218,7 @@ impl Store {
                         cause,
                         reasons: reasons.0,
                         decided_at,
+                        guard_rails: rails.0,
                     },
                 )
             })
@@ -219,17 +262,22 @@ impl Store {
     }
 
     /// Stores a decision, its zone states and its events in one transaction,
-    /// only if `token` still holds lease `lease` (fencing), then announces it.
+    /// only if `token` still holds lease `lease` (fencing) and the policy is
+    /// still at `resource_version`, the version the decision was made for;
+    /// then announces it. Returns false, storing nothing, when the policy
+    /// changed (or went) meanwhile: its write re-derived the weights for the
+    /// new zones already, and the leader's next pass decides on the new spec.
     #[allow(clippy::too_many_arguments)]
     pub async fn decide(
         &self,
         lease: &str,
         token: i64,
         policy: &str,
+        resource_version: &str,
         weights: Option<WeightDecision<'_>>,
         states: &BTreeMap<String, Value>,
         events: &[NewEvent],
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let mut tx = self.pool.begin().await?;
         let held: Option<i64> = sqlx::query_scalar(
             "SELECT token FROM leases WHERE name = $1 AND token = $2 AND expires_at > now() FOR SHARE",
@@ -243,6 +291,16 @@ impl Store {
                 lease: lease.to_owned(),
                 token,
             });
+        }
+        // FOR SHARE queues this behind a policy write in progress (which
+        // holds the row FOR UPDATE), and a write behind this decision.
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT resource_version FROM policies WHERE name = $1 FOR SHARE")
+                .bind(policy)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if current.map(|v| v.to_string()).as_deref() != Some(resource_version) {
+            return Ok(false);
         }
         for (zone, state) in states {
             sqlx::query(
@@ -260,20 +318,23 @@ impl Store {
             weights: w,
             cause,
             reasons,
+            guard_rails,
         }) = weights
         {
             sqlx::query(
-                "INSERT INTO effective_weights (policy_name, weights, cause, reasons, decided_at, lease_token)
-                 SELECT $1, $2, $3, $4, now(), $5 WHERE EXISTS (SELECT 1 FROM policies WHERE name = $1)
+                "INSERT INTO effective_weights (policy_name, weights, cause, reasons, decided_at, lease_token, guard_rails)
+                 SELECT $1, $2, $3, $4, now(), $5, $6 WHERE EXISTS (SELECT 1 FROM policies WHERE name = $1)
                  ON CONFLICT (policy_name) DO UPDATE
                  SET weights = EXCLUDED.weights, cause = EXCLUDED.cause, reasons = EXCLUDED.reasons,
-                     decided_at = EXCLUDED.decided_at, lease_token = EXCLUDED.lease_token",
+                     decided_at = EXCLUDED.decided_at, lease_token = EXCLUDED.lease_token,
+                     guard_rails = EXCLUDED.guard_rails",
             )
             .bind(policy)
             .bind(Json(w))
             .bind(cause)
             .bind(Json(reasons))
             .bind(token)
+            .bind(Json(guard_rails))
             .execute(&mut *tx)
             .await?;
             let payload =
@@ -288,7 +349,7 @@ impl Store {
             insert_event(&mut tx, e).await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     pub async fn override_of(&self, policy: &str) -> Result<Option<Override>, Error> {
@@ -335,7 +396,9 @@ impl Store {
             .collect())
     }
 
-    /// Sets (replaces) a policy's override, with its event, in one transaction.
+    /// Sets (replaces) a policy's override, with its event, in one
+    /// transaction; refused by `minHealthyZones` like [`Store::set_override_forced`]
+    /// without `force`.
     pub async fn set_override(
         &self,
         policy: &str,
@@ -343,6 +406,24 @@ impl Store {
         reason: &str,
         expires_at: Option<DateTime<Utc>>,
         actor: &str,
+    ) -> Result<Override, Error> {
+        self.set_override_forced(policy, weights, reason, expires_at, actor, None)
+            .await
+    }
+
+    /// Sets (replaces) a policy's override, with its event, in one
+    /// transaction. An override that would leave fewer zones serving than
+    /// the policy's `failover.minHealthyZones` fails with
+    /// [`Error::GuardRail`], unless `force` gives a reason: then it is
+    /// applied, and the reason is in the audit log and a warning event.
+    pub async fn set_override_forced(
+        &self,
+        policy: &str,
+        weights: &BTreeMap<String, u32>,
+        reason: &str,
+        expires_at: Option<DateTime<Utc>>,
+        actor: &str,
+        force: Option<&str>,
     ) -> Result<Override, Error> {
         let mut tx = self.pool.begin().await?;
         let exists: Option<String> =
@@ -376,8 +457,11 @@ impl Store {
             details: json!({"weights": weights, "expiresAt": expires_at}),
         };
         insert_event(&mut tx, &event).await?;
-        let after = json!({"weights": weights, "reason": reason, "expiresAt": expires_at});
+        let forced = guard_min_healthy(&mut tx, policy, actor, force).await?;
+        let after = json!({"weights": weights, "reason": reason, "expiresAt": expires_at,
+                           "forced": forced});
         audit(&mut tx, actor, "override-set", policy, Some(after)).await?;
+        reconcile_locked(&mut tx, policy, "an override").await?;
         tx.commit().await?;
         Ok(Override {
             weights: weights.clone(),
@@ -407,17 +491,36 @@ impl Store {
         };
         insert_event(&mut tx, &event).await?;
         audit(&mut tx, actor, "override-cleared", policy, None).await?;
+        reconcile_locked(&mut tx, policy, "clearing the override").await?;
         tx.commit().await?;
         Ok(true)
     }
 
-    /// Drains (`true`) or restores (`false`) a zone; returns whether anything changed.
+    /// Drains (`true`) or restores (`false`) a zone; returns whether
+    /// anything changed. A drain is refused by `minHealthyZones` as in
+    /// [`Store::set_drain_forced`] without `force`.
     pub async fn set_drain(
         &self,
         policy: &str,
         zone: &str,
         drained: bool,
         actor: &str,
+    ) -> Result<bool, Error> {
+        self.set_drain_forced(policy, zone, drained, actor, None)
+            .await
+    }
+
+    /// Drains (`true`) or restores (`false`) a zone; returns whether
+    /// anything changed. A drain that would leave fewer zones serving than
+    /// the policy's `failover.minHealthyZones` fails with
+    /// [`Error::GuardRail`] unless `force` gives a reason, which is audited.
+    pub async fn set_drain_forced(
+        &self,
+        policy: &str,
+        zone: &str,
+        drained: bool,
+        actor: &str,
+        force: Option<&str>,
     ) -> Result<bool, Error> {
         let mut tx = self.pool.begin().await?;
         let changed = if drained {
@@ -450,8 +553,19 @@ impl Store {
                 details: json!({"zone": zone}),
             };
             insert_event(&mut tx, &event).await?;
-            let after = json!({"zone": zone, "drained": drained});
+            let forced = if drained {
+                guard_min_healthy(&mut tx, policy, actor, force).await?
+            } else {
+                None
+            };
+            let after = json!({"zone": zone, "drained": drained, "forced": forced});
             audit(&mut tx, actor, kind, policy, Some(after)).await?;
+            reconcile_locked(
+                &mut tx,
+                policy,
+                if drained { "a drain" } else { "an undrain" },
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(changed.rows_affected() > 0)
@@ -564,5 +678,320 @@ impl Store {
     /// The newest event id (0 when there is none): where a new live stream starts.
     pub async fn last_event_id(&self) -> Result<i64, Error> {
         self.settled(EVENT_FENCE, "events_id_seq").await
+    }
+}
+
+/// Re-derives a policy's effective weights on the caller's transaction,
+/// after a write that changes what they depend on (the policy itself, its
+/// override, its drains), so that the stored decision never names a zone
+/// set other than the policy's own. Without this, a renamed zone got
+/// weight 0 in xDS until a failover leader decided again, and without a
+/// leader it never did.
+///
+/// The decision is the pure one the leader makes (crate
+/// `meridian-failover`), on the zone health the leader last stored: a zone
+/// it found unhealthy stays failed over, and a new or renamed zone, of
+/// unknown health, is served. Health states of zones the policy no longer
+/// has are dropped. A changed decision is announced and recorded as an
+/// event; an unchanged one writes nothing.
+/// What a decision for one policy depends on besides its spec, as stored.
+struct Inputs {
+    health: BTreeMap<String, meridian_failover::Health>,
+    ov: Option<meridian_failover::Override>,
+    drained: std::collections::BTreeSet<String>,
+}
+
+async fn inputs(tx: &mut sqlx::PgConnection, policy: &str) -> Result<Inputs, Error> {
+    use meridian_failover::{Health, ZoneState};
+    let states: Vec<(String, Json<Value>)> =
+        sqlx::query_as("SELECT zone, state FROM zone_states WHERE policy_name = $1")
+            .bind(policy)
+            .fetch_all(&mut *tx)
+            .await?;
+    let health: BTreeMap<String, Health> = states
+        .into_iter()
+        .filter_map(|(zone, state)| {
+            let state: ZoneState = serde_json::from_value(state.0).ok()?;
+            Some((zone, state.health))
+        })
+        .collect();
+    type OverrideRow = (Json<BTreeMap<String, u32>>, String, Option<DateTime<Utc>>);
+    let ov: Option<OverrideRow> =
+        sqlx::query_as("SELECT weights, reason, expires_at FROM overrides WHERE policy_name = $1")
+            .bind(policy)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let ov = ov.map(
+        |(weights, reason, expires_at)| meridian_failover::Override {
+            weights: weights.0,
+            reason,
+            expires_at_ms: expires_at.map(|t| t.timestamp_millis()),
+        },
+    );
+    let drained = sqlx::query_scalar("SELECT zone FROM drains WHERE policy_name = $1")
+        .bind(policy)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+    Ok(Inputs {
+        health,
+        ov,
+        drained,
+    })
+}
+
+/// Checks `minHealthyZones` on the state the caller's transaction has
+/// written (the new drain or override in place), on the zone health the
+/// leader stored. Refuses with [`Error::GuardRail`] unless `force` gives a
+/// reason; a forced move is recorded as a warning event, and the reason is
+/// returned for the caller's audit row.
+async fn guard_min_healthy(
+    tx: &mut sqlx::PgConnection,
+    policy: &str,
+    actor: &str,
+    force: Option<&str>,
+) -> Result<Option<String>, Error> {
+    let spec: Option<Json<meridian_policy::Spec>> =
+        sqlx::query_scalar("SELECT spec FROM policies WHERE name = $1 FOR SHARE")
+            .bind(policy)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(spec) = spec else { return Ok(None) };
+    let i = inputs(tx, policy).await?;
+    let now = Utc::now().timestamp_millis();
+    let Err(rail) =
+        meridian_failover::check_min_healthy(&spec.0, &i.health, i.ov.as_ref(), &i.drained, now)
+    else {
+        return Ok(None);
+    };
+    let Some(reason) = force.map(str::trim).filter(|r| !r.is_empty()) else {
+        return Err(Error::GuardRail {
+            rule: rail.rule,
+            message: rail.message,
+        });
+    };
+    let event = NewEvent {
+        policy_name: Some(policy.to_owned()),
+        kind: "guard-rail-forced".into(),
+        severity: "warning".into(),
+        message: format!(
+            "{actor} forced past {}: {reason} ({})",
+            rail.rule, rail.message
+        ),
+        details: json!({"rule": rail.rule, "reason": reason, "actor": actor}),
+    };
+    insert_event(tx, &event).await?;
+    Ok(Some(reason.to_owned()))
+}
+
+/// [`reconcile_weights`] for a write that does not hold the policy row yet:
+/// locks it first (FOR SHARE, as [`Store::decide`] does), so the spec read
+/// is the one the decision is stored with. Nothing to do for a policy that
+/// is gone.
+async fn reconcile_locked(
+    tx: &mut sqlx::PgConnection,
+    policy: &str,
+    why: &str,
+) -> Result<(), Error> {
+    let spec: Option<Json<meridian_policy::Spec>> =
+        sqlx::query_scalar("SELECT spec FROM policies WHERE name = $1 FOR SHARE")
+            .bind(policy)
+            .fetch_optional(&mut *tx)
+            .await?;
+    match spec {
+        Some(spec) => reconcile_weights(tx, policy, &spec.0, why).await,
+        None => Ok(()),
+    }
+}
+
+pub(crate) async fn reconcile_weights(
+    tx: &mut sqlx::PgConnection,
+    policy: &str,
+    spec: &meridian_policy::Spec,
+    why: &str,
+) -> Result<(), Error> {
+    use meridian_failover::{decide_with, Current};
+    let zones: Vec<String> = spec.zones.iter().map(|z| z.name.clone()).collect();
+    sqlx::query("DELETE FROM zone_states WHERE policy_name = $1 AND NOT (zone = ANY($2))")
+        .bind(policy)
+        .bind(&zones)
+        .execute(&mut *tx)
+        .await?;
+    let Inputs {
+        health,
+        ov,
+        drained,
+    } = inputs(tx, policy).await?;
+    type WeightsRow = (Json<BTreeMap<String, u32>>, String, DateTime<Utc>);
+    let current: Option<WeightsRow> = sqlx::query_as(
+        "SELECT weights, cause, decided_at FROM effective_weights WHERE policy_name = $1 FOR UPDATE",
+    )
+    .bind(policy)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let now = Utc::now().timestamp_millis();
+    let stored = current.as_ref().map(|(w, cause, at)| Current {
+        weights: w.0.clone(),
+        cause: cause.clone(),
+        decided_at_ms: at.timestamp_millis(),
+    });
+    let decision = decide_with(spec, &health, ov.as_ref(), &drained, stored.as_ref(), now);
+    let cause = decision.cause.as_str();
+    let spec_weights: BTreeMap<String, u32> = spec
+        .zones
+        .iter()
+        .map(|z| (z.name.clone(), z.weight))
+        .collect();
+    let (was_weights, was_cause) = match &current {
+        Some((w, c, _)) => (w.0.clone(), c.as_str()),
+        // No row: xDS and DNS serve the spec weights.
+        None => (spec_weights, "spec"),
+    };
+    if decision.weights == was_weights && cause == was_cause {
+        return Ok(());
+    }
+    // lease_token records which leader decided; 0 marks a write's re-derivation.
+    sqlx::query(
+        "INSERT INTO effective_weights (policy_name, weights, cause, reasons, decided_at, lease_token, guard_rails)
+         VALUES ($1, $2, $3, $4, now(), 0, $5)
+         ON CONFLICT (policy_name) DO UPDATE
+         SET weights = EXCLUDED.weights, cause = EXCLUDED.cause, reasons = EXCLUDED.reasons,
+             decided_at = EXCLUDED.decided_at, lease_token = EXCLUDED.lease_token,
+             guard_rails = EXCLUDED.guard_rails",
+    )
+    .bind(policy)
+    .bind(Json(&decision.weights))
+    .bind(cause)
+    .bind(Json(&decision.reasons))
+    .bind(Json(&decision.guard_rails))
+    .execute(&mut *tx)
+    .await?;
+    let payload = json!({"op": "weights", "name": policy, "resourceVersion": ""}).to_string();
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(payload)
+        .execute(&mut *tx)
+        .await?;
+    let fmt = |w: &BTreeMap<String, u32>| {
+        w.iter()
+            .map(|(z, n)| format!("{z}={n}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let event = NewEvent {
+        policy_name: Some(policy.to_owned()),
+        kind: "weights-changed".into(),
+        severity: if decision.critical.is_some() {
+            "critical"
+        } else {
+            "info"
+        }
+        .into(),
+        message: format!(
+            "weights {} -> {} ({cause}, re-derived after {why})",
+            fmt(&was_weights),
+            fmt(&decision.weights)
+        ),
+        details: json!({"from": was_weights, "to": decision.weights, "cause": cause,
+                        "reasons": decision.reasons, "trigger": why}),
+    };
+    insert_event(tx, &event).await
+}
+
+/// Every stored input of the failover decision, as read at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct FailoverRows {
+    pub reports: Vec<HealthReport>,
+    pub states: BTreeMap<(String, String), Value>,
+    pub overrides: BTreeMap<String, Override>,
+    pub drains: BTreeMap<String, Vec<String>>,
+    pub current: BTreeMap<String, EffectiveWeights>,
+}
+
+impl Store {
+    /// Every policy and what the leader's pass decides on: the reports
+    /// fresher than `fresh_for`, zone states, overrides, drains and the
+    /// stored weights. Shared by the leader, `/status` and `simulate`, so
+    /// they all decide on the same inputs.
+    pub async fn failover_inputs(
+        &self,
+        fresh_for: std::time::Duration,
+    ) -> Result<(Vec<meridian_policy::Policy>, FailoverRows), Error> {
+        let policies = self.all().await?;
+        let rows = FailoverRows {
+            reports: self.health_reports(fresh_for).await?,
+            states: self.zone_states().await?,
+            overrides: self.overrides().await?,
+            drains: self.drains().await?,
+            current: self.effective_weights().await?,
+        };
+        Ok((policies, rows))
+    }
+}
+
+impl FailoverRows {
+    /// One pure input per policy, in the order given. A zone state that does
+    /// not parse is treated as absent (the zone starts over as unknown)
+    /// rather than stopping the pass.
+    pub fn inputs<'a>(
+        &self,
+        policies: &'a [meridian_policy::Policy],
+    ) -> Vec<meridian_failover::step::Input<'a>> {
+        use meridian_failover::{Current, Override as Pinned, ZoneState, ZoneTally};
+        let mut probes: BTreeMap<&str, BTreeMap<String, Vec<ZoneTally>>> = BTreeMap::new();
+        for r in &self.reports {
+            probes
+                .entry(r.policy_name.as_str())
+                .or_default()
+                .entry(r.zone.clone())
+                .or_default()
+                .push(ZoneTally {
+                    checker: r.checker.clone(),
+                    samples: r.samples.max(0) as u32,
+                    failures: r.failures.max(0) as u32,
+                    unanswered_rounds: r.unanswered_rounds.max(0) as u32,
+                });
+        }
+        policies
+            .iter()
+            .map(|p| {
+                let name = p.metadata.name.as_str();
+                let states = p
+                    .spec
+                    .zones
+                    .iter()
+                    .filter_map(|z| {
+                        let v = self.states.get(&(name.to_owned(), z.name.clone()))?;
+                        match serde_json::from_value::<ZoneState>(v.clone()) {
+                            Ok(s) => Some((z.name.clone(), s)),
+                            Err(e) => {
+                                tracing::warn!(policy = %name, zone = %z.name, error = %e, "unreadable zone state; starting it over");
+                                None
+                            }
+                        }
+                    })
+                    .collect();
+                meridian_failover::step::Input {
+                    policy: Some(p),
+                    probes: probes.remove(name).unwrap_or_default(),
+                    // Real traffic tallies (Envoy load reports) join here once
+                    // the xDS role stores them; until then probes decide alone.
+                    traffic: BTreeMap::new(),
+                    states,
+                    override_: self.overrides.get(name).map(|o| Pinned {
+                        weights: o.weights.clone(),
+                        reason: o.reason.clone(),
+                        expires_at_ms: o.expires_at.map(|t| t.timestamp_millis()),
+                    }),
+                    drained: self.drains.get(name).into_iter().flatten().cloned().collect(),
+                    current: self.current.get(name).map(|e| Current {
+                        weights: e.weights.clone(),
+                        cause: e.cause.clone(),
+                        decided_at_ms: e.decided_at.timestamp_millis(),
+                    }),
+                }
+            })
+            .collect()
     }
 }

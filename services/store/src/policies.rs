@@ -409,6 +409,7 @@ pub(crate) async fn put_in<E>(
     let action = if before.is_some() { "update" } else { "create" };
     audit(tx, w.actor, action, name, rv, before.as_ref(), Some(&after)).await?;
     announce(tx, "put", name, rv).await?;
+    crate::failover::reconcile_weights(tx, name, &after.spec, "a policy write").await?;
     Ok((after, before.is_none()))
 }
 

@@ -12,7 +12,7 @@ use crate::providers::DnsStatus;
 use crate::{Error, Store};
 
 /// Reports older than this are from checkers that stopped (as the leader sees them).
-const REPORT_FRESHNESS: Duration = Duration::from_secs(10);
+pub const REPORT_FRESHNESS: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -25,6 +25,9 @@ pub struct PolicyStatus {
     #[serde(rename = "override")]
     pub override_: Option<Override>,
     pub dns: DnsProviders,
+    /// Guard rails that shaped the effective weights (`{rule, message}`):
+    /// capacity holding traffic on degraded zones, a failback under way.
+    pub guard_rails: Vec<Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -46,6 +49,21 @@ pub struct ZoneStatus {
     pub effective_weight: u32,
     pub drained: bool,
     pub reason: Option<String>,
+    /// `capacityPercent`: the most this zone may take.
+    pub capacity_percent: u32,
+    /// Which evidence decides this zone's health now: `probes`, or
+    /// `traffic` once the data planes report enough requests.
+    pub decided_by: meridian_failover::Source,
+    /// Probes of the checkers with an opinion, pooled: `{requests, failures}`.
+    pub probes: meridian_failover::Evidence,
+    /// Real requests the data planes reported over the window.
+    pub traffic: meridian_failover::Evidence,
+    /// Confidence bounds of the deciding evidence, in percent: failed over
+    /// when the lower is above the threshold, back when the upper is below.
+    pub lower_bound_percent: f64,
+    pub upper_bound_percent: f64,
+    /// The health verdict in words, as the leader would give it now.
+    pub verdict: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -70,6 +88,7 @@ impl Store {
         let override_ = self.override_of(name).await?;
         let providers = self.dns_status(name).await?;
         let drains = self.drains().await?.remove(name).unwrap_or_default();
+        let now = Utc::now().timestamp_millis();
         let zones = policy
             .spec
             .zones
@@ -81,11 +100,31 @@ impl Store {
                     .collect();
                 let samples: i64 = mine.iter().map(|r| i64::from(r.samples)).sum();
                 let failures: i64 = mine.iter().map(|r| i64::from(r.failures)).sum();
-                let health = states
-                    .get(&(name.to_owned(), z.name.clone()))
+                let state = states.get(&(name.to_owned(), z.name.clone()));
+                let health = state
                     .and_then(|s| s.get("health"))
                     .and_then(Value::as_str)
                     .unwrap_or("unknown");
+                // The leader's own evaluation, on the same reports: what
+                // it decides on, not a second opinion.
+                let prev: Option<meridian_failover::ZoneState> =
+                    state.and_then(|s| serde_json::from_value(s.clone()).ok());
+                let tallies: Vec<meridian_failover::ZoneTally> = mine
+                    .iter()
+                    .map(|r| meridian_failover::ZoneTally {
+                        checker: r.checker.clone(),
+                        samples: r.samples.max(0) as u32,
+                        failures: r.failures.max(0) as u32,
+                        unanswered_rounds: r.unanswered_rounds.max(0) as u32,
+                    })
+                    .collect();
+                let (_, verdict) = meridian_failover::evaluate(
+                    prev.as_ref(),
+                    &tallies,
+                    &[],
+                    &policy.spec.failover,
+                    now,
+                );
                 ZoneStatus {
                     name: z.name.clone(),
                     health: health.to_owned(),
@@ -115,6 +154,13 @@ impl Store {
                     reason: effective
                         .as_ref()
                         .and_then(|e| e.reasons.get(&z.name).cloned()),
+                    capacity_percent: z.capacity(),
+                    decided_by: verdict.decided_by,
+                    probes: verdict.probes,
+                    traffic: verdict.traffic,
+                    lower_bound_percent: verdict.lower_bound_percent,
+                    upper_bound_percent: verdict.upper_bound_percent,
+                    verdict: verdict.reason,
                 }
             })
             .collect();
@@ -128,6 +174,10 @@ impl Store {
             zones,
             override_,
             dns: DnsProviders { providers },
+            guard_rails: effective
+                .as_ref()
+                .map(|e| e.guard_rails.clone())
+                .unwrap_or_default(),
         })
     }
 }

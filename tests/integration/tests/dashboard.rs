@@ -73,15 +73,18 @@ async fn the_overview_reflects_every_table() {
         ("a".to_owned(), json!({"health": "unhealthy"})),
         ("b".to_owned(), json!({"health": "healthy"})),
     ]);
+    let version = store.get("web").await.unwrap().metadata.resource_version;
     store
         .decide(
             "failover",
             token,
             "web",
+            version.as_deref().unwrap(),
             Some(WeightDecision {
                 weights: &weights,
                 cause: "failover",
                 reasons: &BTreeMap::new(),
+                guard_rails: &json!([]),
             }),
             &states,
             &[],

@@ -1147,7 +1147,18 @@ async fn overrides_drains_and_the_live_event_stream() {
         .iter()
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["override-set", "override-cleared", "zone-drained"]);
+    // Each write re-derives the effective weights at once, with an event.
+    assert_eq!(
+        kinds,
+        [
+            "override-set",
+            "weights-changed",
+            "override-cleared",
+            "weights-changed",
+            "zone-drained",
+            "weights-changed"
+        ]
+    );
     error_of(
         api.client
             .get(api.url("/api/v1/events?since=yesterday"))
