@@ -102,7 +102,7 @@ async fn run_client_with(
         .kill_on_drop(true)
         .spawn()
         .expect("start the Python gRPC client");
-    let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
+    tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
         .await
         .expect("Python gRPC client did not finish within 300 s")
         .expect("wait for the Python gRPC client")
@@ -284,9 +284,13 @@ async fn proxyless_grpc_client_scoped_by_hosts() {
         "scoped client: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default())
-            .expect("JSON report");
+    let report: Value = serde_json::from_str(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default(),
+    )
+    .expect("JSON report");
     assert_split(&report, 70.0, 30.0);
 
     let out = run_client_with(
@@ -294,7 +298,12 @@ async fn proxyless_grpc_client_scoped_by_hosts() {
         port,
         HOST,
         "scoped-elsewhere",
-        &["--node-metadata", "meridian.hosts=other.example.com", "--ready-timeout", "5"],
+        &[
+            "--node-metadata",
+            "meridian.hosts=other.example.com",
+            "--ready-timeout",
+            "5",
+        ],
     )
     .await;
     assert!(
