@@ -54,6 +54,12 @@ def parse_args():
     p.add_argument("--backend", type=parse_backend, action="append", default=[])
     p.add_argument("--calls", type=int, default=1000)
     p.add_argument("--node-id", default=f"grpc-interop-{os.getpid()}")
+    p.add_argument(
+        "--node-metadata",
+        action="append",
+        default=[],
+        help="KEY=VALUE string metadata of the xDS node (repeatable)",
+    )
     p.add_argument("--ready-timeout", type=float, default=60.0)
     p.add_argument("--warmup-timeout", type=float, default=30.0)
     p.add_argument("--call-timeout", type=float, default=10.0)
@@ -69,7 +75,12 @@ def write_bootstrap(args):
                 "server_features": ["xds_v3"],
             }
         ],
-        "node": {"id": args.node_id, "cluster": "meridian-interop", "locality": {}},
+        "node": {
+            "id": args.node_id,
+            "cluster": "meridian-interop",
+            "locality": {},
+            "metadata": dict(kv.split("=", 1) for kv in args.node_metadata),
+        },
     }
     fd, path = tempfile.mkstemp(prefix="meridian-grpc-bootstrap-", suffix=".json")
     with os.fdopen(fd, "w") as f:

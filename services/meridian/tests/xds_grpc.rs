@@ -1,7 +1,8 @@
 //! A real proxyless gRPC client (grpcio's xDS support, driven by
 //! `tests/interop/grpc_xds_client.py`) resolves a `protocol: grpc` policy
 //! through Meridian and splits its calls by the zone weights, and follows a
-//! weight change made through the REST API.
+//! weight change made through the REST API; scoped by `meridian.hosts`, it
+//! gets only the hosts it named.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -62,24 +63,7 @@ fn zones(port: u16, a: u32, b: u32) -> Value {
 
 /// Runs the Python client once against Meridian and returns its JSON report.
 async fn run_client(m: &Meridian, port: u16, target: &str, run: &str) -> Value {
-    let script = repo_root().join("tests/interop/grpc_xds_client.py");
-    let child = tokio::process::Command::new(python())
-        .arg(&script)
-        .args(["--xds-port", &m.xds_port.to_string()])
-        .args(["--target", target])
-        .args(["--backend", &format!("zone-a=127.0.0.2:{port}")])
-        .args(["--backend", &format!("zone-b=127.0.0.3:{port}")])
-        .args(["--calls", &CALLS.to_string()])
-        .args(["--node-id", &format!("grpc-interop-{run}")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the Python gRPC client");
-    let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
-        .await
-        .expect("Python gRPC client did not finish within 300 s")
-        .expect("wait for the Python gRPC client");
+    let out = run_client_with(m, port, target, run, &[]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -93,6 +77,35 @@ async fn run_client(m: &Meridian, port: u16, target: &str, run: &str) -> Value {
             "gRPC client ({run}) printed no JSON report ({e})\nstdout: {stdout}\nstderr: {stderr}"
         )
     })
+}
+
+/// Runs the Python client with extra arguments; returns how it ended.
+async fn run_client_with(
+    m: &Meridian,
+    port: u16,
+    target: &str,
+    run: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let script = repo_root().join("tests/interop/grpc_xds_client.py");
+    let child = tokio::process::Command::new(python())
+        .arg(&script)
+        .args(["--xds-port", &m.xds_port.to_string()])
+        .args(["--target", target])
+        .args(["--backend", &format!("zone-a=127.0.0.2:{port}")])
+        .args(["--backend", &format!("zone-b=127.0.0.3:{port}")])
+        .args(["--calls", &CALLS.to_string()])
+        .args(["--node-id", &format!("grpc-interop-{run}")])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the Python gRPC client");
+    tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
+        .await
+        .expect("Python gRPC client did not finish within 300 s")
+        .expect("wait for the Python gRPC client")
 }
 
 fn assert_split(report: &Value, want_a: f64, want_b: f64) {
@@ -236,5 +249,67 @@ async fn proxyless_grpc_client_splits_calls_by_zone_weight() {
     let second = run_client(&m, port, HOST, "20-80").await;
     assert_split(&second, 20.0, 80.0);
 
+    m.stop().await;
+}
+
+/// Scoping by `meridian.hosts`: a proxyless client that names the host it
+/// calls resolves it and splits by weight; one that named only another
+/// host is not given this host's listener, so its channel never gets ready.
+#[tokio::test]
+async fn proxyless_grpc_client_scoped_by_hosts() {
+    python();
+    let db = database().await;
+    let m = Meridian::start(BIN.as_ref(), &db.url).await;
+    let port = free_port_on_both();
+    for (name, host, listen) in [(POLICY, HOST, 50051), ("other", "other.example.com", 50052)] {
+        m.create_policy(&json!({
+            "metadata": {"name": name},
+            "spec": {
+                "host": host,
+                "port": listen,
+                "protocol": "grpc",
+                "zones": zones(port, 70, 30),
+                "healthCheck": {"protocol": "tcp"},
+                "failover": {"mode": "manual"},
+            }
+        }))
+        .await;
+    }
+    wait_for_weights(&m, &[("zone-a", 70), ("zone-b", 30)]).await;
+
+    let scoped = format!("meridian.hosts={HOST}");
+    let out = run_client_with(&m, port, HOST, "scoped", &["--node-metadata", &scoped]).await;
+    assert!(
+        out.status.success(),
+        "scoped client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default(),
+    )
+    .expect("JSON report");
+    assert_split(&report, 70.0, 30.0);
+
+    let out = run_client_with(
+        &m,
+        port,
+        HOST,
+        "scoped-elsewhere",
+        &[
+            "--node-metadata",
+            "meridian.hosts=other.example.com",
+            "--ready-timeout",
+            "5",
+        ],
+    )
+    .await;
+    assert!(
+        !out.status.success(),
+        "a client scoped to another host must not resolve {HOST}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     m.stop().await;
 }

@@ -522,7 +522,8 @@ async fn patch(
     policy: &str,
     change: usize,
 ) -> anyhow::Result<Instant> {
-    let weight = 10 + (change % 80) as u32;
+    // Never the seeded weight of bench-0000 (10): every change is a change.
+    let weight = 20 + (change as u32 * 7) % 60;
     let patch = serde_json::json!({"spec": {"zones": zones(weight, 0)}});
     let r = http
         .patch(format!("{api}/api/v1/policies/{policy}"))

@@ -68,9 +68,10 @@ impl SotwStream {
 
         let set = res.map(|r| &**r.set(ty));
         let st = self.core.types[ty.index()].get_or_insert_with(TypeState::default);
-        let new_sub = next_subscription(exists.then_some(&st.sub), &req.resource_names, set);
-        let sub_changed = !exists || st.sub != new_sub;
-        if sub_changed {
+        let new_sub = next_subscription(exists.then_some(&st.sub), &req.resource_names, set)
+            .filter(|n| !exists || st.sub != *n);
+        let sub_changed = new_sub.is_some();
+        if let Some(new_sub) = new_sub {
             // The client holds nothing of what it did not ask for before.
             st.force = if new_sub.wildcard && !st.sub.wildcard {
                 Force::All
@@ -174,24 +175,37 @@ impl SotwStream {
 /// (<https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#how-the-client-specifies-what-resources-to-return>):
 /// the first request naming nothing is a (legacy) wildcard that later empty
 /// requests keep; `*` is an explicit wildcard; otherwise the names replace
-/// the previous set.
+/// the previous set. `None`: the same subscription as before.
 fn next_subscription(
     prev: Option<&Subscription>,
     names: &[String],
     set: Option<&crate::resources::TypeSet>,
-) -> Subscription {
+) -> Option<Subscription> {
     let legacy_kept = match prev {
         None => names.is_empty(),
         Some(p) => p.legacy && names.is_empty(),
     };
+    // The common case: an ACK naming the same subscription again (Envoy's
+    // EDS names every cluster in each request). Compare without building.
+    if let Some(p) = prev {
+        let same = !p.legacy
+            && p.wildcard == names.iter().any(|n| n == "*")
+            && p.names.len() == names.iter().filter(|n| *n != "*").count()
+            && names
+                .iter()
+                .all(|n| n == "*" || p.names.contains(n.as_str()));
+        if same {
+            return None;
+        }
+    }
     if legacy_kept {
-        return Subscription {
+        return Some(Subscription {
             wildcard: true,
             legacy: true,
             names: BTreeSet::new(),
-        };
+        });
     }
-    Subscription {
+    Some(Subscription {
         wildcard: names.iter().any(|n| n == "*"),
         legacy: false,
         names: names
@@ -202,7 +216,7 @@ fn next_subscription(
                 None => intern(n, set),
             })
             .collect(),
-    }
+    })
 }
 
 impl StreamState for SotwStream {
