@@ -72,6 +72,7 @@ pub struct File {
     pub retention_expired_certs_days: Option<u32>,
     pub prune_minutes: Option<u64>,
     pub gitops_poll_ms: Option<u64>,
+    pub metrics_admin_only: Option<bool>,
     pub otlp_endpoint: Option<String>,
     pub otlp_sample_ratio: Option<f64>,
     pub otlp_filter: Option<String>,
@@ -150,6 +151,7 @@ pub fn merge(args: &mut ServeArgs, file: File, matches: &ArgMatches) -> Result<(
     take!(retention_expired_certs_days);
     take!(prune_minutes);
     take!(gitops_poll_ms);
+    take!(metrics_admin_only);
     take!(otlp_endpoint, optional);
     take!(otlp_sample_ratio);
     take!(otlp_filter);
@@ -341,6 +343,12 @@ pub fn validate(args: &mut ServeArgs) -> Result<(), Error> {
         return Err(invalid(
             XDS_ADDR,
             format!("{} is also the API address", args.xds_addr),
+        ));
+    }
+    if args.metrics_admin_only && args.admin_addr.is_none() {
+        return Err(invalid(
+            ADMIN_ADDR,
+            "--metrics-admin-only needs an admin address to serve /metrics on".into(),
         ));
     }
     if let Some(admin) = args.admin_addr {
