@@ -764,3 +764,25 @@ async fn metrics_can_be_kept_off_the_api_address() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
+
+/// Issue 16, low: a source stored before URLs were checked never shows its
+/// credential to a caller.
+#[tokio::test]
+async fn a_credential_left_in_a_stored_url_is_masked() {
+    let db = database().await;
+    let api = Api::start(db.store.clone(), |_| {}).await;
+    sqlx::query(
+        "INSERT INTO gitops_sources (name, url, branch, path, interval_seconds, prune, adopt)
+         VALUES ('legacy', 'https://ci:ghp_s3cret@git.example.com/r.git', 'main', '', 3600, true, false)",
+    )
+    .execute(api.store.pool())
+    .await
+    .unwrap();
+    for path in ["/api/v1/gitops/sources", "/api/v1/gitops/sources/legacy"] {
+        let (s, body) = api.call(Method::GET, path, None).await;
+        assert_eq!(s, StatusCode::OK);
+        let text = body.to_string();
+        assert!(!text.contains("ghp_s3cret"), "{path}: {text}");
+        assert!(text.contains("https://***@git.example.com/r.git"), "{text}");
+    }
+}
