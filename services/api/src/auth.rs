@@ -57,7 +57,13 @@ pub async fn require(State(state): State<AppState>, request: Request, next: Next
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let who = match state.auth.authorize(authorization, needed).await {
+    // Present when the server was started with connect info (the binary
+    // does): failed token lookups are limited per source address.
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let who = match state.auth.authorize_from(authorization, needed, peer).await {
         Ok(who) => who,
         Err(e) => return refusal(e),
     };

@@ -19,6 +19,13 @@ use crate::error::{ApiError, ErrorBody};
 use crate::request::{self, flags, query_pairs};
 use crate::AppState;
 
+/// A source as shown to callers: a credential left in the URL of a row
+/// written before URLs were checked is masked (viewers read sources).
+fn shown(mut s: Source) -> Source {
+    s.url = source::redact_url(&s.url);
+    s
+}
+
 fn invalid_source(details: Vec<FieldError>) -> ApiError {
     ApiError::invalid_resource("source", details)
 }
@@ -38,7 +45,13 @@ async fn source_body(headers: &HeaderMap, body: Body) -> Result<Source, ApiError
 #[utoipa::path(get, path = "/api/v1/gitops/sources", tag = "gitops",
     responses((status = 200, description = "`{items: [source]}`", body = Object)))]
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let items = state.store.sources().await?;
+    let items: Vec<Source> = state
+        .store
+        .sources()
+        .await?
+        .into_iter()
+        .map(shown)
+        .collect();
     Ok(Json(json!({"items": items})).into_response())
 }
 
@@ -68,7 +81,7 @@ pub async fn get(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(state.store.source(&name).await?).into_response())
+    Ok(Json(shown(state.store.source(&name).await?)).into_response())
 }
 
 /// Create or replace a source; a changed source syncs at once.

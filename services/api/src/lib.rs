@@ -49,6 +49,9 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Who may call; off (everyone is an anonymous admin) unless set.
     pub auth: Arc<meridian_auth::Authenticator>,
+    /// Whether the API address serves `/metrics` (open, without
+    /// credentials); `false` leaves it to the admin address.
+    pub metrics_on_api: bool,
 }
 
 impl AppState {
@@ -59,12 +62,18 @@ impl AppState {
             ready: Vec::new(),
             shutdown: tokio_util::sync::CancellationToken::new(),
             auth: Arc::new(meridian_auth::Authenticator::off()),
+            metrics_on_api: true,
         }
     }
 }
 
 /// The REST API.
 pub fn router(state: AppState) -> Router {
+    let metrics: axum::routing::MethodRouter<AppState> = if state.metrics_on_api {
+        get(metrics::serve)
+    } else {
+        get(|| async { StatusCode::NOT_FOUND })
+    };
     Router::new()
         .route(
             "/api/v1/policies",
@@ -133,7 +142,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/readyz/xds", get(readyz_xds))
         .route("/openapi.json", get(openapi::serve))
-        .route("/metrics", get(metrics::serve))
+        .route("/metrics", metrics)
         // After routing, so it knows the route and so what the request needs.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -105,9 +105,19 @@ impl Drop for StreamPermit {
 /// other replicas within it (at once on the replica that revoked it).
 const TOKEN_CACHE: Duration = Duration::from_secs(2);
 
+/// Failed token lookups each source address may cause: every unknown
+/// `mrd_` token costs a database query, so they are limited before any
+/// caller is known.
+pub const FAILED_LOOKUPS: Rate = Rate {
+    per_second: 2.0,
+    burst: 20.0,
+};
+
 pub struct Authenticator {
     mode: Mode,
     limiter: Option<Mutex<limit::Limiter>>,
+    /// Failed token lookups per source address ([`FAILED_LOOKUPS`]).
+    failed: Mutex<limit::Limiter>,
     streams: std::sync::Arc<Streams>,
 }
 
@@ -128,6 +138,7 @@ impl Authenticator {
         Authenticator {
             mode: Mode::Off,
             limiter: None,
+            failed: Mutex::new(limit::Limiter::new(FAILED_LOOKUPS)),
             streams: Default::default(),
         }
     }
@@ -140,6 +151,7 @@ impl Authenticator {
                 cache: Mutex::new(HashMap::new()),
             })),
             limiter: config.rate.map(|r| Mutex::new(limit::Limiter::new(r))),
+            failed: Mutex::new(limit::Limiter::new(FAILED_LOOKUPS)),
             streams: std::sync::Arc::new(Streams {
                 limit: config.streams_per_caller,
                 held: Mutex::default(),
@@ -184,7 +196,18 @@ impl Authenticator {
         authorization: Option<&str>,
         needed: Role,
     ) -> Result<Identity, AuthError> {
-        let who = self.authenticate(authorization).await?;
+        self.authorize_from(authorization, needed, None).await
+    }
+
+    /// [`Authenticator::authorize`] for a caller at `peer`: failed token
+    /// lookups from one address are rate limited ([`FAILED_LOOKUPS`]).
+    pub async fn authorize_from(
+        &self,
+        authorization: Option<&str>,
+        needed: Role,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<Identity, AuthError> {
+        let who = self.authenticate_from(authorization, peer).await?;
         if who.role < needed {
             return Err(AuthError::Forbidden {
                 actor: who.actor,
@@ -208,6 +231,14 @@ impl Authenticator {
     }
 
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Identity, AuthError> {
+        self.authenticate_from(authorization, None).await
+    }
+
+    async fn authenticate_from(
+        &self,
+        authorization: Option<&str>,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<Identity, AuthError> {
         let Mode::On(on) = &self.mode else {
             return Ok(Identity::anonymous());
         };
@@ -228,9 +259,23 @@ impl Authenticator {
                 .get(&hash)
                 .filter(|(_, at)| at.elapsed() < TOKEN_CACHE)
                 .map(|(who, _)| who.clone());
+            let source = peer.map(|ip| ip.to_string());
             let who = match cached {
                 Some(who) => who,
                 None => {
+                    if let Some(source) = &source {
+                        let wait = self
+                            .failed
+                            .lock()
+                            .expect("limiter lock")
+                            .empty(source, Instant::now());
+                        if let Some(retry_after) = wait {
+                            return Err(AuthError::RateLimited {
+                                actor: format!("unauthenticated callers at {source}"),
+                                retry_after,
+                            });
+                        }
+                    }
                     let found = store
                         .token_by_hash(&hash)
                         .await
@@ -249,6 +294,16 @@ impl Authenticator {
                     who
                 }
             };
+            if who.is_none() {
+                if let Some(source) = &source {
+                    // Counted against the address; the answer is 401 either way.
+                    let _ = self
+                        .failed
+                        .lock()
+                        .expect("limiter lock")
+                        .check(source, Instant::now());
+                }
+            }
             return who.ok_or_else(|| AuthError::Invalid("unknown or revoked token".into()));
         }
         match oidc {

@@ -24,6 +24,16 @@ impl Limiter {
         }
     }
 
+    /// Whether `who`'s bucket is empty at `now` (nothing is taken): how
+    /// long until it holds one request again.
+    pub fn empty(&mut self, who: &str, now: Instant) -> Option<Duration> {
+        let Rate { per_second, burst } = self.rate;
+        let (tokens, last) = *self.buckets.get(who)?;
+        let refilled =
+            (tokens + now.saturating_duration_since(last).as_secs_f64() * per_second).min(burst);
+        (refilled < 1.0).then(|| Duration::from_secs_f64((1.0 - refilled) / per_second))
+    }
+
     /// Takes one request from `who`'s bucket at `now`; when it is empty,
     /// how long until the next request would pass.
     pub fn check(&mut self, who: &str, now: Instant) -> Result<(), Duration> {

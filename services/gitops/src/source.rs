@@ -106,6 +106,23 @@ fn url_credentials(url: &str) -> Result<(), String> {
     }
 }
 
+/// `url` with any `user:password@` or `token@` (on http/https) replaced by
+/// `***@`: for showing a source stored before URLs were checked.
+pub fn redact_url(url: &str) -> String {
+    if url_credentials(url).is_ok() {
+        return url.to_owned();
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}{tail}"),
+        None => url.to_owned(),
+    }
+}
+
 /// Credentials are read by the one resolver every role shares, with the
 /// replica's rules of which variables and files may be named.
 pub use meridian_secrets::{resolve, Error as SecretError, Secret};
@@ -232,6 +249,14 @@ mod tests {
         ] {
             assert_eq!(url(bad), vec!["url"], "{bad}");
         }
+        assert_eq!(
+            redact_url("https://user:s3cret@git.example.com/r.git"),
+            "https://***@git.example.com/r.git"
+        );
+        assert_eq!(
+            redact_url("ssh://git@127.0.0.1/r.git"),
+            "ssh://git@127.0.0.1/r.git"
+        );
         for good in [
             "ssh://git@127.0.0.1/r.git",
             "https://git.example.com/r.git?x=a@b",

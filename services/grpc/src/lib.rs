@@ -34,7 +34,10 @@ pub(crate) async fn authorize<T>(
         .metadata()
         .get("authorization")
         .and_then(|v| v.to_str().ok());
-    auth.authorize(header, needed).await.map_err(auth_status)
+    let peer = request.remote_addr().map(|a| a.ip());
+    auth.authorize_from(header, needed, peer)
+        .await
+        .map_err(auth_status)
 }
 
 /// A long-lived stream of `who`, counted against its cap until the

@@ -59,6 +59,9 @@ pub struct Cluster {
     bin_dir: PathBuf,
     port: u16,
     run_as_postgres: bool,
+    /// The superuser's password, from `<data dir>.password` (mode 0600).
+    /// `None` for a cluster made before passwords (trust authentication).
+    password: Option<String>,
 }
 
 pub const SUPERUSER: &str = "meridian";
@@ -78,6 +81,7 @@ impl Cluster {
             bin_dir,
             port: 0,
             run_as_postgres,
+            password: None,
         };
 
         // Serialize start-up between processes sharing the directory (parallel test binaries).
@@ -88,6 +92,17 @@ impl Cluster {
 
         if !cluster.data_dir.join("PG_VERSION").exists() {
             cluster.init(opts.durable)?;
+        }
+        cluster.password = fs::read_to_string(cluster.password_file())
+            .ok()
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty());
+        if cluster.password.is_none() {
+            tracing::warn!(
+                dir = %cluster.data_dir.display(),
+                "this private PostgreSQL predates passwords and trusts every local user; \
+                 remove its data directory to make a new one with a password"
+            );
         }
         if let Some(port) = cluster.running_port() {
             cluster.port = port;
@@ -138,14 +153,31 @@ impl Cluster {
         &self.data_dir
     }
 
-    /// Connection URL for a database of this cluster.
+    /// Connection URL for a database of this cluster (with the password:
+    /// treat it as a secret).
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)
+        match &self.password {
+            Some(p) => format!(
+                "postgres://{SUPERUSER}:{p}@127.0.0.1:{}/{database}",
+                self.port
+            ),
+            None => format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port),
+        }
+    }
+
+    /// Where the superuser's password is kept: beside the data directory
+    /// (which belongs to `postgres` when running as root), readable by the
+    /// user who made the cluster alone.
+    fn password_file(&self) -> PathBuf {
+        PathBuf::from(format!("{}.password", self.data_dir.display()))
     }
 
     /// Creates a database unless it exists.
     pub fn ensure_database(&self, name: &str) -> Result<(), Error> {
         let out = self.server_command("createdb", |c| {
+            if let Some(p) = &self.password {
+                c.env("PGPASSWORD", p);
+            }
             c.args([
                 "-h",
                 "127.0.0.1",
@@ -184,18 +216,35 @@ impl Cluster {
         }
     }
 
+    /// Makes the cluster with a random superuser password (SCRAM): any
+    /// local user can reach 127.0.0.1, so trusting every connection there
+    /// would hand the database to every account on the machine.
     fn init(&self, durable: bool) -> Result<(), Error> {
+        let password = random_password()?;
+        write_private(&self.password_file(), &password)?;
+        // initdb reads the password from a file the server's user can read.
+        let pwfile = PathBuf::from(format!("{}.pwfile", self.data_dir.display()));
+        write_private(&pwfile, &password)?;
+        if self.run_as_postgres {
+            let _ = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&pwfile)
+                .status();
+        }
         let out = self.server_command("initdb", |c| {
             c.arg("-D").arg(&self.data_dir);
+            c.arg(format!("--pwfile={}", pwfile.display()));
             c.args([
-                "--auth=trust",
+                "--auth=scram-sha-256",
                 "--username",
                 SUPERUSER,
                 "--encoding=UTF8",
                 "--locale=C",
                 "--no-instructions",
             ]);
-        })?;
+        });
+        let _ = fs::remove_file(&pwfile);
+        let out = out?;
         if !out.status.success() {
             return Err(Error::Command {
                 what: "initdb".into(),
@@ -248,6 +297,30 @@ impl Cluster {
         cmd.output()
             .map_err(io(format!("running {}", bin.display())))
     }
+}
+
+/// 32 random bytes from the kernel, hex-encoded.
+fn random_password() -> Result<String, Error> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(io("reading /dev/urandom"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes `text` to a new file of mode 0600.
+fn write_private(path: &Path, text: &str) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = fs::remove_file(path);
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(io(format!("writing {}", path.display())))
 }
 
 fn describe(out: &Output) -> String {
@@ -356,4 +429,65 @@ fn free_port() -> Result<u16, Error> {
     // Give the kernel a moment; the port is free to bind again at once on Linux.
     std::thread::sleep(Duration::from_millis(1));
     Ok(port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A new cluster asks for the password: a local user without it (here
+    /// `createdb` without PGPASSWORD) is refused, the cluster's own URL works.
+    #[test]
+    fn a_new_cluster_needs_its_password() {
+        let dir =
+            std::env::temp_dir().join(format!("meridian-localpg-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let cluster = match Cluster::start(&Options {
+            data_dir: dir.join("pg"),
+            port: None,
+            durable: false,
+        }) {
+            Ok(c) => c,
+            Err(Error::BinariesNotFound) => {
+                panic!("PostgreSQL is needed: run scripts/install-deps")
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let password = cluster
+            .password
+            .clone()
+            .expect("a new cluster has a password");
+        assert_eq!(password.len(), 64);
+        assert!(cluster.url("x").contains(&password));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(cluster.password_file())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        cluster.ensure_database("with_password").unwrap();
+        let without = cluster
+            .server_command("createdb", |c| {
+                c.env_remove("PGPASSWORD").args([
+                    "-w",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &cluster.port.to_string(),
+                    "-U",
+                    SUPERUSER,
+                    "without_password",
+                ]);
+            })
+            .unwrap();
+        let stopped = cluster.stop();
+        let _ = fs::remove_dir_all(&dir);
+        stopped.unwrap();
+        assert!(!without.status.success(), "trusted without a password");
+        assert!(
+            String::from_utf8_lossy(&without.stderr).contains("password"),
+            "{}",
+            describe(&without)
+        );
+    }
 }

@@ -72,6 +72,7 @@ pub struct File {
     pub retention_expired_certs_days: Option<u32>,
     pub prune_minutes: Option<u64>,
     pub gitops_poll_ms: Option<u64>,
+    pub metrics_admin_only: Option<bool>,
     pub otlp_endpoint: Option<String>,
     pub otlp_sample_ratio: Option<f64>,
     pub otlp_filter: Option<String>,
@@ -79,6 +80,17 @@ pub struct File {
     /// `--secrets-dir`, as a list.
     pub secrets_dirs: Option<Vec<PathBuf>>,
     pub secret_env_prefix: Option<String>,
+    pub trust_domain: Option<String>,
+    pub ca_key_file: Option<PathBuf>,
+    pub ca_cert_file: Option<PathBuf>,
+    pub ca_private_key_file: Option<PathBuf>,
+    pub ca_chain_file: Option<PathBuf>,
+    pub ca_bundle_file: Option<PathBuf>,
+    pub workload_cert_seconds: Option<u32>,
+    pub xds_tls: Option<bool>,
+    /// `required`, `optional` or `none`.
+    pub xds_client_auth: Option<String>,
+    pub xds_server_names: Option<Vec<String>>,
 }
 
 impl File {
@@ -150,10 +162,47 @@ pub fn merge(args: &mut ServeArgs, file: File, matches: &ArgMatches) -> Result<(
     take!(retention_expired_certs_days);
     take!(prune_minutes);
     take!(gitops_poll_ms);
+    take!(metrics_admin_only);
     take!(otlp_endpoint, optional);
     take!(otlp_sample_ratio);
     take!(otlp_filter);
     take!(otlp_service_name);
+    // The security settings live in their own flattened group.
+    macro_rules! take_security {
+        ($field:ident) => {
+            if let Some(v) = file.$field {
+                if unset(stringify!($field)) {
+                    args.security.$field = v;
+                }
+            }
+        };
+        ($field:ident, optional) => {
+            if let Some(v) = file.$field {
+                if unset(stringify!($field)) {
+                    args.security.$field = Some(v);
+                }
+            }
+        };
+    }
+    take_security!(trust_domain);
+    take_security!(ca_key_file, optional);
+    take_security!(ca_cert_file, optional);
+    take_security!(ca_private_key_file, optional);
+    take_security!(ca_chain_file, optional);
+    take_security!(ca_bundle_file, optional);
+    take_security!(workload_cert_seconds);
+    take_security!(xds_tls);
+    take_security!(xds_server_names);
+    if let Some(mode) = file.xds_client_auth {
+        if unset("xds_client_auth") {
+            args.security.xds_client_auth = mode.parse().map_err(|_| {
+                invalid(
+                    XDS_CLIENT_AUTH,
+                    format!("{mode:?} is not required, optional or none"),
+                )
+            })?;
+        }
+    }
     if let Some(dirs) = file.secrets_dirs {
         if unset("secrets_dirs") {
             args.security.secrets_dirs = dirs;
@@ -268,6 +317,22 @@ const OIDC: Name = Name {
     env: "MERIDIAN_OIDC_ISSUER",
 };
 
+const XDS_CLIENT_AUTH: Name = Name {
+    key: "xdsClientAuth",
+    flag: "xds-client-auth",
+    env: "MERIDIAN_XDS_CLIENT_AUTH",
+};
+const CA_CERT: Name = Name {
+    key: "caCertFile",
+    flag: "ca-cert-file",
+    env: "MERIDIAN_CA_CERT_FILE",
+};
+const WORKLOAD_CERT: Name = Name {
+    key: "workloadCertSeconds",
+    flag: "workload-cert-seconds",
+    env: "MERIDIAN_WORKLOAD_CERT_SECONDS",
+};
+
 const SECRETS: Name = Name {
     key: "secretsDirs",
     flag: "secrets-dir",
@@ -343,6 +408,12 @@ pub fn validate(args: &mut ServeArgs) -> Result<(), Error> {
             format!("{} is also the API address", args.xds_addr),
         ));
     }
+    if args.metrics_admin_only && args.admin_addr.is_none() {
+        return Err(invalid(
+            ADMIN_ADDR,
+            "--metrics-admin-only needs an admin address to serve /metrics on".into(),
+        ));
+    }
     if let Some(admin) = args.admin_addr {
         let taken = [
             (Role::Api, args.api_addr, "API"),
@@ -411,6 +482,25 @@ pub fn validate(args: &mut ServeArgs) -> Result<(), Error> {
     args.retention()
         .check()
         .map_err(|m| invalid(RETENTION, m))?;
+    // What clap's `requires` says for flags, for values from the file too.
+    let sec = &args.security;
+    if sec.ca_cert_file.is_some() != sec.ca_private_key_file.is_some()
+        || (sec.ca_cert_file.is_none()
+            && (sec.ca_chain_file.is_some() || sec.ca_bundle_file.is_some()))
+    {
+        return Err(invalid(
+            CA_CERT,
+            "caCertFile and caPrivateKeyFile go together, and caChainFile and caBundleFile \
+             need them"
+                .into(),
+        ));
+    }
+    if !(60..=31_536_000).contains(&sec.workload_cert_seconds) {
+        return Err(invalid(
+            WORKLOAD_CERT,
+            format!("must be 60 to 31536000, got {}", sec.workload_cert_seconds),
+        ));
+    }
     resolve_database_url(&mut args.db)?;
     let rules = args
         .security
@@ -509,6 +599,55 @@ mod tests {
         );
         assert!(!e.contains("mysql"), "the URL is a secret: {e}");
         let _ = std::fs::remove_file(path);
+    }
+
+    /// Every `serve` flag can be set in the file too, under its camelCase
+    /// name: the file's own error for an unknown key lists the keys it has.
+    #[test]
+    fn every_serve_flag_has_a_file_key() {
+        use clap::CommandFactory;
+        let known = parse("zzzNoSuchKey: 1\n").unwrap_err();
+        let cli = crate::Cli::command();
+        let serve = cli.find_subcommand("serve").unwrap();
+        // By design: the file itself, and the database URL (a secret, which
+        // a config map must not hold; `databaseUrlFile` is the file's way).
+        let not_in_file = ["config", "database-url", "help"];
+        let renamed = [("secrets-dir", "secretsDirs")];
+        let mut missing = Vec::new();
+        for arg in serve.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if not_in_file.contains(&long) {
+                continue;
+            }
+            let key = renamed
+                .iter()
+                .find(|(flag, _)| *flag == long)
+                .map(|(_, key)| (*key).to_owned())
+                .unwrap_or_else(|| {
+                    let mut parts = long.split('-');
+                    let mut key = parts.next().unwrap().to_owned();
+                    for p in parts {
+                        key.push_str(&p[..1].to_uppercase());
+                        key.push_str(&p[1..]);
+                    }
+                    key
+                });
+            if !known.contains(&format!("`{key}`")) {
+                missing.push(format!("--{long} ({key})"));
+            }
+        }
+        assert!(missing.is_empty(), "flags without a file key: {missing:?}");
+    }
+
+    #[test]
+    fn security_settings_from_the_file() {
+        let f = parse(
+            "xdsClientAuth: required\ncaKeyFile: /k\nworkloadCertSeconds: 3600\nsecretsDirs: [/run/secrets]\n",
+        )
+        .unwrap();
+        assert_eq!(f.xds_client_auth.as_deref(), Some("required"));
+        assert_eq!(f.workload_cert_seconds, Some(3600));
+        assert_eq!(f.secrets_dirs, Some(vec![PathBuf::from("/run/secrets")]));
     }
 
     /// The files shipped in deploy/ are valid settings files, and what

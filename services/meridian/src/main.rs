@@ -219,6 +219,10 @@ pub struct ServeArgs {
     /// replicas without the api role, or to keep scrapes off the API port.
     #[arg(long, env = "MERIDIAN_ADMIN_ADDR")]
     pub admin_addr: Option<SocketAddr>,
+    /// Serve `/metrics` only on --admin-addr, not on the API address
+    /// (where it is open without credentials).
+    #[arg(long, env = "MERIDIAN_METRICS_ADMIN_ONLY")]
+    pub metrics_admin_only: bool,
     /// Address of the xDS (ADS and CSDS) gRPC server.
     #[arg(long, env = "MERIDIAN_XDS_ADDR", default_value = "0.0.0.0:18000")]
     pub xds_addr: SocketAddr,
@@ -381,6 +385,9 @@ fn prepare(args: &mut ServeArgs, matches: &clap::ArgMatches) -> Result<(), confi
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The arguments hold what they need; children must not inherit these.
+    // Single-threaded still, so changing the environment is sound.
+    security::take_secret_env();
     let mut log_format = LogFormat::Text;
     let mut otlp = None;
     match &mut cli.command {

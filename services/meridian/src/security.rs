@@ -100,9 +100,33 @@ impl SecurityArgs {
     }
 }
 
+/// Variables holding secrets of Meridian itself: read once at start, then
+/// removed from the environment, so the programs Meridian starts (ssh for
+/// GitOps, PostgreSQL's tools) never inherit them.
+const OWN_SECRET_VARS: [&str; 2] = ["MERIDIAN_CA_KEY", "DATABASE_URL"];
+
+static CA_KEY_FROM_ENV: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// Takes MERIDIAN_CA_KEY (kept for [`master_key`]) and DATABASE_URL
+/// (already in the parsed arguments) out of the environment. Call before
+/// any thread starts: changing the environment is only sound then.
+pub fn take_secret_env() {
+    let key = std::env::var("MERIDIAN_CA_KEY").ok();
+    let _ = CA_KEY_FROM_ENV.set(key);
+    for var in OWN_SECRET_VARS {
+        std::env::remove_var(var);
+    }
+}
+
+fn ca_key_from_env() -> Option<&'static str> {
+    CA_KEY_FROM_ENV
+        .get_or_init(|| std::env::var("MERIDIAN_CA_KEY").ok())
+        .as_deref()
+}
+
 /// Reads the master key from MERIDIAN_CA_KEY (the key itself) or the file.
 pub fn master_key(args: &SecurityArgs) -> anyhow::Result<Option<MasterKey>> {
-    if let Ok(v) = std::env::var("MERIDIAN_CA_KEY") {
+    if let Some(v) = ca_key_from_env() {
         return Ok(Some(
             MasterKey::parse(v.as_bytes()).context("MERIDIAN_CA_KEY")?,
         ));
@@ -110,6 +134,7 @@ pub fn master_key(args: &SecurityArgs) -> anyhow::Result<Option<MasterKey>> {
     match &args.ca_key_file {
         None => Ok(None),
         Some(path) => {
+            check_private(path).with_context(|| format!("--ca-key-file {}", path.display()))?;
             let bytes = std::fs::read(path)
                 .with_context(|| format!("reading --ca-key-file {}", path.display()))?;
             Ok(Some(MasterKey::parse(&bytes).with_context(|| {
@@ -117,6 +142,24 @@ pub fn master_key(args: &SecurityArgs) -> anyhow::Result<Option<MasterKey>> {
             })?))
         }
     }
+}
+
+/// A key file must be readable by its owner alone: whoever else can read
+/// the master key can unseal the CA key from a database dump.
+fn check_private(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "is readable or writable by group or others (mode {:o}); `chmod 600 {}` first",
+            mode & 0o777,
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 fn read(path: &Path, what: &str) -> anyhow::Result<String> {
@@ -127,7 +170,7 @@ fn read(path: &Path, what: &str) -> anyhow::Result<String> {
 pub fn validate(args: &SecurityArgs) -> anyhow::Result<()> {
     meridian_ca::validate_trust_domain(&args.trust_domain).context("--trust-domain")?;
     let tls = args.xds_tls || args.xds_client_auth != ClientAuth::None;
-    if tls && args.ca_key_file.is_none() && std::env::var_os("MERIDIAN_CA_KEY").is_none() {
+    if tls && args.ca_key_file.is_none() && ca_key_from_env().is_none() {
         bail!("xDS over TLS (--xds-tls or --xds-client-auth) needs the CA: give --ca-key-file");
     }
     Ok(())
@@ -311,5 +354,32 @@ pub async fn renew_server_cert(
             Ok(()) => tracing::info!("xDS server certificate renewed"),
             Err(e) => tracing::error!(error = %e, "renewing the xDS server certificate failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_files_readable_by_others_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("meridian-key-{}", std::process::id()));
+        std::fs::write(&path, "00").unwrap();
+        for (mode, ok) in [
+            (0o600, true),
+            (0o400, true),
+            (0o640, false),
+            (0o604, false),
+            (0o620, false),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let got = check_private(&path);
+            assert_eq!(got.is_ok(), ok, "mode {mode:o}: {got:?}");
+            if let Err(e) = got {
+                assert!(e.to_string().contains("chmod 600"), "{e}");
+            }
+        }
+        std::fs::remove_file(&path).unwrap();
     }
 }

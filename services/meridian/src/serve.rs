@@ -75,7 +75,11 @@ impl Database {
         })
         .await??;
         let url = cluster.url(PRIVATE_DB);
-        tracing::info!(%url, "using private PostgreSQL; set DATABASE_URL to use another database");
+        // Not the URL: it holds the cluster's password.
+        tracing::info!(
+            port = cluster.port(),
+            "using private PostgreSQL; set DATABASE_URL to use another database"
+        );
         Ok(Database {
             url,
             private: Some(cluster),
@@ -324,6 +328,7 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
     let mut state = meridian_api::AppState::new(store.clone());
     state.shutdown = shutdown.clone();
     state.auth = authenticator(args, &store);
+    state.metrics_on_api = !args.metrics_admin_only;
     if state.auth.is_on() && args.oidc_issuer.is_none() && store.tokens().await?.is_empty() {
         tracing::warn!(
             "no API tokens exist yet, so every API call will get 401; create the first one with \
@@ -483,6 +488,9 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
         let app = meridian_dashboard::with_api(meridian_api::router(state));
         let stop = shutdown.clone();
         tasks.spawn(async move {
+            // With the peer's address: failed token lookups are limited
+            // per source address.
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             axum::serve(listener, app)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await

@@ -29,7 +29,7 @@ async fn schemathesis_finds_no_server_error_and_no_response_off_the_schema() {
         .arg("run")
         .arg(m.url("/openapi.json"))
         .args(["--checks", "not_a_server_error,response_schema_conformance"])
-        .args(["--max-examples", "25", "--no-color"])
+        .args(["--max-examples", "60", "--no-color"])
         .current_dir(std::env::temp_dir())
         .kill_on_drop(true)
         .output();

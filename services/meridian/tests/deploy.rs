@@ -170,7 +170,7 @@ fn pods_are_locked_down_probed_and_given_secrets_as_files() {
     }
 
     let c = &deployment["spec"]["template"]["spec"]["containers"][0];
-    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz/xds");
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
 
     // The PDB and the NetworkPolicy cover the Deployment's pods.

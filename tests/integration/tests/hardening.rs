@@ -39,7 +39,8 @@ impl Api {
             .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let app = meridian_api::router(s);
+        let app =
+            meridian_api::router(s).into_make_service_with_connect_info::<std::net::SocketAddr>();
         let serve =
             axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
         tokio::spawn(async move { serve.await.unwrap() });
@@ -704,4 +705,84 @@ async fn old_rows_are_pruned_and_audit_rows_kept_longest() {
         .await
         .expect("the pruning task did not stop")
         .unwrap();
+}
+
+/// Issue 16, low: every unknown `mrd_` token costs a database query, so
+/// failed lookups are limited per source address before any caller is
+/// known; a known token, once looked up, is not held back.
+#[tokio::test]
+async fn unknown_tokens_are_rate_limited_per_source_address() {
+    let db = database().await;
+    let api = Api::start(db.store.clone(), |_| {}).await;
+    let (s, _) = api.call(Method::GET, "/api/v1/policies", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (mut refused, mut limited) = (0, 0);
+    for _ in 0..40 {
+        let r = api
+            .client
+            .get(format!("{}/api/v1/policies", api.base))
+            .bearer_auth(token::generate())
+            .send()
+            .await
+            .unwrap();
+        match r.status() {
+            StatusCode::UNAUTHORIZED => refused += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert!(r.headers().contains_key("retry-after"));
+                limited += 1;
+            }
+            other => panic!("{other}"),
+        }
+    }
+    assert!((20..=22).contains(&refused), "{refused} looked up");
+    assert_eq!(refused + limited, 40);
+    // The admin's token is cached from before: it still works.
+    let (s, _) = api.call(Method::GET, "/api/v1/policies", None).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+/// Issue 16, low: `/metrics` is open; `metrics_on_api = false` (the
+/// binary's --metrics-admin-only) leaves it to the admin address.
+#[tokio::test]
+async fn metrics_can_be_kept_off_the_api_address() {
+    let db = database().await;
+    let open = Api::start(db.store.clone(), |_| {}).await;
+    let r = open
+        .client
+        .get(format!("{}/metrics", open.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let db = database().await;
+    let closed = Api::start(db.store.clone(), |s| s.metrics_on_api = false).await;
+    let r = closed
+        .client
+        .get(format!("{}/metrics", closed.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+/// Issue 16, low: a source stored before URLs were checked never shows its
+/// credential to a caller.
+#[tokio::test]
+async fn a_credential_left_in_a_stored_url_is_masked() {
+    let db = database().await;
+    let api = Api::start(db.store.clone(), |_| {}).await;
+    sqlx::query(
+        "INSERT INTO gitops_sources (name, url, branch, path, interval_seconds, prune, adopt)
+         VALUES ('legacy', 'https://ci:ghp_s3cret@git.example.com/r.git', 'main', '', 3600, true, false)",
+    )
+    .execute(api.store.pool())
+    .await
+    .unwrap();
+    for path in ["/api/v1/gitops/sources", "/api/v1/gitops/sources/legacy"] {
+        let (s, body) = api.call(Method::GET, path, None).await;
+        assert_eq!(s, StatusCode::OK);
+        let text = body.to_string();
+        assert!(!text.contains("ghp_s3cret"), "{path}: {text}");
+        assert!(text.contains("https://***@git.example.com/r.git"), "{text}");
+    }
 }
