@@ -18,6 +18,16 @@ key=$(cat "$SECRETS/pdns_api_key")
 token=$(cat "$SECRETS/admin_token")
 answer=$(mktemp)
 
+# Meridian answers once migrations ran and its snapshot is loaded. Compose
+# orders the start by health checks, but podman-compose before podman 4.6
+# cannot: wait here either way (up to a minute).
+tries=0
+until curl -fsS -o /dev/null "$M/readyz"; do
+  tries=$((tries + 1))
+  [ "$tries" -lt 120 ] || { echo "meridian at $M not ready after 60 s" >&2; exit 1; }
+  sleep 0.5
+done
+
 # call WHAT CURL-ARGS...: fails unless the answer is 2xx or 409.
 call() {
   what=$1; shift

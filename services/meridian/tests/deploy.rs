@@ -437,14 +437,24 @@ fn the_compose_stack_has_every_part_of_the_demo() {
     ] {
         assert!(services.contains_key(name), "compose lacks {name}");
     }
-    // The demo policies' endpoints are the backends' fixed addresses.
-    for (backend, zone) in [("backend-a", "zone-a"), ("backend-b", "zone-b")] {
-        let ip = compose["services"][backend]["networks"][zone]["ipv4_address"]
-            .as_str()
-            .unwrap();
+    // The demo policies' endpoints are the backends' loopback addresses
+    // (their first argument), and every service stays on loopback.
+    for backend in ["backend-a", "backend-b"] {
+        let ip = compose["services"][backend]["command"][0].as_str().unwrap();
+        assert!(ip.starts_with("127."), "{backend} at {ip}");
         assert!(
             read("deploy/demo/policies/shop.yaml").contains(ip),
             "{backend} at {ip}"
         );
+    }
+    for (name, service) in services {
+        // The replicas take it from the shared `<<: *meridian` block.
+        let network = if service["network_mode"].is_null() {
+            &service["<<"]["network_mode"]
+        } else {
+            &service["network_mode"]
+        };
+        assert_eq!(network, "host", "{name}");
+        assert!(service["ports"].is_null(), "{name}: nothing published");
     }
 }
