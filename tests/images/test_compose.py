@@ -16,9 +16,11 @@ import re
 import shutil
 import subprocess
 import time
+from xml.etree import ElementTree
 from pathlib import Path
 
 import pytest
+import yaml
 
 from test_images import http, podman
 
@@ -65,21 +67,74 @@ def eventually(what, probe, seconds=90, every=1.0):
     raise AssertionError(f"{what}: not after {seconds} s (last: {last!r})")
 
 
+def until_equal(what, probe, want, seconds=90):
+    """Polls probe() until it returns want; the failure shows the last value."""
+    seen = []
+
+    def check():
+        seen.append(probe())
+        return seen[-1] == want
+    try:
+        eventually(what, check, seconds=seconds)
+    except AssertionError:
+        raise AssertionError(f"{what}: wanted {want!r}, last {seen[-1] if seen else None!r}")
+
+
+def depends_on(service):
+    deps = service.get("depends_on", {})
+    if isinstance(deps, list):
+        return {d: "service_started" for d in deps}
+    return {d: v.get("condition", "service_started") for d, v in deps.items()}
+
+
+def wait_for(dep, condition):
+    """What Compose does before starting a dependent service."""
+    name = container(dep)
+    if condition == "service_completed_successfully":
+        code = podman("wait", name, timeout=300).stdout.strip()
+        logs = podman("logs", name, check=False)
+        assert code == "0", f"{dep} exited {code}: {logs.stdout}\n{logs.stderr}"
+    elif condition == "service_healthy":
+        # The service's own health check, run as a systemd timer would.
+        eventually(f"{dep} healthy", lambda: podman(
+            "healthcheck", "run", name, check=False).returncode == 0, seconds=180)
+
+
+def up():
+    """`podman-compose up -d`, one service at a time in dependency order,
+    each after its depends_on conditions hold.
+
+    podman-compose leaves health conditions to podman, which cannot wait
+    for them before 4.6 (and without systemd never runs a health check by
+    itself), and podman 4.3 fails to start a container whose dependency
+    chain holds an exited one-shot service (`migrate`). So the test plays
+    Compose's part: it checks each condition as the compose file states
+    it, with the service's own health check, and starts each service with
+    `--no-deps`."""
+    spec = yaml.safe_load((ROOT / "deploy/compose.yaml").read_text())
+    services = spec["services"]
+    started, satisfied = [], set()
+    while len(started) < len(services):
+        ready = [n for n in services if n not in started
+                 and all(d in started for d in depends_on(services[n]))]
+        assert ready, f"a dependency cycle among {set(services) - set(started)}"
+        for name in ready:
+            for dep, condition in depends_on(services[name]).items():
+                if (dep, condition) not in satisfied:
+                    wait_for(dep, condition)
+                    satisfied.add((dep, condition))
+            compose("up", "-d", "--no-deps", name)
+            started.append(name)
+    return started
+
+
 @pytest.fixture(scope="module")
 def stack():
     compose("down", "-v", "-t", "2", check=False)  # a previous run's leftovers
     try:
-        # podman-compose cannot wait for a health check before podman 4.6:
-        # start PostgreSQL first and wait for it, then everything else.
-        compose("up", "-d", "postgres")
-        eventually("postgres ready", lambda: podman(
-            "exec", container("postgres"), "pg_isready", "-q", "-h", "127.0.10.2",
-            check=False).returncode == 0, seconds=120)
-        up = compose("up", "-d")
-        print(f"\npodman-compose up:\n{up.stdout[-2000:]}")
-        code = podman("wait", container("init"), timeout=180).stdout.strip()
-        init_logs = podman("logs", container("init"), check=False)
-        assert code == "0", f"init.sh: {init_logs.stdout}\n{init_logs.stderr}"
+        order = up()
+        print(f"\nstarted in order: {' '.join(order)}")
+        wait_for("init", "service_completed_successfully")
         yield
     finally:
         ps = podman("ps", "-a", "--filter", f"label=com.docker.compose.project={PROJECT}",
@@ -136,12 +191,17 @@ def route53_weights():
                                    {"Authorization": AWS})
     assert code == 200, text
     out = {}
-    for rrset in re.findall(r"<ResourceRecordSet>(.*?)</ResourceRecordSet>", text, re.S):
-        if "<Name>catalog.example.com.</Name>" not in rrset:
+    local = lambda el: el.tag.rsplit("}", 1)[-1]  # noqa: E731 (namespaces vary)
+    for rrset in ElementTree.fromstring(text).iter():
+        if local(rrset) != "ResourceRecordSet":
             continue
-        weight = re.search(r"<Weight>(\d+)</Weight>", rrset)
-        for value in re.findall(r"<Value>([^<]+)</Value>", rrset):
-            out[value] = int(weight.group(1)) if weight else None
+        fields = {local(e): (e.text or "").strip() for e in rrset.iter()}
+        if fields.get("Name") != "catalog.example.com.":
+            continue
+        weight = int(fields["Weight"]) if fields.get("Weight") else None
+        for value in rrset.iter():
+            if local(value) == "Value":
+                out[value.text.strip()] = weight
     return out
 
 
@@ -165,22 +225,19 @@ def test_the_demo_fails_zone_a_over_to_zone_b_and_back(stack):
     assert http("GET", f"{API_2}/readyz")[0] == 200, "the second replica"
     eventually("Envoy routes to both zones",
                lambda: {"hello from zone-a", "hello from zone-b"} <= set(through_envoy()))
-    eventually("PowerDNS has both zones",
-               lambda: pdns_targets() == ["192.0.2.10", "192.0.2.20"])
-    eventually("Route53 (moto) has both zones weighted 70/30",
-               lambda: route53_weights() == {"192.0.2.11": 70, "192.0.2.21": 30})
+    until_equal("PowerDNS has both zones", pdns_targets, ["192.0.2.10", "192.0.2.20"])
+    until_equal("Route53 (moto) has both zones weighted 70/30", route53_weights,
+                {"192.0.2.11": 70, "192.0.2.21": 30})
     print(f"\nup and serving both zones after {time.monotonic() - started:.0f} s")
 
     # Zone A's backend stops: its weight moves to zone B everywhere.
     compose("stop", "-t", "1", "backend-a")
     failed = time.monotonic()
-    eventually("zone-a failed over",
-               lambda: weights() == {"zone-a": 0, "zone-b": 100}, seconds=60)
+    until_equal("zone-a failed over", weights, {"zone-a": 0, "zone-b": 100}, seconds=60)
     print(f"failover decided {time.monotonic() - failed:.1f} s after backend-a stopped")
     eventually("Envoy sends everything to zone B",
                lambda: set(through_envoy()) == {"hello from zone-b"}, seconds=30)
-    eventually("PowerDNS answers zone B only",
-               lambda: pdns_targets() == ["192.0.2.20"], seconds=30)
+    until_equal("PowerDNS answers zone B only", pdns_targets, ["192.0.2.20"], seconds=30)
     eventually("Route53 (moto) weighs zone A 0",
                lambda: route53_weights().get("192.0.2.11") == 0
                and route53_weights().get("192.0.2.21", 0) > 0, seconds=30)
@@ -188,12 +245,11 @@ def test_the_demo_fails_zone_a_over_to_zone_b_and_back(stack):
     # It comes back: after recoverySeconds, traffic returns to zone A.
     compose("start", "backend-a")
     back = time.monotonic()
-    eventually("zone-a back at 50",
-               lambda: weights() == {"zone-a": 50, "zone-b": 50}, seconds=120)
+    until_equal("zone-a back at 50", weights, {"zone-a": 50, "zone-b": 50}, seconds=120)
     print(f"failback complete {time.monotonic() - back:.1f} s after backend-a started")
     eventually("Envoy routes to zone A again",
                lambda: "hello from zone-a" in through_envoy(), seconds=30)
-    eventually("PowerDNS has both zones again",
-               lambda: pdns_targets() == ["192.0.2.10", "192.0.2.20"], seconds=30)
-    eventually("Route53 (moto) back to 70/30",
-               lambda: route53_weights() == {"192.0.2.11": 70, "192.0.2.21": 30}, seconds=30)
+    until_equal("PowerDNS has both zones again", pdns_targets, ["192.0.2.10", "192.0.2.20"],
+                seconds=30)
+    until_equal("Route53 (moto) back to 70/30", route53_weights,
+                {"192.0.2.11": 70, "192.0.2.21": 30}, seconds=30)
