@@ -194,7 +194,7 @@ fn pods_are_locked_down_probed_and_given_secrets_as_files() {
         // (0400), the non-root user reads them through fsGroup. Without it
         // the migrate Job could not read the database URL.
         for v in pod["volumes"].as_array().unwrap() {
-            let mode = v["secret"]["defaultMode"].as_u64().map_or(0o644, octal);
+            let mode = file_mode(&v["secret"]["defaultMode"]).unwrap_or(0o644);
             if v["secret"].is_object() && mode & 0o004 == 0 {
                 assert_eq!(
                     pod["securityContext"]["fsGroup"], pod["securityContext"]["runAsGroup"],
@@ -273,10 +273,23 @@ fn pods_are_locked_down_probed_and_given_secrets_as_files() {
     }
 }
 
-/// A file mode as written in a manifest (`0400`): YAML 1.2 reads the digits
-/// as decimal, Kubernetes (YAML 1.1) as octal.
-fn octal(written: u64) -> u64 {
-    u64::from_str_radix(&written.to_string(), 8).unwrap_or(written)
+/// A file mode as a manifest writes it: `0400` is octal to Kubernetes
+/// (YAML 1.1); a YAML 1.2 reader sees a string (a leading zero), or a
+/// number when it is written in decimal.
+fn file_mode(value: &Value) -> Option<u64> {
+    match value {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => u64::from_str_radix(s.trim_start_matches("0o"), 8).ok(),
+        _ => None,
+    }
+}
+
+#[test]
+fn file_modes_read_as_kubernetes_reads_them() {
+    assert_eq!(file_mode(&Value::String("0400".into())), Some(0o400));
+    assert_eq!(file_mode(&Value::String("0o440".into())), Some(0o440));
+    assert_eq!(file_mode(&serde_json::json!(256)), Some(0o400));
+    assert_eq!(file_mode(&Value::Null), None);
 }
 
 /// The settings file the ConfigMap carries.
