@@ -71,4 +71,4 @@ for f in "$POLICIES"/*.yaml; do
     -H 'content-type: application/yaml' --data-binary "@$f"
 done
 rm -f "$answer"
-echo "demo ready: curl -s -H \"authorization: Bearer \$(cat deploy/demo/secrets/admin_token)\" localhost:8080/api/v1/policies/shop/status"
+echo "demo ready: curl -s -H \"authorization: Bearer \$(cat deploy/demo/secrets/admin_token)\" 127.0.10.11:8080/api/v1/policies/shop/status"
