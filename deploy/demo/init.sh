@@ -18,6 +18,16 @@ key=$(cat "$SECRETS/pdns_api_key")
 token=$(cat "$SECRETS/admin_token")
 answer=$(mktemp)
 
+# Meridian answers once migrations ran and its snapshot is loaded. Compose
+# orders the start by health checks, but podman-compose before podman 4.6
+# cannot: wait here either way (up to a minute).
+tries=0
+until curl -fsS -o /dev/null "$M/readyz"; do
+  tries=$((tries + 1))
+  [ "$tries" -lt 120 ] || { echo "meridian at $M not ready after 60 s" >&2; exit 1; }
+  sleep 0.5
+done
+
 # call WHAT CURL-ARGS...: fails unless the answer is 2xx or 409.
 call() {
   what=$1; shift
@@ -61,4 +71,4 @@ for f in "$POLICIES"/*.yaml; do
     -H 'content-type: application/yaml' --data-binary "@$f"
 done
 rm -f "$answer"
-echo "demo ready: curl -s -H \"authorization: Bearer \$(cat deploy/demo/secrets/admin_token)\" localhost:8080/api/v1/policies/shop/status"
+echo "demo ready: curl -s -H \"authorization: Bearer \$(cat deploy/demo/secrets/admin_token)\" 127.0.10.11:8080/api/v1/policies/shop/status"
