@@ -550,7 +550,8 @@ mod tests {
             b.set(ResourceType::Cluster)
         ));
         // (new content, names that changed)
-        let cases: &[(&[(&str, &str)], &[&str])] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+        let cases: &[Case<'_>] = &[
             (&[("x", "2"), ("y", "1")], &["x"]),
             (&[("y", "1")], &["x"]),
             (&[("w", "1"), ("x", "1"), ("y", "1")], &["w"]),

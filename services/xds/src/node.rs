@@ -279,10 +279,7 @@ impl NodeView for MeridianNode {
             },
             ResourceType::RouteConfiguration => match egress_port(&e.name) {
                 Some(port) => scope.ports.contains(&port),
-                None => e
-                    .name
-                    .strip_prefix("grpc_")
-                    .is_some_and(|p| policy_named(p)),
+                None => e.name.strip_prefix("grpc_").is_some_and(policy_named),
             },
             ResourceType::Secret => true,
         }
@@ -373,17 +370,15 @@ impl NodeView for MeridianNode {
                     }
                 }
             }
-            ResourceType::Secret => {
-                // Only the well-known name resolves, to this node's own
-                // certificate: no name reaches another identity's key.
-                if sub.covers_name(WORKLOAD_SECRET) {
-                    if let Some(e) = self
-                        .identity
-                        .as_deref()
-                        .and_then(|id| ext.workload_secret(id))
-                    {
-                        out.push(e.clone());
-                    }
+            // Only the well-known name resolves, to this node's own
+            // certificate: no name reaches another identity's key.
+            ResourceType::Secret if sub.covers_name(WORKLOAD_SECRET) => {
+                if let Some(e) = self
+                    .identity
+                    .as_deref()
+                    .and_then(|id| ext.workload_secret(id))
+                {
+                    out.push(e.clone());
                 }
             }
             _ => {}

@@ -732,15 +732,17 @@ mod security {
 fn a_node_naming_its_hosts_gets_only_theirs_and_other_changes_send_nothing() {
     use meridian_xds_engine::snapshot_channel;
     use xds_api::pb::google::protobuf::{Struct, Value};
-    let mut meta = Node::default();
-    meta.metadata = Some(Struct {
-        fields: HashMap::from([(
-            crate::node::HOSTS_METADATA_KEY.to_owned(),
-            Value {
-                kind: Some(Kind::StringValue("a.example.com, zzz.example.com".into())),
-            },
-        )]),
-    });
+    let meta = Node {
+        metadata: Some(Struct {
+            fields: HashMap::from([(
+                crate::node::HOSTS_METADATA_KEY.to_owned(),
+                Value {
+                    kind: Some(Kind::StringValue("a.example.com, zzz.example.com".into())),
+                },
+            )]),
+        }),
+        ..Default::default()
+    };
     let view = MeridianNode::from_node(Some(&meta));
     assert_eq!(
         view.hosts.iter().flatten().cloned().collect::<Vec<_>>(),

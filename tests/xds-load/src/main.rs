@@ -350,7 +350,7 @@ async fn sotw(
                 }
             }
             EDS => {
-                if names.iter().any(|n| *n == hot) {
+                if names.contains(&hot) {
                     seen.hot.lock().unwrap().push(Instant::now());
                 }
                 c.eds_have.extend(names);
@@ -455,7 +455,7 @@ async fn delta(
                 }
             }
             EDS => {
-                if names.iter().any(|n| *n == hot) {
+                if names.contains(&hot) {
                     seen.hot.lock().unwrap().push(Instant::now());
                 }
                 c.eds_have.extend(names);

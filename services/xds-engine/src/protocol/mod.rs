@@ -565,7 +565,7 @@ impl Core {
                     declared.get(&*e.name).map(String::as_str) == Some(&*e.version)
                 });
                 for n in declared.keys() {
-                    let present = new.get(n.as_str()).is_some_and(|e| covered(e))
+                    let present = new.get(n.as_str()).is_some_and(&covered)
                         || extras.iter().any(|e| &*e.name == n.as_str());
                     if !present && sub.covers_name(n) {
                         gone.push((Arc::from(n.as_str()), None));
@@ -586,7 +586,7 @@ impl Core {
         }
         for o in old_extras {
             let still = extras.binary_search_by(|e| e.name.cmp(&o.name)).is_ok()
-                || new.get(&o.name).is_some_and(|e| covered(e));
+                || new.get(&o.name).is_some_and(&covered);
             if !still {
                 gone.push((o.name.clone(), None));
             }

@@ -201,7 +201,8 @@ fn sotw_eds_change_sends_only_the_changed_assignment_and_lds_cds_stay_full() {
 
     // (what changes, expected responses: type -> names)
     let mut w = w1.clone();
-    let steps: Vec<(Box<dyn Fn(&mut World)>, Vec<(ResourceType, Vec<&str>)>)> = vec![
+    type Step<'a> = (Box<dyn Fn(&mut World)>, Vec<(ResourceType, Vec<&'a str>)>);
+    let steps: Vec<Step<'_>> = vec![
         (Box::new(|w| w.clusters[1].1 = 70), vec![(EDS, vec!["b"])]),
         (
             Box::new(|w| {
