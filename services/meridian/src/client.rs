@@ -254,7 +254,12 @@ pub async fn simulate(
 
 /// Renders locally from the server's stored policies: the translation is a
 /// pure function of them, so this prints what the server serves.
-pub async fn render(server: &str, node: &str, policy: Option<&str>) -> anyhow::Result<()> {
+pub async fn render(
+    server: &str,
+    node: &str,
+    policy: Option<&str>,
+    xds: std::net::SocketAddr,
+) -> anyhow::Result<()> {
     let client = http_client()?;
     let policies = fetch_all(&client, server).await?;
     if let Some(name) = policy {
@@ -263,9 +268,49 @@ pub async fn render(server: &str, node: &str, policy: Option<&str>) -> anyhow::R
         }
     }
     let resources = meridian_xds::render(&policies, &meridian_xds::Weights::new(), policy);
-    let out = serde_json::json!({"node": node, "resources": resources});
+    let out = serde_json::json!({
+        "node": node,
+        "bootstrap": envoy_bootstrap(node, xds),
+        "resources": resources,
+    });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
+}
+
+/// The Envoy bootstrap of a node that takes everything from Meridian at
+/// `xds` over ADS and reports its load there (LRS) through the same cluster.
+pub(crate) fn envoy_bootstrap(node: &str, xds: std::net::SocketAddr) -> serde_json::Value {
+    let grpc = serde_json::json!({
+        "api_type": "GRPC",
+        "transport_api_version": "V3",
+        "grpc_services": [{"envoy_grpc": {"cluster_name": "meridian"}}],
+    });
+    serde_json::json!({
+        "node": {"id": node, "cluster": node},
+        "dynamic_resources": {
+            "ads_config": grpc,
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "cluster_manager": {"load_stats_config": grpc},
+        "static_resources": {"clusters": [{
+            "name": "meridian",
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}},
+                },
+            },
+            "load_assignment": {
+                "cluster_name": "meridian",
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                    "address": xds.ip().to_string(), "port_value": xds.port(),
+                }}}}]}],
+            },
+        }]},
+    })
 }
 
 /// `GET /readyz`; an error unless it answers 200 within 5 seconds.

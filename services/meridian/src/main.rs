@@ -166,6 +166,10 @@ enum XdsCommand {
         /// Only this policy's resources.
         #[arg(long)]
         policy: Option<String>,
+        /// Where the printed Envoy bootstrap finds Meridian's xDS (and load
+        /// reporting) port, as an IP address and port.
+        #[arg(long, default_value = "127.0.0.1:18000")]
+        xds_address: std::net::SocketAddr,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -467,8 +471,9 @@ fn main() -> ExitCode {
             Command::Xds(XdsCommand::Render {
                 node,
                 policy,
+                xds_address,
                 server,
-            }) => client::render(&server.server, &node, policy.as_deref()).await,
+            }) => client::render(&server.server, &node, policy.as_deref(), xds_address).await,
             Command::Watch(args) => watch::run(args).await,
             Command::Token(command) => serve::token(command).await,
             Command::Ready { server } => client::ready(&server.server).await,

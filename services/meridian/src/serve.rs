@@ -365,6 +365,16 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
             Some(ca) => security::xds_tls(&args.security, ca)?,
             None => None,
         };
+        // Load reports (LRS) share the xDS port: clients reach it through
+        // their xDS cluster.
+        let lrs = meridian_load_reports::Service::new(shutdown.clone());
+        let extra = tonic::service::Routes::new(lrs.server());
+        let reporter = args.replica_id.clone().unwrap_or_else(default_replica_id);
+        let flusher = lrs.run_flusher(store.clone(), reporter);
+        tasks.spawn(async move {
+            flusher.await;
+            Ok(())
+        });
         let addr = display_addr(listener.local_addr()?);
         let stop = shutdown.clone();
         match (tls, ca) {
@@ -379,7 +389,7 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
                     shutdown.clone(),
                 ));
                 tasks.spawn(async move {
-                    meridian_xds::tls_server::serve_tls(listener, server, config, stop)
+                    meridian_xds::tls_server::serve_tls_with(listener, server, config, extra, stop)
                         .await
                         .context("xDS server")
                 });
@@ -393,7 +403,7 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
                      (with --ca-key-file) beyond loopback"
                 );
                 tasks.spawn(async move {
-                    meridian_xds::serve(listener, server, stop)
+                    meridian_xds::serve_with(listener, server, extra, stop)
                         .await
                         .context("xDS server")
                 });

@@ -16,6 +16,7 @@ mod error;
 pub mod failover;
 pub mod gitops;
 mod health;
+pub mod load_reports;
 mod metrics;
 pub mod notify;
 mod policies;

@@ -468,9 +468,27 @@ pub async fn serve(
     server: Server,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
+    serve_with(
+        listener,
+        server,
+        tonic::service::Routes::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`], with `extra` gRPC services on the same port (the Load
+/// Reporting Service, which clients reach through their xDS cluster).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    server: Server,
+    extra: tonic::service::Routes,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
     let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
         .expect("a bound listener converts to an incoming stream");
     tonic::transport::Server::builder()
+        .add_routes(extra)
         .add_service(server.ads_service())
         .add_service(server.csds_service())
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())

@@ -198,6 +198,24 @@ pub async fn serve_tls(
     config: Arc<rustls::ServerConfig>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
+    serve_tls_with(
+        listener,
+        server,
+        config,
+        tonic::service::Routes::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve_tls`], with `extra` gRPC services on the same port.
+pub async fn serve_tls_with(
+    listener: TcpListener,
+    server: Server,
+    config: Arc<rustls::ServerConfig>,
+    extra: tonic::service::Routes,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
     let acceptor = TlsAcceptor::from(config);
     let (tx, rx) = mpsc::channel::<Result<TlsConn, std::io::Error>>(64);
     let stop = shutdown.clone();
@@ -250,6 +268,7 @@ pub async fn serve_tls(
         }
     });
     tonic::transport::Server::builder()
+        .add_routes(extra)
         .add_service(server.ads_service())
         .add_service(server.csds_service())
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown.cancelled_owned())

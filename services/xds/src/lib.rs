@@ -28,7 +28,7 @@ pub mod translate;
 use std::sync::Arc;
 
 pub use assemble::{translate, translate_mesh, translate_scoped, Translator};
-pub use meridian_xds_engine::{decide_identity, serve, Server};
+pub use meridian_xds_engine::{decide_identity, serve, serve_with, Server};
 pub use meridian_xds_engine::{
     metrics, protocol, registry, resources, snapshot, snapshot_channel, tls_server, ClientAuth,
     ClientStatus, Entry, NackStatus, PeerIdentity, Publisher, Registry, ResourceType, Resources,

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -15,6 +17,27 @@ pub struct Backend {
     pub addr: SocketAddr,
     stop: tokio_util::sync::CancellationToken,
     task: JoinHandle<()>,
+    failing: Arc<Failing>,
+}
+
+/// A share of requests answered 503, spread evenly: request n fails when
+/// floor((n+1)·share) > floor(n·share). `/healthz` is never failed, so
+/// probes see a healthy zone while its real traffic fails.
+#[derive(Default)]
+struct Failing {
+    per_mille: AtomicU32,
+    served: AtomicU64,
+}
+
+impl Failing {
+    fn next_fails(&self) -> bool {
+        let share = u64::from(self.per_mille.load(Ordering::SeqCst));
+        if share == 0 {
+            return false;
+        }
+        let n = self.served.fetch_add(1, Ordering::SeqCst);
+        (n + 1) * share / 1000 > n * share / 1000
+    }
 }
 
 impl Backend {
@@ -38,9 +61,10 @@ impl Backend {
             .unwrap_or_else(|e| panic!("bind backend {ip}:{port}: {e}"));
         let addr = listener.local_addr().unwrap();
         let who = json!({"zone": zone, "version": version, "addr": addr.to_string()});
+        let failing = Arc::new(Failing::default());
         let app = axum::Router::new()
             .fallback(answer)
-            .with_state((who, failing_peer))
+            .with_state((who, failing_peer, failing.clone()))
             .into_make_service_with_connect_info::<SocketAddr>();
         let stop = tokio_util::sync::CancellationToken::new();
         let signal = stop.clone().cancelled_owned();
@@ -50,7 +74,20 @@ impl Backend {
                 .await
                 .ok();
         });
-        Backend { addr, stop, task }
+        Backend {
+            addr,
+            stop,
+            task,
+            failing,
+        }
+    }
+
+    /// From now on answers 503 to `per_mille` of every 1000 requests (but
+    /// never to `/healthz`): a zone failing part of its real traffic.
+    pub fn fail_share(&self, per_mille: u32) {
+        self.failing
+            .per_mille
+            .store(per_mille.min(1000), Ordering::SeqCst);
     }
 
     /// Stops like a crashed zone: no new connections, and the open ones
@@ -67,12 +104,18 @@ impl Drop for Backend {
     }
 }
 
+type Answering = (Value, Option<std::net::IpAddr>, Arc<Failing>);
+
 async fn answer(
-    State((who, failing_peer)): State<(Value, Option<std::net::IpAddr>)>,
+    State((who, failing_peer, failing)): State<Answering>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Result<Json<Value>, axum::http::StatusCode> {
     if failing_peer == Some(peer.ip()) {
+        return Err(axum::http::StatusCode::SERVICE_UNAVAILABLE);
+    }
+    if uri.path() != "/healthz" && failing.next_fails() {
         return Err(axum::http::StatusCode::SERVICE_UNAVAILABLE);
     }
     let headers: BTreeMap<String, String> = headers

@@ -54,6 +54,22 @@ impl Envoy {
         ads: Ads,
         metadata: &[(&str, &str)],
     ) -> Envoy {
+        Self::start_full(node_id, xds_port, ads, metadata, false).await
+    }
+
+    /// Like [`Envoy::start`], and reporting load (LRS) to Meridian through
+    /// the same cluster (`cluster_manager.load_stats_config`).
+    pub async fn start_reporting_load(node_id: &str, xds_port: u16) -> Envoy {
+        Self::start_full(node_id, xds_port, Ads::StateOfTheWorld, &[], true).await
+    }
+
+    async fn start_full(
+        node_id: &str,
+        xds_port: u16,
+        ads: Ads,
+        metadata: &[(&str, &str)],
+        load_reports: bool,
+    ) -> Envoy {
         let metadata = metadata
             .iter()
             .map(|(k, v)| format!("{k:?}: {v:?}"))
@@ -65,9 +81,14 @@ impl Envoy {
             Ads::StateOfTheWorld => "GRPC",
             Ads::Delta => "DELTA_GRPC",
         };
+        let lrs = if load_reports {
+            "cluster_manager:\n  load_stats_config:\n    api_type: GRPC\n    transport_api_version: V3\n    grpc_services: [{envoy_grpc: {cluster_name: meridian_xds}}]\n"
+        } else {
+            ""
+        };
         let bootstrap = format!(
             r#"node: {{id: {node_id}, cluster: meridian-test, metadata: {{{metadata}}}}}
-admin:
+{lrs}admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
 dynamic_resources:
   ads_config:
