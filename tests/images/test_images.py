@@ -176,7 +176,7 @@ def postgres():
             return f"postgres://meridian:{password}@{addr}:{port}/{db}"
         yield create
     finally:
-        podman("rm", "-f", "-t", "2", name, check=False)
+        podman("rm", "-f", "-v", "-t", "2", name, check=False)
         subprocess.run(["rm", "-rf", str(tmp)])
 
 
@@ -202,7 +202,7 @@ def containers():
         yield names
     finally:
         for n in names:
-            podman("rm", "-f", "-t", "0", n, check=False)
+            podman("rm", "-f", "-v", "-t", "0", n, check=False)
 
 
 # ------------------------------------------------------ 1. the built image
@@ -459,4 +459,8 @@ def test_kube_play_runs_the_migrate_job_and_the_deployment(postgres, tmp_path):
             podman("kube", "down", str(f), check=False)
         for s in ("meridian-database", "meridian-admin-token"):
             podman("secret", "rm", s, check=False)
+        # kube play keeps a volume per ConfigMap and Secret; kube down (4.3)
+        # leaves them.
+        for v in ("meridian-config", "meridian-database", "meridian-admin-token"):
+            podman("volume", "rm", "-f", v, check=False)
         podman("untag", IMAGE, image, check=False)
