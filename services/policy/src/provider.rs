@@ -302,6 +302,27 @@ fn parse_as<T: serde::de::DeserializeOwned>(
             }
         }
     }
+    // In the order the settings declare their fields (serde lists them
+    // when asked about a field it does not know), unknown fields last.
+    let declared: Vec<String> = attempt(&[("\u{0}".to_owned(), Value::Null)].into_iter().collect())
+        .err()
+        .map(|e| {
+            e.inner()
+                .to_string()
+                .split('`')
+                .skip(3)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    errors.sort_by_key(|e| {
+        let field = e.field.strip_prefix("config.").unwrap_or(&e.field);
+        declared
+            .iter()
+            .position(|d| d == field)
+            .unwrap_or(usize::MAX)
+    });
     if errors.is_empty() {
         let path = first.path().to_string();
         let at = if path == "." {
@@ -380,6 +401,13 @@ mod tests {
                     "config.apiKey",
                     "config.colour",
                 ],
+            ),
+            (
+                "x",
+                "pdns",
+                // Problems come in the settings' order, whatever the body's.
+                json!({"apiKey": "s3cr3t", "zone": "z.", "apiUrl": "not a url"}),
+                vec!["config.apiUrl", "config.apiKey"],
             ),
             (
                 "x",
