@@ -258,7 +258,13 @@ async fn requests_are_traced_inside_the_callers_trace() {
     })
     .await
     .expect("the failover decision was exported");
-    assert_eq!(decision.attributes["weights_changed"], "true");
+    // The drain's own transaction re-derives the weights now (a write never
+    // waits for the leader), so the leader's pass may find nothing left to
+    // change; what matters here is that it is traced, as a root span.
+    assert!(
+        decision.attributes.contains_key("weights_changed"),
+        "{decision:?}"
+    );
     assert_eq!(decision.parent_span_id, "", "{decision:?}");
 
     // The unsampled request happened before the drain and its spans would
