@@ -173,6 +173,13 @@ describe('dashboard against a running Meridian', { timeout: 300_000 }, () => {
   });
 
   test('a drain through the UI is confirmed, applied and visible in the API', async () => {
+    // zone-a's backend is back, but it comes back only once the evidence
+    // says so; until then draining zone-b would leave no zone serving,
+    // which the minHealthyZones guard rail refuses (409), rightly.
+    await eventually('zone-a healthy again', 90_000, async () => {
+      const s = (await m.api('GET', '/api/v1/policies/orders/status')).body;
+      return s.zones.find((z) => z.name === 'zone-a').health === 'healthy' || 'not yet';
+    });
     await page.goto(`${m.url}/policies/orders`);
     await page.getByRole('button', { name: 'Drain zone-b…' }).click();
     const dialog = page.locator('dialog#confirm');
@@ -250,10 +257,21 @@ describe('dashboard against a running Meridian', { timeout: 300_000 }, () => {
   });
 
   test("each DNS provider's sync state on the policy page is the server's", async () => {
-    // The example track-api publishes through a provider that is not
-    // registered, so the reconciler records an error for it.
-    const withDns = (await m.api('GET', '/api/v1/policies?limit=1000')).body.items.find((p) => p.spec.zones.some((z) => z.dns));
-    assert.ok(withDns, 'an example with DNS');
+    // A policy publishing through a provider that is not registered, so
+    // the reconciler records an error for it. (The examples publish no DNS:
+    // the local demo registers no provider.)
+    const created = await m.api('POST', '/api/v1/policies', {
+      apiVersion: 'meridian/v1',
+      kind: 'GlobalTrafficPolicy',
+      metadata: { name: 'dns-unregistered' },
+      spec: {
+        host: 'dns-unregistered.example.com',
+        port: 18099,
+        zones: [{ name: 'zone-x', weight: 100, endpoints: [{ address: '127.0.0.9', port: 9 }], dns: { target: '203.0.113.10', provider: 'aws-prod' } }],
+      },
+    });
+    assert.equal(created.status, 201, JSON.stringify(created.body));
+    const withDns = created.body;
     const name = withDns.metadata.name;
     const providers = await eventually('a DNS status recorded', 20_000, async () => {
       const s = (await m.api('GET', `/api/v1/policies/${name}/status`)).body;
