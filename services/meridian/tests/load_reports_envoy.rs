@@ -129,6 +129,139 @@ async fn envoy_load_reports_become_per_zone_tallies() {
     eprintln!("zone-a {ok_a} ok; zone-b {ok_b} ok, {failed} failed; stored {after:?}");
 }
 
+/// Health from real traffic decides: two policies behind one Envoy with
+/// load reporting on, each at well over 100 requests/s, each with a zone
+/// whose backend answers 503 to part of its requests while its `/healthz`
+/// stays healthy, so the probes alone would never move anything. Under the
+/// default 5 % threshold the zone failing 8 % is failed over, on traffic,
+/// and Envoy's traffic leaves it; the zone failing 4 % keeps its weight the
+/// whole time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_traffic_fails_over_a_zone_at_8_percent_and_not_at_4() {
+    let db = database().await;
+    let m = Meridian::start(BIN.as_ref(), &db.url).await;
+    let envoy = Envoy::start_reporting_load("lrs-decides", m.xds_port).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut load = tokio::task::JoinSet::new();
+    let mut sites = Vec::new();
+    for (name, per_mille, zone_b_ip) in [("eight", 80, "127.0.0.3"), ("four", 40, "127.0.0.4")] {
+        let host = format!("{name}.example.com");
+        let port = free_port(&["127.0.0.2", zone_b_ip]);
+        let zone_a = Backend::start("127.0.0.2", port, "zone-a", "v1").await;
+        let zone_b = Backend::start(zone_b_ip, port, "zone-b", "v1").await;
+        let listen = free_port(&["127.0.0.1"]);
+        m.create_policy(&json!({
+            "metadata": {"name": name},
+            "spec": {
+                "host": host, "port": listen,
+                "zones": [
+                    {"name": "zone-a", "weight": 50, "endpoints": [{"address": "127.0.0.2", "port": port}]},
+                    {"name": "zone-b", "weight": 50, "endpoints": [{"address": zone_b_ip, "port": port}]}
+                ],
+                "healthCheck": {"protocol": "http", "path": "/healthz"}
+            }
+        }))
+        .await;
+        let h = host.clone();
+        eventually("envoy routes", Duration::from_secs(30), || {
+            let h = h.clone();
+            async move { request(&Client::new(), listen, &h, "/", &[]).await.is_ok() }
+        })
+        .await;
+        zone_b.fail_share(per_mille);
+        // Closed-loop load: 6 workers per policy, as fast as Envoy answers.
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        for _ in 0..6 {
+            let (stop, host, count) = (stop.clone(), host.clone(), count.clone());
+            load.spawn(async move {
+                let client = Client::new();
+                while !stop.is_cancelled() {
+                    let _ = request(&client, listen, &host, "/", &[]).await;
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+        sites.push((name, listen, host, count, zone_a, zone_b));
+    }
+    let started = std::time::Instant::now();
+    let client = Client::new();
+    let zone_b_weight = |name: &'static str| {
+        let (client, url) = (
+            client.clone(),
+            m.url(&format!("/api/v1/policies/{name}/status")),
+        );
+        async move {
+            let status: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+            let b = status["zones"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|z| z["name"] == "zone-b")
+                .unwrap()
+                .clone();
+            (b["effectiveWeight"].as_u64().unwrap(), b)
+        }
+    };
+    // Watch both for 90 s: "eight" must shift, "four" must never.
+    let mut shifted_after = None;
+    while started.elapsed() < Duration::from_secs(90) {
+        let (four, four_b) = zone_b_weight("four").await;
+        assert_eq!(
+            four,
+            50,
+            "a zone failing 4 % of real requests was moved after {:?}: {four_b}",
+            started.elapsed()
+        );
+        if shifted_after.is_none() {
+            let (eight, eight_b) = zone_b_weight("eight").await;
+            if eight == 0 {
+                assert_eq!(eight_b["decidedBy"], "traffic", "{eight_b}");
+                assert!(
+                    eight_b["traffic"]["requests"].as_u64().unwrap() >= 100,
+                    "{eight_b}"
+                );
+                shifted_after = Some(started.elapsed());
+                // And Envoy's traffic leaves it (before any ramped failback,
+                // which begins a recovery time later).
+                let (_, listen, host, ..) = &sites[0];
+                let (listen, host) = (*listen, host.clone());
+                eventually(
+                    "Envoy's traffic leaves zone-b",
+                    Duration::from_secs(10),
+                    || {
+                        let host = host.clone();
+                        async move {
+                            meridian_test_support::traffic::all_reach(listen, &host, 20, "zone-a")
+                                .await
+                        }
+                    },
+                )
+                .await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop.cancel();
+    while load.join_next().await.is_some() {}
+    let elapsed = started.elapsed().as_secs_f64();
+    for (name, _, _, count, _, _) in &sites {
+        let rps = count.load(std::sync::atomic::Ordering::Relaxed) as f64 / elapsed;
+        eprintln!("{name}: {rps:.0} requests/s");
+        assert!(
+            rps >= 100.0,
+            "the load must be at least 100 requests/s: {name} got {rps:.0}"
+        );
+    }
+    let shifted_after = shifted_after.unwrap_or_else(|| {
+        panic!(
+            "a zone failing 8 % of real requests was not failed over in 90 s\nenvoy log:\n{}",
+            envoy.log()
+        )
+    });
+    eprintln!("zone failing 8 %: failed over {shifted_after:?} after the failures began");
+    m.stop().await;
+}
+
 /// The bootstrap `meridian xds render` prints enables load reporting, and
 /// Envoy accepts it.
 #[tokio::test]

@@ -907,6 +907,8 @@ pub struct FailoverRows {
     pub overrides: BTreeMap<String, Override>,
     pub drains: BTreeMap<String, Vec<String>>,
     pub current: BTreeMap<String, EffectiveWeights>,
+    /// (policy, zone) → the data planes' load-report buckets of its window.
+    pub traffic: BTreeMap<(String, String), Vec<meridian_failover::TrafficTally>>,
 }
 
 impl Store {
@@ -919,7 +921,18 @@ impl Store {
         fresh_for: std::time::Duration,
     ) -> Result<(Vec<meridian_policy::Policy>, FailoverRows), Error> {
         let policies = self.all().await?;
+        let windows = policies
+            .iter()
+            .map(|p| {
+                let secs = u64::from(p.spec.failover.window_seconds);
+                (
+                    p.metadata.name.clone(),
+                    std::time::Duration::from_secs(secs),
+                )
+            })
+            .collect();
         let rows = FailoverRows {
+            traffic: self.traffic_tallies(&windows).await?,
             reports: self.health_reports(fresh_for).await?,
             states: self.zone_states().await?,
             overrides: self.overrides().await?,
@@ -975,9 +988,15 @@ impl FailoverRows {
                 meridian_failover::step::Input {
                     policy: Some(p),
                     probes: probes.remove(name).unwrap_or_default(),
-                    // Real traffic tallies (Envoy load reports) join here once
-                    // the xDS role stores them; until then probes decide alone.
-                    traffic: BTreeMap::new(),
+                    traffic: p
+                        .spec
+                        .zones
+                        .iter()
+                        .filter_map(|z| {
+                            let t = self.traffic.get(&(name.to_owned(), z.name.clone()))?;
+                            Some((z.name.clone(), t.clone()))
+                        })
+                        .collect(),
                     states,
                     override_: self.overrides.get(name).map(|o| Pinned {
                         weights: o.weights.clone(),

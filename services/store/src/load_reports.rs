@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use meridian_failover::TrafficTally;
+
 use crate::{Error, Store};
 
 /// How long buckets are kept: well beyond any policy's window.
@@ -57,42 +59,69 @@ impl Store {
         Ok(())
     }
 
-    /// Per (policy, zone): the requests and failures every reporter
-    /// reported over the last `windows[policy]` (by the database's clock).
-    /// Policies not in `windows` are left out; a zone without reports in
-    /// its window is absent (no traffic is not zero failures).
-    pub async fn load_totals(
+    /// Per (policy, zone): every reporter's one-second buckets of the last
+    /// `windows[policy]`, as the failover decision takes them. Buckets are
+    /// stamped by the database's clock; their ends are given on this
+    /// process's clock (now minus their age), so replicas whose clocks
+    /// disagree still pool the same window. Policies not in `windows` are
+    /// left out; a zone without reports in its window is absent (no traffic
+    /// is not zero failures).
+    pub async fn traffic_tallies(
         &self,
         windows: &BTreeMap<String, Duration>,
-    ) -> Result<BTreeMap<(String, String), LoadTotals>, Error> {
+    ) -> Result<BTreeMap<(String, String), Vec<TrafficTally>>, Error> {
         if windows.is_empty() {
             return Ok(BTreeMap::new());
         }
         let names: Vec<&str> = windows.keys().map(String::as_str).collect();
         let seconds: Vec<f64> = windows.values().map(Duration::as_secs_f64).collect();
-        let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
-            "SELECT l.policy_name, l.zone, sum(l.requests)::int8, sum(l.failures)::int8,
-                    count(DISTINCT l.reporter)::int8
+        let rows: Vec<(String, String, String, f64, i64, i64)> = sqlx::query_as(
+            "SELECT l.policy_name, l.zone, l.reporter,
+                    (extract(epoch FROM now() - l.bucket) * 1000)::float8 - 1000,
+                    l.requests, l.failures
              FROM load_reports l
              JOIN unnest($1::text[], $2::float8[]) AS w(policy, secs) ON w.policy = l.policy_name
              WHERE l.bucket > now() - make_interval(secs => w.secs)
-             GROUP BY l.policy_name, l.zone",
+             ORDER BY l.policy_name, l.zone, l.bucket, l.reporter",
         )
         .bind(&names)
         .bind(&seconds)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut out: BTreeMap<(String, String), Vec<TrafficTally>> = BTreeMap::new();
+        for (policy, zone, reporter, age_ms, requests, failures) in rows {
+            out.entry((policy, zone)).or_default().push(TrafficTally {
+                reporter,
+                // A bucket ends a second after it starts; one still filling
+                // counts as ending now.
+                end_ms: now_ms - age_ms.max(0.0) as i64,
+                requests: requests.max(0) as u64,
+                failures: failures.max(0) as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Per (policy, zone): the requests and failures every reporter
+    /// reported over the last `windows[policy]`, summed.
+    pub async fn load_totals(
+        &self,
+        windows: &BTreeMap<String, Duration>,
+    ) -> Result<BTreeMap<(String, String), LoadTotals>, Error> {
+        Ok(self
+            .traffic_tallies(windows)
+            .await?
             .into_iter()
-            .map(|(policy, zone, requests, failures, reporters)| {
-                (
-                    (policy, zone),
-                    LoadTotals {
-                        requests: requests.max(0) as u64,
-                        failures: failures.max(0) as u64,
-                        reporters: reporters.clamp(0, i64::from(u32::MAX)) as u32,
-                    },
-                )
+            .map(|(key, tallies)| {
+                let reporters: std::collections::BTreeSet<&str> =
+                    tallies.iter().map(|t| t.reporter.as_str()).collect();
+                let totals = LoadTotals {
+                    requests: tallies.iter().map(|t| t.requests).sum(),
+                    failures: tallies.iter().map(|t| t.failures).sum(),
+                    reporters: u32::try_from(reporters.len()).unwrap_or(u32::MAX),
+                };
+                (key, totals)
             })
             .collect())
     }

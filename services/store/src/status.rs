@@ -88,6 +88,10 @@ impl Store {
         let override_ = self.override_of(name).await?;
         let providers = self.dns_status(name).await?;
         let drains = self.drains().await?.remove(name).unwrap_or_default();
+        let window = Duration::from_secs(u64::from(policy.spec.failover.window_seconds));
+        let mut traffic = self
+            .traffic_tallies(&[(name.to_owned(), window)].into())
+            .await?;
         let now = Utc::now().timestamp_millis();
         let zones = policy
             .spec
@@ -121,7 +125,10 @@ impl Store {
                 let (_, verdict) = meridian_failover::evaluate(
                     prev.as_ref(),
                     &tallies,
-                    &[],
+                    traffic
+                        .remove(&(name.to_owned(), z.name.clone()))
+                        .unwrap_or_default()
+                        .as_slice(),
                     &policy.spec.failover,
                     now,
                 );
