@@ -148,6 +148,16 @@ describe('dashboard against a running Meridian', { timeout: 300_000 }, () => {
     // The UI agrees with the API.
     const status = (await m.api('GET', '/api/v1/policies/orders/status')).body;
     assert.equal(status.cause, 'failover');
+    // Which evidence decided, as /status says: no data plane reports load
+    // here, so the probes do, and the cell says so.
+    const zoneAStatus = status.zones.find((z) => z.name === 'zone-a');
+    assert.equal(zoneAStatus.decidedBy, 'probes');
+    assert.equal(zoneAStatus.traffic.requests, 0);
+    await eventually('the evidence cell marks the probes as deciding', 10_000, async () => {
+      const deciding = await page.getAttribute('tr[data-zone="zone-a"] [data-testid="evidence"] [data-deciding="true"]', 'data-source');
+      const text = await page.textContent('tr[data-zone="zone-a"] [data-testid="evidence"]');
+      return deciding === 'probes' && /traffic: none/.test(text) && /probes: \d+\.\d% of \d+ probes/.test(text) ? true : { deciding, text };
+    });
     assert.equal(await page.textContent('[data-testid="cause"]'), 'failover');
     assert.equal(await page.evaluate(() => window.__sameDocument), true, 'the page was reloaded');
     await screenshot(page, 'policy-degraded');

@@ -2,7 +2,7 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { ago, attention, diffHunks, drainPreview, eventLevel, healthSpans, lineDiff, matches, parseSse, sparkPath, stableText, weightChanges, zoneTransitions } from '../app/assets/logic.js';
+import { ago, attention, diffHunks, drainPreview, evidenceLines, eventLevel, healthSpans, lineDiff, matches, parseSse, sparkPath, stableText, weightChanges, zoneTransitions } from '../app/assets/logic.js';
 
 const track = { name: 'track-api', host: 'track.example.com', labels: { team: 'logistics', tier: 'frontend' }, health: 'degraded', flags: ['failed-over'] };
 const pay = { name: 'payments', host: 'payments.example.com', labels: { team: 'payments' }, health: 'healthy', flags: [] };
@@ -152,4 +152,29 @@ test('zone transitions are read from the events of that zone only', () => {
     { kind: 'zone-unhealthy', at: '2026-01-01T00:00:01Z', details: { zone: 'b', failureRatePercent: 9 } },
   ];
   assert.deepEqual(zoneTransitions(events, 'a').map((t) => [t.health, t.rate]), [['unhealthy', 40], ['healthy', 0]]);
+});
+
+test('a zone shows both rates and which one decides', () => {
+  const cases = [
+    [
+      { decidedBy: 'traffic', traffic: { requests: 2000, failures: 160 }, probes: { requests: 30, failures: 0 }, lowerBoundPercent: 6.62, upperBoundPercent: 8.6 },
+      ['traffic: 8.0% of 2000 requests', 'probes: 0.0% of 30 probes'],
+      'traffic',
+      '6.6–8.6%',
+    ],
+    [
+      { decidedBy: 'probes', traffic: { requests: 0, failures: 0 }, probes: { requests: 30, failures: 3 }, lowerBoundPercent: 0.1, upperBoundPercent: 15.2 },
+      ['traffic: none', 'probes: 10.0% of 30 probes'],
+      'probes',
+      '0.1–15.2%',
+    ],
+    // An older server without the fields: nothing decides, no bounds.
+    [{ failureRatePercent: 0 }, ['traffic: none', 'probes: none'], undefined, null],
+  ];
+  for (const [zone, texts, deciding, bounds] of cases) {
+    const got = evidenceLines(zone);
+    assert.deepEqual(got.lines.map((l) => l.text), texts);
+    assert.equal(got.lines.find((l) => l.deciding)?.source, deciding);
+    assert.equal(got.bounds, bounds);
+  }
 });

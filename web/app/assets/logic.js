@@ -275,3 +275,25 @@ export function zoneTransitions(events, zone) {
     .map((e) => ({ at: Date.parse(e.at), health: e.kind === 'zone-unhealthy' ? 'unhealthy' : 'healthy', rate: e.details?.failureRatePercent }))
     .sort((a, b) => a.at - b.at);
 }
+
+/**
+ * What a zone's health is decided on, for the zones table: the probes' and
+ * the real traffic's failure rates with their counts, which of the two
+ * decides (`/status` `decidedBy`: traffic once the data planes reported
+ * enough requests), and the confidence bounds the decision used.
+ */
+export function evidenceLines(zone) {
+  const rate = (e) => (e && e.requests > 0 ? (Math.min(e.failures, e.requests) * 100) / e.requests : 0);
+  const line = (source, e, unit) => ({
+    source,
+    deciding: zone.decidedBy === source,
+    text: e && e.requests > 0 ? `${source}: ${rate(e).toFixed(1)}% of ${e.requests} ${unit}` : `${source}: none`,
+  });
+  return {
+    lines: [line('traffic', zone.traffic, 'requests'), line('probes', zone.probes, 'probes')],
+    bounds:
+      Number.isFinite(zone.lowerBoundPercent) && Number.isFinite(zone.upperBoundPercent)
+        ? `${zone.lowerBoundPercent.toFixed(1)}–${zone.upperBoundPercent.toFixed(1)}%`
+        : null,
+  };
+}

@@ -4,12 +4,24 @@
 
 import { enc, get, send } from './api.js';
 import { onEvent } from './main.js';
-import { ago, diffHunks, drainPreview, eventLevel, flagOf, healthOf, healthSpans, lineDiff, sparkPath, stableText, weightChanges, zoneHealthOf, zoneTransitions } from './logic.js';
+import { ago, diffHunks, drainPreview, evidenceLines, eventLevel, flagOf, healthOf, healthSpans, lineDiff, sparkPath, stableText, weightChanges, zoneHealthOf, zoneTransitions } from './logic.js';
 import { dnsBadge } from './overview.js';
 import { badge, confirmAction, errorBox, fill, h, keepFocus, svg } from './ui.js';
 
 const STATUS_MS = 2000;
 const SLOW_MS = 10000;
+/** The failure-rate cell: both sources, the deciding one marked, the
+ *  bounds the decision used, and the verdict as its tooltip. */
+function evidenceCell(z) {
+  const { lines, bounds } = evidenceLines(z);
+  return h(
+    'td',
+    { class: 'num', 'data-testid': 'evidence', title: z.verdict ?? '' },
+    lines.map((l) => h('div', { class: l.deciding ? 'deciding' : 'muted small', 'data-source': l.source, 'data-deciding': String(l.deciding) }, l.text, l.deciding ? ' ◂ decides' : '')),
+    bounds ? h('div', { class: 'muted small' }, `bounds ${bounds}`) : null,
+  );
+}
+
 /** Failure-rate samples kept per zone: five minutes at one per 2 s. */
 const HISTORY = 150;
 const WINDOW_MS = 5 * 60_000;
@@ -199,7 +211,7 @@ export function mount(main, name) {
               { 'data-zone': z.name },
               h('td', {}, h('strong', {}, z.name), ' ', z.drained ? h('span', { class: 'badge info', 'data-testid': 'drained' }, '∥ drained') : null),
               h('td', {}, badge(zoneHealthOf(z.health))),
-              h('td', { class: 'num' }, `${z.failureRatePercent.toFixed(1)}%`, h('div', { class: 'muted small' }, `${z.samples} samples`)),
+              evidenceCell(z),
               h('td', {}, sparkline(history.get(`${name}\u0000${z.name}`) ?? [], zoneTransitions(state.events, z.name), z.health, policy.spec.failover?.failureRatePercent ?? 5)),
               h('td', { class: 'num' }, `${z.specWeight}%`),
               h('td', { class: `num ${z.effectiveWeight !== z.specWeight ? 'shift' : ''}` }, `${z.effectiveWeight}%`),
