@@ -63,6 +63,18 @@ def parse_args():
     p.add_argument("--ready-timeout", type=float, default=60.0)
     p.add_argument("--warmup-timeout", type=float, default=30.0)
     p.add_argument("--call-timeout", type=float, default=10.0)
+    p.add_argument(
+        "--fail",
+        action="append",
+        default=[],
+        help="ZONE=PER_MILLE: that zone's backend answers UNAVAILABLE to that share of calls",
+    )
+    p.add_argument(
+        "--linger",
+        type=float,
+        default=0.0,
+        help="seconds to keep the channel open after the calls (so load reports go out)",
+    )
     return p.parse_args()
 
 
@@ -101,10 +113,11 @@ def main():
 
     import grpc  # noqa: E402  (after GRPC_XDS_BOOTSTRAP on purpose)
 
+    failing = {z: int(n) for z, n in (kv.split("=", 1) for kv in args.fail)}
     servers = []
     try:
         for zone, ip, port in args.backend:
-            servers.append(start_backend(grpc, zone, ip, port))
+            servers.append(start_backend(grpc, zone, ip, port, failing.get(zone, 0)))
         return run_client(grpc, args)
     finally:
         for s in servers:
@@ -112,10 +125,17 @@ def main():
         os.unlink(bootstrap_path)
 
 
-def start_backend(grpc, zone, ip, port):
+def start_backend(grpc, zone, ip, port, fail_per_mille=0):
     answer = zone.encode()
+    served = [0]
 
-    def who(_request, _context):
+    def who(_request, context):
+        # Spread evenly, like tests/support's HTTP backends: call n fails
+        # when floor((n+1)*share) > floor(n*share).
+        n = served[0]
+        served[0] += 1
+        if (n + 1) * fail_per_mille // 1000 > n * fail_per_mille // 1000:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"{zone} fails this call on purpose")
         return answer
 
     # No (de)serializers: requests and responses are raw bytes.
@@ -183,6 +203,9 @@ def run_client(grpc, args):
             ),
             flush=True,
         )
+        # gRPC sends its load reports (when the cluster names an LRS
+        # server) at the interval the server asked for; wait for them.
+        time.sleep(args.linger)
         return 0
     finally:
         channel.close()

@@ -3,7 +3,7 @@
 //! port.
 //!
 //! Envoys (bootstrap `cluster_manager.load_stats_config`) and proxyless
-//! gRPC clients (`"server_features"` with LRS in their cluster config) open
+//! gRPC clients (every cluster Meridian serves names it as `lrs_server`) open
 //! one stream, get told to report every cluster every
 //! [`tally::REPORT_INTERVAL`], and then send, per cluster and locality, the
 //! requests that succeeded and those that failed since their last report.
@@ -18,7 +18,7 @@
 //!   buckets older than the store's retention.
 //!
 //! The failover leader pools every replica's buckets over a policy's
-//! window with `Store::load_totals`.
+//! window with `Store::traffic_tallies`.
 
 pub mod tally;
 

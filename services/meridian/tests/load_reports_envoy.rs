@@ -169,7 +169,8 @@ async fn real_traffic_fails_over_a_zone_at_8_percent_and_not_at_4() {
         })
         .await;
         zone_b.fail_share(per_mille);
-        // Closed-loop load: 6 workers per policy, as fast as Envoy answers.
+        // Closed-loop load: 6 workers per policy, each pausing 10 ms between
+        // requests (a few hundred requests/s, not all the CPU there is).
         let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         for _ in 0..6 {
             let (stop, host, count) = (stop.clone(), host.clone(), count.clone());
@@ -178,6 +179,7 @@ async fn real_traffic_fails_over_a_zone_at_8_percent_and_not_at_4() {
                 while !stop.is_cancelled() {
                     let _ = request(&client, listen, &host, "/", &[]).await;
                     count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             });
         }

@@ -313,3 +313,97 @@ async fn proxyless_grpc_client_scoped_by_hosts() {
     );
     m.stop().await;
 }
+
+/// Per (zone) requests and failures Meridian stored from load reports for
+/// [`POLICY`], once they stop changing.
+async fn settled_load(
+    store: &meridian_store::Store,
+) -> std::collections::BTreeMap<String, (u64, u64)> {
+    let windows = [(POLICY.to_owned(), Duration::from_secs(600))].into();
+    let read = || async {
+        store
+            .load_totals(&windows)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|((_, zone), t)| (zone, (t.requests, t.failures)))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let mut last = read().await;
+    let started = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let now = read().await;
+        if now == last && (!now.is_empty() || started.elapsed() > Duration::from_secs(20)) {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// Proxyless gRPC reports its calls per zone to Meridian's LRS (the
+/// clusters name the xDS server as their `lrs_server`), so failover can
+/// decide on a gRPC service's real traffic too: what Meridian stores is
+/// exactly what the client saw, zone by zone, failures included.
+#[tokio::test]
+async fn proxyless_grpc_client_reports_its_calls_per_zone() {
+    python();
+    let db = database().await;
+    let m = Meridian::start(BIN.as_ref(), &db.url).await;
+    let port = free_port_on_both();
+    m.create_policy(&json!({
+        "metadata": {"name": POLICY},
+        "spec": {
+            "host": HOST, "port": 50051, "protocol": "grpc",
+            "zones": zones(port, 50, 50),
+            "healthCheck": {"protocol": "tcp"},
+            // Nothing moves: this test is about what is counted.
+            "failover": {"mode": "manual"},
+        }
+    }))
+    .await;
+    wait_for_weights(&m, &[("zone-a", 50), ("zone-b", 50)]).await;
+
+    // Zone B fails a fifth of its calls; the client keeps its channel open
+    // a few report intervals after the last call.
+    let out = run_client_with(
+        &m,
+        port,
+        &format!("{HOST}:50051"),
+        "lrs",
+        &["--fail", "zone-b=200", "--linger", "5"],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default(),
+    )
+    .expect("JSON report");
+    eprintln!("gRPC client report: {report}");
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let errors = n(&report["errors"]);
+    assert!(errors > 0, "zone-b failed no call: {report}");
+    // Warm-up calls are reported too; every failed one was zone B's (zone
+    // A fails nothing).
+    let warmup_failed = n(&report["warmup_calls"])
+        - n(&report["warmup_seen"]["zone-a"])
+        - n(&report["warmup_seen"]["zone-b"]);
+    let ok_a = n(&report["counts"]["zone-a"]) + n(&report["warmup_seen"]["zone-a"]);
+    let ok_b = n(&report["counts"]["zone-b"]) + n(&report["warmup_seen"]["zone-b"]);
+    let failed_b = errors + warmup_failed;
+
+    let stored = settled_load(&db.store).await;
+    assert_eq!(
+        (stored.get("zone-a").copied(), stored.get("zone-b").copied()),
+        (Some((ok_a, 0)), Some((ok_b + failed_b, failed_b))),
+        "stored tallies must be what the gRPC client saw: {report}"
+    );
+    m.stop().await;
+}

@@ -86,7 +86,7 @@ use xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v
 use xds_api::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
 use xds_api::pb::google::protobuf::{Any, Duration, UInt32Value};
 
-use crate::envoy::{ads, any_of};
+use crate::envoy::{ads, any_of, this_server};
 use crate::tls::{self, Consumer, Peers};
 use meridian_xds_engine::{Entry, ResourceType};
 
@@ -434,6 +434,9 @@ fn cluster(name: &str, protocol: Protocol) -> Cluster {
             Protocol::Grpc => Some(Http2ProtocolOptions::default()),
             Protocol::Http => None,
         },
+        // Proxyless gRPC clients report each zone's calls to the xDS server
+        // they got this cluster from, so failover can decide on real traffic.
+        lrs_server: Some(this_server()),
         ..Default::default()
     }
 }
