@@ -155,6 +155,22 @@ async fn a_failing_zone_is_drained_from_envoy_and_returns_after_recovery() {
     // Zone A returns: healthy again only after the recovery period, then 70/30.
     let back = Instant::now();
     let _zone_a = Backend::start("127.0.0.2", port, "zone-a", "v1").await;
+    // The failback is ramped in Envoy's traffic too: while the weights
+    // climb back, Envoy sends zone A a share well between none and its 70.
+    let mut seen = Vec::new();
+    while back.elapsed() < Duration::from_secs(40) && effective(&status(&m).await) != (70, 30) {
+        let a = share(
+            &burst(listen, HOST, "/", 200, 0, &[]).await,
+            "zone",
+            "zone-a",
+        );
+        seen.push(a.round());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        seen.iter().any(|a| (8.0..=58.0).contains(a)),
+        "no intermediate share of zone A seen in Envoy during the failback: {seen:?}"
+    );
     wait_weights(&m, (70, 30), Duration::from_secs(30), "recovery to 70/30").await;
     assert!(
         back.elapsed() >= Duration::from_secs(2),
@@ -814,5 +830,77 @@ async fn grpc_health_checks_drive_failover() {
         "SERVING brings zone A back",
     )
     .await;
+    m.stop().await;
+}
+
+/// Noise cannot fool the probes' statistics. Default failover settings (5 %,
+/// a 30 s window, 10 samples, 1 s probes); zone A's health endpoint fails
+/// 4 % of probes at random, zone B none, zone C 25 %. Over five minutes zone
+/// A is never failed over (before the confidence bounds it was within 150
+/// s); zone C is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noisy_probes_never_fail_over_a_zone_under_the_threshold() {
+    let db = database().await;
+    let m = Meridian::start(BIN.as_ref(), &db.url).await;
+    let port = free_port(&["127.0.0.2", "127.0.0.3", "127.0.0.4"]);
+    let zone_a = Backend::start("127.0.0.2", port, "zone-a", "v1").await;
+    let _zone_b = Backend::start("127.0.0.3", port, "zone-b", "v1").await;
+    let zone_c = Backend::start("127.0.0.4", port, "zone-c", "v1").await;
+    zone_a.fail_health_randomly(40, 0x5eed_0004);
+    zone_c.fail_health_randomly(250, 0x5eed_0025);
+    let listen = free_port(&["127.0.0.1"]);
+    m.create_policy(&json!({
+        "metadata": {"name": "noise"},
+        "spec": {
+            "host": "noise.example.com", "port": listen,
+            "zones": [
+                {"name": "zone-a", "weight": 34, "endpoints": [{"address": "127.0.0.2", "port": port}]},
+                {"name": "zone-b", "weight": 33, "endpoints": [{"address": "127.0.0.3", "port": port}]},
+                {"name": "zone-c", "weight": 33, "endpoints": [{"address": "127.0.0.4", "port": port}]}
+            ],
+            "healthCheck": {"protocol": "http", "path": "/healthz"}
+        }
+    }))
+    .await;
+    let started = Instant::now();
+    let mut zone_c_failed_over = None;
+    while started.elapsed() < Duration::from_secs(300) {
+        let status: Value = reqwest::get(m.url("/api/v1/policies/noise/status"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let zone = |name: &str| {
+            status["zones"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|z| z["name"] == name)
+                .unwrap()
+                .clone()
+        };
+        let a = zone("zone-a");
+        assert_ne!(
+            a["health"],
+            "unhealthy",
+            "zone A (4 % noise) failed over after {:?}: {a}",
+            started.elapsed()
+        );
+        if zone_c_failed_over.is_none() && zone("zone-c")["effectiveWeight"] == 0 {
+            zone_c_failed_over = Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // Between two looks too: no event ever called zone A unhealthy.
+    let a_down: Vec<Value> = events_of(&m, "zone-unhealthy", Some("noise"))
+        .await
+        .into_iter()
+        .filter(|e| e["details"]["zone"] == "zone-a")
+        .collect();
+    assert!(a_down.is_empty(), "zone A was failed over: {a_down:?}");
+    let c_after =
+        zone_c_failed_over.expect("zone C (25 % failing) was never failed over in 5 minutes");
+    eprintln!("zone C (25 %) failed over {c_after:?} after the start; zone A (4 %) never in 300 s");
     m.stop().await;
 }

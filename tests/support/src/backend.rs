@@ -27,6 +27,12 @@ pub struct Backend {
 struct Failing {
     per_mille: AtomicU32,
     served: AtomicU64,
+    /// `/healthz` answers 503 to this share, at random (noise, not a
+    /// pattern): what a health endpoint that is mostly fine looks like.
+    health_per_mille: AtomicU32,
+    /// xorshift64 state for the health failures; seeded, so a run can be
+    /// repeated.
+    rng: AtomicU64,
 }
 
 impl Failing {
@@ -37,6 +43,19 @@ impl Failing {
         }
         let n = self.served.fetch_add(1, Ordering::SeqCst);
         (n + 1) * share / 1000 > n * share / 1000
+    }
+
+    fn health_fails(&self) -> bool {
+        let share = u64::from(self.health_per_mille.load(Ordering::SeqCst));
+        if share == 0 {
+            return false;
+        }
+        let mut x = self.rng.load(Ordering::SeqCst).max(1);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.store(x, Ordering::SeqCst);
+        x % 1000 < share
     }
 }
 
@@ -90,6 +109,16 @@ impl Backend {
             .store(per_mille.min(1000), Ordering::SeqCst);
     }
 
+    /// From now on `/healthz` answers 503 to `per_mille` of probes, drawn at
+    /// random from a generator seeded with `seed`; other requests are not
+    /// affected. A zone whose health is noisy rather than bad.
+    pub fn fail_health_randomly(&self, per_mille: u32, seed: u64) {
+        self.failing.rng.store(seed.max(1), Ordering::SeqCst);
+        self.failing
+            .health_per_mille
+            .store(per_mille.min(1000), Ordering::SeqCst);
+    }
+
     /// Stops like a crashed zone: no new connections, and the open ones
     /// (Envoy's pooled keep-alives included) are closed.
     pub async fn stop(mut self) {
@@ -116,6 +145,9 @@ async fn answer(
         return Err(axum::http::StatusCode::SERVICE_UNAVAILABLE);
     }
     if uri.path() != "/healthz" && failing.next_fails() {
+        return Err(axum::http::StatusCode::SERVICE_UNAVAILABLE);
+    }
+    if uri.path() == "/healthz" && failing.health_fails() {
         return Err(axum::http::StatusCode::SERVICE_UNAVAILABLE);
     }
     let headers: BTreeMap<String, String> = headers
