@@ -904,3 +904,63 @@ async fn noisy_probes_never_fail_over_a_zone_under_the_threshold() {
     eprintln!("zone C (25 %) failed over {c_after:?} after the start; zone A (4 %) never in 300 s");
     m.stop().await;
 }
+
+/// Stale weights cannot black-hole a renamed zone. A leader has stored a
+/// decision naming zones A and B; then only the API and xDS run (no leader
+/// will ever decide again) and zone A is renamed by a write. Envoy sends
+/// the renamed zone its 70 % at once. (Before writes re-derived the
+/// weights, the stored decision had no entry for the new name, which got
+/// weight 0 until a leader decided again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_zone_keeps_its_traffic_with_no_leader_running() {
+    let db = database().await;
+    let port = free_port(&["127.0.0.2", "127.0.0.3"]);
+    let listen = free_port(&["127.0.0.1"]);
+    let zone_a = Backend::start("127.0.0.2", port, "zone-a", "v1").await;
+    let _zone_b = Backend::start("127.0.0.3", port, "zone-b", "v1").await;
+
+    // With a leader: a failover and a recovery leave a stored decision.
+    let m = Meridian::start(BIN.as_ref(), &db.url).await;
+    m.create_policy(&policy(listen, port)).await;
+    zone_a.stop().await;
+    wait_weights(&m, (0, 100), Duration::from_secs(20), "zone A failed over").await;
+    let _zone_a = Backend::start("127.0.0.2", port, "zone-a", "v1").await;
+    wait_weights(&m, (70, 30), Duration::from_secs(40), "zone A back").await;
+    m.stop().await;
+
+    // Only the API and xDS from now on.
+    let m =
+        Meridian::start_with(BIN.as_ref(), &db.url, &[("MERIDIAN_ROLES", "api,xds")], &[]).await;
+    let _envoy = Envoy::start("renamed-zone", m.xds_port, Ads::StateOfTheWorld).await;
+    let mut renamed = policy(listen, port);
+    renamed["spec"]["zones"][0]["name"] = json!("zone-a-2");
+    let r = Client::new()
+        .put(m.url("/api/v1/policies/orders"))
+        .json(&renamed)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success(),
+        "rename: {} {}",
+        r.status(),
+        r.text().await.unwrap()
+    );
+    let s = status(&m).await;
+    assert_eq!(s["zones"][0]["name"], "zone-a-2");
+    assert_eq!(effective(&s), (70, 30), "{s}");
+    eventually(
+        "Envoy sends the renamed zone its 70 %",
+        Duration::from_secs(30),
+        || async {
+            let a = share(
+                &burst(listen, HOST, "/", 200, 0, &[]).await,
+                "zone",
+                "zone-a",
+            );
+            (60.0..=80.0).contains(&a)
+        },
+    )
+    .await;
+    m.stop().await;
+}
