@@ -90,6 +90,7 @@ pub struct File {
     pub xds_tls: Option<bool>,
     /// `required`, `optional` or `none`.
     pub xds_client_auth: Option<String>,
+    pub xds_trust_claimed_identities: Option<bool>,
     pub xds_server_names: Option<Vec<String>>,
 }
 
@@ -192,15 +193,16 @@ pub fn merge(args: &mut ServeArgs, file: File, matches: &ArgMatches) -> Result<(
     take_security!(ca_bundle_file, optional);
     take_security!(workload_cert_seconds);
     take_security!(xds_tls);
+    take_security!(xds_trust_claimed_identities);
     take_security!(xds_server_names);
     if let Some(mode) = file.xds_client_auth {
         if unset("xds_client_auth") {
-            args.security.xds_client_auth = mode.parse().map_err(|_| {
+            args.security.xds_client_auth = Some(mode.parse().map_err(|_| {
                 invalid(
                     XDS_CLIENT_AUTH,
                     format!("{mode:?} is not required, optional or none"),
                 )
-            })?;
+            })?);
         }
     }
     if let Some(dirs) = file.secrets_dirs {
@@ -321,6 +323,11 @@ const XDS_CLIENT_AUTH: Name = Name {
     key: "xdsClientAuth",
     flag: "xds-client-auth",
     env: "MERIDIAN_XDS_CLIENT_AUTH",
+};
+const XDS_TRUST_CLAIMS: Name = Name {
+    key: "xdsTrustClaimedIdentities",
+    flag: "xds-trust-claimed-identities",
+    env: "MERIDIAN_XDS_TRUST_CLAIMED_IDENTITIES",
 };
 const CA_CERT: Name = Name {
     key: "caCertFile",
@@ -501,12 +508,68 @@ pub fn validate(args: &mut ServeArgs) -> Result<(), Error> {
             format!("must be 60 to 31536000, got {}", sec.workload_cert_seconds),
         ));
     }
+    settle_xds_client_auth(args)?;
     resolve_database_url(&mut args.db)?;
     let rules = args
         .security
         .secret_rules(args.db.database_url_file.as_deref())
         .map_err(|m| invalid(SECRETS, m))?;
     args.security.secret_rules = Some(rules);
+    Ok(())
+}
+
+/// Settles `--xds-client-auth` and checks `--xds-trust-claimed-identities`.
+///
+/// A node's identity picks its namespace view and the workload key it gets,
+/// so where other machines can reach the xDS port and the CA is on, the
+/// identity must come from a client certificate: `required` by default,
+/// `none` refused. Believing claimed identities is allowed on loopback only,
+/// as `--no-auth` is.
+fn settle_xds_client_auth(args: &mut ServeArgs) -> Result<(), Error> {
+    use meridian_xds::ClientAuth;
+    let serves_xds = args.roles.contains(&Role::Xds);
+    let exposed = serves_xds && !args.xds_addr.ip().is_loopback();
+    let ca = args.security.ca_configured();
+    let auth = match args.security.xds_client_auth {
+        None if ca && exposed => ClientAuth::Required,
+        None => ClientAuth::None,
+        Some(ClientAuth::None) if ca && exposed => {
+            return Err(invalid(
+                XDS_CLIENT_AUTH,
+                format!(
+                    "`none` is refused with the CA on (--ca-key-file or MERIDIAN_CA_KEY) while xDS \
+                     at {} can be reached from other machines: nodes would get no verified \
+                     identity. Use `required` (the default there) or `optional`, and give \
+                     nodes certificates with `meridian ca issue`; or bind --xds-addr to 127.0.0.1",
+                    args.xds_addr
+                ),
+            ))
+        }
+        Some(auth) => auth,
+    };
+    args.security.xds_client_auth = Some(auth);
+    if args.security.xds_trust_claimed_identities && serves_xds {
+        if exposed {
+            return Err(invalid(
+                XDS_TRUST_CLAIMS,
+                format!(
+                    "only for local use on loopback addresses, but xDS at {} can be reached \
+                     from other machines, and any of them could claim any identity and get its \
+                     workload key; bind --xds-addr to 127.0.0.1, or drop this flag and give nodes \
+                     client certificates (`meridian ca issue`, --xds-client-auth required)",
+                    args.xds_addr
+                ),
+            ));
+        }
+        if auth != ClientAuth::None {
+            return Err(invalid(
+                XDS_TRUST_CLAIMS,
+                "applies only with --xds-client-auth none: under client authentication \
+                 the certificate is the identity"
+                    .into(),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -648,6 +711,77 @@ mod tests {
         assert_eq!(f.xds_client_auth.as_deref(), Some("required"));
         assert_eq!(f.workload_cert_seconds, Some(3600));
         assert_eq!(f.secrets_dirs, Some(vec![PathBuf::from("/run/secrets")]));
+    }
+
+    fn serve_args(extra: &[&str]) -> ServeArgs {
+        use clap::Parser;
+        let argv = ["meridian", "serve"].iter().chain(extra);
+        match crate::Cli::try_parse_from(argv).unwrap().command {
+            crate::Command::Serve(args) => *args,
+            _ => unreachable!("a serve command"),
+        }
+    }
+
+    /// Where other machines reach xDS and the CA is on, identities come
+    /// from client certificates: `required` by default, `none` refused;
+    /// trusting claimed identities is for loopback and `none` only.
+    #[test]
+    fn xds_client_auth_is_secure_by_default() {
+        use meridian_xds::ClientAuth::{None as Plain, Optional, Required};
+        const CA: &[&str] = &["--ca-key-file", "/k"];
+        const EXPOSED: &[&str] = &["--xds-addr", "0.0.0.0:18000"];
+        const LOCAL: &[&str] = &["--xds-addr", "127.0.0.1:18000"];
+        const TRUST: &[&str] = &["--xds-trust-claimed-identities"];
+        // (arguments, the client auth settled on, or the flag an error names)
+        type Case<'a> = (
+            &'a [&'a [&'a str]],
+            Result<meridian_xds::ClientAuth, &'a str>,
+        );
+        let cases: &[Case<'_>] = &[
+            (&[CA, EXPOSED], Ok(Required)),
+            (&[CA, LOCAL], Ok(Plain)),
+            (&[EXPOSED], Ok(Plain)),
+            (
+                &[CA, EXPOSED, &["--xds-client-auth", "optional"]],
+                Ok(Optional),
+            ),
+            (
+                &[CA, EXPOSED, &["--xds-client-auth", "none"]],
+                Err("--xds-client-auth"),
+            ),
+            // Without the xds role nothing listens.
+            (
+                &[
+                    CA,
+                    EXPOSED,
+                    &["--xds-client-auth", "none", "--roles", "api"],
+                ],
+                Ok(Plain),
+            ),
+            (&[CA, LOCAL, TRUST], Ok(Plain)),
+            (&[LOCAL, TRUST], Ok(Plain)),
+            (&[EXPOSED, TRUST], Err("--xds-trust-claimed-identities")),
+            (&[CA, EXPOSED, TRUST], Err("--xds-trust-claimed-identities")),
+            (
+                &[CA, LOCAL, TRUST, &["--xds-client-auth", "required"]],
+                Err("--xds-trust-claimed-identities"),
+            ),
+        ];
+        for (parts, want) in cases {
+            let argv: Vec<&str> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+            let mut args = serve_args(&argv);
+            let got = settle_xds_client_auth(&mut args);
+            match want {
+                Ok(auth) => {
+                    assert!(got.is_ok(), "{argv:?}: {got:?}");
+                    assert_eq!(args.security.client_auth(), *auth, "{argv:?}");
+                }
+                Err(flag) => {
+                    let e = got.expect_err(&format!("{argv:?} is refused")).to_string();
+                    assert!(e.contains(flag), "{argv:?}: {e}");
+                }
+            }
+        }
     }
 
     /// The files shipped in deploy/ are valid settings files, and what

@@ -47,9 +47,17 @@ pub struct SecurityArgs {
     pub xds_tls: bool,
     /// Client certificates on the xDS port: `required` refuses clients
     /// without one at the handshake; `optional` checks one when sent;
-    /// `none` believes the identity a node claims (loopback and tests only).
-    #[arg(long, env = "MERIDIAN_XDS_CLIENT_AUTH", default_value = "none")]
-    pub xds_client_auth: ClientAuth,
+    /// `none` asks for none (nodes then have no identity). Default:
+    /// `required` when the CA is on and --xds-addr is not loopback (where
+    /// `none` is refused), `none` otherwise.
+    #[arg(long, env = "MERIDIAN_XDS_CLIENT_AUTH")]
+    pub xds_client_auth: Option<ClientAuth>,
+    /// INSECURE, for loopback and tests: believe the SPIFFE ID a node
+    /// claims (metadata `meridian.spiffe_id`) without a client certificate,
+    /// and give it that identity's namespace view and workload key. Refused
+    /// unless --xds-addr is loopback and --xds-client-auth is `none`.
+    #[arg(long, env = "MERIDIAN_XDS_TRUST_CLAIMED_IDENTITIES")]
+    pub xds_trust_claimed_identities: bool,
     /// DNS names and IP addresses in the xDS server's certificate.
     #[arg(
         long,
@@ -78,6 +86,26 @@ pub struct SecurityArgs {
 }
 
 impl SecurityArgs {
+    /// How the xDS port treats client certificates, once the settings
+    /// check has settled the default ([`crate::config::validate`]).
+    pub fn client_auth(&self) -> ClientAuth {
+        self.xds_client_auth.unwrap_or_default()
+    }
+
+    /// Whether nodes' claimed identities count.
+    pub fn claims(&self) -> meridian_xds::Claims {
+        if self.xds_trust_claimed_identities {
+            meridian_xds::Claims::Trusted
+        } else {
+            meridian_xds::Claims::Ignored
+        }
+    }
+
+    /// Whether a master key is given, so this replica runs the CA.
+    pub fn ca_configured(&self) -> bool {
+        self.ca_key_file.is_some() || ca_key_from_env().is_some()
+    }
+
     /// The rules of credential references: the prefix and directories
     /// given, and never the files Meridian keeps its own keys in.
     pub fn secret_rules(
@@ -169,8 +197,8 @@ fn read(path: &Path, what: &str) -> anyhow::Result<String> {
 /// Checks the flags before anything binds.
 pub fn validate(args: &SecurityArgs) -> anyhow::Result<()> {
     meridian_ca::validate_trust_domain(&args.trust_domain).context("--trust-domain")?;
-    let tls = args.xds_tls || args.xds_client_auth != ClientAuth::None;
-    if tls && args.ca_key_file.is_none() && ca_key_from_env().is_none() {
+    let tls = args.xds_tls || args.client_auth() != ClientAuth::None;
+    if tls && !args.ca_configured() {
         bail!("xDS over TLS (--xds-tls or --xds-client-auth) needs the CA: give --ca-key-file");
     }
     Ok(())
@@ -226,7 +254,7 @@ pub fn xds_tls(
     args: &SecurityArgs,
     ca: &meridian_ca::Authority,
 ) -> anyhow::Result<Option<(Arc<rustls::ServerConfig>, Arc<ServerCert>)>> {
-    if !args.xds_tls && args.xds_client_auth == ClientAuth::None {
+    if !args.xds_tls && args.client_auth() == ClientAuth::None {
         return Ok(None);
     }
     let issued = issue_server_cert(args, ca)?;
@@ -234,7 +262,7 @@ pub fn xds_tls(
     let config = meridian_xds::tls_server::server_config(
         cert.clone(),
         ca.trust_bundle_pem(),
-        args.xds_client_auth,
+        args.client_auth(),
     )?;
     Ok(Some((config, cert)))
 }

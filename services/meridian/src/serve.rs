@@ -356,7 +356,8 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
             Ok(())
         });
         let server = meridian_xds::server(subscriber, registry.clone(), shutdown.clone())
-            .with_client_auth(args.security.xds_client_auth);
+            .with_client_auth(args.security.client_auth())
+            .with_claims(args.security.claims());
         let clients = registry.clone();
         state.xds_clients = Some(Arc::new(move || {
             serde_json::to_value(clients.clients()).unwrap_or_default()
@@ -376,12 +377,22 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
             Ok(())
         });
         let addr = display_addr(listener.local_addr()?);
+        if args.security.xds_trust_claimed_identities {
+            // Loudly, on every start: any local process can become any
+            // workload (allowed on loopback only, by the settings check).
+            tracing::warn!(
+                xds = %addr,
+                "xDS TRUSTS CLAIMED IDENTITIES (--xds-trust-claimed-identities): any client that \
+                 reaches the xDS port can claim any SPIFFE ID and receive that identity's \
+                 namespace policies and workload PRIVATE KEY. For loopback and tests only."
+            );
+        }
         let stop = shutdown.clone();
         match (tls, ca) {
             (Some((config, cert)), Some(ca)) => {
                 // The address stays the last word: scripts and tests read it.
                 println!("Meridian xDS listening on {addr}");
-                tracing::info!(client_auth = ?args.security.xds_client_auth, "xDS serves TLS");
+                tracing::info!(client_auth = ?args.security.client_auth(), "xDS serves TLS");
                 tasks.spawn(security::renew_server_cert(
                     (*args.security).clone(),
                     ca,
@@ -396,12 +407,15 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
             }
             _ => {
                 println!("Meridian xDS listening on {addr}");
-                // Loudly: this mode is for loopback and tests.
-                tracing::warn!(
-                    "xDS is PLAINTEXT and UNAUTHENTICATED: nodes' claimed identities are believed \
-                     and workload keys travel in the clear; use --xds-client-auth required \
-                     (with --ca-key-file) beyond loopback"
-                );
+                // Loudly: nodes get no identity here unless claims are
+                // trusted, which the settings check allows on loopback only.
+                if !args.security.xds_trust_claimed_identities {
+                    tracing::warn!(
+                        "xDS is PLAINTEXT and UNAUTHENTICATED: nodes have no verified identity, \
+                         so they get no workload keys and only unscoped policies; use \
+                         --xds-client-auth required (with --ca-key-file) for identities"
+                    );
+                }
                 tasks.spawn(async move {
                     meridian_xds::serve_with(listener, server, extra, stop)
                         .await

@@ -97,7 +97,17 @@ async fn through_client(client: &Client, port: u16) -> Result<Value, String> {
 async fn strict_mtls_between_two_sidecars_with_rotation() {
     let db = database().await;
     let key = meridian_ca::MasterKey::generate().unwrap().to_hex();
-    let m = Meridian::start_with_env(BIN.as_ref(), &db.url, &[("MERIDIAN_CA_KEY", &key)]).await;
+    // The sidecars claim their identities over plaintext loopback xDS:
+    // trusted only with the flag, which is refused off loopback.
+    let m = Meridian::start_with_env(
+        BIN.as_ref(),
+        &db.url,
+        &[
+            ("MERIDIAN_CA_KEY", &key),
+            ("MERIDIAN_XDS_TRUST_CLAIMED_IDENTITIES", "true"),
+        ],
+    )
+    .await;
 
     let backend = Backend::start("127.0.0.1", 0, "z1", "v1").await;
     let inbound_port = free_port(&[INBOUND_IP]);

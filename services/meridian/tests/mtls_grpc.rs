@@ -29,7 +29,17 @@ fn python() -> PathBuf {
 async fn grpcio_client_and_server_talk_mtls_with_file_watcher_certificates() {
     let db = database().await;
     let key = meridian_ca::MasterKey::generate().unwrap().to_hex();
-    let m = Meridian::start_with_env(BIN.as_ref(), &db.url, &[("MERIDIAN_CA_KEY", &key)]).await;
+    // The xDS client and server claim their identity over plaintext
+    // loopback xDS: trusted only with the flag (refused off loopback).
+    let m = Meridian::start_with_env(
+        BIN.as_ref(),
+        &db.url,
+        &[
+            ("MERIDIAN_CA_KEY", &key),
+            ("MERIDIAN_XDS_TRUST_CLAIMED_IDENTITIES", "true"),
+        ],
+    )
+    .await;
     let server_port = free_port(&["127.0.0.2"]);
     let port = free_port(&["127.0.0.1"]);
     m.create_policy(&json!({

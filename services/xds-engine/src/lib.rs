@@ -32,6 +32,6 @@ pub mod wire;
 pub use protocol::{DefaultView, NodeView, Selector, Subscription};
 pub use registry::{ClientStatus, NackStatus, Registry, TypeStatus};
 pub use resources::{Entry, ResourceType, Resources, TypeSet};
-pub use server::{decide_identity, serve, serve_with, ClientAuth, PeerIdentity, Server};
+pub use server::{decide_identity, serve, serve_with, Claims, ClientAuth, PeerIdentity, Server};
 pub use snapshot::{snapshot_channel, Publisher, Snapshot, Subscriber};
 pub use wire::{DeltaResponse, SotwResponse};

@@ -41,6 +41,7 @@ pub struct Server {
     registry: Registry,
     shutdown: CancellationToken,
     auth: ClientAuth,
+    claims: Claims,
     selector: Arc<dyn Selector>,
 }
 
@@ -55,8 +56,8 @@ impl std::fmt::Debug for Server {
 /// How the xDS port treats client certificates (`--xds-client-auth`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ClientAuth {
-    /// No client certificates: a node's claimed identity
-    /// (`meridian.spiffe_id` metadata) is believed. For loopback and tests.
+    /// No client certificates: a node has no identity, unless the server
+    /// trusts claimed identities ([`Claims::Trusted`]).
     #[default]
     None,
     /// A certificate is checked when sent; a node without one has no identity.
@@ -79,6 +80,23 @@ impl std::str::FromStr for ClientAuth {
     }
 }
 
+/// Whether an identity a node merely claims (in its metadata, or as a
+/// SPIFFE-shaped node id) counts when it has no client certificate.
+///
+/// An identity picks the node's namespace view and the workload key it
+/// gets over SDS, so believing a claim hands both to whoever can reach the
+/// port. The default ignores claims; trusting them is for loopback and
+/// tests only (`--xds-trust-claimed-identities`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Claims {
+    /// A node without a verified certificate has no identity.
+    #[default]
+    Ignored,
+    /// A node without a certificate is who it says it is (only under
+    /// [`ClientAuth::None`]; a certificate always wins).
+    Trusted,
+}
+
 /// The verified SPIFFE ID of a TLS peer, attached to every request of its
 /// connection by [`crate::tls_server`]. Absent on plaintext connections.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -87,9 +105,10 @@ pub struct PeerIdentity(pub Option<String>);
 /// Settles a stream's identity. A certificate's URI SAN is the identity,
 /// and the node may not claim another one, neither in metadata nor as a
 /// SPIFFE-shaped node id. Without a certificate, the claim counts only
-/// when clients are not authenticated at all.
+/// when clients are not authenticated at all *and* claims are trusted.
 pub fn decide_identity(
     auth: ClientAuth,
+    claims: Claims,
     cert: Option<&str>,
     node_id: &str,
     claimed: Option<&str>,
@@ -106,9 +125,9 @@ pub fn decide_identity(
             }
             Ok(Some(cert.to_owned()))
         }
-        None => match auth {
-            ClientAuth::None => Ok(claimed.or(id_claim).map(str::to_owned)),
-            ClientAuth::Optional | ClientAuth::Required => Ok(None),
+        None => match (auth, claims) {
+            (ClientAuth::None, Claims::Trusted) => Ok(claimed.or(id_claim).map(str::to_owned)),
+            _ => Ok(None),
         },
     }
 }
@@ -130,6 +149,7 @@ impl Server {
             registry,
             shutdown,
             auth: ClientAuth::None,
+            claims: Claims::Ignored,
             selector,
         }
     }
@@ -137,6 +157,12 @@ impl Server {
     /// Sets how client identities are established (default: `None`).
     pub fn with_client_auth(mut self, auth: ClientAuth) -> Self {
         self.auth = auth;
+        self
+    }
+
+    /// Whether claimed identities count (default: [`Claims::Ignored`]).
+    pub fn with_claims(mut self, claims: Claims) -> Self {
+        self.claims = claims;
         self
     }
 
@@ -313,7 +339,20 @@ impl Server {
                             let node = (variant.node)(&req).cloned().unwrap_or_default();
                             tracing::Span::current().record("node", node.id.as_str());
                             let claimed = self.selector.claimed_identity(&node);
-                            let identity = match decide_identity(self.auth, peer.as_deref(), &node.id, claimed.as_deref()) {
+                            let identity = match decide_identity(self.auth, self.claims, peer.as_deref(), &node.id, claimed.as_deref()) {
+                                Ok(None) if claimed.is_some() || node.id.starts_with("spiffe://") => {
+                                    // Said once per stream: the node expects a namespace
+                                    // view and a workload key, and gets neither.
+                                    tracing::warn!(
+                                        node = %node.id,
+                                        claimed = claimed.as_deref().unwrap_or(&node.id),
+                                        "xds node claims an identity without a client certificate; \
+                                         the claim is ignored (no workload key, unscoped policies only): \
+                                         give it a client certificate (--xds-client-auth required), or on \
+                                         loopback start Meridian with --xds-trust-claimed-identities"
+                                    );
+                                    None
+                                }
                                 Ok(identity) => identity,
                                 Err(why) => {
                                     tracing::warn!(node = %node.id, %why, "xds stream refused");
@@ -499,9 +538,10 @@ pub async fn serve_with(
 mod tests {
     use super::*;
 
-    /// (auth, cert, node id, claimed metadata, expected identity or refusal)
+    /// (auth, claims, cert, node id, claimed metadata, expected identity or refusal)
     type Case = (
         ClientAuth,
+        Claims,
         Option<&'static str>,
         &'static str,
         Option<&'static str>,
@@ -512,42 +552,42 @@ mod tests {
     fn identity_comes_from_the_certificate_and_cannot_be_claimed_otherwise() {
         const A: &str = "spiffe://td/ns/a/sa/x";
         const B: &str = "spiffe://td/ns/b/sa/y";
-        // (auth, cert, node id, claimed metadata, expected)
+        use Claims::{Ignored, Trusted};
+        use ClientAuth::{None as Plain, Optional, Required};
         let cases: &[Case] = &[
+            (Required, Ignored, Some(A), "sidecar-1", None, Ok(Some(A))),
             (
-                ClientAuth::Required,
-                Some(A),
-                "sidecar-1",
-                None,
-                Ok(Some(A)),
-            ),
-            (
-                ClientAuth::Required,
+                Required,
+                Ignored,
                 Some(A),
                 "sidecar-1",
                 Some(A),
                 Ok(Some(A)),
             ),
-            (ClientAuth::Required, Some(A), "sidecar-1", Some(B), Err(())),
-            (ClientAuth::Required, Some(A), B, None, Err(())),
-            (ClientAuth::Required, Some(A), A, None, Ok(Some(A))),
-            (ClientAuth::Optional, Some(A), "n", Some(B), Err(())),
-            (ClientAuth::Optional, None, "n", Some(B), Ok(None)),
-            (ClientAuth::Optional, None, B, None, Ok(None)),
-            (ClientAuth::Required, None, "n", Some(B), Ok(None)),
-            (ClientAuth::None, None, "n", Some(B), Ok(Some(B))),
-            (ClientAuth::None, None, B, None, Ok(Some(B))),
-            (ClientAuth::None, None, "n", None, Ok(Option::None)),
+            (Required, Ignored, Some(A), "sidecar-1", Some(B), Err(())),
+            (Required, Ignored, Some(A), B, None, Err(())),
+            (Required, Ignored, Some(A), A, None, Ok(Some(A))),
+            (Optional, Ignored, Some(A), "n", Some(B), Err(())),
+            (Optional, Ignored, None, "n", Some(B), Ok(None)),
+            (Optional, Ignored, None, B, None, Ok(None)),
+            (Required, Ignored, None, "n", Some(B), Ok(None)),
+            // Claims are believed only when trusted, and only without
+            // client authentication.
+            (Plain, Trusted, None, "n", Some(B), Ok(Some(B))),
+            (Plain, Trusted, None, B, None, Ok(Some(B))),
+            (Plain, Trusted, None, "n", None, Ok(None)),
+            (Plain, Ignored, None, "n", Some(B), Ok(None)),
+            (Plain, Ignored, None, B, None, Ok(None)),
+            (Optional, Trusted, None, "n", Some(B), Ok(None)),
+            (Required, Trusted, None, B, None, Ok(None)),
+            (Optional, Trusted, Some(A), "n", Some(B), Err(())),
         ];
-        for (auth, cert, id, claimed, want) in cases {
-            let got = decide_identity(*auth, *cert, id, *claimed);
+        for (auth, claims, cert, id, claimed, want) in cases {
+            let got = decide_identity(*auth, *claims, *cert, id, *claimed);
+            let case = format!("{auth:?} {claims:?} {cert:?} {id} {claimed:?}");
             match want {
-                Ok(w) => assert_eq!(
-                    got.clone().ok().flatten().as_deref(),
-                    *w,
-                    "{auth:?} {cert:?} {id} {claimed:?}"
-                ),
-                Err(()) => assert!(got.is_err(), "{auth:?} {cert:?} {id} {claimed:?}"),
+                Ok(w) => assert_eq!(got.clone().ok().flatten().as_deref(), *w, "{case}"),
+                Err(()) => assert!(got.is_err(), "{case}"),
             }
         }
     }

@@ -30,9 +30,9 @@ use std::sync::Arc;
 pub use assemble::{translate, translate_mesh, translate_scoped, Translator};
 pub use meridian_xds_engine::{decide_identity, serve, serve_with, Server};
 pub use meridian_xds_engine::{
-    metrics, protocol, registry, resources, snapshot, snapshot_channel, tls_server, ClientAuth,
-    ClientStatus, Entry, NackStatus, PeerIdentity, Publisher, Registry, ResourceType, Resources,
-    Snapshot, Subscriber, TypeStatus,
+    metrics, protocol, registry, resources, snapshot, snapshot_channel, tls_server, Claims,
+    ClientAuth, ClientStatus, Entry, NackStatus, PeerIdentity, Publisher, Registry, ResourceType,
+    Resources, Snapshot, Subscriber, TypeStatus,
 };
 pub use node::{MeridianNode, MeridianSelector};
 pub use translate::{render, Mesh, Weights};

@@ -31,7 +31,9 @@ pub const INBOUND_ADDRESS_METADATA_KEY: &str = "meridian.inbound_address";
 /// Node metadata key: `ip:port` of the workload behind the sidecar.
 pub const WORKLOAD_ADDRESS_METADATA_KEY: &str = "meridian.workload_address";
 /// Node metadata key through which a node claims a SPIFFE ID. Honoured only
-/// when the xDS port does not authenticate clients (`--xds-client-auth none`).
+/// when the xDS port does not authenticate clients (`--xds-client-auth none`)
+/// and the server trusts claims (`--xds-trust-claimed-identities`, loopback
+/// only): the identity picks the namespace view and the workload key.
 pub const SPIFFE_ID_METADATA_KEY: &str = "meridian.spiffe_id";
 /// Node metadata key listing the hosts a node calls (a list of strings, or
 /// one string of comma-separated hosts). A node that sets it gets only

@@ -55,6 +55,32 @@ impl Meridian {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> Meridian {
+        Self::start_inner(bin, database_url, env, args, None).await
+    }
+
+    /// [`Meridian::start_with`], with every line of its log (standard
+    /// error) also sent to `log`, for tests of what it says.
+    pub async fn start_logged(
+        bin: &Path,
+        database_url: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+        log: tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> Meridian {
+        Self::start_inner(bin, database_url, env, args, Some(log)).await
+    }
+
+    async fn start_inner(
+        bin: &Path,
+        database_url: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+        log: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    ) -> Meridian {
+        let stderr = match log {
+            Some(_) => Stdio::piped(),
+            None => Stdio::inherit(),
+        };
         let mut child = Command::new(bin)
             .arg("serve")
             .args(args)
@@ -67,10 +93,20 @@ impl Meridian {
             .env("MERIDIAN_LOG", "warn")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .expect("start meridian serve");
+        if let (Some(log), Some(err)) = (log, child.stderr.take()) {
+            // Still shown, as inherited standard error would be.
+            let mut lines = BufReader::new(err).lines();
+            tokio::spawn(async move {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    eprintln!("{line}");
+                    let _ = log.send(line);
+                }
+            });
+        }
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         // The API prints its address last, after the roles it may serve.
         let (mut api, mut xds_port, mut grpc) = (None, None, None);
