@@ -49,7 +49,8 @@ pub(crate) fn open_stream(
     auth.open_stream(who).map_err(auth_status)
 }
 
-fn auth_status(e: AuthError) -> tonic::Status {
+/// The gRPC status of a refused caller (also used by CSDS on the xDS port).
+pub fn auth_status(e: AuthError) -> tonic::Status {
     let message = e.to_string();
     match e {
         AuthError::Missing | AuthError::Invalid(_) => tonic::Status::unauthenticated(message),

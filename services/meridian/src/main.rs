@@ -5,6 +5,7 @@
 
 mod client;
 mod config;
+mod csds;
 mod files;
 mod gitops_cli;
 mod security;

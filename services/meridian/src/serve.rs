@@ -355,9 +355,15 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
             writer.run(stop).await;
             Ok(())
         });
+        // CSDS answers admins of the APIs. Without authentication
+        // (--no-auth) every caller would be one: fine on loopback, where the
+        // APIs themselves are; not where other machines reach xDS.
+        let csds_auth =
+            (!args.no_auth || args.xds_addr.ip().is_loopback()).then(|| state.auth.clone());
         let server = meridian_xds::server(subscriber, registry.clone(), shutdown.clone())
             .with_client_auth(args.security.client_auth())
-            .with_claims(args.security.claims());
+            .with_claims(args.security.claims())
+            .with_status_access(Arc::new(crate::csds::Access::new(csds_auth)));
         let clients = registry.clone();
         state.xds_clients = Some(Arc::new(move || {
             serde_json::to_value(clients.clients()).unwrap_or_default()

@@ -6,7 +6,8 @@
 //! * [`protocol`]: per-stream SotW and delta state machines, without I/O.
 //! * [`wire`]: responses assembled from resources encoded once.
 //! * [`server`]: the tonic ADS and CSDS services; [`registry`]: connected
-//!   streams; [`tls_server`]: TLS with SPIFFE client identities.
+//!   streams; [`tls_server`]: TLS with SPIFFE client identities; [`csds`]:
+//!   who may read client status, and node matchers.
 //!
 //! The engine knows nothing of what the resources mean. What a node gets
 //! is decided by a [`Selector`] (which view of the snapshot, its own form
@@ -20,6 +21,7 @@
 //! meridian_xds_engine::serve(listener, xds, shutdown).await?;
 //! ```
 
+pub mod csds;
 pub mod metrics;
 pub mod protocol;
 pub mod registry;

@@ -23,6 +23,7 @@ use xds_api::pb::envoy::service::status::v3::{
 
 use tracing::Instrument;
 
+use crate::csds::{self, Caller, Scope, StatusAccess};
 use crate::metrics;
 use crate::protocol::{Answer, DeltaStream, NodeView, ResourceStatus, Selector, SotwStream};
 use crate::registry::{now_ms, Machine, Registry};
@@ -43,6 +44,7 @@ pub struct Server {
     auth: ClientAuth,
     claims: Claims,
     selector: Arc<dyn Selector>,
+    status_access: Arc<dyn StatusAccess>,
 }
 
 impl std::fmt::Debug for Server {
@@ -151,7 +153,14 @@ impl Server {
             auth: ClientAuth::None,
             claims: Claims::Ignored,
             selector,
+            status_access: Arc::new(csds::Closed),
         }
+    }
+
+    /// Who may read client status, and which nodes (default: nobody).
+    pub fn with_status_access(mut self, access: Arc<dyn StatusAccess>) -> Self {
+        self.status_access = access;
+        self
     }
 
     /// Sets how client identities are established (default: `None`).
@@ -181,11 +190,48 @@ impl Server {
         &self.registry
     }
 
-    fn client_status(&self, req: &ClientStatusRequest) -> ClientStatusResponse {
+    /// What a CSDS caller may see: its identity is settled as a node's
+    /// would be (a certificate, or a trusted claim of the request's node),
+    /// then the [`StatusAccess`] decides.
+    async fn status_scope(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        remote: Option<std::net::SocketAddr>,
+        peer: Option<&str>,
+        node: Option<&Node>,
+    ) -> Result<Scope, Status> {
+        let (id, claimed) = match node {
+            Some(n) => (n.id.as_str(), self.selector.claimed_identity(n)),
+            None => ("", None),
+        };
+        let identity = decide_identity(self.auth, self.claims, peer, id, claimed.as_deref())
+            .map_err(Status::permission_denied)?;
+        self.status_access
+            .scope(Caller {
+                metadata,
+                remote,
+                identity,
+            })
+            .await
+    }
+
+    // tonic's handlers return `Status` as is; boxing it here would only
+    // move the allocation.
+    #[allow(clippy::result_large_err)]
+    fn client_status(
+        &self,
+        req: &ClientStatusRequest,
+        scope: &Scope,
+    ) -> Result<ClientStatusResponse, Status> {
+        csds::check_matchers(&req.node_matchers).map_err(Status::invalid_argument)?;
         let config = self
             .registry
             .slots()
             .iter()
+            .filter(|slot| {
+                scope.allows(slot.identity.as_deref())
+                    && csds::node_matches(&req.node_matchers, &slot.node)
+            })
             .map(|slot| ClientConfig {
                 node: Some(slot.node.clone()),
                 generic_xds_configs: Registry::known_resources(slot)
@@ -242,7 +288,7 @@ impl Server {
                 ..Default::default()
             })
             .collect();
-        ClientStatusResponse { config }
+        Ok(ClientStatusResponse { config })
     }
 }
 
@@ -470,10 +516,18 @@ impl ClientStatusDiscoveryService for Server {
         &self,
         request: Request<Streaming<ClientStatusRequest>>,
     ) -> Result<Response<Self::StreamClientStatusStream>, Status> {
+        let metadata = request.metadata().clone();
+        let remote = request.remote_addr();
+        let peer = request
+            .extensions()
+            .get::<PeerIdentity>()
+            .and_then(|p| p.0.clone());
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let server = self.clone();
         tokio::spawn(async move {
+            // Settled on the first request, which names the caller's node.
+            let mut scope = None;
             loop {
                 let req = tokio::select! {
                     _ = server.shutdown.cancelled() => break,
@@ -482,7 +536,22 @@ impl ClientStatusDiscoveryService for Server {
                         Ok(None) | Err(_) => break,
                     },
                 };
-                if tx.send(Ok(server.client_status(&req))).await.is_err() {
+                if scope.is_none() {
+                    match server
+                        .status_scope(&metadata, remote, peer.as_deref(), req.node.as_ref())
+                        .await
+                    {
+                        Ok(s) => scope = Some(s),
+                        Err(status) => {
+                            let _ = tx.send(Err(status)).await;
+                            break;
+                        }
+                    }
+                }
+                let Some(scope) = &scope else { break };
+                let answer = server.client_status(&req, scope);
+                let failed = answer.is_err();
+                if tx.send(answer).await.is_err() || failed {
                     break;
                 }
             }
@@ -494,7 +563,21 @@ impl ClientStatusDiscoveryService for Server {
         &self,
         request: Request<ClientStatusRequest>,
     ) -> Result<Response<ClientStatusResponse>, Status> {
-        Ok(Response::new(self.client_status(request.get_ref())))
+        let peer = request
+            .extensions()
+            .get::<PeerIdentity>()
+            .and_then(|p| p.0.clone());
+        let scope = self
+            .status_scope(
+                request.metadata(),
+                request.remote_addr(),
+                peer.as_deref(),
+                request.get_ref().node.as_ref(),
+            )
+            .await?;
+        Ok(Response::new(
+            self.client_status(request.get_ref(), &scope)?,
+        ))
     }
 }
 

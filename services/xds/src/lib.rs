@@ -28,12 +28,12 @@ pub mod translate;
 use std::sync::Arc;
 
 pub use assemble::{translate, translate_mesh, translate_scoped, Translator};
-pub use meridian_xds_engine::{decide_identity, serve, serve_with, Server};
 pub use meridian_xds_engine::{
-    metrics, protocol, registry, resources, snapshot, snapshot_channel, tls_server, Claims,
+    csds, metrics, protocol, registry, resources, snapshot, snapshot_channel, tls_server, Claims,
     ClientAuth, ClientStatus, Entry, NackStatus, PeerIdentity, Publisher, Registry, ResourceType,
     Resources, Snapshot, Subscriber, TypeStatus,
 };
+pub use meridian_xds_engine::{decide_identity, serve, serve_with, Server};
 pub use node::{MeridianNode, MeridianSelector};
 pub use translate::{render, Mesh, Weights};
 
