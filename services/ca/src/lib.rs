@@ -45,6 +45,14 @@ pub enum Error {
     /// Sealed data did not decrypt: wrong master key, or the data was altered.
     #[error("sealed data does not open with this master key (wrong key, or altered data)")]
     Unseal,
+    /// The stored CA certificates or trust bundle do not carry a valid MAC
+    /// under this master key: they were changed outside Meridian.
+    #[error(
+        "the stored CA certificate, chain or trust bundle was changed outside Meridian (its MAC \
+         does not verify under this master key); refusing to trust it. Restore the ca row from a \
+         backup, or provide the CA again (--ca-cert-file, --ca-private-key-file, --ca-bundle-file)"
+    )]
+    BundleTampered,
     /// Certificate generation or parsing failed.
     #[error("certificate error: {0}")]
     Certificate(#[from] rcgen::Error),
@@ -217,6 +225,63 @@ pub fn open(key: &MasterKey, label: &str, sealed: &[u8]) -> Result<Vec<u8>, Erro
         )
         .map_err(|_| Error::Unseal)?;
     Ok(plain.to_vec())
+}
+
+/// Label of the key, derived from the master key, that authenticates the
+/// CA's public parts (never used for anything else).
+const BUNDLE_MAC_LABEL: &[u8] = b"meridian-ca-bundle-mac-key/v1";
+
+/// The CA's public parts, as stored beside its sealed key.
+#[derive(Clone, Copy, Debug)]
+pub struct PublicParts<'a> {
+    pub trust_domain: &'a str,
+    pub cert_pem: &'a str,
+    pub chain_pem: &'a str,
+    pub trust_bundle_pem: &'a str,
+}
+
+impl PublicParts<'_> {
+    /// Each part length-prefixed, so no two different sets of parts
+    /// encode alike.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for part in [
+            self.trust_domain,
+            self.cert_pem,
+            self.chain_pem,
+            self.trust_bundle_pem,
+        ] {
+            out.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            out.extend_from_slice(part.as_bytes());
+        }
+        out
+    }
+}
+
+fn bundle_key(key: &MasterKey) -> aws_lc_rs::hmac::Key {
+    // A key of its own, derived from the master key: HMAC(master, label).
+    let master = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key.0);
+    let derived = aws_lc_rs::hmac::sign(&master, BUNDLE_MAC_LABEL);
+    aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, derived.as_ref())
+}
+
+/// The MAC (HMAC-SHA256) of the CA's public parts under a key derived from
+/// the master key: stored with them, so that whoever can write the table
+/// but lacks the master key cannot add a trusted root.
+pub fn bundle_mac(key: &MasterKey, parts: &PublicParts<'_>) -> Vec<u8> {
+    aws_lc_rs::hmac::sign(&bundle_key(key), &parts.encode())
+        .as_ref()
+        .to_vec()
+}
+
+/// Checks a [`bundle_mac`] (in constant time).
+pub fn verify_bundle_mac(
+    key: &MasterKey,
+    parts: &PublicParts<'_>,
+    mac: &[u8],
+) -> Result<(), Error> {
+    aws_lc_rs::hmac::verify(&bundle_key(key), &parts.encode(), mac)
+        .map_err(|_| Error::BundleTampered)
 }
 
 /// A certificate authority able to issue workload certificates.

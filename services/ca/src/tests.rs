@@ -210,3 +210,55 @@ fn peer_identity_needs_exactly_one_spiffe_id() {
     assert_eq!(spiffe_id_of(two.der()), None);
     assert_eq!(spiffe_id_of(b"not a certificate"), None);
 }
+
+#[test]
+fn bundle_mac_authenticates_every_public_part_under_the_master_key() {
+    let key = MasterKey::generate().unwrap();
+    let good = PublicParts {
+        trust_domain: "td",
+        cert_pem: "CERT",
+        chain_pem: "",
+        trust_bundle_pem: "ROOT",
+    };
+    let mac = bundle_mac(&key, &good);
+    verify_bundle_mac(&key, &good, &mac).unwrap();
+    let other_key = MasterKey::generate().unwrap();
+    assert!(matches!(
+        verify_bundle_mac(&other_key, &good, &mac),
+        Err(Error::BundleTampered)
+    ));
+    let changed = [
+        PublicParts {
+            trust_bundle_pem: "ROOT\nEVIL ROOT",
+            ..good
+        },
+        PublicParts {
+            chain_pem: "EXTRA",
+            ..good
+        },
+        PublicParts {
+            cert_pem: "OTHER",
+            ..good
+        },
+        PublicParts {
+            trust_domain: "evil",
+            ..good
+        },
+        // The same bytes split differently between the parts.
+        PublicParts {
+            cert_pem: "CERTROOT",
+            trust_bundle_pem: "",
+            ..good
+        },
+    ];
+    for parts in changed {
+        assert!(
+            matches!(
+                verify_bundle_mac(&key, &parts, &mac),
+                Err(Error::BundleTampered)
+            ),
+            "{parts:?}"
+        );
+    }
+    assert!(verify_bundle_mac(&key, &good, &mac[..16]).is_err());
+}

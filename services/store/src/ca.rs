@@ -19,6 +19,10 @@ pub struct CaRow {
     pub key_sealed: Vec<u8>,
     pub chain_pem: String,
     pub trust_bundle_pem: String,
+    /// MAC over the trust domain, certificate, chain and trust bundle under
+    /// a key derived from the master key; `None` on rows stored before it
+    /// existed. Only the CA crate computes and checks it.
+    pub bundle_mac: Option<Vec<u8>>,
     pub rotation: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -42,6 +46,7 @@ pub struct NewCa<'a> {
     pub key_sealed: &'a [u8],
     pub chain_pem: &'a str,
     pub trust_bundle_pem: &'a str,
+    pub bundle_mac: &'a [u8],
 }
 
 /// One issued workload certificate; the key is sealed by the caller.
@@ -65,7 +70,7 @@ impl std::fmt::Debug for WorkloadCertRow {
     }
 }
 
-const CA_COLUMNS: &str = "trust_domain, source, cert_pem, key_sealed, chain_pem, trust_bundle_pem, rotation, created_at, updated_at";
+const CA_COLUMNS: &str = "trust_domain, source, cert_pem, key_sealed, chain_pem, trust_bundle_pem, bundle_mac, rotation, created_at, updated_at";
 const CERT_COLUMNS: &str = "spiffe_id, cert_pem, key_sealed, not_before, not_after, rotation";
 
 impl Store {
@@ -84,8 +89,8 @@ impl Store {
     pub async fn init_ca(&self, new: &NewCa<'_>) -> Result<CaRow, Error> {
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO ca (trust_domain, source, cert_pem, key_sealed, chain_pem, trust_bundle_pem)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO ca (trust_domain, source, cert_pem, key_sealed, chain_pem, trust_bundle_pem, bundle_mac)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
         )
         .bind(new.trust_domain)
         .bind(new.source)
@@ -93,6 +98,7 @@ impl Store {
         .bind(new.key_sealed)
         .bind(new.chain_pem)
         .bind(new.trust_bundle_pem)
+        .bind(new.bundle_mac)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -114,12 +120,12 @@ impl Store {
     pub async fn replace_ca(&self, new: &NewCa<'_>, actor: &str) -> Result<CaRow, Error> {
         let mut tx = self.pool.begin().await?;
         let row: CaRow = sqlx::query_as(&format!(
-            "INSERT INTO ca (trust_domain, source, cert_pem, key_sealed, chain_pem, trust_bundle_pem)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO ca (trust_domain, source, cert_pem, key_sealed, chain_pem, trust_bundle_pem, bundle_mac)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (id) DO UPDATE SET trust_domain = EXCLUDED.trust_domain,
                  source = EXCLUDED.source, cert_pem = EXCLUDED.cert_pem,
                  key_sealed = EXCLUDED.key_sealed, chain_pem = EXCLUDED.chain_pem,
-                 trust_bundle_pem = EXCLUDED.trust_bundle_pem,
+                 trust_bundle_pem = EXCLUDED.trust_bundle_pem, bundle_mac = EXCLUDED.bundle_mac,
                  rotation = ca.rotation + 1, updated_at = now()
              RETURNING {CA_COLUMNS}"
         ))
@@ -129,6 +135,7 @@ impl Store {
         .bind(new.key_sealed)
         .bind(new.chain_pem)
         .bind(new.trust_bundle_pem)
+        .bind(new.bundle_mac)
         .fetch_one(&mut *tx)
         .await?;
         audit(&mut tx, actor, "ca-replace", row.rotation).await?;
@@ -138,6 +145,26 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(row)
+    }
+
+    /// Stores the MAC of a CA row stored before MACs existed, if the row
+    /// still holds exactly what the caller checked (`seen`); true when it
+    /// did. Changes no certificate, so nothing is re-issued.
+    pub async fn seal_ca_bundle(&self, seen: &CaRow, mac: &[u8]) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "UPDATE ca SET bundle_mac = $1, updated_at = now()
+             WHERE id = 1 AND bundle_mac IS NULL AND trust_domain = $2 AND cert_pem = $3
+               AND chain_pem = $4 AND trust_bundle_pem = $5",
+        )
+        .bind(mac)
+        .bind(&seen.trust_domain)
+        .bind(&seen.cert_pem)
+        .bind(&seen.chain_pem)
+        .bind(&seen.trust_bundle_pem)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(done == 1)
     }
 
     /// Forces every workload certificate to be re-issued now; returns the

@@ -5,8 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
-use meridian_ca::{open, renewal_due, seal, Authority, MasterKey, SpiffeId};
-use meridian_store::ca::{NewCa, WorkloadCertRow};
+use meridian_ca::{
+    bundle_mac, open, renewal_due, seal, verify_bundle_mac, Authority, MasterKey, PublicParts,
+    SpiffeId,
+};
+use meridian_store::ca::{CaRow, NewCa, WorkloadCertRow};
 use meridian_store::Store;
 
 use crate::Error;
@@ -16,6 +19,59 @@ const CA_KEY_LABEL: &str = "meridian-ca-key";
 
 fn workload_label(id: &str) -> String {
     format!("meridian-workload-key:{id}")
+}
+
+fn parts(row: &CaRow) -> PublicParts<'_> {
+    PublicParts {
+        trust_domain: &row.trust_domain,
+        cert_pem: &row.cert_pem,
+        chain_pem: &row.chain_pem,
+        trust_bundle_pem: &row.trust_bundle_pem,
+    }
+}
+
+fn parts_of(ca: &Authority) -> PublicParts<'_> {
+    PublicParts {
+        trust_domain: ca.trust_domain(),
+        cert_pem: ca.cert_pem(),
+        chain_pem: ca.chain_pem(),
+        trust_bundle_pem: ca.trust_bundle_pem(),
+    }
+}
+
+/// What the check of a stored CA row found.
+#[derive(Debug, PartialEq, Eq)]
+enum Sealing {
+    /// Its MAC verifies.
+    Sealed,
+    /// Stored before MACs existed, and holds only what Meridian writes for
+    /// a root it generated (the bundle is the CA certificate, no chain): no
+    /// root was added, so it may be sealed now.
+    LegacyOwn,
+}
+
+/// Checks that the row's certificates and trust bundle are what a holder
+/// of the master key stored. Anything else is refused, loudly: a root added
+/// to the bundle would make every workload trust certificates it mints.
+fn check(row: &CaRow, key: &MasterKey) -> Result<Sealing, Error> {
+    let found = match &row.bundle_mac {
+        Some(mac) => verify_bundle_mac(key, &parts(row), mac).map(|()| Sealing::Sealed),
+        None if row.source == "generated"
+            && row.chain_pem.is_empty()
+            && row.trust_bundle_pem == row.cert_pem =>
+        {
+            Ok(Sealing::LegacyOwn)
+        }
+        None => Err(meridian_ca::Error::BundleTampered),
+    };
+    found.map_err(|e| {
+        tracing::error!(
+            alert = "ca_bundle_tampered",
+            trust_domain = %row.trust_domain,
+            "{e}"
+        );
+        Error::Ca(e)
+    })
 }
 
 /// Where the CA comes from.
@@ -54,11 +110,29 @@ pub async fn bootstrap(
                 &chain_pem,
                 &trust_bundle_pem,
             )?;
-            let same = stored
-                .as_ref()
-                .is_some_and(|r| r.cert_pem == ca.cert_pem() && r.trust_domain == trust_domain);
-            if !same {
+            // The operator's files are the truth: a stored copy that differs
+            // in any public part, or whose MAC does not verify, is replaced.
+            let same = stored.as_ref().filter(|r| {
+                r.trust_domain == trust_domain
+                    && r.cert_pem == ca.cert_pem()
+                    && r.chain_pem == ca.chain_pem()
+                    && r.trust_bundle_pem == ca.trust_bundle_pem()
+            });
+            let sealed_ok = same.is_some_and(|r| {
+                r.bundle_mac
+                    .as_ref()
+                    .is_some_and(|m| verify_bundle_mac(key, &parts(r), m).is_ok())
+            });
+            if let (Some(row), None) = (same, same.and_then(|r| r.bundle_mac.as_ref())) {
+                // Stored before MACs existed, and equal to the operator's
+                // files: seal it without re-issuing anything.
+                store
+                    .seal_ca_bundle(row, &bundle_mac(key, &parts(row)))
+                    .await?;
+                tracing::info!(trust_domain, "sealed the stored CA's trust bundle");
+            } else if !sealed_ok {
                 let sealed = seal(key, CA_KEY_LABEL, ca.key_pem().as_bytes())?;
+                let mac = bundle_mac(key, &parts_of(&ca));
                 store
                     .replace_ca(
                         &NewCa {
@@ -68,6 +142,7 @@ pub async fn bootstrap(
                             key_sealed: &sealed,
                             chain_pem: ca.chain_pem(),
                             trust_bundle_pem: ca.trust_bundle_pem(),
+                            bundle_mac: &mac,
                         },
                         "meridian-serve",
                     )
@@ -82,6 +157,7 @@ pub async fn bootstrap(
                 None => {
                     let ca = Authority::generate(trust_domain, Utc::now())?;
                     let sealed = seal(key, CA_KEY_LABEL, ca.key_pem().as_bytes())?;
+                    let mac = bundle_mac(key, &parts_of(&ca));
                     let row = store
                         .init_ca(&NewCa {
                             trust_domain,
@@ -90,13 +166,24 @@ pub async fn bootstrap(
                             key_sealed: &sealed,
                             chain_pem: "",
                             trust_bundle_pem: ca.trust_bundle_pem(),
+                            bundle_mac: &mac,
                         })
                         .await?;
                     tracing::info!(trust_domain, "generated a root CA");
                     row
                 }
             };
-            load(&row, key, trust_domain)
+            // Opening the key first proves the master key is the right one
+            // before a legacy row is sealed with it.
+            let ca = load(&row, key, trust_domain)?;
+            if check(&row, key)? == Sealing::LegacyOwn
+                && store
+                    .seal_ca_bundle(&row, &bundle_mac(key, &parts(&row)))
+                    .await?
+            {
+                tracing::info!(trust_domain, "sealed the stored CA's trust bundle");
+            }
+            Ok(ca)
         }
     }
 }
@@ -153,6 +240,9 @@ impl Issuer {
         wanted: &BTreeSet<String>,
     ) -> Result<Issued, Error> {
         let row = store.ca().await?.ok_or(meridian_store::Error::NoCa)?;
+        // Every read: a bundle changed behind a running replica is never
+        // served (the writer keeps the last good snapshot and retries).
+        check(&row, &self.key)?;
         if row.cert_pem != self.ca.cert_pem() {
             // Another replica installed a new CA: follow it.
             self.ca = load(&row, &self.key, self.ca.trust_domain())?;

@@ -17,6 +17,7 @@ fn new_ca<'a>(cert: &'a str, key: &'a [u8]) -> NewCa<'a> {
         key_sealed: key,
         chain_pem: "",
         trust_bundle_pem: cert,
+        bundle_mac: b"mac",
     }
 }
 

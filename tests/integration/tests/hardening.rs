@@ -335,6 +335,7 @@ async fn every_write_is_audited_with_the_real_caller() {
             key_sealed: b"sealed",
             chain_pem: "",
             trust_bundle_pem: "-----BEGIN CERTIFICATE-----",
+            bundle_mac: b"mac",
         })
         .await
         .unwrap();
