@@ -108,7 +108,8 @@ mod tests {
             SecretRef::Env(n) if n == "MISSING" => {
                 Err(format!("environment variable {n} is not set"))
             }
-            SecretRef::Env(n) | SecretRef::File(n) => Ok(format!("value-of-{n}")),
+            SecretRef::Env(n) => Ok(format!("value-of-{n}")),
+            SecretRef::File(p) => Ok(format!("value-of-{}", p.display())),
         };
         let cases = [
             (

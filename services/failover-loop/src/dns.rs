@@ -512,11 +512,7 @@ fn bounded(message: &str) -> String {
 /// reference may name). The value is never logged or stored; errors name
 /// the reference and the rule, not the secret.
 fn secret(reference: &SecretRef) -> Result<String, String> {
-    let v = match reference {
-        SecretRef::Env(env) => serde_json::json!({ "env": env }),
-        SecretRef::File(path) => serde_json::json!({ "file": path }),
-    };
-    meridian_secrets::resolve(&v)
+    meridian_secrets::resolve_reference(reference)
         .map(meridian_secrets::Secret::into_string)
         .map_err(|e| e.to_string())
 }

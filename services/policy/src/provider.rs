@@ -8,8 +8,6 @@
 //! reconciler builds providers from it. No I/O here: credentials stay
 //! references ([`SecretRef`]) that the caller resolves.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -149,67 +147,16 @@ impl ApiUrl {
     }
 }
 
-/// Where a credential is: `{"env": "NAME"}` or `{"file": "/absolute/path"}`.
-/// Never the credential itself.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "Value", into = "Value")]
-pub enum SecretRef {
-    /// An environment variable of the Meridian process.
-    Env(String),
-    /// A file, by absolute path.
-    File(String),
-}
-
-impl fmt::Debug for SecretRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SecretRef::Env(name) => write!(f, "env:{name}"),
-            SecretRef::File(path) => write!(f, "file:{path}"),
-        }
-    }
-}
-
-impl TryFrom<Value> for SecretRef {
-    type Error = String;
-    fn try_from(v: Value) -> Result<Self, String> {
-        let bad = || {
-            "must say where the secret is, {\"env\": \"NAME\"} or {\"file\": \"/absolute/path\"}; secrets are never stored".to_owned()
-        };
-        let map = v.as_object().ok_or_else(bad)?;
-        if map.len() != 1 {
-            return Err(bad());
-        }
-        match (
-            map.get("env").and_then(Value::as_str),
-            map.get("file").and_then(Value::as_str),
-        ) {
-            (Some(env), None)
-                if !env.is_empty()
-                    && env
-                        .bytes()
-                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-                    && !env.as_bytes()[0].is_ascii_digit() =>
-            {
-                Ok(SecretRef::Env(env.to_owned()))
-            }
-            (None, Some(path)) if path.starts_with('/') => Ok(SecretRef::File(path.to_owned())),
-            _ => Err(bad()),
-        }
-    }
-}
-
-impl From<SecretRef> for Value {
-    fn from(r: SecretRef) -> Value {
-        match r {
-            SecretRef::Env(name) => serde_json::json!({ "env": name }),
-            SecretRef::File(path) => serde_json::json!({ "file": path }),
-        }
-    }
-}
+/// Where a credential is: `{"env": "NAME"}` or `{"file": "/absolute/path"}`,
+/// never the credential itself. The one description of a reference lives in
+/// `meridian-secrets`, beside the rules that say which ones may be read.
+pub use meridian_secrets::Reference as SecretRef;
 
 /// A credential is named, never given: `{"env": "NAME"}` or `{"file": "/path"}`.
 pub fn secret_reference(v: &Value) -> Result<(), String> {
-    SecretRef::try_from(v.clone()).map(drop)
+    meridian_secrets::parse(v)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 impl ProviderConfig {

@@ -48,11 +48,42 @@ pub const NEVER_ENV: [&str; 3] = ["MERIDIAN_CA_KEY", "DATABASE_URL", "MERIDIAN_D
 /// (ssh reads the GitOps key through a command line), so none is allowed.
 const SHELL_META: &str = " \t;&|$`'\"<>(){}[]*?!~#\\";
 
-/// What a reference names, once its syntax is checked.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where a credential is, `{"env": "NAME"}` or `{"file": "/absolute/path"}`:
+/// never the credential itself. The one description of a reference: DNS
+/// provider settings hold it typed (it (de)serializes as that JSON), GitOps
+/// sources as JSON, and both are read through [`Rules`].
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "Value", into = "Value")]
 pub enum Reference {
+    /// An environment variable of the Meridian process.
     Env(String),
+    /// A file, by absolute path.
     File(PathBuf),
+}
+
+impl std::fmt::Debug for Reference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reference::Env(name) => write!(f, "env:{name}"),
+            Reference::File(path) => write!(f, "file:{}", path.display()),
+        }
+    }
+}
+
+impl TryFrom<Value> for Reference {
+    type Error = Error;
+    fn try_from(v: Value) -> Result<Self, Error> {
+        parse(&v)
+    }
+}
+
+impl From<Reference> for Value {
+    fn from(r: Reference) -> Value {
+        match r {
+            Reference::Env(name) => serde_json::json!({ "env": name }),
+            Reference::File(path) => serde_json::json!({ "file": path.to_string_lossy() }),
+        }
+    }
 }
 
 impl std::fmt::Display for Reference {
@@ -213,18 +244,24 @@ impl Rules {
     /// system. Run when a provider or source is written.
     pub fn check(&self, v: &Value) -> Result<Reference, Error> {
         let reference = parse(v)?;
+        self.check_reference(&reference)?;
+        Ok(reference)
+    }
+
+    /// [`Rules::check`] of a reference already parsed.
+    pub fn check_reference(&self, reference: &Reference) -> Result<(), Error> {
         let refuse = |reference: &Reference, why: &str| Error::Refused {
             reference: reference.to_string(),
             rule: format!("{why}; {}", self.describe()),
         };
-        match &reference {
+        match reference {
             Reference::Env(name) => {
                 if NEVER_ENV.contains(&name.as_str()) {
-                    return Err(refuse(&reference, "it holds Meridian's own credentials"));
+                    return Err(refuse(reference, "it holds Meridian's own credentials"));
                 }
                 if !name.starts_with(&self.env_prefix) {
                     return Err(refuse(
-                        &reference,
+                        reference,
                         &format!("its name does not start with {}", self.env_prefix),
                     ));
                 }
@@ -233,24 +270,24 @@ impl Rules {
                 let text = path.to_str().unwrap_or_default();
                 if let Some(c) = text.chars().find(|c| forbidden(*c)) {
                     return Err(refuse(
-                        &reference,
+                        reference,
                         &format!(
                             "the path contains {c:?} (no spaces, control or shell characters)"
                         ),
                     ));
                 }
                 if !normal(path) {
-                    return Err(refuse(&reference, "the path has . or .. components"));
+                    return Err(refuse(reference, "the path has . or .. components"));
                 }
                 if !self.dirs.iter().any(|d| path.starts_with(d) && path != d) {
-                    return Err(refuse(&reference, "it is not under a secrets directory"));
+                    return Err(refuse(reference, "it is not under a secrets directory"));
                 }
                 if self.deny.iter().any(|d| path.starts_with(d)) {
-                    return Err(refuse(&reference, "it is one of Meridian's own key files"));
+                    return Err(refuse(reference, "it is one of Meridian's own key files"));
                 }
             }
         }
-        Ok(reference)
+        Ok(())
     }
 
     /// Reads the credential `v` names, checking the rules again against
@@ -258,8 +295,13 @@ impl Rules {
     /// test, and only a regular file of at most [`MAX_BYTES`] is read.
     /// Surrounding whitespace (a file's final newline) is dropped.
     pub fn resolve(&self, v: &Value) -> Result<Secret, Error> {
-        let reference = self.check(v)?;
-        let secret = match &reference {
+        self.resolve_reference(&parse(v)?)
+    }
+
+    /// [`Rules::resolve`] of a reference already parsed (a typed setting).
+    pub fn resolve_reference(&self, reference: &Reference) -> Result<Secret, Error> {
+        self.check_reference(reference)?;
+        let secret = match reference {
             Reference::Env(name) => match std::env::var(name) {
                 Ok(value) if value.len() as u64 > MAX_BYTES => {
                     return Err(Error::TooLarge(reference.to_string()))
@@ -387,6 +429,11 @@ pub fn check(v: &Value) -> Result<Reference, Error> {
 /// [`Rules::resolve`] with the process's rules.
 pub fn resolve(v: &Value) -> Result<Secret, Error> {
     rules().resolve(v)
+}
+
+/// [`Rules::resolve_reference`] with the process's rules.
+pub fn resolve_reference(reference: &Reference) -> Result<Secret, Error> {
+    rules().resolve_reference(reference)
 }
 
 #[cfg(test)]

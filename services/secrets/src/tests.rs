@@ -210,3 +210,36 @@ fn the_process_rules_default_and_can_be_installed() {
     assert_eq!(resolve(&json!({"file": f})).unwrap().expose(), "v");
     install(Rules::default());
 }
+
+/// The typed form (held by DNS provider settings) is the same JSON as the
+/// untyped one, and resolving it applies the same rules.
+#[test]
+fn a_typed_reference_is_the_same_json_under_the_same_rules() {
+    for v in [
+        json!({"env": "MERIDIAN_SECRET_K"}),
+        json!({"file": "/var/run/secrets/k"}),
+    ] {
+        let r: Reference = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(r, parse(&v).unwrap());
+        assert_eq!(serde_json::to_value(&r).unwrap(), v);
+    }
+    for bad in [
+        json!("plain"),
+        json!({"env": "lower"}),
+        json!({"file": "rel"}),
+        json!({"env": "A", "file": "/b"}),
+    ] {
+        let e = serde_json::from_value::<Reference>(bad.clone()).unwrap_err();
+        assert!(e.to_string().contains("never stored"), "{bad}: {e}");
+    }
+    let dir = Dir::new("typed");
+    let path = dir.file("token", b"s3cret\n");
+    let rules = Rules::new("MERIDIAN_SECRET_", vec![dir.0.clone()]).unwrap();
+    let typed = Reference::File(PathBuf::from(&path));
+    assert_eq!(rules.resolve_reference(&typed).unwrap().expose(), "s3cret");
+    let own = Reference::Env("DATABASE_URL".into());
+    assert!(matches!(
+        rules.resolve_reference(&own),
+        Err(Error::Refused { .. })
+    ));
+}
