@@ -412,7 +412,14 @@ impl Server {
                             registration = Some(self.registry.register(node, variant.name, identity, (variant.make)(view)));
                         }
                         let Some(reg) = registration.as_ref() else { break };
-                        let snap = snapshots.borrow_and_update().clone();
+                        // Answer against the newest snapshot, but leave it
+                        // unseen: a request answers only its own type (and
+                        // at most CDS and EDS after it), so if this snapshot
+                        // is new, the snapshot arm below must still run for
+                        // it and send every other type's changes. Marking it
+                        // seen here left, say, an EDS change behind a CDS
+                        // ACK until the next snapshot, however long that took.
+                        let snap = snapshots.borrow().clone();
                         let res = (snap.generation > 0).then(|| &**snap.view(view_key.as_deref()));
                         let mut machine = reg.slot.machine();
                         let out = (variant.handle)(&mut machine, &req, res, now_ms());

@@ -63,60 +63,68 @@ impl DeltaStream {
 
         let set = res.map(|r| &**r.set(ty));
         let st = self.core.types[ty.index()].get_or_insert_with(TypeState::default);
-        let mut sub = st.sub.clone();
-        let mut first_wildcard = false;
-        if !exists {
-            // Legacy wildcard: a first request that subscribes to nothing
-            // (https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#how-the-client-specifies-what-resources-to-return).
-            sub.wildcard = req.resource_names_subscribe.is_empty();
-            // Reconnect: what the client already has is not resent
-            // (https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#xds-protocol-delta-reconnect).
-            if !req.initial_resource_versions.is_empty() {
-                st.initial = Some(
-                    req.initial_resource_versions
-                        .iter()
-                        .map(|(n, v)| (n.clone(), v.clone()))
-                        .collect(),
-                );
-            }
-        }
-        let was_wildcard = exists && st.sub.wildcard;
+        // An ACK or NACK names nothing: the subscription stands, and is
+        // neither copied nor compared (thousands of streams ACK each push).
+        let touches = !exists
+            || !req.resource_names_subscribe.is_empty()
+            || !req.resource_names_unsubscribe.is_empty();
         let mut newly: Vec<Arc<str>> = Vec::new();
-        for n in &req.resource_names_subscribe {
-            if n == "*" {
-                sub.wildcard = true;
-            } else if !sub.names.contains(n.as_str()) {
-                let k = intern(n, set);
-                sub.names.insert(k.clone());
-                newly.push(k);
-            }
-        }
-        for n in &req.resource_names_unsubscribe {
-            if n == "*" {
-                sub.wildcard = false;
-            } else {
-                sub.names.remove(n.as_str());
-            }
-        }
-        if !exists && sub.wildcard && req.initial_resource_versions.is_empty() {
-            first_wildcard = true;
-        }
-        let sub_changed = sub != st.sub;
-        if sub_changed {
-            st.force = if exists && sub.wildcard && !was_wildcard {
-                Force::All
-            } else {
-                match std::mem::take(&mut st.force) {
-                    Force::All => Force::All,
-                    Force::Names(mut old) => {
-                        old.extend(newly.iter().cloned());
-                        Force::Names(old)
-                    }
-                    Force::Nothing => Force::Names(newly.clone()),
+        let mut first_wildcard = false;
+        let sub_changed = touches && {
+            let mut sub = st.sub.clone();
+            if !exists {
+                // Legacy wildcard: a first request that subscribes to nothing
+                // (https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#how-the-client-specifies-what-resources-to-return).
+                sub.wildcard = req.resource_names_subscribe.is_empty();
+                // Reconnect: what the client already has is not resent
+                // (https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#xds-protocol-delta-reconnect).
+                if !req.initial_resource_versions.is_empty() {
+                    st.initial = Some(
+                        req.initial_resource_versions
+                            .iter()
+                            .map(|(n, v)| (n.clone(), v.clone()))
+                            .collect(),
+                    );
                 }
-            };
-            st.set_sub(sub);
-        }
+            }
+            let was_wildcard = exists && st.sub.wildcard;
+            for n in &req.resource_names_subscribe {
+                if n == "*" {
+                    sub.wildcard = true;
+                } else if !sub.names.contains(n.as_str()) {
+                    let k = intern(n, set);
+                    sub.names.insert(k.clone());
+                    newly.push(k);
+                }
+            }
+            for n in &req.resource_names_unsubscribe {
+                if n == "*" {
+                    sub.wildcard = false;
+                } else {
+                    sub.names.remove(n.as_str());
+                }
+            }
+            if !exists && sub.wildcard && req.initial_resource_versions.is_empty() {
+                first_wildcard = true;
+            }
+            let sub_changed = sub != st.sub;
+            if sub_changed {
+                st.force = if exists && sub.wildcard && !was_wildcard {
+                    Force::All
+                } else {
+                    match std::mem::take(&mut st.force) {
+                        Force::All => Force::All,
+                        Force::Names(mut old) => {
+                            old.extend(newly.iter().cloned());
+                            Force::Names(old)
+                        }
+                        Force::Nothing => Force::Names(newly.clone()),
+                    }
+                };
+                st.set_sub(sub);
+            }
+            sub_changed
+        };
         let rds_sub_changed = ty == ResourceType::RouteConfiguration && sub_changed;
 
         let Some(res) = res else {

@@ -225,6 +225,10 @@ pub(crate) struct TypeState {
     pending: bool,
     /// SotW: the version_info of the first request, for cheap reconnects.
     client_version: Option<String>,
+    /// SotW: a hash of the last applied request's names, in order. An ACK
+    /// naming the same list (Envoy's EDS ACKs name every cluster) keeps the
+    /// subscription without comparing each name.
+    last_names: Option<u64>,
 }
 
 impl TypeState {

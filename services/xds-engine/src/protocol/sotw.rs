@@ -9,7 +9,7 @@ use super::{
     intern, AckOutcome, Core, Force, KnownResource, NodeView, StreamState, Subscription,
     TypeReport, TypeState,
 };
-use crate::resources::{Entry, ResourceType, Resources};
+use crate::resources::{Entry, Fnv, ResourceType, Resources};
 use crate::wire::SotwResponse;
 
 /// Protocol state of one SotW stream.
@@ -68,8 +68,18 @@ impl SotwStream {
 
         let set = res.map(|r| &**r.set(ty));
         let st = self.core.types[ty.index()].get_or_insert_with(TypeState::default);
-        let new_sub = next_subscription(exists.then_some(&st.sub), &req.resource_names, set)
-            .filter(|n| !exists || st.sub != *n);
+        // The next subscription depends only on the previous one and the
+        // names, and applying the same names twice changes nothing: the
+        // same list as last time is the same subscription.
+        let names_hash = names_hash(&req.resource_names);
+        let same_names = exists && st.last_names == Some(names_hash);
+        st.last_names = Some(names_hash);
+        let new_sub = if same_names {
+            None
+        } else {
+            next_subscription(exists.then_some(&st.sub), &req.resource_names, set)
+                .filter(|n| !exists || st.sub != *n)
+        };
         let sub_changed = new_sub.is_some();
         if let Some(new_sub) = new_sub {
             // The client holds nothing of what it did not ask for before.
@@ -169,6 +179,16 @@ impl SotwStream {
             resources,
         })
     }
+}
+
+/// The names of a request, in order, as one hash (with their count).
+fn names_hash(names: &[String]) -> u64 {
+    let mut h = Fnv::new();
+    h.write(&(names.len() as u64).to_le_bytes());
+    for n in names {
+        h.field(n);
+    }
+    h.0
 }
 
 /// Subscription after a request
