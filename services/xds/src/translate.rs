@@ -54,11 +54,12 @@ use meridian_policy::{MtlsMode, Policy, Protocol};
 use prost::Message;
 use serde_json::{json, Value};
 use xds_api::pb::envoy::config::cluster::v3::{
+    circuit_breakers,
     cluster::{
         self, common_lb_config::LocalityConfigSpecifier, ClusterDiscoveryType, DiscoveryType,
         LbPolicy,
     },
-    Cluster,
+    CircuitBreakers, Cluster, OutlierDetection,
 };
 use xds_api::pb::envoy::config::core::v3::{
     address, header_value_option::HeaderAppendAction, socket_address, Address, HeaderValue,
@@ -72,9 +73,9 @@ use xds_api::pb::envoy::config::listener::v3::{
     ListenerFilter,
 };
 use xds_api::pb::envoy::config::route::v3::{
-    header_matcher::HeaderMatchSpecifier, route, route_action::ClusterSpecifier,
-    route_match::PathSpecifier, weighted_cluster::ClusterWeight, HeaderMatcher, Route, RouteAction,
-    RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
+    header_matcher::HeaderMatchSpecifier, route, route_action, route_action::ClusterSpecifier,
+    route_match::PathSpecifier, weighted_cluster::ClusterWeight, HeaderMatcher, RetryPolicy, Route,
+    RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
 };
 use xds_api::pb::envoy::extensions::filters::http::router::v3::Router;
 use xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -84,6 +85,7 @@ use xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v
     http_filter, HttpConnectionManager, HttpFilter, Rds,
 };
 use xds_api::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
+use xds_api::pb::envoy::r#type::v3::Percent;
 use xds_api::pb::google::protobuf::{Any, Duration, UInt32Value};
 
 use crate::envoy::{ads, any_of, this_server};
@@ -336,7 +338,11 @@ pub(crate) fn typed_piece(
             .map(|v| (canary_cluster_name(name, v), Some(*v))),
     );
     for (cluster_name, version) in &clusters {
-        let plain = cluster(cluster_name, p.spec.protocol);
+        let plain = Cluster {
+            outlier_detection: p.spec.outlier_detection.as_ref().map(outlier_detection),
+            circuit_breakers: p.spec.circuit_breakers.as_ref().map(circuit_breakers),
+            ..cluster(cluster_name, p.spec.protocol)
+        };
         // Only `strict` makes clients use mTLS: under `permissive` the
         // endpoints may still lack a sidecar, and plaintext reaches both.
         if p.spec.mtls.mode == MtlsMode::Strict {
@@ -386,7 +392,7 @@ pub(crate) fn typed_piece(
         typed.assignments.push(cla);
     }
 
-    typed.vhost = virtual_host(p);
+    typed.vhost = virtual_host(p, Consumer::Envoy);
     typed.refs = clusters.into_iter().map(|(n, _)| n).collect();
     let grpc_route = grpc_route_name(name);
     for lname in [
@@ -397,7 +403,7 @@ pub(crate) fn typed_piece(
     }
     typed.route = RouteConfiguration {
         name: grpc_route,
-        virtual_hosts: vec![typed.vhost.clone()],
+        virtual_hosts: vec![virtual_host(p, Consumer::ProxylessGrpc)],
         ..Default::default()
     };
     typed
@@ -473,7 +479,118 @@ fn header_add(name: &str) -> HeaderValueOption {
     }
 }
 
-fn virtual_host(p: &Policy) -> VirtualHost {
+/// Milliseconds as a protobuf duration.
+fn millis(ms: u32) -> Duration {
+    Duration {
+        seconds: i64::from(ms / 1000),
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+fn u32_value(value: u32) -> Option<UInt32Value> {
+    Some(UInt32Value { value })
+}
+
+/// A policy's `outlierDetection`. Every rule Meridian does not turn on is
+/// turned off explicitly: Envoy enforces success-rate ejection by default,
+/// and a policy that does not ask for it must not get it.
+pub(crate) fn outlier_detection(od: &meridian_policy::OutlierDetection) -> OutlierDetection {
+    let on = |enabled: bool| u32_value(if enabled { 100 } else { 0 });
+    let sr = od.success_rate.as_ref();
+    OutlierDetection {
+        consecutive_5xx: (od.consecutive_5xx > 0).then(|| UInt32Value {
+            value: od.consecutive_5xx,
+        }),
+        enforcing_consecutive_5xx: on(od.consecutive_5xx > 0),
+        consecutive_gateway_failure: (od.consecutive_gateway_errors > 0).then(|| UInt32Value {
+            value: od.consecutive_gateway_errors,
+        }),
+        enforcing_consecutive_gateway_failure: on(od.consecutive_gateway_errors > 0),
+        interval: Some(millis(od.interval_ms)),
+        base_ejection_time: Some(millis(od.base_ejection_time_ms)),
+        max_ejection_percent: u32_value(od.max_ejection_percent),
+        enforcing_success_rate: on(sr.is_some()),
+        success_rate_minimum_hosts: sr.and_then(|s| u32_value(s.minimum_hosts)),
+        success_rate_request_volume: sr.and_then(|s| u32_value(s.request_volume)),
+        // Envoy reads the factor in thousandths.
+        success_rate_stdev_factor: sr
+            .and_then(|s| u32_value((s.stdev_factor * 1000.0).round() as u32)),
+        ..Default::default()
+    }
+}
+
+/// A policy's `circuitBreakers`, as the default-priority thresholds.
+pub(crate) fn circuit_breakers(cb: &meridian_policy::CircuitBreakers) -> CircuitBreakers {
+    let limit = |n: Option<u32>| n.map(|value| UInt32Value { value });
+    CircuitBreakers {
+        thresholds: vec![circuit_breakers::Thresholds {
+            max_connections: limit(cb.max_connections),
+            max_pending_requests: limit(cb.max_pending_requests),
+            max_requests: limit(cb.max_requests),
+            max_retries: limit(cb.max_retries),
+            retry_budget: cb.retry_budget.as_ref().map(|b| {
+                circuit_breakers::thresholds::RetryBudget {
+                    budget_percent: Some(Percent {
+                        value: f64::from(b.budget_percent),
+                    }),
+                    min_retry_concurrency: u32_value(b.min_retry_concurrency),
+                }
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A route's `retries`. Envoy and gRPC read the same policy; gRPC ignores
+/// the HTTP conditions and `per_try_timeout` (gRFC A44).
+pub(crate) fn retry_policy(r: &meridian_policy::Retries) -> RetryPolicy {
+    RetryPolicy {
+        retry_on: r
+            .retry_on
+            .iter()
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        num_retries: u32_value(r.attempts),
+        per_try_timeout: r.per_try_timeout_ms.map(millis),
+        retriable_status_codes: r.retriable_status_codes.clone(),
+        ..Default::default()
+    }
+}
+
+/// The timeout, retries and target of one route, for `consumer`: Envoy
+/// honours the route `timeout`; proxyless gRPC ignores it and honours
+/// `max_stream_duration` instead (gRFC A31), so each gets the field it
+/// reads (Envoy would answer 408 rather than 504 if it got both).
+fn route_action(
+    cluster_specifier: ClusterSpecifier,
+    r: Option<&meridian_policy::Route>,
+    consumer: Consumer,
+) -> RouteAction {
+    let timeout_ms = r.and_then(|r| r.timeout_ms);
+    let (timeout, max_stream_duration) = match consumer {
+        Consumer::Envoy => (timeout_ms.map(millis), None),
+        Consumer::ProxylessGrpc => (
+            None,
+            timeout_ms
+                .filter(|&t| t > 0)
+                .map(|t| route_action::MaxStreamDuration {
+                    max_stream_duration: Some(millis(t)),
+                    ..Default::default()
+                }),
+        ),
+    };
+    RouteAction {
+        cluster_specifier: Some(cluster_specifier),
+        timeout,
+        max_stream_duration,
+        retry_policy: r.and_then(|r| r.retries.as_ref()).map(retry_policy),
+        ..Default::default()
+    }
+}
+
+fn virtual_host(p: &Policy, consumer: Consumer) -> VirtualHost {
     let name = p.metadata.name.as_str();
     let stable = stable_cluster_name(name);
     // Sorted and deduplicated so the output does not depend on route order.
@@ -551,10 +668,11 @@ fn virtual_host(p: &Policy) -> VirtualHost {
         routes.push(Route {
             name: r.name.clone(),
             r#match: Some(matcher),
-            action: Some(route::Action::Route(RouteAction {
-                cluster_specifier: Some(action),
-                ..Default::default()
-            })),
+            action: Some(route::Action::Route(route_action(
+                action,
+                Some(r),
+                consumer,
+            ))),
             request_headers_to_remove: remove,
             ..Default::default()
         });
@@ -565,10 +683,11 @@ fn virtual_host(p: &Policy) -> VirtualHost {
             path_specifier: Some(PathSpecifier::Prefix("/".to_owned())),
             ..Default::default()
         }),
-        action: Some(route::Action::Route(RouteAction {
-            cluster_specifier: Some(ClusterSpecifier::Cluster(stable)),
-            ..Default::default()
-        })),
+        action: Some(route::Action::Route(route_action(
+            ClusterSpecifier::Cluster(stable),
+            None,
+            consumer,
+        ))),
         request_headers_to_remove: canary_headers,
         ..Default::default()
     });

@@ -510,3 +510,136 @@ fn a_weight_change_touches_only_that_assignment() {
         .collect();
     assert_eq!(changed, ["p07"]);
 }
+
+/// A policy with every resilience field set.
+fn resilient(name: &str) -> Policy {
+    let mut p = policy(name, 8080, Some(("v2", 10)), false);
+    let v: serde_json::Value = json!({
+        "outlierDetection": {"consecutive5xx": 3, "consecutiveGatewayErrors": 2, "intervalMs": 1500,
+            "baseEjectionTimeMs": 2500, "maxEjectionPercent": 50,
+            "successRate": {"minimumHosts": 2, "requestVolume": 20, "stdevFactor": 1.25}},
+        "circuitBreakers": {"maxConnections": 7, "maxPendingRequests": 8, "maxRequests": 9,
+            "retryBudget": {"budgetPercent": 30, "minRetryConcurrency": 4}},
+    });
+    p.spec.outlier_detection = serde_json::from_value(v["outlierDetection"].clone()).unwrap();
+    p.spec.circuit_breakers = serde_json::from_value(v["circuitBreakers"].clone()).unwrap();
+    p.spec.routes[0].timeout_ms = Some(1500);
+    p.spec.routes[0].retries = serde_json::from_value(json!({"attempts": 3, "perTryTimeoutMs": 400,
+        "retryOn": ["5xx", "unavailable", "retriable-status-codes"], "retriableStatusCodes": [409, 503]}))
+    .unwrap();
+    p.spec.routes[1].timeout_ms = Some(0);
+    p
+}
+
+fn action(route: &Route) -> &RouteAction {
+    match &route.action {
+        Some(route::Action::Route(a)) => a,
+        other => panic!("not a route action: {other:?}"),
+    }
+}
+
+#[test]
+fn without_resilience_fields_nothing_changes() {
+    let r = translate(&[policy("a", 80, Some(("v2", 10)), false)], &Weights::new());
+    for cluster in ["a", "a@v2"] {
+        let c: Cluster = decode(&r, ResourceType::Cluster, cluster);
+        assert_eq!(c.outlier_detection, None);
+        assert_eq!(c.circuit_breakers, None);
+    }
+    for rc in ["egress_80", "grpc_a"] {
+        for route in route_of(&r, rc) {
+            let a = action(&route);
+            assert_eq!(a.timeout, None, "{rc}");
+            assert_eq!(a.max_stream_duration, None, "{rc}");
+            assert_eq!(a.retry_policy, None, "{rc}");
+        }
+    }
+}
+
+#[test]
+fn resilience_fields_reach_every_cluster_and_route() {
+    let r = translate(&[resilient("a")], &Weights::new());
+    let d = |s: i64, ms: i32| {
+        Some(Duration {
+            seconds: s,
+            nanos: ms * 1_000_000,
+        })
+    };
+    for cluster in ["a", "a@v2"] {
+        let c: Cluster = decode(&r, ResourceType::Cluster, cluster);
+        let od = c.outlier_detection.expect("outlier detection");
+        let v = |x: Option<UInt32Value>| x.map(|x| x.value);
+        assert_eq!(v(od.consecutive_5xx), Some(3));
+        assert_eq!(v(od.enforcing_consecutive_5xx), Some(100));
+        assert_eq!(v(od.consecutive_gateway_failure), Some(2));
+        assert_eq!(v(od.enforcing_consecutive_gateway_failure), Some(100));
+        assert_eq!(od.interval, d(1, 500));
+        assert_eq!(od.base_ejection_time, d(2, 500));
+        assert_eq!(v(od.max_ejection_percent), Some(50));
+        assert_eq!(v(od.enforcing_success_rate), Some(100));
+        assert_eq!(v(od.success_rate_minimum_hosts), Some(2));
+        assert_eq!(v(od.success_rate_request_volume), Some(20));
+        assert_eq!(v(od.success_rate_stdev_factor), Some(1250));
+        let t = &c.circuit_breakers.expect("circuit breakers").thresholds[0];
+        assert_eq!(t.priority, 0, "DEFAULT priority");
+        assert_eq!(v(t.max_connections), Some(7));
+        assert_eq!(v(t.max_pending_requests), Some(8));
+        assert_eq!(v(t.max_requests), Some(9));
+        assert_eq!(v(t.max_retries), None);
+        let b = t.retry_budget.as_ref().unwrap();
+        assert_eq!(b.budget_percent.as_ref().map(|p| p.value), Some(30.0));
+        assert_eq!(v(b.min_retry_concurrency), Some(4));
+    }
+    // (route config, route index, timeout, max stream duration)
+    type Case = (&'static str, usize, Option<Duration>, Option<Duration>);
+    let cases: [Case; 6] = [
+        ("egress_8080", 0, d(1, 500), None),
+        ("egress_8080", 1, d(0, 0), None),
+        ("egress_8080", 2, None, None),
+        // Proxyless gRPC: the deadline as max stream duration; 0 is no limit.
+        ("grpc_a", 0, None, d(1, 500)),
+        ("grpc_a", 1, None, None),
+        ("grpc_a", 2, None, None),
+    ];
+    for (rc, i, timeout, msd) in cases {
+        let routes = route_of(&r, rc);
+        let a = action(&routes[i]);
+        assert_eq!(a.timeout, timeout, "{rc}[{i}]");
+        assert_eq!(
+            a.max_stream_duration
+                .as_ref()
+                .and_then(|m| m.max_stream_duration),
+            msd,
+            "{rc}[{i}]"
+        );
+        let retry = a.retry_policy.as_ref();
+        if i == 0 {
+            let retry = retry.expect("retry policy");
+            assert_eq!(retry.retry_on, "5xx,unavailable,retriable-status-codes");
+            assert_eq!(retry.num_retries.map(|n| n.value), Some(3));
+            assert_eq!(retry.per_try_timeout, d(0, 400));
+            assert_eq!(retry.retriable_status_codes, [409, 503]);
+        } else {
+            assert_eq!(retry, None, "{rc}[{i}]");
+        }
+    }
+}
+
+#[test]
+fn outlier_detection_turns_off_what_is_not_asked_for() {
+    let od = meridian_policy::OutlierDetection {
+        consecutive_5xx: 0,
+        consecutive_gateway_errors: 4,
+        ..Default::default()
+    };
+    let got = outlier_detection(&od);
+    assert_eq!(got.consecutive_5xx, None);
+    assert_eq!(got.enforcing_consecutive_5xx.map(|x| x.value), Some(0));
+    assert_eq!(
+        got.enforcing_consecutive_gateway_failure.map(|x| x.value),
+        Some(100)
+    );
+    // Envoy enforces success-rate ejection by default: off unless asked for.
+    assert_eq!(got.enforcing_success_rate.map(|x| x.value), Some(0));
+    assert_eq!(got.success_rate_stdev_factor, None);
+}
