@@ -245,3 +245,99 @@ async fn circuit_breakers_refuse_the_overflow_at_once() {
     );
     m.stop().await;
 }
+
+/// Answers of `n` sequential requests, by backend (`version` is its IP).
+async fn spread(listen: u16, host: &str, n: usize) -> BTreeMap<String, usize> {
+    let client = Client::new();
+    let mut by = BTreeMap::new();
+    for _ in 0..n {
+        let key = match traffic::request(&client, listen, host, "/", &[]).await {
+            Ok(a) => a["version"].as_str().unwrap_or("?").to_owned(),
+            Err(e) => format!("failed: {}", e.chars().take(40).collect::<String>()),
+        };
+        *by.entry(key).or_default() += 1;
+    }
+    by
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_failing_its_health_checks_gets_no_traffic_while_its_zone_serves() {
+    let db = database().await;
+    let m = Meridian::start(BIN.as_ref(), &db.url).await;
+    let (backends, port) = three_backends().await;
+    let listen = free_port(&["127.0.0.1"]);
+    let host = "checked.example.com";
+    m.create_policy(&policy(
+        "checked",
+        listen,
+        port,
+        json!({"healthCheck": {"intervalMs": 500, "timeoutMs": 250},
+               "failover": {"windowSeconds": 5, "recoverySeconds": 1}}),
+    ))
+    .await;
+    let _envoy = Envoy::start("endpoint-health", m.xds_port, Ads::StateOfTheWorld).await;
+    routed(listen, host).await;
+    let all = spread(listen, host, 60).await;
+    assert_eq!(all.len(), 3, "every endpoint serves at first: {all:?}");
+    let bad = format!("127.0.0.3:{port}");
+
+    // 127.0.0.3 fails its health checks but would still serve: only the
+    // control plane's checkers can take it out (no outlier detection here).
+    backends[1].fail_health(true);
+    let failed_at = Instant::now();
+    let took = loop {
+        let at = failed_at.elapsed();
+        let by = spread(listen, host, 30).await;
+        assert!(
+            by.keys().all(|k| !k.starts_with("failed")),
+            "no request fails meanwhile: {by:?}"
+        );
+        if !by.contains_key("127.0.0.3")
+            && !spread(listen, host, 30).await.contains_key("127.0.0.3")
+        {
+            break at;
+        }
+        assert!(
+            failed_at.elapsed() < Duration::from_secs(10),
+            "127.0.0.3 still gets traffic 10 s after failing its checks: {by:?}"
+        );
+    };
+    eprintln!("endpoint health: the failing endpoint got no traffic {took:?} after its checks began to fail");
+    assert!(took < Duration::from_secs(3), "took {took:?}, want < 3 s");
+
+    // The zone serves on, at its full weight, and /status says why.
+    let status: Value = reqwest::get(m.url("/api/v1/policies/checked/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let zone = &status["zones"][0];
+    assert_eq!(zone["unhealthyEndpoints"], json!([bad]), "{status}");
+    assert_eq!(zone["effectiveWeight"], 100, "{status}");
+    assert_ne!(zone["health"], "unhealthy", "{status}");
+    let events: Value = reqwest::get(m.url("/api/v1/events?policy=checked"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"endpoint-unhealthy"), "{kinds:?}");
+    assert!(!kinds.contains(&"zone-unhealthy"), "{kinds:?}");
+
+    // Healthy again: back in once its failures age out of the 5 s window.
+    backends[1].fail_health(false);
+    eventually(
+        "the recovered endpoint serves again",
+        Duration::from_secs(15),
+        || async move { spread(listen, host, 30).await.contains_key("127.0.0.3") },
+    )
+    .await;
+    m.stop().await;
+}

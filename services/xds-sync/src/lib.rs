@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use meridian_policy::Policy;
 use meridian_store::notify::Event;
 use meridian_store::Store;
-use meridian_xds::{Mesh, Publisher, Translator, Weights};
+use meridian_xds::{EndpointHealth, Mesh, Publisher, Translator, Weights};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -62,6 +62,8 @@ pub struct Writer {
     policies: BTreeMap<String, Policy>,
     /// Decided by the failover leader; a policy without a decision uses its spec weights.
     weights: Weights,
+    /// Endpoints the leader marked unhealthy, read like the weights.
+    health: EndpointHealth,
     ready: Arc<AtomicBool>,
     mesh: Mesh,
     security: Option<Security>,
@@ -83,6 +85,7 @@ impl Writer {
             config,
             policies: BTreeMap::new(),
             weights: Weights::new(),
+            health: EndpointHealth::new(),
             ready: Arc::default(),
             mesh: Mesh::default(),
             security: None,
@@ -213,6 +216,7 @@ impl Writer {
         let all = self.store.all().await?;
         let weights = self.store.effective_weights().await?;
         self.weights = weights.into_iter().map(|(p, w)| (p, w.weights)).collect();
+        self.health = self.store.endpoint_health().await?.into_iter().collect();
         let load_ms = started.elapsed().as_millis() as u64;
         self.policies = all
             .into_iter()
@@ -220,6 +224,7 @@ impl Writer {
             .collect();
         let built = Instant::now();
         self.translator.set_mesh(self.mesh.clone());
+        self.translator.set_endpoint_health(self.health.clone());
         self.translator
             .rebuild(self.policies.values(), &self.weights);
         self.publish(None);
@@ -238,16 +243,20 @@ impl Writer {
             return self.reload().await;
         }
         let names: Vec<String> = burst.names.into_iter().collect();
-        // A burst may hold policy writes and weight decisions alike
-        // (both are announced under the policy's name): re-read both.
+        // A burst may hold policy writes, weight decisions and endpoint
+        // marks alike (all announced under the policy's name): re-read all.
         let fresh = self.store.get_many(&names).await?;
         let weights = self.store.effective_weights_of(&names).await?;
+        let health = self.store.endpoint_health_of(&names).await?;
         for name in &names {
             self.policies.remove(name);
             self.weights.remove(name);
+            self.health.remove(name);
         }
         self.weights
             .extend(weights.into_iter().map(|(p, w)| (p, w.weights)));
+        self.health.extend(health);
+        self.translator.set_endpoint_health(self.health.clone());
         for p in fresh {
             self.policies.insert(p.metadata.name.clone(), p);
         }

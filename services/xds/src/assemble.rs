@@ -29,8 +29,8 @@ use prost::Message;
 
 use crate::tls;
 use crate::translate::{
-    egress_entry, egress_name, entry, inbound_template, typed_piece, InboundTemplate, Mesh,
-    Weights, DEFAULT_EGRESS_ADDRESS, NAMESPACE_LABEL,
+    egress_entry, egress_name, entry, inbound_template, typed_piece, EndpointHealth,
+    InboundTemplate, Mesh, Weights, DEFAULT_EGRESS_ADDRESS, NAMESPACE_LABEL,
 };
 
 /// What one policy contributes to every view that holds it, encoded once.
@@ -57,8 +57,13 @@ pub struct Piece {
 
 impl Piece {
     /// Translates and encodes one policy.
-    pub fn new(p: &Policy, weights: Option<&BTreeMap<String, u32>>, mesh: &Mesh) -> Piece {
-        let typed = typed_piece(p, weights, mesh);
+    pub fn new(
+        p: &Policy,
+        weights: Option<&BTreeMap<String, u32>>,
+        unhealthy: Option<&BTreeMap<String, BTreeSet<String>>>,
+        mesh: &Mesh,
+    ) -> Piece {
+        let typed = typed_piece(p, weights, unhealthy, mesh);
         let name: Arc<str> = Arc::from(p.metadata.name.as_str());
         let mut refs: Vec<Arc<str>> = typed.refs.iter().map(|r| Arc::from(r.as_str())).collect();
         refs.sort();
@@ -327,6 +332,8 @@ struct Secrets {
 #[derive(Debug, Default)]
 pub struct Translator {
     mesh: Mesh,
+    /// Endpoints the leader marked unhealthy; read on every (re)translation.
+    health: EndpointHealth,
     pieces: BTreeMap<Arc<str>, Arc<Piece>>,
     unscoped: View,
     scoped: BTreeMap<String, View>,
@@ -359,6 +366,13 @@ impl Translator {
         retranslate
     }
 
+    /// Takes the endpoints marked unhealthy. Applied to the policies
+    /// translated from now on: call [`Translator::update`] with the
+    /// policies whose marks changed (or [`Translator::rebuild`]).
+    pub fn set_endpoint_health(&mut self, health: EndpointHealth) {
+        self.health = health;
+    }
+
     /// Translates every policy afresh.
     pub fn rebuild<'a>(
         &mut self,
@@ -370,7 +384,15 @@ impl Translator {
         self.scoped.clear();
         let mut pieces: Vec<Arc<Piece>> = policies
             .into_iter()
-            .map(|p| Arc::new(Piece::new(p, weights.get(&p.metadata.name), &self.mesh)))
+            .map(|p| {
+                let name = &p.metadata.name;
+                Arc::new(Piece::new(
+                    p,
+                    weights.get(name),
+                    self.health.get(name),
+                    &self.mesh,
+                ))
+            })
             .collect();
         pieces.sort_by(|a, b| a.name.cmp(&b.name));
         for p in &pieces {
@@ -405,7 +427,14 @@ impl Translator {
     ) {
         for name in names {
             let old = self.pieces.remove(name);
-            let new = current(name).map(|p| Arc::new(Piece::new(p, weights.get(name), &self.mesh)));
+            let new = current(name).map(|p| {
+                Arc::new(Piece::new(
+                    p,
+                    weights.get(name),
+                    self.health.get(name),
+                    &self.mesh,
+                ))
+            });
             let same_egress = match (&old, &new) {
                 (Some(o), Some(n)) => o.same_egress_share(n) && o.namespace == n.namespace,
                 _ => false,

@@ -35,7 +35,7 @@ pub use meridian_xds_engine::{
     Snapshot, Subscriber, TypeStatus,
 };
 pub use node::{MeridianNode, MeridianSelector};
-pub use translate::{render, Mesh, Weights};
+pub use translate::{render, EndpointHealth, Mesh, Weights};
 
 /// The xDS server with Meridian's node selection.
 pub fn server(

@@ -63,7 +63,8 @@ use xds_api::pb::envoy::config::cluster::v3::{
 };
 use xds_api::pb::envoy::config::core::v3::{
     address, header_value_option::HeaderAppendAction, socket_address, Address, HeaderValue,
-    HeaderValueOption, Http2ProtocolOptions, Locality, SocketAddress, TrafficDirection,
+    HeaderValueOption, HealthStatus, Http2ProtocolOptions, Locality, SocketAddress,
+    TrafficDirection,
 };
 use xds_api::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
@@ -95,6 +96,19 @@ use meridian_xds_engine::{Entry, ResourceType};
 /// Effective zone weights: policy name -> zone name -> weight. A policy not
 /// in the map uses the weights of its spec.
 pub type Weights = HashMap<String, BTreeMap<String, u32>>;
+
+/// Endpoints marked unhealthy by the failover leader: policy name -> zone
+/// name -> `ip:port` (see `meridian_failover::endpoints`). EDS serves them
+/// with health status UNHEALTHY, so no client sends them traffic.
+pub type EndpointHealth = HashMap<String, BTreeMap<String, BTreeSet<String>>>;
+
+/// How the leader names an endpoint: `ip:port`, `[ip6]:port`.
+fn endpoint_key(address: &str, port: u32) -> String {
+    match address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]:{port}"),
+        _ => format!("{address}:{port}"),
+    }
+}
 
 /// Node metadata key through which a sidecar asks for another bind address
 /// of its egress listeners (an IP address; anything else is ignored).
@@ -223,7 +237,7 @@ pub fn render(policies: &[Policy], weights: &Weights, policy_filter: Option<&str
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut egress: BTreeMap<u32, Vec<VirtualHost>> = BTreeMap::new();
     for p in selected {
-        let t = typed_piece(p, weights.get(&p.metadata.name), &mesh);
+        let t = typed_piece(p, weights.get(&p.metadata.name), None, &mesh);
         listeners.extend(t.listeners.iter().map(|l| to_json(serde_json::to_value(l))));
         routes.push(to_json(serde_json::to_value(&t.route)));
         clusters.extend(
@@ -309,6 +323,7 @@ pub(crate) fn entry<M: Message>(name: impl Into<Arc<str>>, ty: ResourceType, m: 
 pub(crate) fn typed_piece(
     p: &Policy,
     zone_weights: Option<&BTreeMap<String, u32>>,
+    unhealthy: Option<&BTreeMap<String, BTreeSet<String>>>,
     mesh: &Mesh,
 ) -> TypedPiece {
     let name = p.metadata.name.as_str();
@@ -373,7 +388,19 @@ pub(crate) fn typed_piece(
                     Some(v) => e.version == *v,
                     None => !canary_versions.contains(e.version.as_str()),
                 })
-                .map(|e| lb_endpoint(&e.address, e.port))
+                .map(|e| {
+                    let down = unhealthy
+                        .and_then(|u| u.get(&z.name))
+                        .is_some_and(|set| set.contains(&endpoint_key(&e.address, e.port)));
+                    LbEndpoint {
+                        health_status: if down {
+                            HealthStatus::Unhealthy as i32
+                        } else {
+                            HealthStatus::Unknown as i32
+                        },
+                        ..lb_endpoint(&e.address, e.port)
+                    }
+                })
                 .collect();
             if lb_endpoints.is_empty() {
                 continue;
@@ -561,8 +588,9 @@ pub(crate) fn retry_policy(r: &meridian_policy::Retries) -> RetryPolicy {
 
 /// The timeout, retries and target of one route, for `consumer`: Envoy
 /// honours the route `timeout`; proxyless gRPC ignores it and honours
-/// `max_stream_duration` instead (gRFC A31), so each gets the field it
-/// reads (Envoy would answer 408 rather than 504 if it got both).
+/// `max_stream_duration` instead (gRFC A31), so each gets only the field
+/// it reads (Envoy acts on both, and the promised answer is the 504 of the
+/// route timeout).
 fn route_action(
     cluster_specifier: ClusterSpecifier,
     r: Option<&meridian_policy::Route>,

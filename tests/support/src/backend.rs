@@ -120,6 +120,13 @@ impl Backend {
             .store(per_mille.min(1000), Ordering::SeqCst);
     }
 
+    /// From now on `/healthz` answers 503 (`true`) or 200 (`false`) while
+    /// real requests are still served: an endpoint only the control
+    /// plane's checks can tell is bad.
+    pub fn fail_health(&self, down: bool) {
+        self.fail_health_randomly(if down { 1000 } else { 0 }, 1);
+    }
+
     /// Stops like a crashed zone: no new connections, and the open ones
     /// (Envoy's pooled keep-alives included) are closed.
     pub async fn stop(mut self) {

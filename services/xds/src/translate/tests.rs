@@ -457,7 +457,7 @@ fn incremental_updates_equal_a_full_translation() {
         (vec![base[0].clone()], Weights::new(), vec!["n"]),
         (vec![], Weights::new(), vec!["a"]),
     ];
-    let mut t = Translator::new(Mesh::default());
+    let mut t = crate::Translator::new(Mesh::default());
     t.rebuild(&base, &Weights::new());
     t.output();
     for (policies, w, changed) in steps {
@@ -486,7 +486,7 @@ fn a_weight_change_touches_only_that_assignment() {
     let policies: Vec<Policy> = (0..20)
         .map(|i| policy(&format!("p{i:02}"), 8080 + (i % 3), None, false))
         .collect();
-    let mut t = Translator::new(Mesh::default());
+    let mut t = crate::Translator::new(Mesh::default());
     t.rebuild(&policies, &Weights::new());
     let (before, _) = t.output();
     let by_name: BTreeMap<String, Policy> = policies
@@ -642,4 +642,55 @@ fn outlier_detection_turns_off_what_is_not_asked_for() {
     // Envoy enforces success-rate ejection by default: off unless asked for.
     assert_eq!(got.enforcing_success_rate.map(|x| x.value), Some(0));
     assert_eq!(got.success_rate_stdev_factor, None);
+}
+
+#[test]
+fn endpoints_the_leader_marked_are_served_unhealthy() {
+    use xds_api::pb::envoy::config::core::v3::HealthStatus;
+    use xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    let p = policy("a", 80, None, false);
+    let mut t = crate::Translator::new(Mesh::default());
+    let marked: EndpointHealth = [(
+        "a".to_owned(),
+        [("z1".to_owned(), ["10.0.0.2:80".to_owned()].into())].into(),
+    )]
+    .into();
+    t.set_endpoint_health(marked);
+    t.rebuild([&p], &Weights::new());
+    let r = t.output().0;
+    let cla: ClusterLoadAssignment = decode(&r, ResourceType::ClusterLoadAssignment, "a");
+    let health: Vec<(String, i32)> = cla
+        .endpoints
+        .iter()
+        .flat_map(|l| &l.lb_endpoints)
+        .map(|e| {
+            let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
+                panic!()
+            };
+            let Some(address::Address::SocketAddress(sa)) =
+                ep.address.as_ref().and_then(|a| a.address.clone())
+            else {
+                panic!()
+            };
+            (sa.address, e.health_status)
+        })
+        .collect();
+    assert_eq!(
+        health,
+        [
+            ("10.0.0.1".to_owned(), HealthStatus::Unknown as i32),
+            ("10.0.0.2".to_owned(), HealthStatus::Unhealthy as i32),
+            ("svc.internal".to_owned(), HealthStatus::Unknown as i32),
+        ]
+    );
+    // The mark goes once the leader lifts it and the policy is updated.
+    t.set_endpoint_health(EndpointHealth::new());
+    t.update(["a"], |_| Some(&p), &Weights::new());
+    let r = t.output().0;
+    let cla: ClusterLoadAssignment = decode(&r, ResourceType::ClusterLoadAssignment, "a");
+    assert!(cla
+        .endpoints
+        .iter()
+        .flat_map(|l| &l.lb_endpoints)
+        .all(|e| e.health_status == HealthStatus::Unknown as i32));
 }
