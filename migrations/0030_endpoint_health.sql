@@ -12,3 +12,16 @@ CREATE TABLE endpoint_health (
     decided_at    timestamptz NOT NULL,
     lease_token   bigint NOT NULL
 );
+
+-- A policy an xDS client refused inside a shared route configuration
+-- (egress_<port>): left out of that route while the policy is at
+-- resource_version, so the other policies on the port keep getting
+-- updates. A new write of the policy (a new resource_version) tries it again.
+CREATE TABLE xds_rejections (
+    policy_name      text COLLATE "C" PRIMARY KEY REFERENCES policies (name) ON DELETE CASCADE,
+    resource_version text NOT NULL,
+    resource         text NOT NULL,
+    node_id          text NOT NULL,
+    message          text NOT NULL,
+    at               timestamptz NOT NULL DEFAULT now()
+);

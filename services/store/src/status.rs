@@ -28,6 +28,10 @@ pub struct PolicyStatus {
     /// Guard rails that shaped the effective weights (`{rule, message}`):
     /// capacity holding traffic on degraded zones, a failback under way.
     pub guard_rails: Vec<Value>,
+    /// An xDS client refused a shared route configuration with this
+    /// policy (at its current version) in it: the policy is left out of
+    /// that route until it changes.
+    pub xds_rejected: Option<crate::xds_rejections::XdsRejection>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -92,6 +96,10 @@ impl Store {
         let override_ = self.override_of(name).await?;
         let providers = self.dns_status(name).await?;
         let drains = self.drains().await?.remove(name).unwrap_or_default();
+        let xds_rejected = self
+            .xds_rejections(Some(std::slice::from_ref(&policy.metadata.name)))
+            .await?
+            .remove(name);
         let unhealthy = self
             .endpoint_health_of(std::slice::from_ref(&policy.metadata.name))
             .await?
@@ -190,6 +198,7 @@ impl Store {
                 .as_ref()
                 .map(|e| e.guard_rails.clone())
                 .unwrap_or_default(),
+            xds_rejected,
         })
     }
 }

@@ -53,6 +53,9 @@ pub struct Piece {
     pub endpoints: Vec<SocketAddr>,
     /// Hash of what per-node resources read (template, endpoints).
     ext_hash: u64,
+    /// Left out of its port's egress route, because a client refused the
+    /// route with it (see [`crate::nack`]); its other resources stay.
+    excluded: bool,
 }
 
 impl Piece {
@@ -141,6 +144,7 @@ impl Piece {
             inbound: Arc::new(inbound),
             endpoints,
             ext_hash: h.0,
+            excluded: false,
         }
     }
 
@@ -162,7 +166,10 @@ impl Piece {
 
     /// Whether the egress route of the port reads the same from both.
     fn same_egress_share(&self, other: &Piece) -> bool {
-        self.port == other.port && self.vhost == other.vhost && self.refs == other.refs
+        self.port == other.port
+            && self.vhost == other.vhost
+            && self.refs == other.refs
+            && self.excluded == other.excluded
     }
 }
 
@@ -301,6 +308,7 @@ pub(crate) fn egress_route<'a>(
     name: &str,
     members: impl Iterator<Item = &'a Arc<Piece>> + Clone,
 ) -> Entry {
+    let members = members.filter(|p| !p.excluded);
     let len: usize = members.clone().map(|p| p.vhost.len() + 10).sum();
     let mut buf = Vec::with_capacity(name.len() + 10 + len);
     encode_key(1, WireType::LengthDelimited, &mut buf);
@@ -334,6 +342,8 @@ pub struct Translator {
     mesh: Mesh,
     /// Endpoints the leader marked unhealthy; read on every (re)translation.
     health: EndpointHealth,
+    /// Policies left out of the egress routes (a client refused them).
+    excluded: BTreeSet<String>,
     pieces: BTreeMap<Arc<str>, Arc<Piece>>,
     unscoped: View,
     scoped: BTreeMap<String, View>,
@@ -373,6 +383,17 @@ impl Translator {
         self.health = health;
     }
 
+    /// Takes the policies to leave out of their port's egress route.
+    /// Applied like [`Translator::set_endpoint_health`].
+    pub fn set_excluded(&mut self, excluded: BTreeSet<String>) {
+        self.excluded = excluded;
+    }
+
+    /// Whether a policy is left out of its egress route now.
+    pub fn is_excluded(&self, policy: &str) -> bool {
+        self.excluded.contains(policy)
+    }
+
     /// Translates every policy afresh.
     pub fn rebuild<'a>(
         &mut self,
@@ -386,12 +407,9 @@ impl Translator {
             .into_iter()
             .map(|p| {
                 let name = &p.metadata.name;
-                Arc::new(Piece::new(
-                    p,
-                    weights.get(name),
-                    self.health.get(name),
-                    &self.mesh,
-                ))
+                let mut piece = Piece::new(p, weights.get(name), self.health.get(name), &self.mesh);
+                piece.excluded = self.excluded.contains(name);
+                Arc::new(piece)
             })
             .collect();
         pieces.sort_by(|a, b| a.name.cmp(&b.name));
@@ -428,12 +446,9 @@ impl Translator {
         for name in names {
             let old = self.pieces.remove(name);
             let new = current(name).map(|p| {
-                Arc::new(Piece::new(
-                    p,
-                    weights.get(name),
-                    self.health.get(name),
-                    &self.mesh,
-                ))
+                let mut piece = Piece::new(p, weights.get(name), self.health.get(name), &self.mesh);
+                piece.excluded = self.excluded.contains(name);
+                Arc::new(piece)
             });
             let same_egress = match (&old, &new) {
                 (Some(o), Some(n)) => o.same_egress_share(n) && o.namespace == n.namespace,

@@ -21,6 +21,7 @@
 
 pub mod assemble;
 mod envoy;
+pub mod nack;
 pub mod node;
 pub mod tls;
 pub mod translate;
@@ -31,8 +32,8 @@ pub use assemble::{translate, translate_mesh, translate_scoped, Translator};
 pub use meridian_xds_engine::{decide_identity, serve, serve_with, Server};
 pub use meridian_xds_engine::{
     metrics, protocol, registry, resources, snapshot, snapshot_channel, tls_server, ClientAuth,
-    ClientStatus, Entry, NackStatus, PeerIdentity, Publisher, Registry, ResourceType, Resources,
-    Snapshot, Subscriber, TypeStatus,
+    ClientStatus, Entry, NackStatus, PeerIdentity, Publisher, Registry, RejectedRoute,
+    ResourceType, Resources, RouteNack, Snapshot, Subscriber, TypeStatus,
 };
 pub use node::{MeridianNode, MeridianSelector};
 pub use translate::{render, EndpointHealth, Mesh, Weights};

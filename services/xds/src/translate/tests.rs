@@ -414,7 +414,6 @@ fn content(r: &Resources) -> Vec<(ResourceType, String, String)> {
 
 #[test]
 fn incremental_updates_equal_a_full_translation() {
-    use crate::assemble::Translator;
     let mut ns = policy("n", 8080, None, false);
     ns.metadata
         .labels
@@ -482,7 +481,6 @@ fn incremental_updates_equal_a_full_translation() {
 
 #[test]
 fn a_weight_change_touches_only_that_assignment() {
-    use crate::assemble::Translator;
     let policies: Vec<Policy> = (0..20)
         .map(|i| policy(&format!("p{i:02}"), 8080 + (i % 3), None, false))
         .collect();
@@ -693,4 +691,49 @@ fn endpoints_the_leader_marked_are_served_unhealthy() {
         .iter()
         .flat_map(|l| &l.lb_endpoints)
         .all(|e| e.health_status == HealthStatus::Unknown as i32));
+}
+
+#[test]
+fn an_excluded_policy_leaves_its_egress_route_and_nothing_else() {
+    let (a, b) = (policy("a", 80, None, false), policy("b", 80, None, false));
+    let mut t = crate::Translator::new(Mesh::default());
+    t.rebuild([&a, &b], &Weights::new());
+    let before = t.output().0;
+    t.set_excluded(["b".to_owned()].into());
+    t.update(
+        ["b"],
+        |n| [&a, &b].into_iter().find(|p| p.metadata.name == n),
+        &Weights::new(),
+    );
+    let after = t.output().0;
+    let rc: RouteConfiguration = decode(&after, ResourceType::RouteConfiguration, "egress_80");
+    let names: Vec<_> = rc.virtual_hosts.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["a"]);
+    // Its clusters, endpoints and proxyless route stay.
+    for ty in [ResourceType::Cluster, ResourceType::ClusterLoadAssignment] {
+        assert_eq!(names_of(&before, ty), names_of(&after, ty));
+    }
+    assert!(after
+        .get(ResourceType::RouteConfiguration, "grpc_b")
+        .is_some());
+    // Back in once no longer excluded.
+    t.set_excluded(Default::default());
+    t.update(
+        ["b"],
+        |n| [&a, &b].into_iter().find(|p| p.metadata.name == n),
+        &Weights::new(),
+    );
+    let again = t.output().0;
+    assert_eq!(
+        again
+            .get(ResourceType::RouteConfiguration, "egress_80")
+            .map(|e| e.version.clone()),
+        before
+            .get(ResourceType::RouteConfiguration, "egress_80")
+            .map(|e| e.version.clone())
+    );
+}
+
+fn names_of(r: &Resources, ty: ResourceType) -> Vec<String> {
+    names(r, ty)
 }
