@@ -404,6 +404,9 @@ async fn proxyless_grpc_client_reports_its_calls_per_zone() {
         (stored.get("zone-a").copied(), stored.get("zone-b").copied()),
         (Some((ok_a, 0)), Some((ok_b + failed_b, failed_b))),
         "stored tallies must be what the gRPC client saw: {report}"
+    );
+    m.stop().await;
+}
 
 /// Proxyless gRPC honours the retry policy and the timeout of a route: a
 /// call whose first attempt fails UNAVAILABLE succeeds on the retry xDS
