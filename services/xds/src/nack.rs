@@ -50,7 +50,7 @@ pub fn suspects(route: &RejectedRoute) -> BTreeSet<String> {
 /// written last (`written`: policy → when it was last written). With no
 /// accepted form to compare with, only a lone suspect is named: leaving
 /// out a guess would take a healthy policy away from every client.
-pub fn culprit<'a>(
+pub fn culprit(
     route: &RejectedRoute,
     written: impl Fn(&str) -> Option<i64>,
     already_out: impl Fn(&str) -> bool,

@@ -525,11 +525,11 @@ pub(crate) fn outlier_detection(od: &meridian_policy::OutlierDetection) -> Outli
     let on = |enabled: bool| u32_value(if enabled { 100 } else { 0 });
     let sr = od.success_rate.as_ref();
     OutlierDetection {
-        consecutive_5xx: (od.consecutive_5xx > 0).then(|| UInt32Value {
+        consecutive_5xx: (od.consecutive_5xx > 0).then_some(UInt32Value {
             value: od.consecutive_5xx,
         }),
         enforcing_consecutive_5xx: on(od.consecutive_5xx > 0),
-        consecutive_gateway_failure: (od.consecutive_gateway_errors > 0).then(|| UInt32Value {
+        consecutive_gateway_failure: (od.consecutive_gateway_errors > 0).then_some(UInt32Value {
             value: od.consecutive_gateway_errors,
         }),
         enforcing_consecutive_gateway_failure: on(od.consecutive_gateway_errors > 0),
