@@ -6,7 +6,7 @@
 //! a majority of the checkers that report it see it failing:
 //!
 //! * its last [`FAILING_RUN`] probes or more failed in a row (a fresh
-//!   failure, caught within two probe intervals), or
+//!   failure, caught within three probe intervals), or
 //! * it is already marked unhealthy and its failure rate in the window is
 //!   still over the policy's `failureRatePercent` (so it comes back only
 //!   once its failures have aged out, and does not flap).
@@ -23,7 +23,10 @@ use serde::{Deserialize, Serialize};
 use crate::health::ZoneTally;
 
 /// Failed probes in a row after which a checker sees an endpoint failing.
-pub const FAILING_RUN: u32 = 2;
+/// Three, so that probe noise does not mark endpoints: at 4% of probes
+/// failing at random, two in a row come once in 625 probes of an endpoint
+/// (about every 10 minutes at 1 s), three once in 15,625 (4 hours).
+pub const FAILING_RUN: u32 = 3;
 
 /// What one checker saw of one endpoint over the policy's window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,14 +159,14 @@ mod tests {
                 vec![],
             ),
             (
-                "two failures in a row",
-                vec![checker("x", &[("a:1", 10, 2, 2), ("b:1", 10, 0, 0)])],
+                "three failures in a row",
+                vec![checker("x", &[("a:1", 10, 3, 3), ("b:1", 10, 0, 0)])],
                 vec![],
                 vec!["a:1"],
             ),
             (
-                "one failure is a blip",
-                vec![checker("x", &[("a:1", 10, 1, 1), ("b:1", 10, 0, 0)])],
+                "two are noise",
+                vec![checker("x", &[("a:1", 10, 2, 2), ("b:1", 10, 0, 0)])],
                 vec![],
                 vec![],
             ),
@@ -180,7 +183,7 @@ mod tests {
                 "two of three checkers",
                 vec![
                     checker("x", &[("a:1", 10, 3, 3)]),
-                    checker("y", &[("a:1", 10, 2, 2)]),
+                    checker("y", &[("a:1", 10, 4, 4)]),
                     checker("z", &[("a:1", 10, 0, 0)]),
                 ],
                 vec![],

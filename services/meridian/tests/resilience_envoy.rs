@@ -271,7 +271,7 @@ async fn an_endpoint_failing_its_health_checks_gets_no_traffic_while_its_zone_se
         "checked",
         listen,
         port,
-        json!({"healthCheck": {"intervalMs": 500, "timeoutMs": 250},
+        json!({"healthCheck": {"intervalMs": 300, "timeoutMs": 150},
                "failover": {"windowSeconds": 5, "recoverySeconds": 1}}),
     ))
     .await;
