@@ -107,4 +107,29 @@ mod tests {
         // The source was read: the router has this many API routes.
         assert!(seen >= 25, "found only {seen} routes in lib.rs");
     }
+
+    /// The resilience fields are in the policy schema clients are
+    /// generated from (utoipa collects nested schemas from the paths).
+    #[test]
+    fn the_policy_schema_has_the_resilience_fields() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        for (schema, field) in [
+            ("Spec", "outlierDetection"),
+            ("Spec", "circuitBreakers"),
+            ("Route", "timeoutMs"),
+            ("Route", "retries"),
+            ("Retries", "retryOn"),
+            ("OutlierDetection", "consecutive5xx"),
+            ("CircuitBreakers", "retryBudget"),
+        ] {
+            assert!(
+                schemas[schema]["properties"].get(field).is_some(),
+                "{schema}.{field} missing from the OpenAPI document"
+            );
+        }
+        assert!(schemas["RetryOn"]
+            .to_string()
+            .contains("retriable-status-codes"));
+    }
 }

@@ -363,6 +363,8 @@ mod tests {
                 failover: Default::default(),
                 mtls: Default::default(),
                 dns: Dns { ttl: 60 },
+                outlier_detection: None,
+                circuit_breakers: None,
             },
         }
     }

@@ -242,12 +242,13 @@ impl Leader {
         );
         let stored = self
             .store
-            .decide(
+            .decide_with_endpoints(
                 LEASE,
                 token,
                 name,
                 &update.resource_version,
                 weights,
+                update.unhealthy.as_ref(),
                 &changed_states,
                 &events,
             )

@@ -780,6 +780,8 @@ mod tests {
             },
             mtls: Default::default(),
             dns: Default::default(),
+            outlier_detection: None,
+            circuit_breakers: None,
         }
     }
 

@@ -114,6 +114,9 @@ pub struct ZoneTally {
     /// silence, and resets nothing here either.
     #[serde(default)]
     pub unanswered_rounds: u32,
+    /// The same window per endpoint (`ip:port`), for endpoint health.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub endpoints: BTreeMap<String, crate::endpoints::EndpointTally>,
 }
 
 /// Summarises a checker's window for one zone (`unanswered_rounds` is the
@@ -125,6 +128,7 @@ pub fn tally(window: &Window, checker: &str) -> ZoneTally {
         samples: saturating_u32(window.len()),
         failures: saturating_u32(failures),
         unanswered_rounds: 0,
+        endpoints: Default::default(),
     }
 }
 
@@ -593,6 +597,7 @@ mod tests {
                 samples,
                 failures,
                 unanswered_rounds: 0,
+                endpoints: Default::default(),
             })
             .collect()
     }
@@ -911,6 +916,7 @@ mod tests {
                 samples: 3,
                 failures: 1,
                 unanswered_rounds: 0,
+                endpoints: Default::default(),
             }
         );
     }
@@ -1006,6 +1012,7 @@ mod tests {
             samples,
             failures,
             unanswered_rounds: rounds,
+            endpoints: Default::default(),
         }
     }
 

@@ -11,10 +11,13 @@
 //! - [`decide`](mod@decide): spec + zone health + override + drains → effective weights.
 //! - [`step`]: one leader pass over one policy: inputs in, zone states,
 //!   weights and events out.
+//! - [`endpoints`]: which endpoints of a healthy zone the checkers see
+//!   failing, for EDS to mark unhealthy.
 //! - [`simulate`]: the same pass on made-up silence, for what-if questions.
 //! - [`timeline`]: how long a zone outage takes to reach clients.
 
 pub mod decide;
+pub mod endpoints;
 pub mod health;
 pub mod simulate;
 pub mod step;

@@ -103,6 +103,7 @@ pub fn simulate(
                 samples: DOWN_ROUNDS,
                 failures: DOWN_ROUNDS,
                 unanswered_rounds: DOWN_ROUNDS,
+                endpoints: Default::default(),
             })
             .collect();
         what_if.probes.insert(zone.clone(), silent);

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::decide::{decide_with, Current, Decision, Override};
+use crate::endpoints::{self, authority, Unhealthy};
 use crate::health::{evaluate, Health, TrafficTally, Verdict, ZoneState, ZoneTally};
 
 /// How much an event matters, as stored in `events.severity`.
@@ -58,6 +59,8 @@ pub struct Input<'a> {
     pub drained: BTreeSet<String>,
     /// The stored effective weights, if any pass or write stored some.
     pub current: Option<Current>,
+    /// Endpoints marked unhealthy now, by zone.
+    pub unhealthy: Unhealthy,
 }
 
 /// What one pass decided for one policy.
@@ -75,12 +78,17 @@ pub struct Update {
     pub events: Vec<Event>,
     /// Why each zone's health is what it is.
     pub verdicts: BTreeMap<String, Verdict>,
+    /// The endpoints to mark unhealthy, when that changed.
+    pub unhealthy: Option<Unhealthy>,
 }
 
 impl Update {
     /// Nothing to store.
     pub fn is_empty(&self) -> bool {
-        !self.weights_changed && self.states.is_empty() && self.events.is_empty()
+        !self.weights_changed
+            && self.states.is_empty()
+            && self.events.is_empty()
+            && self.unhealthy.is_none()
     }
 }
 
@@ -112,11 +120,45 @@ pub fn step_policy(input: &Input<'_>, now_ms: i64) -> Option<Update> {
     let mut states = BTreeMap::new();
     let mut verdicts = BTreeMap::new();
     let mut events = Vec::new();
+    let mut unhealthy = Unhealthy::new();
+    let none = BTreeSet::new();
     for z in &spec.zones {
         let prev = input.states.get(&z.name);
+        let probes = input.probes.get(&z.name).map_or(&[][..], Vec::as_slice);
+        let all: BTreeSet<String> = z
+            .endpoints
+            .iter()
+            .map(|e| authority(&e.address, e.port))
+            .collect();
+        let marked = input.unhealthy.get(&z.name).unwrap_or(&none);
+        let failing = endpoints::failing(probes, &all, marked, spec.failover.failure_rate_percent);
+        for ep in failing.difference(marked) {
+            events.push(event(
+                "endpoint-unhealthy",
+                Severity::Warning,
+                format!("zone {}: endpoint {ep} fails its health checks; served as UNHEALTHY, the rest of the zone keeps serving", z.name),
+                json!({"zone": z.name, "endpoint": ep}),
+            ));
+        }
+        for ep in marked.difference(&failing) {
+            events.push(event(
+                "endpoint-recovered",
+                Severity::Info,
+                format!(
+                    "zone {}: endpoint {ep} passes its health checks again",
+                    z.name
+                ),
+                json!({"zone": z.name, "endpoint": ep}),
+            ));
+        }
+        // The zone is judged by the endpoints that serve.
+        let probes = endpoints::without(probes, &failing);
+        if !failing.is_empty() {
+            unhealthy.insert(z.name.clone(), failing);
+        }
         let (state, verdict) = evaluate(
             prev,
-            input.probes.get(&z.name).map_or(&[][..], Vec::as_slice),
+            &probes,
             input.traffic.get(&z.name).map_or(&[][..], Vec::as_slice),
             &spec.failover,
             now_ms,
@@ -213,5 +255,105 @@ pub fn step_policy(input: &Input<'_>, now_ms: i64) -> Option<Update> {
         weights_changed,
         events,
         verdicts,
+        unhealthy: (unhealthy != input.unhealthy).then_some(unhealthy),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoints::EndpointTally;
+
+    fn policy() -> Policy {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "resourceVersion": "1"},
+            "spec": {"host": "p.example.com", "port": 80, "zones": [
+                {"name": "a", "weight": 50, "endpoints": [
+                    {"address": "10.0.0.1", "port": 80}, {"address": "10.0.0.2", "port": 80},
+                    {"address": "10.0.0.3", "port": 80}]},
+                {"name": "b", "weight": 50, "endpoints": [{"address": "10.0.1.1", "port": 80}]}]}
+        }))
+        .unwrap()
+    }
+
+    /// Zone a seen by one checker: 10 probes per endpoint, `bad` failing all.
+    fn probes(bad: &[&str]) -> BTreeMap<String, Vec<ZoneTally>> {
+        let endpoints: BTreeMap<String, EndpointTally> =
+            ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]
+                .iter()
+                .map(|e| {
+                    let failing = bad.contains(e);
+                    let t = EndpointTally {
+                        samples: 10,
+                        failures: if failing { 10 } else { 0 },
+                        failing_run: if failing { 10 } else { 0 },
+                    };
+                    (e.to_string(), t)
+                })
+                .collect();
+        let tally = ZoneTally {
+            checker: "c".into(),
+            samples: 30,
+            failures: endpoints.values().map(|e| e.failures).sum(),
+            unanswered_rounds: 0,
+            endpoints,
+        };
+        [("a".to_owned(), vec![tally])].into()
+    }
+
+    #[test]
+    fn one_failing_endpoint_is_marked_and_its_zone_keeps_its_weight() {
+        let p = policy();
+        let input = Input {
+            policy: Some(&p),
+            probes: probes(&["10.0.0.2:80"]),
+            ..Input::default()
+        };
+        let u = step_policy(&input, 100_000).unwrap();
+        let want: Unhealthy = [("a".to_owned(), ["10.0.0.2:80".to_owned()].into())].into();
+        assert_eq!(u.unhealthy, Some(want.clone()));
+        assert_eq!(u.decision.weights["a"], 50, "zone a stays in: {u:?}");
+        assert_eq!(
+            u.verdicts["a"].failure_rate_percent, 0.0,
+            "judged by the endpoints that serve"
+        );
+        assert!(u
+            .events
+            .iter()
+            .any(|e| e.kind == "endpoint-unhealthy" && e.message.contains("10.0.0.2:80")));
+        assert!(
+            !u.events.iter().any(|e| e.kind == "zone-unhealthy"),
+            "{:?}",
+            u.events
+        );
+
+        // Still failing and already marked: nothing new to store for it.
+        let marked = Input {
+            unhealthy: want.clone(),
+            ..input.clone()
+        };
+        let u = step_policy(&marked, 100_500).unwrap();
+        assert_eq!(u.unhealthy, None);
+        // Recovered (its failures aged out): unmarked, with an event.
+        let recovered = Input {
+            probes: probes(&[]),
+            ..marked
+        };
+        let u = step_policy(&recovered, 101_000).unwrap();
+        assert_eq!(u.unhealthy, Some(Unhealthy::new()));
+        assert!(u.events.iter().any(|e| e.kind == "endpoint-recovered"));
+    }
+
+    #[test]
+    fn a_zone_whose_every_endpoint_fails_fails_over_with_none_marked() {
+        let p = policy();
+        let input = Input {
+            policy: Some(&p),
+            probes: probes(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]),
+            ..Input::default()
+        };
+        let u = step_policy(&input, 100_000).unwrap();
+        assert_eq!(u.unhealthy, None);
+        assert_eq!(u.decision.weights["a"], 0, "{u:?}");
+    }
 }

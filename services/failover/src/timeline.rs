@@ -99,6 +99,8 @@ mod tests {
             },
             mtls: Default::default(),
             dns: meridian_policy::Dns { ttl },
+            outlier_detection: None,
+            circuit_breakers: None,
         }
     }
 

@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
+use meridian_failover::endpoints::EndpointTally;
 use meridian_failover::health::{tally, Sample, Window};
 use meridian_policy::{validate::status_ranges, HealthCheck, HealthProtocol, Policy};
 use meridian_store::failover::ReportRow;
@@ -108,6 +109,9 @@ struct ZoneWindow {
     /// Endpoint → its probes in a row that got no answer at all. The zone
     /// is silent for as many rounds as its least silent endpoint.
     silent: BTreeMap<String, u32>,
+    /// Endpoint → its own window and failed probes in a row, reported
+    /// beside the zone's so the leader can mark one endpoint unhealthy.
+    endpoints: BTreeMap<String, (Window, u32)>,
 }
 
 impl ZoneWindow {
@@ -116,7 +120,25 @@ impl ZoneWindow {
             window: Window::new(window_seconds),
             last_error: None,
             silent: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
         }
+    }
+
+    /// Each endpoint's window and failing run, pruned to `now_ms`.
+    fn endpoint_tallies(&mut self, now_ms: i64) -> BTreeMap<String, EndpointTally> {
+        self.endpoints
+            .iter_mut()
+            .map(|(e, (w, run))| {
+                w.prune(now_ms);
+                let failures = w.samples().filter(|s| !s.ok).count();
+                let t = EndpointTally {
+                    samples: w.len().min(u32::MAX as usize) as u32,
+                    failures: failures.min(u32::MAX as usize) as u32,
+                    failing_run: *run,
+                };
+                (e.clone(), t)
+            })
+            .collect()
     }
 
     fn unanswered_rounds(&self) -> u32 {
@@ -156,6 +178,13 @@ impl Prober {
                 Some(o) = rx.recv() => {
                     if let Some(w) = windows.get_mut(&(o.policy, o.zone)) {
                         w.window.insert(o.sample);
+                        let window_seconds = (w.window.window_ms() / 1000) as u32;
+                        let (ew, failing) = w
+                            .endpoints
+                            .entry(o.endpoint.clone())
+                            .or_insert_with(|| (Window::new(window_seconds), 0));
+                        ew.insert(o.sample);
+                        *failing = if o.sample.ok { 0 } else { failing.saturating_add(1) };
                         let run = w.silent.entry(o.endpoint).or_default();
                         *run = if o.answered { 0 } else { run.saturating_add(1) };
                         if o.error.is_some() {
@@ -184,6 +213,7 @@ impl Prober {
                                 failures: t.failures as i32,
                                 unanswered_rounds: w.unanswered_rounds().min(i32::MAX as u32) as i32,
                                 last_error: w.last_error.clone(),
+                                endpoints: w.endpoint_tallies(now),
                             }
                         })
                         .collect();
@@ -259,6 +289,8 @@ fn reconcile(
     for ((p, z), w) in windows.iter_mut() {
         // A removed endpoint's silence must not hold the zone down.
         w.silent
+            .retain(|e, _| endpoints.contains(&(p.clone(), z.clone(), e.clone())));
+        w.endpoints
             .retain(|e, _| endpoints.contains(&(p.clone(), z.clone(), e.clone())));
     }
     windows.retain(|k, _| {
@@ -337,11 +369,9 @@ fn protocol_label(p: HealthProtocol) -> &'static str {
     }
 }
 
+/// The same names the leader and EDS use for endpoints.
 fn authority(address: &str, port: u32) -> String {
-    match address.parse::<IpAddr>() {
-        Ok(IpAddr::V6(v6)) => format!("[{v6}]:{port}"),
-        _ => format!("{address}:{port}"),
-    }
+    meridian_failover::endpoints::authority(address, port)
 }
 
 /// The HTTP client of probes. Redirects are not followed: a backend's

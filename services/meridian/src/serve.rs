@@ -347,8 +347,12 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
             Some((issuer, ca)) => (Some((issuer, registry.identities())), Some(ca)),
             None => (None, None),
         };
+        // NACKs of shared route configurations go from the server to the
+        // writer, which leaves the refused policy out of the route.
+        let (nacks_tx, nacks_rx) = tokio::sync::mpsc::unbounded_channel();
         let writer = meridian_xds_sync::Writer::new(store.clone(), publisher, config)
-            .with_security(&args.security.trust_domain, issuer);
+            .with_security(&args.security.trust_domain, issuer)
+            .with_route_nacks(nacks_rx);
         state.ready.push(writer.ready_flag());
         let stop = shutdown.clone();
         tasks.spawn(async move {
@@ -363,7 +367,8 @@ async fn serve(args: &ServeArgs, db: &Database, listeners: Listeners) -> anyhow:
         let server = meridian_xds::server(subscriber, registry.clone(), shutdown.clone())
             .with_client_auth(args.security.client_auth())
             .with_claims(args.security.claims())
-            .with_status_access(Arc::new(crate::csds::Access::new(csds_auth)));
+            .with_status_access(Arc::new(crate::csds::Access::new(csds_auth)))
+            .with_route_nacks(nacks_tx);
         let clients = registry.clone();
         state.xds_clients = Some(Arc::new(move || {
             serde_json::to_value(clients.clients()).unwrap_or_default()

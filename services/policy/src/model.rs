@@ -95,6 +95,14 @@ pub struct Spec {
     pub mtls: Mtls,
     #[serde(default)]
     pub dns: Dns,
+    /// Passive health checking by the data plane: endpoints that keep
+    /// failing are ejected for a while. Unset: no ejection (as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Limits on connections and requests to the policy's endpoints.
+    /// Unset: Envoy's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breakers: Option<CircuitBreakers>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -166,6 +174,240 @@ pub struct Route {
     pub matcher: RouteMatch,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<Canary>,
+    /// Longest a request on this route may take, in milliseconds, until
+    /// the whole response is in (retries included); 0: no limit. Unset:
+    /// Envoy's default of 15 s, and no limit for proxyless gRPC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u32>,
+    /// Whether and when a failed request is tried again. Unset: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
+}
+
+/// When a request is tried again, and how often.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Retries {
+    /// Retries after the first attempt, 1 to 10 (default 2).
+    #[serde(default = "default_retry_attempts")]
+    pub attempts: u32,
+    /// Limit of each attempt, in milliseconds. Unset: each attempt may
+    /// use what is left of the route's timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout_ms: Option<u32>,
+    /// What counts as retriable (default `5xx`, `reset`,
+    /// `connect-failure`, `unavailable`).
+    #[serde(default = "default_retry_on")]
+    pub retry_on: Vec<RetryOn>,
+    /// HTTP statuses retried under `retriable-status-codes`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retriable_status_codes: Vec<u32>,
+}
+
+/// Default of [`Retries::attempts`].
+pub const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
+
+fn default_retry_attempts() -> u32 {
+    DEFAULT_RETRY_ATTEMPTS
+}
+
+fn default_retry_on() -> Vec<RetryOn> {
+    vec![
+        RetryOn::FiveXx,
+        RetryOn::Reset,
+        RetryOn::ConnectFailure,
+        RetryOn::Unavailable,
+    ]
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Retries {
+            attempts: DEFAULT_RETRY_ATTEMPTS,
+            per_try_timeout_ms: None,
+            retry_on: default_retry_on(),
+            retriable_status_codes: Vec::new(),
+        }
+    }
+}
+
+/// A retry condition, named as Envoy's `retry_on` names it. The HTTP
+/// conditions apply to Envoy only; proxyless gRPC clients honour the gRPC
+/// status conditions (`cancelled` to `unavailable`) alone.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetryOn {
+    /// Any 5xx answer, and a reset or connect failure.
+    #[serde(rename = "5xx")]
+    FiveXx,
+    /// 502, 503 and 504.
+    GatewayError,
+    /// The upstream reset the stream or closed the connection.
+    Reset,
+    /// The connection to the endpoint could not be made.
+    ConnectFailure,
+    /// The upstream refused the stream (HTTP/2 REFUSED_STREAM).
+    RefusedStream,
+    /// 409.
+    #[serde(rename = "retriable-4xx")]
+    Retriable4xx,
+    /// A status listed in `retriableStatusCodes`.
+    RetriableStatusCodes,
+    /// gRPC status CANCELLED.
+    Cancelled,
+    /// gRPC status DEADLINE_EXCEEDED.
+    DeadlineExceeded,
+    /// gRPC status INTERNAL.
+    Internal,
+    /// gRPC status RESOURCE_EXHAUSTED.
+    ResourceExhausted,
+    /// gRPC status UNAVAILABLE.
+    Unavailable,
+}
+
+impl RetryOn {
+    /// Every condition, in the order of the enum.
+    pub const ALL: [RetryOn; 12] = [
+        RetryOn::FiveXx,
+        RetryOn::GatewayError,
+        RetryOn::Reset,
+        RetryOn::ConnectFailure,
+        RetryOn::RefusedStream,
+        RetryOn::Retriable4xx,
+        RetryOn::RetriableStatusCodes,
+        RetryOn::Cancelled,
+        RetryOn::DeadlineExceeded,
+        RetryOn::Internal,
+        RetryOn::ResourceExhausted,
+        RetryOn::Unavailable,
+    ];
+
+    /// The name in policies and in Envoy's `retry_on`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryOn::FiveXx => "5xx",
+            RetryOn::GatewayError => "gateway-error",
+            RetryOn::Reset => "reset",
+            RetryOn::ConnectFailure => "connect-failure",
+            RetryOn::RefusedStream => "refused-stream",
+            RetryOn::Retriable4xx => "retriable-4xx",
+            RetryOn::RetriableStatusCodes => "retriable-status-codes",
+            RetryOn::Cancelled => "cancelled",
+            RetryOn::DeadlineExceeded => "deadline-exceeded",
+            RetryOn::Internal => "internal",
+            RetryOn::ResourceExhausted => "resource-exhausted",
+            RetryOn::Unavailable => "unavailable",
+        }
+    }
+
+    /// The condition of a name ([`RetryOn::as_str`]).
+    pub fn parse(s: &str) -> Option<RetryOn> {
+        RetryOn::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// Passive health checking: the data plane ejects an endpoint that keeps
+/// failing for `baseEjectionTimeMs` (longer each time it is ejected again).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct OutlierDetection {
+    /// 5xx answers (or resets, connect failures) in a row that eject an
+    /// endpoint (default 5); 0 turns this rule off.
+    pub consecutive_5xx: u32,
+    /// 502, 503 and 504 answers in a row that eject an endpoint
+    /// (default 0: off).
+    pub consecutive_gateway_errors: u32,
+    /// How often ejections are reconsidered (default 10000).
+    pub interval_ms: u32,
+    /// How long a first ejection lasts (default 30000).
+    pub base_ejection_time_ms: u32,
+    /// Most endpoints of a cluster ejected at once, in percent (default
+    /// 10; one endpoint can always be ejected).
+    pub max_ejection_percent: u32,
+    /// Ejects endpoints whose success rate is far below their peers'.
+    /// Unset: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub success_rate: Option<SuccessRate>,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_5xx: 5,
+            consecutive_gateway_errors: 0,
+            interval_ms: 10_000,
+            base_ejection_time_ms: 30_000,
+            max_ejection_percent: 10,
+            success_rate: None,
+        }
+    }
+}
+
+/// Success-rate ejection: every interval, an endpoint whose success rate is
+/// below mean - stdevFactor x standard deviation of its cluster is ejected.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct SuccessRate {
+    /// Endpoints with enough requests needed before anyone is judged (default 5).
+    pub minimum_hosts: u32,
+    /// Requests in an interval an endpoint needs to be judged (default 100).
+    pub request_volume: u32,
+    /// How many standard deviations below the mean ejects (default 1.9).
+    pub stdev_factor: f64,
+}
+
+impl Default for SuccessRate {
+    fn default() -> Self {
+        SuccessRate {
+            minimum_hosts: 5,
+            request_volume: 100,
+            stdev_factor: 1.9,
+        }
+    }
+}
+
+/// Connection and request limits per cluster (the stable cluster and each
+/// canary cluster have their own). A request over a limit fails at once
+/// (Envoy answers 503 with `x-envoy-overloaded`). Unset: Envoy's defaults
+/// (1024 connections, pending and active requests; 3 retries at a time).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct CircuitBreakers {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pending_requests: Option<u32>,
+    /// Requests in flight at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
+    /// Retries in flight at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    /// Retries in flight as a share of requests in flight; replaces
+    /// `maxRetries`. Envoy keeps retry budgets per cluster, so the budget
+    /// is the policy's, shared by its routes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudget>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct RetryBudget {
+    /// Retries in flight, in percent of requests in flight (default 20).
+    pub budget_percent: u32,
+    /// Retries always allowed in flight, whatever the budget (default 3).
+    pub min_retry_concurrency: u32,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            budget_percent: 20,
+            min_retry_concurrency: 3,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -184,6 +184,16 @@ pub fn validate(policy: &Policy) -> Result<(), Vec<FieldError>> {
         }
     }
 
+    for (i, route) in spec.routes.iter().enumerate() {
+        route_resilience(&mut v, &format!("spec.routes[{i}]"), route);
+    }
+    if let Some(od) = &spec.outlier_detection {
+        outlier_detection(&mut v, od);
+    }
+    if let Some(cb) = &spec.circuit_breakers {
+        circuit_breakers(&mut v, cb);
+    }
+
     let hc = &spec.health_check;
     if hc.protocol == HealthProtocol::Http && !hc.path.starts_with('/') {
         v.push("spec.healthCheck.path", "must start with '/'");
@@ -239,6 +249,189 @@ pub fn validate(policy: &Policy) -> Result<(), Vec<FieldError>> {
         v.push("spec.dns.ttl", "must be 1 to 86400");
     }
     v.finish()
+}
+
+/// Longest route timeout: a day (a longer call is a stream, to run unlimited with 0).
+pub const MAX_TIMEOUT_MS: u32 = 86_400_000;
+/// Most retries of one request.
+pub const MAX_RETRY_ATTEMPTS: u32 = 10;
+/// Largest circuit-breaker limit: far above what one Envoy can hold, far
+/// below where Envoy's 32-bit counters would wrap.
+pub const MAX_CIRCUIT_LIMIT: u32 = 1_000_000_000;
+
+fn route_resilience(v: &mut Violations, at: &str, route: &crate::Route) {
+    if let Some(t) = route.timeout_ms {
+        if t > MAX_TIMEOUT_MS {
+            v.push(
+                format!("{at}.timeoutMs"),
+                format!("must be 0 (no limit) to {MAX_TIMEOUT_MS}, is {t}"),
+            );
+        }
+    }
+    let Some(r) = &route.retries else {
+        return;
+    };
+    if !(1..=MAX_RETRY_ATTEMPTS).contains(&r.attempts) {
+        v.push(
+            format!("{at}.retries.attempts"),
+            format!("must be 1 to {MAX_RETRY_ATTEMPTS}, is {}", r.attempts),
+        );
+    }
+    if let Some(t) = r.per_try_timeout_ms {
+        let limit = route
+            .timeout_ms
+            .filter(|&t| t > 0)
+            .unwrap_or(MAX_TIMEOUT_MS);
+        if t == 0 || t > limit {
+            v.push(
+                format!("{at}.retries.perTryTimeoutMs"),
+                format!("must be 1 to {limit} (at most the route's timeoutMs), is {t}"),
+            );
+        }
+    }
+    if r.retry_on.is_empty() {
+        v.push(
+            format!("{at}.retries.retryOn"),
+            "must name at least one condition",
+        );
+    }
+    let mut seen = HashSet::new();
+    for (j, cond) in r.retry_on.iter().enumerate() {
+        if !seen.insert(cond) {
+            v.push(
+                format!("{at}.retries.retryOn[{j}]"),
+                format!("duplicate condition {:?}", cond.as_str()),
+            );
+        }
+    }
+    let wants_codes = r.retry_on.contains(&crate::RetryOn::RetriableStatusCodes);
+    if wants_codes && r.retriable_status_codes.is_empty() {
+        v.push(
+            format!("{at}.retries.retriableStatusCodes"),
+            "must list at least one status when retryOn has retriable-status-codes",
+        );
+    }
+    if !wants_codes && !r.retriable_status_codes.is_empty() {
+        v.push(
+            format!("{at}.retries.retriableStatusCodes"),
+            "has no effect unless retryOn has retriable-status-codes",
+        );
+    }
+    let mut seen = HashSet::new();
+    for (j, &code) in r.retriable_status_codes.iter().enumerate() {
+        if !(100..=599).contains(&code) {
+            v.push(
+                format!("{at}.retries.retriableStatusCodes[{j}]"),
+                format!("must be an HTTP status, 100 to 599, is {code}"),
+            );
+        } else if !seen.insert(code) {
+            v.push(
+                format!("{at}.retries.retriableStatusCodes[{j}]"),
+                format!("duplicate status {code}"),
+            );
+        }
+    }
+}
+
+fn outlier_detection(v: &mut Violations, od: &crate::OutlierDetection) {
+    let at = "spec.outlierDetection";
+    if od.consecutive_5xx > 1000 {
+        v.push(format!("{at}.consecutive5xx"), "must be 0 (off) to 1000");
+    }
+    if od.consecutive_gateway_errors > 1000 {
+        v.push(
+            format!("{at}.consecutiveGatewayErrors"),
+            "must be 0 (off) to 1000",
+        );
+    }
+    if !(100..=MAX_TIMEOUT_MS).contains(&od.interval_ms) {
+        v.push(
+            format!("{at}.intervalMs"),
+            format!("must be 100 to {MAX_TIMEOUT_MS}"),
+        );
+    }
+    if !(1..=MAX_TIMEOUT_MS).contains(&od.base_ejection_time_ms) {
+        v.push(
+            format!("{at}.baseEjectionTimeMs"),
+            format!("must be 1 to {MAX_TIMEOUT_MS}"),
+        );
+    }
+    if od.max_ejection_percent > 100 {
+        v.push(format!("{at}.maxEjectionPercent"), "must be 0 to 100");
+    }
+    if let Some(sr) = &od.success_rate {
+        if !(1..=MAX_CIRCUIT_LIMIT).contains(&sr.minimum_hosts) {
+            v.push(
+                format!("{at}.successRate.minimumHosts"),
+                format!("must be 1 to {MAX_CIRCUIT_LIMIT}"),
+            );
+        }
+        if !(1..=MAX_CIRCUIT_LIMIT).contains(&sr.request_volume) {
+            v.push(
+                format!("{at}.successRate.requestVolume"),
+                format!("must be 1 to {MAX_CIRCUIT_LIMIT}"),
+            );
+        }
+        // Envoy takes it in thousandths: 0.001 to 100 keeps it a positive integer.
+        if !(0.001..=100.0).contains(&sr.stdev_factor) {
+            v.push(
+                format!("{at}.successRate.stdevFactor"),
+                "must be 0.001 to 100",
+            );
+        }
+    }
+    if od.consecutive_5xx == 0 && od.consecutive_gateway_errors == 0 && od.success_rate.is_none() {
+        v.push(
+            at,
+            "ejects nothing: set consecutive5xx, consecutiveGatewayErrors or successRate",
+        );
+    }
+}
+
+fn circuit_breakers(v: &mut Violations, cb: &crate::CircuitBreakers) {
+    let at = "spec.circuitBreakers";
+    for (field, value) in [
+        ("maxConnections", cb.max_connections),
+        ("maxPendingRequests", cb.max_pending_requests),
+        ("maxRequests", cb.max_requests),
+    ] {
+        if let Some(n) = value {
+            if !(1..=MAX_CIRCUIT_LIMIT).contains(&n) {
+                v.push(
+                    format!("{at}.{field}"),
+                    format!("must be 1 to {MAX_CIRCUIT_LIMIT}, is {n}"),
+                );
+            }
+        }
+    }
+    if let Some(n) = cb.max_retries {
+        if n > MAX_CIRCUIT_LIMIT {
+            v.push(
+                format!("{at}.maxRetries"),
+                format!("must be 0 (no retries) to {MAX_CIRCUIT_LIMIT}, is {n}"),
+            );
+        }
+    }
+    if let Some(b) = &cb.retry_budget {
+        if cb.max_retries.is_some() {
+            v.push(
+                format!("{at}.retryBudget"),
+                "replaces maxRetries (Envoy ignores maxRetries under a budget): set one of them",
+            );
+        }
+        if !(1..=100).contains(&b.budget_percent) {
+            v.push(
+                format!("{at}.retryBudget.budgetPercent"),
+                "must be 1 to 100",
+            );
+        }
+        if b.min_retry_concurrency > MAX_CIRCUIT_LIMIT {
+            v.push(
+                format!("{at}.retryBudget.minRetryConcurrency"),
+                format!("must be 0 to {MAX_CIRCUIT_LIMIT}"),
+            );
+        }
+    }
 }
 
 #[derive(Default)]
@@ -645,6 +838,255 @@ spec:
         let mut p = policy("");
         p.spec.routes[0].canary.as_mut().unwrap().header = "host".into();
         assert_eq!(fields(&p), ["spec.routes[0].canary.header"]);
+    }
+
+    #[test]
+    fn resilience_defaults_decode_and_pass() {
+        let p = policy("  outlierDetection: {}\n  circuitBreakers: {maxRequests: 10}\n");
+        assert_eq!(validate(&p), Ok(()));
+        let od = p.spec.outlier_detection.as_ref().unwrap();
+        assert_eq!(od.consecutive_5xx, 5);
+        assert_eq!(od.max_ejection_percent, 10);
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["spec"]["outlierDetection"]["consecutive5xx"], 5);
+        assert_eq!(
+            json["spec"]["circuitBreakers"],
+            serde_json::json!({"maxRequests": 10})
+        );
+        // Unset stays unset: no route timeout, no retries.
+        assert!(json["spec"]["routes"][0].get("timeoutMs").is_none());
+        assert!(json["spec"]["routes"][0].get("retries").is_none());
+        let mut p = policy("");
+        p.spec.routes[0].retries = Some(crate::Retries::default());
+        assert_eq!(validate(&p), Ok(()));
+        let text = r#"{"attempts": 3, "retryOn": ["5xx", "retriable-status-codes"], "retriableStatusCodes": [503]}"#;
+        let r: crate::Retries = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            r.retry_on,
+            [crate::RetryOn::FiveXx, crate::RetryOn::RetriableStatusCodes]
+        );
+        for cond in crate::RetryOn::ALL {
+            let json = serde_json::to_value(cond).unwrap();
+            assert_eq!(json, cond.as_str());
+            assert_eq!(crate::RetryOn::parse(cond.as_str()), Some(cond));
+        }
+    }
+
+    #[test]
+    fn resilience_rules() {
+        use crate::{
+            CircuitBreakers, OutlierDetection, Retries, RetryBudget, RetryOn, SuccessRate,
+        };
+        // (what to change, the fields that must be named)
+        type Case = (&'static str, fn(&mut Policy), &'static [&'static str]);
+        let cases: &[Case] = &[
+            (
+                "timeout over a day",
+                |p| p.spec.routes[0].timeout_ms = Some(MAX_TIMEOUT_MS + 1),
+                &["spec.routes[0].timeoutMs"],
+            ),
+            (
+                "timeout 0 is no limit",
+                |p| p.spec.routes[0].timeout_ms = Some(0),
+                &[],
+            ),
+            (
+                "0 attempts",
+                |p| {
+                    p.spec.routes[0].retries = Some(Retries {
+                        attempts: 0,
+                        ..Default::default()
+                    })
+                },
+                &["spec.routes[0].retries.attempts"],
+            ),
+            (
+                "11 attempts",
+                |p| {
+                    p.spec.routes[0].retries = Some(Retries {
+                        attempts: 11,
+                        ..Default::default()
+                    })
+                },
+                &["spec.routes[0].retries.attempts"],
+            ),
+            (
+                "per try over the timeout",
+                |p| {
+                    p.spec.routes[0].timeout_ms = Some(500);
+                    p.spec.routes[0].retries = Some(Retries {
+                        per_try_timeout_ms: Some(501),
+                        ..Default::default()
+                    });
+                },
+                &["spec.routes[0].retries.perTryTimeoutMs"],
+            ),
+            (
+                "per try 0",
+                |p| {
+                    p.spec.routes[0].retries = Some(Retries {
+                        per_try_timeout_ms: Some(0),
+                        ..Default::default()
+                    })
+                },
+                &["spec.routes[0].retries.perTryTimeoutMs"],
+            ),
+            (
+                "per try under an unlimited timeout",
+                |p| {
+                    p.spec.routes[0].timeout_ms = Some(0);
+                    p.spec.routes[0].retries = Some(Retries {
+                        per_try_timeout_ms: Some(60_000),
+                        ..Default::default()
+                    });
+                },
+                &[],
+            ),
+            (
+                "no condition",
+                |p| {
+                    p.spec.routes[0].retries = Some(Retries {
+                        retry_on: vec![],
+                        ..Default::default()
+                    })
+                },
+                &["spec.routes[0].retries.retryOn"],
+            ),
+            (
+                "duplicate condition",
+                |p| {
+                    p.spec.routes[0].retries = Some(Retries {
+                        retry_on: vec![RetryOn::Reset, RetryOn::Reset],
+                        ..Default::default()
+                    })
+                },
+                &["spec.routes[0].retries.retryOn[1]"],
+            ),
+            (
+                "codes without the condition",
+                |p| {
+                    p.spec.routes[0].retries = Some(Retries {
+                        retriable_status_codes: vec![503],
+                        ..Default::default()
+                    })
+                },
+                &["spec.routes[0].retries.retriableStatusCodes"],
+            ),
+            (
+                "condition without codes",
+                |p| {
+                    p.spec.routes[0].retries = Some(Retries {
+                        retry_on: vec![RetryOn::RetriableStatusCodes],
+                        ..Default::default()
+                    })
+                },
+                &["spec.routes[0].retries.retriableStatusCodes"],
+            ),
+            (
+                "bad and duplicate codes",
+                |p| {
+                    p.spec.routes[0].retries = Some(Retries {
+                        retry_on: vec![RetryOn::RetriableStatusCodes],
+                        retriable_status_codes: vec![503, 42, 503],
+                        ..Default::default()
+                    })
+                },
+                &[
+                    "spec.routes[0].retries.retriableStatusCodes[1]",
+                    "spec.routes[0].retries.retriableStatusCodes[2]",
+                ],
+            ),
+            (
+                "outlier limits",
+                |p| {
+                    p.spec.outlier_detection = Some(OutlierDetection {
+                        consecutive_5xx: 1001,
+                        consecutive_gateway_errors: 1001,
+                        interval_ms: 99,
+                        base_ejection_time_ms: 0,
+                        max_ejection_percent: 101,
+                        success_rate: Some(SuccessRate {
+                            minimum_hosts: 0,
+                            request_volume: 0,
+                            stdev_factor: 0.0,
+                        }),
+                    })
+                },
+                &[
+                    "spec.outlierDetection.consecutive5xx",
+                    "spec.outlierDetection.consecutiveGatewayErrors",
+                    "spec.outlierDetection.intervalMs",
+                    "spec.outlierDetection.baseEjectionTimeMs",
+                    "spec.outlierDetection.maxEjectionPercent",
+                    "spec.outlierDetection.successRate.minimumHosts",
+                    "spec.outlierDetection.successRate.requestVolume",
+                    "spec.outlierDetection.successRate.stdevFactor",
+                ],
+            ),
+            (
+                "outlier detection that ejects nothing",
+                |p| {
+                    p.spec.outlier_detection = Some(OutlierDetection {
+                        consecutive_5xx: 0,
+                        ..Default::default()
+                    })
+                },
+                &["spec.outlierDetection"],
+            ),
+            (
+                "a NaN stdev factor",
+                |p| {
+                    p.spec.outlier_detection = Some(OutlierDetection {
+                        success_rate: Some(SuccessRate {
+                            stdev_factor: f64::NAN,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                },
+                &["spec.outlierDetection.successRate.stdevFactor"],
+            ),
+            (
+                "zero limits",
+                |p| {
+                    p.spec.circuit_breakers = Some(CircuitBreakers {
+                        max_connections: Some(0),
+                        max_pending_requests: Some(0),
+                        max_requests: Some(0),
+                        max_retries: Some(0),
+                        retry_budget: None,
+                    })
+                },
+                &[
+                    "spec.circuitBreakers.maxConnections",
+                    "spec.circuitBreakers.maxPendingRequests",
+                    "spec.circuitBreakers.maxRequests",
+                ],
+            ),
+            (
+                "budget and max retries",
+                |p| {
+                    p.spec.circuit_breakers = Some(CircuitBreakers {
+                        max_retries: Some(3),
+                        retry_budget: Some(RetryBudget {
+                            budget_percent: 0,
+                            min_retry_concurrency: MAX_CIRCUIT_LIMIT + 1,
+                        }),
+                        ..Default::default()
+                    })
+                },
+                &[
+                    "spec.circuitBreakers.retryBudget",
+                    "spec.circuitBreakers.retryBudget.budgetPercent",
+                    "spec.circuitBreakers.retryBudget.minRetryConcurrency",
+                ],
+            ),
+        ];
+        for (what, change, want) in cases {
+            let mut p = policy("");
+            change(&mut p);
+            assert_eq!(fields(&p), *want, "{what}");
+        }
     }
 
     #[test]

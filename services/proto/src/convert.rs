@@ -99,6 +99,13 @@ fn spec_to_pb(s: &m::Spec) -> pb::Spec {
                     weight: c.weight,
                     header: Some(c.header.clone()),
                 }),
+                timeout_ms: r.timeout_ms,
+                retries: r.retries.as_ref().map(|t| pb::Retries {
+                    attempts: Some(t.attempts),
+                    per_try_timeout_ms: t.per_try_timeout_ms,
+                    retry_on: t.retry_on.iter().map(|c| c.as_str().to_owned()).collect(),
+                    retriable_status_codes: t.retriable_status_codes.clone(),
+                }),
             })
             .collect(),
         health_check: Some(pb::HealthCheck {
@@ -138,6 +145,89 @@ fn spec_to_pb(s: &m::Spec) -> pb::Spec {
         }),
         dns: Some(pb::Dns {
             ttl: Some(s.dns.ttl),
+        }),
+        outlier_detection: s.outlier_detection.as_ref().map(|o| pb::OutlierDetection {
+            consecutive_5xx: Some(o.consecutive_5xx),
+            consecutive_gateway_errors: Some(o.consecutive_gateway_errors),
+            interval_ms: Some(o.interval_ms),
+            base_ejection_time_ms: Some(o.base_ejection_time_ms),
+            max_ejection_percent: Some(o.max_ejection_percent),
+            success_rate: o.success_rate.as_ref().map(|r| pb::SuccessRate {
+                minimum_hosts: Some(r.minimum_hosts),
+                request_volume: Some(r.request_volume),
+                stdev_factor: Some(r.stdev_factor),
+            }),
+        }),
+        circuit_breakers: s.circuit_breakers.as_ref().map(|c| pb::CircuitBreakers {
+            max_connections: c.max_connections,
+            max_pending_requests: c.max_pending_requests,
+            max_requests: c.max_requests,
+            max_retries: c.max_retries,
+            retry_budget: c.retry_budget.as_ref().map(|b| pb::RetryBudget {
+                budget_percent: Some(b.budget_percent),
+                min_retry_concurrency: Some(b.min_retry_concurrency),
+            }),
+        }),
+    }
+}
+
+fn retries_from_pb(at: String, r: pb::Retries, problems: &mut Problems) -> m::Retries {
+    let d = m::Retries::default();
+    let mut retry_on = Vec::with_capacity(r.retry_on.len());
+    for (j, name) in r.retry_on.iter().enumerate() {
+        match m::RetryOn::parse(name) {
+            Some(c) => retry_on.push(c),
+            None => problems.0.push(FieldError::new(
+                format!("{at}.retryOn[{j}]"),
+                format!("unknown retry condition {name:?}"),
+            )),
+        }
+    }
+    m::Retries {
+        attempts: r.attempts.unwrap_or(d.attempts),
+        per_try_timeout_ms: r.per_try_timeout_ms,
+        retry_on: if r.retry_on.is_empty() {
+            d.retry_on
+        } else {
+            retry_on
+        },
+        retriable_status_codes: r.retriable_status_codes,
+    }
+}
+
+fn outlier_from_pb(o: pb::OutlierDetection) -> m::OutlierDetection {
+    let d = m::OutlierDetection::default();
+    m::OutlierDetection {
+        consecutive_5xx: o.consecutive_5xx.unwrap_or(d.consecutive_5xx),
+        consecutive_gateway_errors: o
+            .consecutive_gateway_errors
+            .unwrap_or(d.consecutive_gateway_errors),
+        interval_ms: o.interval_ms.unwrap_or(d.interval_ms),
+        base_ejection_time_ms: o.base_ejection_time_ms.unwrap_or(d.base_ejection_time_ms),
+        max_ejection_percent: o.max_ejection_percent.unwrap_or(d.max_ejection_percent),
+        success_rate: o.success_rate.map(|r| {
+            let d = m::SuccessRate::default();
+            m::SuccessRate {
+                minimum_hosts: r.minimum_hosts.unwrap_or(d.minimum_hosts),
+                request_volume: r.request_volume.unwrap_or(d.request_volume),
+                stdev_factor: r.stdev_factor.unwrap_or(d.stdev_factor),
+            }
+        }),
+    }
+}
+
+fn circuit_breakers_from_pb(c: pb::CircuitBreakers) -> m::CircuitBreakers {
+    m::CircuitBreakers {
+        max_connections: c.max_connections,
+        max_pending_requests: c.max_pending_requests,
+        max_requests: c.max_requests,
+        max_retries: c.max_retries,
+        retry_budget: c.retry_budget.map(|b| {
+            let d = m::RetryBudget::default();
+            m::RetryBudget {
+                budget_percent: b.budget_percent.unwrap_or(d.budget_percent),
+                min_retry_concurrency: b.min_retry_concurrency.unwrap_or(d.min_retry_concurrency),
+            }
         }),
     }
 }
@@ -242,7 +332,8 @@ fn spec_from_pb(s: pb::Spec, problems: &mut Problems) -> m::Spec {
     let routes = s
         .routes
         .into_iter()
-        .map(|r| {
+        .enumerate()
+        .map(|(i, r)| {
             let matcher = r.r#match.unwrap_or_default();
             m::Route {
                 name: r.name,
@@ -266,6 +357,10 @@ fn spec_from_pb(s: pb::Spec, problems: &mut Problems) -> m::Spec {
                         .header
                         .unwrap_or_else(|| m::DEFAULT_CANARY_HEADER.to_owned()),
                 }),
+                timeout_ms: r.timeout_ms,
+                retries: r
+                    .retries
+                    .map(|t| retries_from_pb(format!("spec.routes[{i}].retries"), t, problems)),
             }
         })
         .collect();
@@ -340,6 +435,8 @@ fn spec_from_pb(s: pb::Spec, problems: &mut Problems) -> m::Spec {
         failover,
         mtls,
         dns,
+        outlier_detection: s.outlier_detection.map(outlier_from_pb),
+        circuit_breakers: s.circuit_breakers.map(circuit_breakers_from_pb),
     }
 }
 
@@ -375,12 +472,19 @@ mod tests {
         "routes": [
           {"name": "canary", "match": {"pathPrefix": "/api", "headers": [{"name": "x-user", "exact": "beta"}]},
            "canary": {"version": "v2", "weight": 10, "header": "x-canary"}},
-          {"name": "default"}
+          {"name": "default", "timeoutMs": 0, "retries": {"attempts": 1, "perTryTimeoutMs": 100,
+           "retryOn": ["retriable-status-codes", "cancelled"], "retriableStatusCodes": [503]}},
+          {"name": "defaults", "retries": {}}
         ],
         "healthCheck": {"protocol": "tcp", "path": "/h", "intervalMs": 250, "timeoutMs": 100, "expectedStatus": "200,204"},
         "failover": {"mode": "priority", "failureRatePercent": 0, "windowSeconds": 10, "minSamples": 3, "recoverySeconds": 5},
         "mtls": {"mode": "strict", "allowedSans": ["spiffe://m/ns/a/sa/b"]},
-        "dns": {"ttl": 60}
+        "dns": {"ttl": 60},
+        "outlierDetection": {"consecutive5xx": 0, "consecutiveGatewayErrors": 3, "intervalMs": 500,
+          "baseEjectionTimeMs": 1000, "maxEjectionPercent": 50,
+          "successRate": {"minimumHosts": 2, "requestVolume": 10, "stdevFactor": 1.5}},
+        "circuitBreakers": {"maxConnections": 1, "maxPendingRequests": 2, "maxRequests": 3,
+          "retryBudget": {"budgetPercent": 25, "minRetryConcurrency": 0}}
       }
     }"#;
 
@@ -442,6 +546,22 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(m::Policy::try_from(msg).unwrap(), from_json);
+    }
+
+    #[test]
+    fn unknown_retry_conditions_are_reported_with_paths() {
+        let mut msg = pb::GlobalTrafficPolicy::from(&policy(MINIMAL));
+        let spec = msg.spec.as_mut().unwrap();
+        spec.routes.push(pb::Route {
+            name: "r".into(),
+            retries: Some(pb::Retries {
+                retry_on: vec!["reset".into(), "sometimes".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let err = m::Policy::try_from(msg).unwrap_err();
+        assert_eq!(err.0[0].field, "spec.routes[0].retries.retryOn[1]");
     }
 
     #[test]

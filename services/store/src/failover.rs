@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use sqlx::types::Json;
 
 use crate::{Error, Store, CHANNEL};
+pub use meridian_failover::endpoints::Unhealthy;
 
 /// What one checker reported for one zone.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
@@ -22,6 +23,21 @@ pub struct HealthReport {
     pub reported_at: DateTime<Utc>,
     /// Probe rounds in a row without any answer from the zone.
     pub unanswered_rounds: i32,
+    /// The checker's window per endpoint (`ip:port`).
+    pub endpoints: Json<BTreeMap<String, meridian_failover::endpoints::EndpointTally>>,
+}
+
+impl HealthReport {
+    /// The report as the pure evaluation takes it.
+    pub fn tally(&self) -> meridian_failover::ZoneTally {
+        meridian_failover::ZoneTally {
+            checker: self.checker.clone(),
+            samples: self.samples.max(0) as u32,
+            failures: self.failures.max(0) as u32,
+            unanswered_rounds: self.unanswered_rounds.max(0) as u32,
+            endpoints: self.endpoints.0.clone(),
+        }
+    }
 }
 
 /// One row of a checker's report for [`Store::report_health_rounds`].
@@ -33,6 +49,8 @@ pub struct ReportRow {
     pub failures: i32,
     pub unanswered_rounds: i32,
     pub last_error: Option<String>,
+    /// The same window per endpoint (`ip:port`).
+    pub endpoints: BTreeMap<String, meridian_failover::endpoints::EndpointTally>,
 }
 
 /// The weights the leader decided for a policy, and why.
@@ -106,6 +124,7 @@ impl Store {
                 failures: *f,
                 unanswered_rounds: 0,
                 last_error: e.clone(),
+                endpoints: BTreeMap::new(),
             })
             .collect();
         self.report_health_rounds(checker, &rows).await
@@ -122,7 +141,9 @@ impl Store {
         }
         let (mut policies, mut zones, mut samples, mut failures, mut rounds, mut errors) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let mut endpoints = Vec::with_capacity(rows.len());
         for r in rows {
+            endpoints.push(serde_json::to_value(&r.endpoints).unwrap_or_default());
             policies.push(r.policy.clone());
             zones.push(r.zone.clone());
             samples.push(r.samples);
@@ -132,14 +153,15 @@ impl Store {
         }
         // Reports for a policy deleted meanwhile are dropped by the join.
         sqlx::query(
-            "INSERT INTO health_reports (policy_name, zone, checker, samples, failures, unanswered_rounds, last_error, reported_at)
-             SELECT r.p, r.z, $1, r.s, r.f, r.u, r.e, now()
-             FROM unnest($2::text[], $3::text[], $4::int[], $5::int[], $6::int[], $7::text[]) AS r(p, z, s, f, u, e)
+            "INSERT INTO health_reports (policy_name, zone, checker, samples, failures, unanswered_rounds, last_error, endpoints, reported_at)
+             SELECT r.p, r.z, $1, r.s, r.f, r.u, r.e, r.j, now()
+             FROM unnest($2::text[], $3::text[], $4::int[], $5::int[], $6::int[], $7::text[], $8::jsonb[]) AS r(p, z, s, f, u, e, j)
              JOIN policies ON policies.name = r.p
              ON CONFLICT (policy_name, zone, checker) DO UPDATE
              SET samples = EXCLUDED.samples, failures = EXCLUDED.failures,
                  unanswered_rounds = EXCLUDED.unanswered_rounds,
-                 last_error = EXCLUDED.last_error, reported_at = EXCLUDED.reported_at",
+                 last_error = EXCLUDED.last_error, endpoints = EXCLUDED.endpoints,
+                 reported_at = EXCLUDED.reported_at",
         )
         .bind(checker)
         .bind(&policies)
@@ -148,6 +170,7 @@ impl Store {
         .bind(&failures)
         .bind(&rounds)
         .bind(&errors)
+        .bind(&endpoints)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -159,7 +182,7 @@ impl Store {
         fresh_for: std::time::Duration,
     ) -> Result<Vec<HealthReport>, Error> {
         Ok(sqlx::query_as(
-            "SELECT policy_name, zone, checker, samples, failures, last_error, reported_at, unanswered_rounds
+            "SELECT policy_name, zone, checker, samples, failures, last_error, reported_at, unanswered_rounds, endpoints
              FROM health_reports WHERE reported_at > now() - make_interval(secs => $1)
              ORDER BY policy_name, zone, checker",
         )
@@ -278,6 +301,34 @@ impl Store {
         states: &BTreeMap<String, Value>,
         events: &[NewEvent],
     ) -> Result<bool, Error> {
+        self.decide_with_endpoints(
+            lease,
+            token,
+            policy,
+            resource_version,
+            weights,
+            None,
+            states,
+            events,
+        )
+        .await
+    }
+
+    /// [`Store::decide`], also storing the endpoints marked unhealthy
+    /// when `unhealthy` is given (announced like weights, in the same
+    /// transaction).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn decide_with_endpoints(
+        &self,
+        lease: &str,
+        token: i64,
+        policy: &str,
+        resource_version: &str,
+        weights: Option<WeightDecision<'_>>,
+        unhealthy: Option<&Unhealthy>,
+        states: &BTreeMap<String, Value>,
+        events: &[NewEvent],
+    ) -> Result<bool, Error> {
         let mut tx = self.pool.begin().await?;
         let held: Option<i64> = sqlx::query_scalar(
             "SELECT token FROM leases WHERE name = $1 AND token = $2 AND expires_at > now() FOR SHARE",
@@ -345,11 +396,63 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        if let Some(u) = unhealthy {
+            sqlx::query(
+                "INSERT INTO endpoint_health (policy_name, unhealthy, decided_at, lease_token)
+                 SELECT $1, $2, now(), $3 WHERE EXISTS (SELECT 1 FROM policies WHERE name = $1)
+                 ON CONFLICT (policy_name) DO UPDATE
+                 SET unhealthy = EXCLUDED.unhealthy, decided_at = EXCLUDED.decided_at,
+                     lease_token = EXCLUDED.lease_token",
+            )
+            .bind(policy)
+            .bind(Json(u))
+            .bind(token)
+            .execute(&mut *tx)
+            .await?;
+            let payload =
+                json!({"op": "endpoints", "name": policy, "resourceVersion": ""}).to_string();
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(payload)
+                .execute(&mut *tx)
+                .await?;
+        }
         for e in events {
             insert_event(&mut tx, e).await?;
         }
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Endpoints marked unhealthy, of every policy that has some.
+    pub async fn endpoint_health(&self) -> Result<BTreeMap<String, Unhealthy>, Error> {
+        self.endpoint_health_where(None).await
+    }
+
+    /// Endpoints marked unhealthy, of the named policies.
+    pub async fn endpoint_health_of(
+        &self,
+        names: &[String],
+    ) -> Result<BTreeMap<String, Unhealthy>, Error> {
+        self.endpoint_health_where(Some(names)).await
+    }
+
+    async fn endpoint_health_where(
+        &self,
+        names: Option<&[String]>,
+    ) -> Result<BTreeMap<String, Unhealthy>, Error> {
+        let rows: Vec<(String, Json<Unhealthy>)> = sqlx::query_as(
+            "SELECT policy_name, unhealthy FROM endpoint_health
+             WHERE $1::text[] IS NULL OR policy_name = ANY($1)",
+        )
+        .bind(names)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter(|(_, u)| !u.0.is_empty())
+            .map(|(p, u)| (p, u.0))
+            .collect())
     }
 
     pub async fn override_of(&self, policy: &str) -> Result<Option<Override>, Error> {
@@ -909,6 +1012,8 @@ pub struct FailoverRows {
     pub current: BTreeMap<String, EffectiveWeights>,
     /// (policy, zone) → the data planes' load-report buckets of its window.
     pub traffic: BTreeMap<(String, String), Vec<meridian_failover::TrafficTally>>,
+    /// Endpoints marked unhealthy, by policy.
+    pub unhealthy: BTreeMap<String, Unhealthy>,
 }
 
 impl Store {
@@ -938,6 +1043,7 @@ impl Store {
             overrides: self.overrides().await?,
             drains: self.drains().await?,
             current: self.effective_weights().await?,
+            unhealthy: self.endpoint_health().await?,
         };
         Ok((policies, rows))
     }
@@ -959,12 +1065,7 @@ impl FailoverRows {
                 .or_default()
                 .entry(r.zone.clone())
                 .or_default()
-                .push(ZoneTally {
-                    checker: r.checker.clone(),
-                    samples: r.samples.max(0) as u32,
-                    failures: r.failures.max(0) as u32,
-                    unanswered_rounds: r.unanswered_rounds.max(0) as u32,
-                });
+                .push(r.tally());
         }
         policies
             .iter()
@@ -1009,6 +1110,7 @@ impl FailoverRows {
                         cause: e.cause.clone(),
                         decided_at_ms: e.decided_at.timestamp_millis(),
                     }),
+                    unhealthy: self.unhealthy.get(name).cloned().unwrap_or_default(),
                 }
             })
             .collect()

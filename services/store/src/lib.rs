@@ -25,6 +25,7 @@ pub mod retention;
 pub mod status;
 pub mod tokens;
 pub mod watch;
+pub mod xds_rejections;
 
 pub use error::{Error, Kind};
 pub use health::CHECK_TIMEOUT;

@@ -28,6 +28,10 @@ pub struct PolicyStatus {
     /// Guard rails that shaped the effective weights (`{rule, message}`):
     /// capacity holding traffic on degraded zones, a failback under way.
     pub guard_rails: Vec<Value>,
+    /// An xDS client refused a shared route configuration with this
+    /// policy (at its current version) in it: the policy is left out of
+    /// that route until it changes.
+    pub xds_rejected: Option<crate::xds_rejections::XdsRejection>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -64,6 +68,10 @@ pub struct ZoneStatus {
     pub upper_bound_percent: f64,
     /// The health verdict in words, as the leader would give it now.
     pub verdict: String,
+    /// Endpoints (`ip:port`) the checkers see failing while the zone
+    /// serves: EDS serves them as UNHEALTHY, and the zone is judged
+    /// without them.
+    pub unhealthy_endpoints: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -88,6 +96,15 @@ impl Store {
         let override_ = self.override_of(name).await?;
         let providers = self.dns_status(name).await?;
         let drains = self.drains().await?.remove(name).unwrap_or_default();
+        let xds_rejected = self
+            .xds_rejections(Some(std::slice::from_ref(&policy.metadata.name)))
+            .await?
+            .remove(name);
+        let unhealthy = self
+            .endpoint_health_of(std::slice::from_ref(&policy.metadata.name))
+            .await?
+            .remove(name)
+            .unwrap_or_default();
         let window = Duration::from_secs(u64::from(policy.spec.failover.window_seconds));
         let mut traffic = self
             .traffic_tallies(&[(name.to_owned(), window)].into())
@@ -113,15 +130,10 @@ impl Store {
                 // it decides on, not a second opinion.
                 let prev: Option<meridian_failover::ZoneState> =
                     state.and_then(|s| serde_json::from_value(s.clone()).ok());
-                let tallies: Vec<meridian_failover::ZoneTally> = mine
-                    .iter()
-                    .map(|r| meridian_failover::ZoneTally {
-                        checker: r.checker.clone(),
-                        samples: r.samples.max(0) as u32,
-                        failures: r.failures.max(0) as u32,
-                        unanswered_rounds: r.unanswered_rounds.max(0) as u32,
-                    })
-                    .collect();
+                let tallies: Vec<meridian_failover::ZoneTally> =
+                    mine.iter().map(|r| r.tally()).collect();
+                let marked = unhealthy.get(&z.name).cloned().unwrap_or_default();
+                let tallies = meridian_failover::endpoints::without(&tallies, &marked);
                 let (_, verdict) = meridian_failover::evaluate(
                     prev.as_ref(),
                     &tallies,
@@ -168,6 +180,7 @@ impl Store {
                     lower_bound_percent: verdict.lower_bound_percent,
                     upper_bound_percent: verdict.upper_bound_percent,
                     verdict: verdict.reason,
+                    unhealthy_endpoints: marked.into_iter().collect(),
                 }
             })
             .collect();
@@ -185,6 +198,7 @@ impl Store {
                 .as_ref()
                 .map(|e| e.guard_rails.clone())
                 .unwrap_or_default(),
+            xds_rejected,
         })
     }
 }

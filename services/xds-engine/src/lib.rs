@@ -31,9 +31,11 @@ pub mod snapshot;
 pub mod tls_server;
 pub mod wire;
 
-pub use protocol::{DefaultView, NodeView, Selector, Subscription};
+pub use protocol::{DefaultView, NodeView, RejectedRoute, Selector, Subscription};
 pub use registry::{ClientStatus, NackStatus, Registry, TypeStatus};
 pub use resources::{Entry, ResourceType, Resources, TypeSet};
-pub use server::{decide_identity, serve, serve_with, Claims, ClientAuth, PeerIdentity, Server};
+pub use server::{
+    decide_identity, serve, serve_with, Claims, ClientAuth, PeerIdentity, RouteNack, Server,
+};
 pub use snapshot::{snapshot_channel, Publisher, Snapshot, Subscriber};
 pub use wire::{DeltaResponse, SotwResponse};

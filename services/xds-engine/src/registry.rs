@@ -49,6 +49,11 @@ impl Machine {
     pub(crate) fn reports(&self) -> Vec<TypeReport> {
         self.state().reports()
     }
+
+    /// See [`StreamState::rejected_routes`].
+    pub(crate) fn rejected_routes(&self) -> Vec<crate::protocol::RejectedRoute> {
+        self.state().rejected_routes()
+    }
 }
 
 #[derive(Debug)]

@@ -45,6 +45,17 @@ pub struct Server {
     claims: Claims,
     selector: Arc<dyn Selector>,
     status_access: Arc<dyn StatusAccess>,
+    /// Where rejected route configurations are reported, if anywhere.
+    route_nacks: Option<mpsc::UnboundedSender<RouteNack>>,
+}
+
+/// A client refused route configurations (a NACK of RDS): who, why, and
+/// what it refused against what it had accepted.
+#[derive(Clone, Debug)]
+pub struct RouteNack {
+    pub node_id: String,
+    pub message: String,
+    pub routes: Vec<crate::protocol::RejectedRoute>,
 }
 
 impl std::fmt::Debug for Server {
@@ -154,12 +165,21 @@ impl Server {
             claims: Claims::Ignored,
             selector,
             status_access: Arc::new(csds::Closed),
+            route_nacks: None,
         }
     }
 
     /// Who may read client status, and which nodes (default: nobody).
     pub fn with_status_access(mut self, access: Arc<dyn StatusAccess>) -> Self {
         self.status_access = access;
+        self
+    }
+
+    /// Reports every NACK of route configurations to `to`, with what was
+    /// refused, so that the refused share can be left out (see
+    /// [`RouteNack`]).
+    pub fn with_route_nacks(mut self, to: mpsc::UnboundedSender<RouteNack>) -> Self {
+        self.route_nacks = Some(to);
         self
     }
 
@@ -300,6 +320,8 @@ struct Variant<Req, Resp> {
     handle: fn(&mut Machine, &Req, Option<&Resources>, u64) -> Vec<Resp>,
     snapshot: fn(&mut Machine, &Resources) -> Vec<Resp>,
     type_url: fn(&Resp) -> &'static str,
+    /// The error message a request carries (a NACK's).
+    error: fn(&Req) -> Option<String>,
 }
 
 const SOTW: Variant<DiscoveryRequest, SotwResponse> = Variant {
@@ -315,6 +337,7 @@ const SOTW: Variant<DiscoveryRequest, SotwResponse> = Variant {
         Machine::Delta(_) => Vec::new(),
     },
     type_url: |r| r.type_url,
+    error: |r| r.error_detail.as_ref().map(|e| e.message.clone()),
 };
 
 const DELTA: Variant<DeltaDiscoveryRequest, DeltaResponse> = Variant {
@@ -330,6 +353,7 @@ const DELTA: Variant<DeltaDiscoveryRequest, DeltaResponse> = Variant {
         Machine::Sotw(_) => Vec::new(),
     },
     type_url: |r| r.type_url,
+    error: |r| r.error_detail.as_ref().map(|e| e.message.clone()),
 };
 
 impl Server {
@@ -429,6 +453,14 @@ impl Server {
                                 Answer::Ack => metrics::ACKS.get_or_create(&labels).inc(),
                                 Answer::Nack => metrics::NACKS.get_or_create(&labels).inc(),
                             };
+                            if let (Answer::Nack, ResourceType::RouteConfiguration, Some(to)) = (answer, ty, &self.route_nacks) {
+                                let message = (variant.error)(&req).unwrap_or_default();
+                                let _ = to.send(RouteNack {
+                                    node_id: reg.slot.node.id.clone(),
+                                    message,
+                                    routes: machine.rejected_routes(),
+                                });
+                            }
                         }
                         drop(machine);
                         (out, None)

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use meridian_policy::Policy;
 use meridian_store::notify::Event;
 use meridian_store::Store;
-use meridian_xds::{Mesh, Publisher, Translator, Weights};
-use tokio::sync::watch;
+use meridian_xds::{EndpointHealth, Mesh, Publisher, RouteNack, Translator, Weights};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 /// What stops the writer for a while (it retries).
@@ -62,6 +62,13 @@ pub struct Writer {
     policies: BTreeMap<String, Policy>,
     /// Decided by the failover leader; a policy without a decision uses its spec weights.
     weights: Weights,
+    /// Endpoints the leader marked unhealthy, read like the weights.
+    health: EndpointHealth,
+    /// Policies left out of their egress route because a client refused
+    /// it with them (at their current version).
+    rejected: BTreeSet<String>,
+    /// NACKs of route configurations heard by this replica's xDS server.
+    route_nacks: Option<mpsc::UnboundedReceiver<RouteNack>>,
     ready: Arc<AtomicBool>,
     mesh: Mesh,
     security: Option<Security>,
@@ -83,6 +90,9 @@ impl Writer {
             config,
             policies: BTreeMap::new(),
             weights: Weights::new(),
+            health: EndpointHealth::new(),
+            rejected: BTreeSet::new(),
+            route_nacks: None,
             ready: Arc::default(),
             mesh: Mesh::default(),
             security: None,
@@ -103,6 +113,14 @@ impl Writer {
             identities,
             next_renewal: None,
         });
+        self
+    }
+
+    /// Blames each NACK of a shared route configuration on one policy and
+    /// records it, so every replica leaves that policy out of the route
+    /// (see `meridian_xds::nack`).
+    pub fn with_route_nacks(mut self, nacks: mpsc::UnboundedReceiver<RouteNack>) -> Self {
+        self.route_nacks = Some(nacks);
         self
     }
 
@@ -159,6 +177,10 @@ impl Writer {
                     self.publish(None);
                     continue;
                 }
+                nack = next_nack(&mut self.route_nacks) => {
+                    self.blame(nack).await;
+                    continue;
+                }
                 _ = tokio::time::sleep(renewal) => {
                     self.refresh_certs().await?;
                     self.publish(None);
@@ -213,6 +235,8 @@ impl Writer {
         let all = self.store.all().await?;
         let weights = self.store.effective_weights().await?;
         self.weights = weights.into_iter().map(|(p, w)| (p, w.weights)).collect();
+        self.health = self.store.endpoint_health().await?.into_iter().collect();
+        self.rejected = self.store.xds_rejections(None).await?.into_keys().collect();
         let load_ms = started.elapsed().as_millis() as u64;
         self.policies = all
             .into_iter()
@@ -220,6 +244,8 @@ impl Writer {
             .collect();
         let built = Instant::now();
         self.translator.set_mesh(self.mesh.clone());
+        self.translator.set_endpoint_health(self.health.clone());
+        self.translator.set_excluded(self.rejected.clone());
         self.translator
             .rebuild(self.policies.values(), &self.weights);
         self.publish(None);
@@ -238,16 +264,24 @@ impl Writer {
             return self.reload().await;
         }
         let names: Vec<String> = burst.names.into_iter().collect();
-        // A burst may hold policy writes and weight decisions alike
-        // (both are announced under the policy's name): re-read both.
+        // A burst may hold policy writes, weight decisions and endpoint
+        // marks alike (all announced under the policy's name): re-read all.
         let fresh = self.store.get_many(&names).await?;
         let weights = self.store.effective_weights_of(&names).await?;
+        let health = self.store.endpoint_health_of(&names).await?;
+        let rejected = self.store.xds_rejections(Some(&names)).await?;
         for name in &names {
             self.policies.remove(name);
             self.weights.remove(name);
+            self.health.remove(name);
+            self.rejected.remove(name);
         }
+        self.rejected.extend(rejected.into_keys());
+        self.translator.set_excluded(self.rejected.clone());
         self.weights
             .extend(weights.into_iter().map(|(p, w)| (p, w.weights)));
+        self.health.extend(health);
+        self.translator.set_endpoint_health(self.health.clone());
         for p in fresh {
             self.policies.insert(p.metadata.name.clone(), p);
         }
@@ -293,6 +327,56 @@ impl Writer {
             publish_us = started.elapsed().as_micros() as u64,
             "published xDS snapshot"
         );
+    }
+}
+
+impl Writer {
+    /// Records the policy to blame for a refused shared route, if one can
+    /// be named. A store error is logged: the client's next NACK (of the
+    /// next change) tries again.
+    async fn blame(&mut self, nack: RouteNack) {
+        for route in &nack.routes {
+            let policies = &self.policies;
+            let rejected = &self.rejected;
+            let culprit = meridian_xds::nack::culprit(
+                route,
+                |n| {
+                    policies
+                        .get(n)
+                        .and_then(|p| p.metadata.updated_at)
+                        .map(|t| t.timestamp_millis())
+                },
+                |n| rejected.contains(n),
+            );
+            let Some(policy) = culprit else {
+                tracing::warn!(node = %nack.node_id, route = %route.rejected.name, message = %nack.message,
+                    "xDS client refused a route configuration; no one policy to blame");
+                continue;
+            };
+            match self
+                .store
+                .record_xds_rejection(&policy, &route.rejected.name, &nack.node_id, &nack.message)
+                .await
+            {
+                Ok(_) => {
+                    tracing::warn!(node = %nack.node_id, route = %route.rejected.name, %policy,
+                    message = %nack.message, "xDS client refused a route configuration; leaving the policy out of it")
+                }
+                Err(e) => tracing::warn!(error = %e, %policy, "recording an xDS rejection failed"),
+            }
+        }
+    }
+}
+
+/// The next NACK report; never without a receiver.
+async fn next_nack(nacks: &mut Option<mpsc::UnboundedReceiver<RouteNack>>) -> RouteNack {
+    match nacks.as_mut() {
+        Some(rx) => match rx.recv().await {
+            Some(n) => n,
+            // The xDS server is gone (shutting down): wait for the signal.
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 

@@ -29,8 +29,8 @@ use prost::Message;
 
 use crate::tls;
 use crate::translate::{
-    egress_entry, egress_name, entry, inbound_template, typed_piece, InboundTemplate, Mesh,
-    Weights, DEFAULT_EGRESS_ADDRESS, NAMESPACE_LABEL,
+    egress_entry, egress_name, entry, inbound_template, typed_piece, EndpointHealth,
+    InboundTemplate, Mesh, Weights, DEFAULT_EGRESS_ADDRESS, NAMESPACE_LABEL,
 };
 
 /// What one policy contributes to every view that holds it, encoded once.
@@ -53,12 +53,20 @@ pub struct Piece {
     pub endpoints: Vec<SocketAddr>,
     /// Hash of what per-node resources read (template, endpoints).
     ext_hash: u64,
+    /// Left out of its port's egress route, because a client refused the
+    /// route with it (see [`crate::nack`]); its other resources stay.
+    excluded: bool,
 }
 
 impl Piece {
     /// Translates and encodes one policy.
-    pub fn new(p: &Policy, weights: Option<&BTreeMap<String, u32>>, mesh: &Mesh) -> Piece {
-        let typed = typed_piece(p, weights, mesh);
+    pub fn new(
+        p: &Policy,
+        weights: Option<&BTreeMap<String, u32>>,
+        unhealthy: Option<&BTreeMap<String, BTreeSet<String>>>,
+        mesh: &Mesh,
+    ) -> Piece {
+        let typed = typed_piece(p, weights, unhealthy, mesh);
         let name: Arc<str> = Arc::from(p.metadata.name.as_str());
         let mut refs: Vec<Arc<str>> = typed.refs.iter().map(|r| Arc::from(r.as_str())).collect();
         refs.sort();
@@ -136,6 +144,7 @@ impl Piece {
             inbound: Arc::new(inbound),
             endpoints,
             ext_hash: h.0,
+            excluded: false,
         }
     }
 
@@ -157,7 +166,10 @@ impl Piece {
 
     /// Whether the egress route of the port reads the same from both.
     fn same_egress_share(&self, other: &Piece) -> bool {
-        self.port == other.port && self.vhost == other.vhost && self.refs == other.refs
+        self.port == other.port
+            && self.vhost == other.vhost
+            && self.refs == other.refs
+            && self.excluded == other.excluded
     }
 }
 
@@ -296,6 +308,7 @@ pub(crate) fn egress_route<'a>(
     name: &str,
     members: impl Iterator<Item = &'a Arc<Piece>> + Clone,
 ) -> Entry {
+    let members = members.filter(|p| !p.excluded);
     let len: usize = members.clone().map(|p| p.vhost.len() + 10).sum();
     let mut buf = Vec::with_capacity(name.len() + 10 + len);
     encode_key(1, WireType::LengthDelimited, &mut buf);
@@ -327,6 +340,10 @@ struct Secrets {
 #[derive(Debug, Default)]
 pub struct Translator {
     mesh: Mesh,
+    /// Endpoints the leader marked unhealthy; read on every (re)translation.
+    health: EndpointHealth,
+    /// Policies left out of the egress routes (a client refused them).
+    excluded: BTreeSet<String>,
     pieces: BTreeMap<Arc<str>, Arc<Piece>>,
     unscoped: View,
     scoped: BTreeMap<String, View>,
@@ -359,6 +376,24 @@ impl Translator {
         retranslate
     }
 
+    /// Takes the endpoints marked unhealthy. Applied to the policies
+    /// translated from now on: call [`Translator::update`] with the
+    /// policies whose marks changed (or [`Translator::rebuild`]).
+    pub fn set_endpoint_health(&mut self, health: EndpointHealth) {
+        self.health = health;
+    }
+
+    /// Takes the policies to leave out of their port's egress route.
+    /// Applied like [`Translator::set_endpoint_health`].
+    pub fn set_excluded(&mut self, excluded: BTreeSet<String>) {
+        self.excluded = excluded;
+    }
+
+    /// Whether a policy is left out of its egress route now.
+    pub fn is_excluded(&self, policy: &str) -> bool {
+        self.excluded.contains(policy)
+    }
+
     /// Translates every policy afresh.
     pub fn rebuild<'a>(
         &mut self,
@@ -370,7 +405,12 @@ impl Translator {
         self.scoped.clear();
         let mut pieces: Vec<Arc<Piece>> = policies
             .into_iter()
-            .map(|p| Arc::new(Piece::new(p, weights.get(&p.metadata.name), &self.mesh)))
+            .map(|p| {
+                let name = &p.metadata.name;
+                let mut piece = Piece::new(p, weights.get(name), self.health.get(name), &self.mesh);
+                piece.excluded = self.excluded.contains(name);
+                Arc::new(piece)
+            })
             .collect();
         pieces.sort_by(|a, b| a.name.cmp(&b.name));
         for p in &pieces {
@@ -405,7 +445,11 @@ impl Translator {
     ) {
         for name in names {
             let old = self.pieces.remove(name);
-            let new = current(name).map(|p| Arc::new(Piece::new(p, weights.get(name), &self.mesh)));
+            let new = current(name).map(|p| {
+                let mut piece = Piece::new(p, weights.get(name), self.health.get(name), &self.mesh);
+                piece.excluded = self.excluded.contains(name);
+                Arc::new(piece)
+            });
             let same_egress = match (&old, &new) {
                 (Some(o), Some(n)) => o.same_egress_share(n) && o.namespace == n.namespace,
                 _ => false,

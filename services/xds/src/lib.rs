@@ -21,6 +21,7 @@
 
 pub mod assemble;
 mod envoy;
+pub mod nack;
 pub mod node;
 pub mod tls;
 pub mod translate;
@@ -30,12 +31,12 @@ use std::sync::Arc;
 pub use assemble::{translate, translate_mesh, translate_scoped, Translator};
 pub use meridian_xds_engine::{
     csds, metrics, protocol, registry, resources, snapshot, snapshot_channel, tls_server, Claims,
-    ClientAuth, ClientStatus, Entry, NackStatus, PeerIdentity, Publisher, Registry, ResourceType,
-    Resources, Snapshot, Subscriber, TypeStatus,
+    ClientAuth, ClientStatus, Entry, NackStatus, PeerIdentity, Publisher, Registry, RejectedRoute,
+    ResourceType, Resources, RouteNack, Snapshot, Subscriber, TypeStatus,
 };
 pub use meridian_xds_engine::{decide_identity, serve, serve_with, Server};
 pub use node::{MeridianNode, MeridianSelector};
-pub use translate::{render, Mesh, Weights};
+pub use translate::{render, EndpointHealth, Mesh, Weights};
 
 /// The xDS server with Meridian's node selection.
 pub fn server(

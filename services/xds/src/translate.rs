@@ -54,15 +54,17 @@ use meridian_policy::{MtlsMode, Policy, Protocol};
 use prost::Message;
 use serde_json::{json, Value};
 use xds_api::pb::envoy::config::cluster::v3::{
+    circuit_breakers,
     cluster::{
         self, common_lb_config::LocalityConfigSpecifier, ClusterDiscoveryType, DiscoveryType,
         LbPolicy,
     },
-    Cluster,
+    CircuitBreakers, Cluster, OutlierDetection,
 };
 use xds_api::pb::envoy::config::core::v3::{
     address, header_value_option::HeaderAppendAction, socket_address, Address, HeaderValue,
-    HeaderValueOption, Http2ProtocolOptions, Locality, SocketAddress, TrafficDirection,
+    HeaderValueOption, HealthStatus, Http2ProtocolOptions, Locality, SocketAddress,
+    TrafficDirection,
 };
 use xds_api::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
@@ -72,9 +74,9 @@ use xds_api::pb::envoy::config::listener::v3::{
     ListenerFilter,
 };
 use xds_api::pb::envoy::config::route::v3::{
-    header_matcher::HeaderMatchSpecifier, route, route_action::ClusterSpecifier,
-    route_match::PathSpecifier, weighted_cluster::ClusterWeight, HeaderMatcher, Route, RouteAction,
-    RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
+    header_matcher::HeaderMatchSpecifier, route, route_action, route_action::ClusterSpecifier,
+    route_match::PathSpecifier, weighted_cluster::ClusterWeight, HeaderMatcher, RetryPolicy, Route,
+    RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
 };
 use xds_api::pb::envoy::extensions::filters::http::router::v3::Router;
 use xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -84,6 +86,7 @@ use xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v
     http_filter, HttpConnectionManager, HttpFilter, Rds,
 };
 use xds_api::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
+use xds_api::pb::envoy::r#type::v3::Percent;
 use xds_api::pb::google::protobuf::{Any, Duration, UInt32Value};
 
 use crate::envoy::{ads, any_of, this_server};
@@ -93,6 +96,19 @@ use meridian_xds_engine::{Entry, ResourceType};
 /// Effective zone weights: policy name -> zone name -> weight. A policy not
 /// in the map uses the weights of its spec.
 pub type Weights = HashMap<String, BTreeMap<String, u32>>;
+
+/// Endpoints marked unhealthy by the failover leader: policy name -> zone
+/// name -> `ip:port` (see `meridian_failover::endpoints`). EDS serves them
+/// with health status UNHEALTHY, so no client sends them traffic.
+pub type EndpointHealth = HashMap<String, BTreeMap<String, BTreeSet<String>>>;
+
+/// How the leader names an endpoint: `ip:port`, `[ip6]:port`.
+fn endpoint_key(address: &str, port: u32) -> String {
+    match address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]:{port}"),
+        _ => format!("{address}:{port}"),
+    }
+}
 
 /// Node metadata key through which a sidecar asks for another bind address
 /// of its egress listeners (an IP address; anything else is ignored).
@@ -221,7 +237,7 @@ pub fn render(policies: &[Policy], weights: &Weights, policy_filter: Option<&str
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut egress: BTreeMap<u32, Vec<VirtualHost>> = BTreeMap::new();
     for p in selected {
-        let t = typed_piece(p, weights.get(&p.metadata.name), &mesh);
+        let t = typed_piece(p, weights.get(&p.metadata.name), None, &mesh);
         listeners.extend(t.listeners.iter().map(|l| to_json(serde_json::to_value(l))));
         routes.push(to_json(serde_json::to_value(&t.route)));
         clusters.extend(
@@ -307,6 +323,7 @@ pub(crate) fn entry<M: Message>(name: impl Into<Arc<str>>, ty: ResourceType, m: 
 pub(crate) fn typed_piece(
     p: &Policy,
     zone_weights: Option<&BTreeMap<String, u32>>,
+    unhealthy: Option<&BTreeMap<String, BTreeSet<String>>>,
     mesh: &Mesh,
 ) -> TypedPiece {
     let name = p.metadata.name.as_str();
@@ -336,7 +353,11 @@ pub(crate) fn typed_piece(
             .map(|v| (canary_cluster_name(name, v), Some(*v))),
     );
     for (cluster_name, version) in &clusters {
-        let plain = cluster(cluster_name, p.spec.protocol);
+        let plain = Cluster {
+            outlier_detection: p.spec.outlier_detection.as_ref().map(outlier_detection),
+            circuit_breakers: p.spec.circuit_breakers.as_ref().map(circuit_breakers),
+            ..cluster(cluster_name, p.spec.protocol)
+        };
         // Only `strict` makes clients use mTLS: under `permissive` the
         // endpoints may still lack a sidecar, and plaintext reaches both.
         if p.spec.mtls.mode == MtlsMode::Strict {
@@ -367,7 +388,19 @@ pub(crate) fn typed_piece(
                     Some(v) => e.version == *v,
                     None => !canary_versions.contains(e.version.as_str()),
                 })
-                .map(|e| lb_endpoint(&e.address, e.port))
+                .map(|e| {
+                    let down = unhealthy
+                        .and_then(|u| u.get(&z.name))
+                        .is_some_and(|set| set.contains(&endpoint_key(&e.address, e.port)));
+                    LbEndpoint {
+                        health_status: if down {
+                            HealthStatus::Unhealthy as i32
+                        } else {
+                            HealthStatus::Unknown as i32
+                        },
+                        ..lb_endpoint(&e.address, e.port)
+                    }
+                })
                 .collect();
             if lb_endpoints.is_empty() {
                 continue;
@@ -386,7 +419,7 @@ pub(crate) fn typed_piece(
         typed.assignments.push(cla);
     }
 
-    typed.vhost = virtual_host(p);
+    typed.vhost = virtual_host(p, Consumer::Envoy);
     typed.refs = clusters.into_iter().map(|(n, _)| n).collect();
     let grpc_route = grpc_route_name(name);
     for lname in [
@@ -397,7 +430,7 @@ pub(crate) fn typed_piece(
     }
     typed.route = RouteConfiguration {
         name: grpc_route,
-        virtual_hosts: vec![typed.vhost.clone()],
+        virtual_hosts: vec![virtual_host(p, Consumer::ProxylessGrpc)],
         ..Default::default()
     };
     typed
@@ -473,7 +506,119 @@ fn header_add(name: &str) -> HeaderValueOption {
     }
 }
 
-fn virtual_host(p: &Policy) -> VirtualHost {
+/// Milliseconds as a protobuf duration.
+fn millis(ms: u32) -> Duration {
+    Duration {
+        seconds: i64::from(ms / 1000),
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+fn u32_value(value: u32) -> Option<UInt32Value> {
+    Some(UInt32Value { value })
+}
+
+/// A policy's `outlierDetection`. Every rule Meridian does not turn on is
+/// turned off explicitly: Envoy enforces success-rate ejection by default,
+/// and a policy that does not ask for it must not get it.
+pub(crate) fn outlier_detection(od: &meridian_policy::OutlierDetection) -> OutlierDetection {
+    let on = |enabled: bool| u32_value(if enabled { 100 } else { 0 });
+    let sr = od.success_rate.as_ref();
+    OutlierDetection {
+        consecutive_5xx: (od.consecutive_5xx > 0).then_some(UInt32Value {
+            value: od.consecutive_5xx,
+        }),
+        enforcing_consecutive_5xx: on(od.consecutive_5xx > 0),
+        consecutive_gateway_failure: (od.consecutive_gateway_errors > 0).then_some(UInt32Value {
+            value: od.consecutive_gateway_errors,
+        }),
+        enforcing_consecutive_gateway_failure: on(od.consecutive_gateway_errors > 0),
+        interval: Some(millis(od.interval_ms)),
+        base_ejection_time: Some(millis(od.base_ejection_time_ms)),
+        max_ejection_percent: u32_value(od.max_ejection_percent),
+        enforcing_success_rate: on(sr.is_some()),
+        success_rate_minimum_hosts: sr.and_then(|s| u32_value(s.minimum_hosts)),
+        success_rate_request_volume: sr.and_then(|s| u32_value(s.request_volume)),
+        // Envoy reads the factor in thousandths.
+        success_rate_stdev_factor: sr
+            .and_then(|s| u32_value((s.stdev_factor * 1000.0).round() as u32)),
+        ..Default::default()
+    }
+}
+
+/// A policy's `circuitBreakers`, as the default-priority thresholds.
+pub(crate) fn circuit_breakers(cb: &meridian_policy::CircuitBreakers) -> CircuitBreakers {
+    let limit = |n: Option<u32>| n.map(|value| UInt32Value { value });
+    CircuitBreakers {
+        thresholds: vec![circuit_breakers::Thresholds {
+            max_connections: limit(cb.max_connections),
+            max_pending_requests: limit(cb.max_pending_requests),
+            max_requests: limit(cb.max_requests),
+            max_retries: limit(cb.max_retries),
+            retry_budget: cb.retry_budget.as_ref().map(|b| {
+                circuit_breakers::thresholds::RetryBudget {
+                    budget_percent: Some(Percent {
+                        value: f64::from(b.budget_percent),
+                    }),
+                    min_retry_concurrency: u32_value(b.min_retry_concurrency),
+                }
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A route's `retries`. Envoy and gRPC read the same policy; gRPC ignores
+/// the HTTP conditions and `per_try_timeout` (gRFC A44).
+pub(crate) fn retry_policy(r: &meridian_policy::Retries) -> RetryPolicy {
+    RetryPolicy {
+        retry_on: r
+            .retry_on
+            .iter()
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        num_retries: u32_value(r.attempts),
+        per_try_timeout: r.per_try_timeout_ms.map(millis),
+        retriable_status_codes: r.retriable_status_codes.clone(),
+        ..Default::default()
+    }
+}
+
+/// The timeout, retries and target of one route, for `consumer`: Envoy
+/// honours the route `timeout`; proxyless gRPC ignores it and honours
+/// `max_stream_duration` instead (gRFC A31), so each gets only the field
+/// it reads (Envoy acts on both, and the promised answer is the 504 of the
+/// route timeout).
+fn route_action(
+    cluster_specifier: ClusterSpecifier,
+    r: Option<&meridian_policy::Route>,
+    consumer: Consumer,
+) -> RouteAction {
+    let timeout_ms = r.and_then(|r| r.timeout_ms);
+    let (timeout, max_stream_duration) = match consumer {
+        Consumer::Envoy => (timeout_ms.map(millis), None),
+        Consumer::ProxylessGrpc => (
+            None,
+            timeout_ms
+                .filter(|&t| t > 0)
+                .map(|t| route_action::MaxStreamDuration {
+                    max_stream_duration: Some(millis(t)),
+                    ..Default::default()
+                }),
+        ),
+    };
+    RouteAction {
+        cluster_specifier: Some(cluster_specifier),
+        timeout,
+        max_stream_duration,
+        retry_policy: r.and_then(|r| r.retries.as_ref()).map(retry_policy),
+        ..Default::default()
+    }
+}
+
+fn virtual_host(p: &Policy, consumer: Consumer) -> VirtualHost {
     let name = p.metadata.name.as_str();
     let stable = stable_cluster_name(name);
     // Sorted and deduplicated so the output does not depend on route order.
@@ -551,10 +696,11 @@ fn virtual_host(p: &Policy) -> VirtualHost {
         routes.push(Route {
             name: r.name.clone(),
             r#match: Some(matcher),
-            action: Some(route::Action::Route(RouteAction {
-                cluster_specifier: Some(action),
-                ..Default::default()
-            })),
+            action: Some(route::Action::Route(route_action(
+                action,
+                Some(r),
+                consumer,
+            ))),
             request_headers_to_remove: remove,
             ..Default::default()
         });
@@ -565,10 +711,11 @@ fn virtual_host(p: &Policy) -> VirtualHost {
             path_specifier: Some(PathSpecifier::Prefix("/".to_owned())),
             ..Default::default()
         }),
-        action: Some(route::Action::Route(RouteAction {
-            cluster_specifier: Some(ClusterSpecifier::Cluster(stable)),
-            ..Default::default()
-        })),
+        action: Some(route::Action::Route(route_action(
+            ClusterSpecifier::Cluster(stable),
+            None,
+            consumer,
+        ))),
         request_headers_to_remove: canary_headers,
         ..Default::default()
     });

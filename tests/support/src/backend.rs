@@ -1,6 +1,7 @@
 //! HTTP backends that stand for a zone's endpoints: each answers any
 //! request with its zone, its version and the request headers it got, so
-//! tests can count where traffic went and what it carried.
+//! tests can count where traffic went and what it carried. A path
+//! with `/sleep/<ms>` in it answers after that long.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -119,6 +120,13 @@ impl Backend {
             .store(per_mille.min(1000), Ordering::SeqCst);
     }
 
+    /// From now on `/healthz` answers 503 (`true`) or 200 (`false`) while
+    /// real requests are still served: an endpoint only the control
+    /// plane's checks can tell is bad.
+    pub fn fail_health(&self, down: bool) {
+        self.fail_health_randomly(if down { 1000 } else { 0 }, 1);
+    }
+
     /// Stops like a crashed zone: no new connections, and the open ones
     /// (Envoy's pooled keep-alives included) are closed.
     pub async fn stop(mut self) {
@@ -143,6 +151,15 @@ async fn answer(
 ) -> Result<Json<Value>, axum::http::StatusCode> {
     if failing_peer == Some(peer.ip()) {
         return Err(axum::http::StatusCode::SERVICE_UNAVAILABLE);
+    }
+    // `.../sleep/<ms>...`: a slow backend, for timeouts and circuit breakers.
+    if let Some(ms) = uri
+        .path()
+        .split_once("/sleep/")
+        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|ms| ms.parse::<u64>().ok())
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
     if uri.path() != "/healthz" && failing.next_fails() {
         return Err(axum::http::StatusCode::SERVICE_UNAVAILABLE);

@@ -186,6 +186,15 @@ export function mount(main, name) {
             h('button', { type: 'button', class: 'btn', 'data-key': 'clear-override', onclick: clearOverride }, 'Clear override…'),
           )
         : null,
+      status.xdsRejected
+        ? h(
+            'div',
+            { class: 'override-box', 'data-testid': 'xds-rejected' },
+            h('strong', {}, '⚠ Refused by an xDS client: '),
+            `${status.xdsRejected.nodeId} refused ${status.xdsRejected.resource} with this policy in it ${ago(status.xdsRejected.at)} — “${status.xdsRejected.message}”. `,
+            `It is left out of ${status.xdsRejected.resource} until it is changed, so the other policies there keep getting updates.`,
+          )
+        : null,
       h('div', { class: 'actions' }, h('button', { type: 'button', class: 'btn primary', 'data-key': 'set-override', onclick: setOverride }, ov ? 'Change override…' : 'Set weight override…')),
     );
 
@@ -209,7 +218,16 @@ export function mount(main, name) {
             h(
               'tr',
               { 'data-zone': z.name },
-              h('td', {}, h('strong', {}, z.name), ' ', z.drained ? h('span', { class: 'badge info', 'data-testid': 'drained' }, '∥ drained') : null),
+              h(
+                'td',
+                {},
+                h('strong', {}, z.name),
+                ' ',
+                z.drained ? h('span', { class: 'badge info', 'data-testid': 'drained' }, '∥ drained') : null,
+                (z.unhealthyEndpoints ?? []).length > 0
+                  ? h('div', { class: 'muted small', 'data-testid': 'unhealthy-endpoints' }, `unhealthy endpoints (no traffic): ${z.unhealthyEndpoints.join(', ')}`)
+                  : null,
+              ),
               h('td', {}, badge(zoneHealthOf(z.health))),
               evidenceCell(z),
               h('td', {}, sparkline(history.get(`${name}\u0000${z.name}`) ?? [], zoneTransitions(state.events, z.name), z.health, policy.spec.failover?.failureRatePercent ?? 5)),
@@ -237,7 +255,7 @@ export function mount(main, name) {
         : h(
             'table',
             { class: 'grid' },
-            h('thead', {}, h('tr', {}, ['Route', 'Match', 'Canary version', 'Weight', ''].map((t) => h('th', {}, t)))),
+            h('thead', {}, h('tr', {}, ['Route', 'Match', 'Canary version', 'Weight', 'Timeout / retries', ''].map((t) => h('th', {}, t)))),
             h(
               'tbody',
               {},
@@ -249,6 +267,13 @@ export function mount(main, name) {
                   h('td', { class: 'mono small' }, r.match?.pathPrefix ?? '/', (r.match?.headers ?? []).map((m) => ` ${m.name}=${m.exact}`).join('')),
                   h('td', {}, r.canary ? r.canary.version : h('span', { class: 'muted' }, 'none')),
                   h('td', { class: 'num' }, r.canary ? `${r.canary.weight}%` : '–'),
+                  h(
+                    'td',
+                    { class: 'small' },
+                    r.timeoutMs === undefined ? 'default' : r.timeoutMs === 0 ? 'no limit' : `${r.timeoutMs} ms`,
+                    ' / ',
+                    r.retries ? `${r.retries.attempts} on ${r.retries.retryOn.join(', ')}` : 'none',
+                  ),
                   h('td', {}, r.canary ? h('button', { type: 'button', class: 'btn', 'data-key': `canary-${r.name}`, onclick: () => changeCanary(i) }, 'Change weight…') : null),
                 ),
               ),

@@ -410,6 +410,31 @@ impl Core {
         }
     }
 
+    pub(crate) fn rejected_routes(&self) -> Vec<RejectedRoute> {
+        let Some(st) = self.state(ResourceType::RouteConfiguration) else {
+            return Vec::new();
+        };
+        let Some(sent) = &st.sent else {
+            return Vec::new();
+        };
+        sent.set
+            .iter()
+            .filter(|e| st.sub.covers(e))
+            .filter_map(|e| {
+                let accepted = self
+                    .acked_routes
+                    .as_ref()
+                    .and_then(|a| a.get(&e.name))
+                    .cloned();
+                let changed = accepted.as_ref().is_none_or(|a| a.version != e.version);
+                changed.then(|| RejectedRoute {
+                    rejected: e.clone(),
+                    accepted,
+                })
+            })
+            .collect()
+    }
+
     /// Whether a route the client may still be using references `cluster`.
     fn referenced(&self, cluster: &str) -> bool {
         let Some(rds) = self.state(ResourceType::RouteConfiguration) else {
@@ -778,6 +803,18 @@ pub trait StreamState {
     fn reports(&self) -> Vec<TypeReport>;
     /// Every resource the client holds or was last sent.
     fn known_resources(&mut self) -> Vec<KnownResource>;
+    /// After a NACK of route configurations: each route of the rejected
+    /// response that differs from what the client last ACKed.
+    fn rejected_routes(&self) -> Vec<RejectedRoute>;
+}
+
+/// A route configuration a client rejected, with the form of it the client
+/// last accepted (`None`: it never accepted one): what changed between
+/// them is what the client refused.
+#[derive(Clone, Debug)]
+pub struct RejectedRoute {
+    pub rejected: Arc<Entry>,
+    pub accepted: Option<Arc<Entry>>,
 }
 
 #[cfg(test)]

@@ -246,4 +246,7 @@ impl StreamState for SotwStream {
     fn known_resources(&mut self) -> Vec<KnownResource> {
         self.core.known_resources()
     }
+    fn rejected_routes(&self) -> Vec<super::RejectedRoute> {
+        self.core.rejected_routes()
+    }
 }

@@ -414,7 +414,6 @@ fn content(r: &Resources) -> Vec<(ResourceType, String, String)> {
 
 #[test]
 fn incremental_updates_equal_a_full_translation() {
-    use crate::assemble::Translator;
     let mut ns = policy("n", 8080, None, false);
     ns.metadata
         .labels
@@ -457,7 +456,7 @@ fn incremental_updates_equal_a_full_translation() {
         (vec![base[0].clone()], Weights::new(), vec!["n"]),
         (vec![], Weights::new(), vec!["a"]),
     ];
-    let mut t = Translator::new(Mesh::default());
+    let mut t = crate::Translator::new(Mesh::default());
     t.rebuild(&base, &Weights::new());
     t.output();
     for (policies, w, changed) in steps {
@@ -482,11 +481,10 @@ fn incremental_updates_equal_a_full_translation() {
 
 #[test]
 fn a_weight_change_touches_only_that_assignment() {
-    use crate::assemble::Translator;
     let policies: Vec<Policy> = (0..20)
         .map(|i| policy(&format!("p{i:02}"), 8080 + (i % 3), None, false))
         .collect();
-    let mut t = Translator::new(Mesh::default());
+    let mut t = crate::Translator::new(Mesh::default());
     t.rebuild(&policies, &Weights::new());
     let (before, _) = t.output();
     let by_name: BTreeMap<String, Policy> = policies
@@ -509,4 +507,233 @@ fn a_weight_change_touches_only_that_assignment() {
         .map(|(_, n, _)| n)
         .collect();
     assert_eq!(changed, ["p07"]);
+}
+
+/// A policy with every resilience field set.
+fn resilient(name: &str) -> Policy {
+    let mut p = policy(name, 8080, Some(("v2", 10)), false);
+    let v: serde_json::Value = json!({
+        "outlierDetection": {"consecutive5xx": 3, "consecutiveGatewayErrors": 2, "intervalMs": 1500,
+            "baseEjectionTimeMs": 2500, "maxEjectionPercent": 50,
+            "successRate": {"minimumHosts": 2, "requestVolume": 20, "stdevFactor": 1.25}},
+        "circuitBreakers": {"maxConnections": 7, "maxPendingRequests": 8, "maxRequests": 9,
+            "retryBudget": {"budgetPercent": 30, "minRetryConcurrency": 4}},
+    });
+    p.spec.outlier_detection = serde_json::from_value(v["outlierDetection"].clone()).unwrap();
+    p.spec.circuit_breakers = serde_json::from_value(v["circuitBreakers"].clone()).unwrap();
+    p.spec.routes[0].timeout_ms = Some(1500);
+    p.spec.routes[0].retries = serde_json::from_value(json!({"attempts": 3, "perTryTimeoutMs": 400,
+        "retryOn": ["5xx", "unavailable", "retriable-status-codes"], "retriableStatusCodes": [409, 503]}))
+    .unwrap();
+    p.spec.routes[1].timeout_ms = Some(0);
+    p
+}
+
+fn action(route: &Route) -> &RouteAction {
+    match &route.action {
+        Some(route::Action::Route(a)) => a,
+        other => panic!("not a route action: {other:?}"),
+    }
+}
+
+#[test]
+fn without_resilience_fields_nothing_changes() {
+    let r = translate(&[policy("a", 80, Some(("v2", 10)), false)], &Weights::new());
+    for cluster in ["a", "a@v2"] {
+        let c: Cluster = decode(&r, ResourceType::Cluster, cluster);
+        assert_eq!(c.outlier_detection, None);
+        assert_eq!(c.circuit_breakers, None);
+    }
+    for rc in ["egress_80", "grpc_a"] {
+        for route in route_of(&r, rc) {
+            let a = action(&route);
+            assert_eq!(a.timeout, None, "{rc}");
+            assert_eq!(a.max_stream_duration, None, "{rc}");
+            assert_eq!(a.retry_policy, None, "{rc}");
+        }
+    }
+}
+
+#[test]
+fn resilience_fields_reach_every_cluster_and_route() {
+    let r = translate(&[resilient("a")], &Weights::new());
+    let d = |s: i64, ms: i32| {
+        Some(Duration {
+            seconds: s,
+            nanos: ms * 1_000_000,
+        })
+    };
+    for cluster in ["a", "a@v2"] {
+        let c: Cluster = decode(&r, ResourceType::Cluster, cluster);
+        let od = c.outlier_detection.expect("outlier detection");
+        let v = |x: Option<UInt32Value>| x.map(|x| x.value);
+        assert_eq!(v(od.consecutive_5xx), Some(3));
+        assert_eq!(v(od.enforcing_consecutive_5xx), Some(100));
+        assert_eq!(v(od.consecutive_gateway_failure), Some(2));
+        assert_eq!(v(od.enforcing_consecutive_gateway_failure), Some(100));
+        assert_eq!(od.interval, d(1, 500));
+        assert_eq!(od.base_ejection_time, d(2, 500));
+        assert_eq!(v(od.max_ejection_percent), Some(50));
+        assert_eq!(v(od.enforcing_success_rate), Some(100));
+        assert_eq!(v(od.success_rate_minimum_hosts), Some(2));
+        assert_eq!(v(od.success_rate_request_volume), Some(20));
+        assert_eq!(v(od.success_rate_stdev_factor), Some(1250));
+        let t = &c.circuit_breakers.expect("circuit breakers").thresholds[0];
+        assert_eq!(t.priority, 0, "DEFAULT priority");
+        assert_eq!(v(t.max_connections), Some(7));
+        assert_eq!(v(t.max_pending_requests), Some(8));
+        assert_eq!(v(t.max_requests), Some(9));
+        assert_eq!(v(t.max_retries), None);
+        let b = t.retry_budget.as_ref().unwrap();
+        assert_eq!(b.budget_percent.as_ref().map(|p| p.value), Some(30.0));
+        assert_eq!(v(b.min_retry_concurrency), Some(4));
+    }
+    // (route config, route index, timeout, max stream duration)
+    type Case = (&'static str, usize, Option<Duration>, Option<Duration>);
+    let cases: [Case; 6] = [
+        ("egress_8080", 0, d(1, 500), None),
+        ("egress_8080", 1, d(0, 0), None),
+        ("egress_8080", 2, None, None),
+        // Proxyless gRPC: the deadline as max stream duration; 0 is no limit.
+        ("grpc_a", 0, None, d(1, 500)),
+        ("grpc_a", 1, None, None),
+        ("grpc_a", 2, None, None),
+    ];
+    for (rc, i, timeout, msd) in cases {
+        let routes = route_of(&r, rc);
+        let a = action(&routes[i]);
+        assert_eq!(a.timeout, timeout, "{rc}[{i}]");
+        assert_eq!(
+            a.max_stream_duration
+                .as_ref()
+                .and_then(|m| m.max_stream_duration),
+            msd,
+            "{rc}[{i}]"
+        );
+        let retry = a.retry_policy.as_ref();
+        if i == 0 {
+            let retry = retry.expect("retry policy");
+            assert_eq!(retry.retry_on, "5xx,unavailable,retriable-status-codes");
+            assert_eq!(retry.num_retries.map(|n| n.value), Some(3));
+            assert_eq!(retry.per_try_timeout, d(0, 400));
+            assert_eq!(retry.retriable_status_codes, [409, 503]);
+        } else {
+            assert_eq!(retry, None, "{rc}[{i}]");
+        }
+    }
+}
+
+#[test]
+fn outlier_detection_turns_off_what_is_not_asked_for() {
+    let od = meridian_policy::OutlierDetection {
+        consecutive_5xx: 0,
+        consecutive_gateway_errors: 4,
+        ..Default::default()
+    };
+    let got = outlier_detection(&od);
+    assert_eq!(got.consecutive_5xx, None);
+    assert_eq!(got.enforcing_consecutive_5xx.map(|x| x.value), Some(0));
+    assert_eq!(
+        got.enforcing_consecutive_gateway_failure.map(|x| x.value),
+        Some(100)
+    );
+    // Envoy enforces success-rate ejection by default: off unless asked for.
+    assert_eq!(got.enforcing_success_rate.map(|x| x.value), Some(0));
+    assert_eq!(got.success_rate_stdev_factor, None);
+}
+
+#[test]
+fn endpoints_the_leader_marked_are_served_unhealthy() {
+    use xds_api::pb::envoy::config::core::v3::HealthStatus;
+    use xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    let p = policy("a", 80, None, false);
+    let mut t = crate::Translator::new(Mesh::default());
+    let marked: EndpointHealth = [(
+        "a".to_owned(),
+        [("z1".to_owned(), ["10.0.0.2:80".to_owned()].into())].into(),
+    )]
+    .into();
+    t.set_endpoint_health(marked);
+    t.rebuild([&p], &Weights::new());
+    let r = t.output().0;
+    let cla: ClusterLoadAssignment = decode(&r, ResourceType::ClusterLoadAssignment, "a");
+    let health: Vec<(String, i32)> = cla
+        .endpoints
+        .iter()
+        .flat_map(|l| &l.lb_endpoints)
+        .map(|e| {
+            let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
+                panic!()
+            };
+            let Some(address::Address::SocketAddress(sa)) =
+                ep.address.as_ref().and_then(|a| a.address.clone())
+            else {
+                panic!()
+            };
+            (sa.address, e.health_status)
+        })
+        .collect();
+    assert_eq!(
+        health,
+        [
+            ("10.0.0.1".to_owned(), HealthStatus::Unknown as i32),
+            ("10.0.0.2".to_owned(), HealthStatus::Unhealthy as i32),
+            ("svc.internal".to_owned(), HealthStatus::Unknown as i32),
+        ]
+    );
+    // The mark goes once the leader lifts it and the policy is updated.
+    t.set_endpoint_health(EndpointHealth::new());
+    t.update(["a"], |_| Some(&p), &Weights::new());
+    let r = t.output().0;
+    let cla: ClusterLoadAssignment = decode(&r, ResourceType::ClusterLoadAssignment, "a");
+    assert!(cla
+        .endpoints
+        .iter()
+        .flat_map(|l| &l.lb_endpoints)
+        .all(|e| e.health_status == HealthStatus::Unknown as i32));
+}
+
+#[test]
+fn an_excluded_policy_leaves_its_egress_route_and_nothing_else() {
+    let (a, b) = (policy("a", 80, None, false), policy("b", 80, None, false));
+    let mut t = crate::Translator::new(Mesh::default());
+    t.rebuild([&a, &b], &Weights::new());
+    let before = t.output().0;
+    t.set_excluded(["b".to_owned()].into());
+    t.update(
+        ["b"],
+        |n| [&a, &b].into_iter().find(|p| p.metadata.name == n),
+        &Weights::new(),
+    );
+    let after = t.output().0;
+    let rc: RouteConfiguration = decode(&after, ResourceType::RouteConfiguration, "egress_80");
+    let names: Vec<_> = rc.virtual_hosts.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["a"]);
+    // Its clusters, endpoints and proxyless route stay.
+    for ty in [ResourceType::Cluster, ResourceType::ClusterLoadAssignment] {
+        assert_eq!(names_of(&before, ty), names_of(&after, ty));
+    }
+    assert!(after
+        .get(ResourceType::RouteConfiguration, "grpc_b")
+        .is_some());
+    // Back in once no longer excluded.
+    t.set_excluded(Default::default());
+    t.update(
+        ["b"],
+        |n| [&a, &b].into_iter().find(|p| p.metadata.name == n),
+        &Weights::new(),
+    );
+    let again = t.output().0;
+    assert_eq!(
+        again
+            .get(ResourceType::RouteConfiguration, "egress_80")
+            .map(|e| e.version.clone()),
+        before
+            .get(ResourceType::RouteConfiguration, "egress_80")
+            .map(|e| e.version.clone())
+    );
+}
+
+fn names_of(r: &Resources, ty: ResourceType) -> Vec<String> {
+    names(r, ty)
 }
