@@ -4,8 +4,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use meridian_failover::wilson;
 use meridian_policy::RolloutAnalysis;
 use serde::{Deserialize, Serialize};
+
+/// Standard deviations of confidence for a failure acted on before its
+/// interval ends (99.95% one-sided). The window is judged again at every
+/// leader tick, some 60 times a minute, and each look is a chance for
+/// noise to pass for a failure: point estimates are acted on only once, at
+/// the interval's end, and earlier only a failure this certain (a canary
+/// failing far over its limits, on enough requests) rolls back at once.
+pub const DECISIVE_Z: f64 = 3.29;
 
 /// Requests and failures of one version in one zone over a window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +95,9 @@ pub struct Comparison {
     pub against: Counts,
     pub baseline_failure_rate_percent: Option<f64>,
     pub verdict: Verdict,
+    /// Failing beyond doubt: even at [`DECISIVE_Z`] confidence bounds,
+    /// not only by the point estimates.
+    pub decisive: bool,
 }
 
 /// One Prometheus check.
@@ -113,6 +125,10 @@ pub struct Analysis {
     pub all: Comparison,
     pub prometheus: BTreeMap<String, QueryResult>,
     pub verdict: Verdict,
+    /// A failure beyond doubt in some zone or overall, to act on at once
+    /// rather than at the end of the interval. Prometheus values are
+    /// never decisive: a query's own range is its interval.
+    pub decisive: bool,
     /// Why it failed, or what it lacks; empty when it passes.
     pub reasons: Vec<String>,
 }
@@ -241,9 +257,11 @@ pub fn analyse(
     } else {
         (Verdict::Inconclusive, gaps)
     };
+    let decisive = verdict == Verdict::Fail && (all.decisive || zones.values().any(|c| c.decisive));
     Analysis {
         from_ms: window.0,
         to_ms: window.1,
+        decisive,
         zones,
         all,
         prometheus: checks,
@@ -277,6 +295,17 @@ fn compare(
         }
         _ => Verdict::Inconclusive,
     };
+    let decisive = verdict == Verdict::Fail && {
+        let pct = |(lo, hi): (f64, f64)| (lo * 100.0, hi * 100.0);
+        let (canary_lo, _) = pct(wilson(canary.failures, canary.requests, DECISIVE_Z));
+        let base_hi = (baseline != Baseline::None)
+            .then(|| pct(wilson(against.failures, against.requests, DECISIVE_Z)).1);
+        // Waived as for the point estimate, where the stable version may
+        // be over the limit too.
+        let zone_broken = base_hi.is_some_and(|b| b > spec.max_failure_rate_percent);
+        (canary_lo > spec.max_failure_rate_percent && !zone_broken)
+            || base_hi.is_some_and(|b| canary_lo - b > spec.max_failure_rate_increase_percent)
+    };
     Comparison {
         canary,
         stable,
@@ -286,6 +315,7 @@ fn compare(
         against,
         baseline_failure_rate_percent: base_rate,
         verdict,
+        decisive,
     }
 }
 

@@ -14,16 +14,18 @@
 //!   inconclusive, with the numbers.
 //! - [`status`]: where a rollout is.
 //! - [`step`](mod@step): one move, and which operator actions apply.
-//! - [`event`]: the timeline events it emits.
+//!
+//! Its events are the failover leader's [`Event`]s (re-exported here), so
+//! the leader stores both kinds alike; its confidence bounds are failover's
+//! [`wilson`](meridian_failover::wilson).
 
 pub mod analysis;
-pub mod event;
 pub mod plan;
 pub mod status;
 pub mod step;
 
 pub use analysis::{analyse, Analysis, Counts, PrometheusResults, Traffic, Verdict};
-pub use event::{Event, Severity};
+pub use meridian_failover::step::{Event, Severity};
 pub use plan::{targets, Plan, Position, Target};
 pub use status::{Phase, Status};
 pub use step::{check, step, Action, Command, Effect, Input, Output};

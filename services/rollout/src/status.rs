@@ -93,6 +93,12 @@ impl Status {
         self.step_index = at.step;
     }
 
+    /// Whether the current interval is over: the analysis is acted on
+    /// (the leader queries Prometheus only then).
+    pub fn interval_over(&self, step_interval_ms: u32, now_ms: i64) -> bool {
+        now_ms.saturating_sub(self.step_started_ms) >= i64::from(step_interval_ms)
+    }
+
     /// The window whose traffic the next step needs, `(from_ms, to_ms)`:
     /// since the current step (or interval) began, at most one interval
     /// back (a paused rollout keeps judging the last interval). The leader

@@ -15,8 +15,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use meridian_failover::step::{fmt_weights, Event, Severity};
+
 use crate::analysis::{analyse, Analysis, Comparison, PrometheusResults, Traffic, Verdict};
-use crate::event::{event, fmt_weights, Event, Severity};
 use crate::plan::{Plan, Target};
 use crate::status::{Phase, Status};
 
@@ -127,7 +128,6 @@ pub fn step(input: &Input) -> Output {
     let t = &input.target;
     let now = input.now_ms;
     let plan = Plan::of(t);
-    let interval = i64::from(t.rollout.step_interval_ms);
     let unavailable: BTreeSet<String> = input
         .unavailable
         .iter()
@@ -199,7 +199,7 @@ pub fn step(input: &Input) -> Output {
         let canary_zones: BTreeSet<String> = stored
             .weights
             .iter()
-            .filter(|(z, w)| **w > 0 && !unavailable.contains(*z))
+            .filter(|(z, w)| **w > 0 && !unavailable.contains(*z) && t.zones.contains(z))
             .map(|(z, _)| z.clone())
             .collect();
         let available: BTreeSet<String> = t
@@ -216,14 +216,16 @@ pub fn step(input: &Input) -> Output {
             input.prometheus.as_ref(),
             stored.window(t.rollout.step_interval_ms, now),
         );
-        let elapsed = now.saturating_sub(s.step_started_ms) >= interval;
+        // Point estimates are acted on at the end of an interval; a
+        // failure beyond doubt at once, even when paused.
+        let act = s.phase == Phase::Progressing && s.interval_over(t.rollout.step_interval_ms, now);
         match a.verdict {
-            Verdict::Fail => fail(&mut s, t, a.clone(), &serve, &mut events),
-            _ if s.phase != Phase::Progressing || !elapsed => {}
-            Verdict::Pass => advance(&mut s, t, &plan, a.clone(), now, &serve, &mut events),
-            Verdict::Inconclusive => {
+            Verdict::Fail if act || a.decisive => fail(&mut s, t, a.clone(), &serve, &mut events),
+            Verdict::Pass if act => advance(&mut s, t, &plan, a.clone(), now, &serve, &mut events),
+            Verdict::Inconclusive if act => {
                 inconclusive(&mut s, t, a.clone(), &unavailable, now, &serve, &mut events)
             }
+            _ => {}
         }
         measured = Some(a);
     }
@@ -231,16 +233,22 @@ pub fn step(input: &Input) -> Output {
     let weights = serve(&s);
     let moved = stored.is_none() || (s.phase, s.position()) != before;
     if !moved && weights != s.weights {
-        let back: Vec<&str> = s
-            .weights
-            .iter()
-            .filter(|(z, w)| weights.get(*z) > Some(*w))
-            .map(|(z, _)| z.as_str())
-            .collect();
-        let why = if back.is_empty() {
-            format!("failed over or drained: {}", join(&unavailable))
-        } else {
-            format!("back from failover or drain: {}", back.join(", "))
+        let zones_where = |f: &dyn Fn(u32, u32) -> bool| {
+            let changed: Vec<&str> = weights
+                .iter()
+                .filter(|(z, new)| f(s.weights.get(*z).copied().unwrap_or(0), **new))
+                .map(|(z, _)| z.as_str())
+                .collect();
+            changed.join(", ")
+        };
+        let out = zones_where(&|old, new| new < old);
+        let back = zones_where(&|old, new| new > old);
+        let why = match (out.is_empty(), back.is_empty()) {
+            (false, true) => format!("failed over or drained: {out}"),
+            (true, false) => format!("back from failover or drain: {back}"),
+            (false, false) => format!("failed over or drained: {out}; back: {back}"),
+            // The same numbers, different zones: the policy's zones changed.
+            (true, true) => "the policy's zones changed".to_owned(),
         };
         events.push(event(
             "rollout-weights",
@@ -578,6 +586,19 @@ fn inconclusive(
     s.last_analysis = Some(a);
 }
 
+/// Kinds: `rollout-started`, `rollout-step`, `rollout-inconclusive`,
+/// `rollout-paused`, `rollout-resumed`, `rollout-failed`,
+/// `rollout-completed`, `rollout-promoted`, `rollout-aborted`,
+/// `rollout-replanned`, `rollout-weights`, `rollout-action-refused`.
+fn event(kind: &str, severity: Severity, message: String, details: Value) -> Event {
+    Event {
+        kind: kind.to_owned(),
+        severity,
+        message,
+        details,
+    }
+}
+
 /// A passing comparison in a few words.
 fn summary(c: &Comparison) -> String {
     let pct = |r: Option<f64>| r.map_or("-".to_owned(), |r| format!("{r:.2}%"));
@@ -612,3 +633,6 @@ fn details(s: &Status, weights: &BTreeMap<String, u32>, extra: Value) -> Value {
     }
     d
 }
+
+#[cfg(test)]
+mod tests;
