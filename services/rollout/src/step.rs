@@ -110,9 +110,13 @@ pub struct Output {
     pub events: Vec<Event>,
     /// The canary's weight per zone, to serve: `status.weights`.
     pub weights: BTreeMap<String, u32>,
-    /// The rollout has completed: the leader writes the revision that makes
-    /// the canary's version the route's stable one (`source = rollout`).
-    /// True at every step until that revision removes the rollout.
+    /// This step completed the rollout (its last step passed, or it was
+    /// promoted): the leader writes, in the same transaction as the status,
+    /// the revision that makes the canary's version the route's stable one
+    /// (`source = rollout`). True on that one step only, so a spec synced
+    /// back from GitOps later never makes the leader write it again; if the
+    /// transaction fails, the status is not stored either and the next step
+    /// completes again.
     pub complete: bool,
     /// Whether `status` differs from the stored one: the leader writes
     /// only then.
@@ -266,7 +270,7 @@ pub fn step(input: &Input) -> Output {
     s.weights = weights.clone();
     Output {
         changed: input.status.as_ref() != Some(&s),
-        complete: s.phase == Phase::Completed,
+        complete: s.phase == Phase::Completed && stored.map(|p| p.phase) != Some(Phase::Completed),
         status: s,
         events,
         weights,

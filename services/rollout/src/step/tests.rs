@@ -201,9 +201,10 @@ fn a_healthy_canary_goes_through_both_zones_in_order_and_completes() {
     assert_eq!(s.phase, Phase::Completed);
     assert_eq!(s.reason, None);
     assert_eq!(s.last_analysis.as_ref().unwrap().verdict, Verdict::Pass);
-    // Completed stays completed, and keeps asking for the revision.
+    // Completed stays completed; the revision is asked for once.
     let out = leader.tick_with(now + MIN, 4000, 0);
-    assert!(out.complete && !out.changed && out.events.is_empty());
+    assert!(!out.complete && !out.changed && out.events.is_empty());
+    assert_eq!(out.weights["a"], 100);
 }
 
 #[test]
@@ -798,7 +799,11 @@ fn operator_actions() {
         let mut want = w(want);
         want.insert("c".into(), 0);
         assert_eq!(out.weights, want, "{what}");
-        assert_eq!(out.complete, *phase == Phase::Completed, "{what}");
+        assert_eq!(
+            out.complete,
+            *phase == Phase::Completed && *effect == Ok(Effect::Changes),
+            "{what}: the revision is due once"
+        );
         if effect != &Ok(Effect::Changes) {
             assert_eq!(out.status, stored, "{what}: nothing changes");
         }
@@ -944,4 +949,27 @@ fn the_status_is_stored_as_camel_case_json_and_read_back() {
     let mut newer = json;
     newer["somethingNew"] = json!(1);
     assert_eq!(serde_json::from_value::<Status>(newer).unwrap(), s);
+}
+
+/// The revision is due on the completing step only; a leader that dies
+/// before storing that step leaves it due for its successor.
+#[test]
+fn the_revision_is_due_once_and_never_lost() {
+    let mut leader = Leader::new(target(None));
+    leader.tick_with(T0, 0, 0);
+    for i in 1..=3 {
+        assert!(!leader.tick_with(T0 + i * MIN, 4000, 0).complete);
+    }
+    let before_last = leader.status().clone();
+    let done = leader.tick_with(T0 + 4 * MIN, 4000, 0);
+    assert!(done.complete && done.changed);
+    assert_eq!(kinds(&done), ["rollout-completed"]);
+    // Not stored (the transaction with the revision failed): due again.
+    let mut successor = Leader::new(target(None));
+    successor.input.status = Some(before_last);
+    let again = successor.tick_with(T0 + 4 * MIN + 2000, 4000, 0);
+    assert!(again.complete);
+    assert_eq!(again.status.phase, Phase::Completed);
+    // Stored: never again, whatever the spec says meanwhile.
+    assert!(!successor.tick_with(T0 + 9 * MIN, 4000, 0).complete);
 }
