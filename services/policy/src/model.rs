@@ -695,3 +695,55 @@ pub struct Revision {
     pub created_at: DateTime<Utc>,
     pub source: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use utoipa::{PartialSchema, ToSchema};
+
+    /// The rollout is in the schema OpenAPI clients are generated from:
+    /// the API's document collects nested schemas from these derives.
+    #[test]
+    fn the_canary_schema_has_the_rollout() {
+        let canary = serde_json::to_value(super::Canary::schema()).unwrap();
+        let rollout = &canary["properties"]["rollout"];
+        assert!(!rollout.is_null(), "{canary}");
+        assert!(
+            !canary["required"]
+                .as_array()
+                .unwrap()
+                .contains(&"rollout".into()),
+            "optional"
+        );
+        let mut nested = Vec::new();
+        super::Canary::schemas(&mut nested);
+        let names: Vec<&str> = nested.iter().map(|(n, _)| n.as_str()).collect();
+        for want in [
+            "Rollout",
+            "RolloutAnalysis",
+            "PrometheusAnalysis",
+            "PrometheusQuery",
+        ] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        let analysis = serde_json::to_value(super::RolloutAnalysis::schema()).unwrap();
+        for field in [
+            "maxFailureRatePercent",
+            "maxFailureRateIncreasePercent",
+            "minRequests",
+            "inconclusiveLimit",
+            "prometheus",
+        ] {
+            assert!(
+                !analysis["properties"][field].is_null(),
+                "{field}: {analysis}"
+            );
+        }
+        let rollout = serde_json::to_value(super::Rollout::schema()).unwrap();
+        for field in ["steps", "stepIntervalMs", "analysis", "zoneOrder"] {
+            assert!(
+                !rollout["properties"][field].is_null(),
+                "{field}: {rollout}"
+            );
+        }
+    }
+}
