@@ -1,7 +1,7 @@
 //! Progressive delivery of a canary across zones and clouds (issue 18), as
 //! pure functions; docs/rollouts.md has the design.
 //!
-//! The failover leader runs one [`step`] per route with a rollout at each
+//! The failover leader runs one [`step()`] per route with a rollout at each
 //! tick, under its lease: it reads the stored [`Status`], the load reports
 //! of the status's [`Status::window`] (canary and stable, per zone), the
 //! Prometheus answers, the zones failed over or drained and a queued
