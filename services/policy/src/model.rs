@@ -439,20 +439,112 @@ pub struct HeaderMatch {
     pub exact: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+// Not `Eq`: a rollout's thresholds are fractional percentages.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Canary {
     /// Endpoint version that receives the canary share.
     pub version: String,
-    /// Percent of the route's matching requests sent to the canary.
+    /// Percent of the route's matching requests sent to the canary. Must
+    /// be 0 under a `rollout`, which sets the canary's weight itself.
     pub weight: u32,
     /// Set to `true` on every request sent to the canary, and on no other.
     #[serde(default = "default_canary_header")]
     pub header: String,
+    /// Progressive delivery: the failover leader steps the canary's weight
+    /// up on its measured failure rate and rolls it back on its own.
+    /// Unset: the weight is set by hand (as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
 }
 
 fn default_canary_header() -> String {
     DEFAULT_CANARY_HEADER.to_owned()
+}
+
+/// Where a rollout goes: the canary's version through `steps`, one step
+/// per `stepIntervalMs` if its analysis passes. Where it is lives in the
+/// rollout's status, never here, so a GitOps sync cannot move it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Rollout {
+    /// Canary weights in percent, strictly increasing, ending at 100
+    /// (default 5, 25, 50, 100).
+    pub steps: Vec<u32>,
+    /// Time at each step, in milliseconds (default 60000): one analysis
+    /// interval.
+    pub step_interval_ms: u32,
+    pub analysis: RolloutAnalysis,
+    /// Zones one after the other: the canary goes through every step in
+    /// the first before the next starts. Unset: every zone moves together.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone_order: Option<Vec<String>>,
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Rollout {
+            steps: vec![5, 25, 50, 100],
+            step_interval_ms: 60_000,
+            analysis: RolloutAnalysis::default(),
+            zone_order: None,
+        }
+    }
+}
+
+/// When a rollout's step passes: the canary's failure rate, measured from
+/// the data planes' load reports per zone, against limits and against the
+/// stable version's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct RolloutAnalysis {
+    /// Highest failure rate of the canary, in percent (default 5).
+    pub max_failure_rate_percent: f64,
+    /// Most the canary's failure rate may exceed the stable version's, in
+    /// percentage points (default 1).
+    pub max_failure_rate_increase_percent: f64,
+    /// Canary requests needed before any verdict (default 100).
+    pub min_requests: u32,
+    /// Intervals in a row without enough traffic before the rollout
+    /// pauses (default 3).
+    pub inconclusive_limit: u32,
+    /// PromQL queries that must also stay under their thresholds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusAnalysis>,
+}
+
+impl Default for RolloutAnalysis {
+    fn default() -> Self {
+        RolloutAnalysis {
+            max_failure_rate_percent: 5.0,
+            max_failure_rate_increase_percent: 1.0,
+            min_requests: 100,
+            inconclusive_limit: 3,
+            prometheus: None,
+        }
+    }
+}
+
+/// PromQL checks of a rollout, as Flagger's metric templates.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrometheusAnalysis {
+    /// Base URL of the Prometheus HTTP API, such as `http://prometheus:9090`.
+    #[schema(example = "http://prometheus:9090")]
+    pub url: String,
+    pub queries: Vec<PrometheusQuery>,
+}
+
+/// One PromQL query; its result must be at most `max`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrometheusQuery {
+    /// Unique within the rollout; names the value in status and events.
+    #[schema(example = "p99-latency-ms")]
+    pub name: String,
+    /// An instant query returning one number.
+    pub query: String,
+    pub max: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -602,4 +694,56 @@ pub struct Revision {
     pub spec: Spec,
     pub created_at: DateTime<Utc>,
     pub source: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use utoipa::{PartialSchema, ToSchema};
+
+    /// The rollout is in the schema OpenAPI clients are generated from:
+    /// the API's document collects nested schemas from these derives.
+    #[test]
+    fn the_canary_schema_has_the_rollout() {
+        let canary = serde_json::to_value(super::Canary::schema()).unwrap();
+        let rollout = &canary["properties"]["rollout"];
+        assert!(!rollout.is_null(), "{canary}");
+        assert!(
+            !canary["required"]
+                .as_array()
+                .unwrap()
+                .contains(&"rollout".into()),
+            "optional"
+        );
+        let mut nested = Vec::new();
+        super::Canary::schemas(&mut nested);
+        let names: Vec<&str> = nested.iter().map(|(n, _)| n.as_str()).collect();
+        for want in [
+            "Rollout",
+            "RolloutAnalysis",
+            "PrometheusAnalysis",
+            "PrometheusQuery",
+        ] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        let analysis = serde_json::to_value(super::RolloutAnalysis::schema()).unwrap();
+        for field in [
+            "maxFailureRatePercent",
+            "maxFailureRateIncreasePercent",
+            "minRequests",
+            "inconclusiveLimit",
+            "prometheus",
+        ] {
+            assert!(
+                !analysis["properties"][field].is_null(),
+                "{field}: {analysis}"
+            );
+        }
+        let rollout = serde_json::to_value(super::Rollout::schema()).unwrap();
+        for field in ["steps", "stepIntervalMs", "analysis", "zoneOrder"] {
+            assert!(
+                !rollout["properties"][field].is_null(),
+                "{field}: {rollout}"
+            );
+        }
+    }
 }

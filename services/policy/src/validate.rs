@@ -186,6 +186,11 @@ pub fn validate(policy: &Policy) -> Result<(), Vec<FieldError>> {
 
     for (i, route) in spec.routes.iter().enumerate() {
         route_resilience(&mut v, &format!("spec.routes[{i}]"), route);
+        if let Some(canary) = &route.canary {
+            if let Some(r) = &canary.rollout {
+                rollout(&mut v, &format!("spec.routes[{i}].canary"), spec, canary, r);
+            }
+        }
     }
     if let Some(od) = &spec.outlier_detection {
         outlier_detection(&mut v, od);
@@ -330,6 +335,199 @@ fn route_resilience(v: &mut Violations, at: &str, route: &crate::Route) {
                 format!("duplicate status {code}"),
             );
         }
+    }
+}
+
+/// Shortest and longest step of a rollout: load reports arrive every
+/// second, and a step longer than a day is a hand-set weight.
+pub const MIN_STEP_INTERVAL_MS: u32 = 1_000;
+pub const MAX_STEP_INTERVAL_MS: u32 = 86_400_000;
+/// Most intervals a rollout may wait for traffic before it pauses.
+pub const MAX_INCONCLUSIVE_LIMIT: u32 = 1_000;
+/// Most PromQL queries of one rollout: each runs at every analysis.
+pub const MAX_PROMETHEUS_QUERIES: usize = 20;
+/// Longest PromQL query, in bytes.
+pub const MAX_QUERY_LEN: usize = 4_096;
+
+fn rollout(
+    v: &mut Violations,
+    at: &str,
+    spec: &crate::Spec,
+    canary: &crate::Canary,
+    r: &crate::Rollout,
+) {
+    if canary.weight != 0 {
+        v.push(
+            format!("{at}.weight"),
+            format!(
+                "must be 0 under a rollout, which sets the canary's weight itself; is {}",
+                canary.weight
+            ),
+        );
+    }
+    let at = format!("{at}.rollout");
+    if r.steps.last() != Some(&100) {
+        v.push(
+            format!("{at}.steps"),
+            "must be a list of percentages ending at 100",
+        );
+    }
+    for (j, &step) in r.steps.iter().enumerate() {
+        if !(1..=100).contains(&step) {
+            v.push(
+                format!("{at}.steps[{j}]"),
+                format!("must be 1 to 100, is {step}"),
+            );
+        } else if j > 0 && (1..=100).contains(&r.steps[j - 1]) && step <= r.steps[j - 1] {
+            // Compared with an in-range predecessor only: after a step
+            // out of range, that step is the one to fix.
+            v.push(
+                format!("{at}.steps[{j}]"),
+                format!(
+                    "steps must increase strictly: {step} follows {}",
+                    r.steps[j - 1]
+                ),
+            );
+        }
+    }
+    if !(MIN_STEP_INTERVAL_MS..=MAX_STEP_INTERVAL_MS).contains(&r.step_interval_ms) {
+        v.push(
+            format!("{at}.stepIntervalMs"),
+            format!(
+                "must be {MIN_STEP_INTERVAL_MS} to {MAX_STEP_INTERVAL_MS}, is {}",
+                r.step_interval_ms
+            ),
+        );
+    }
+    let a = &r.analysis;
+    for (field, value) in [
+        ("maxFailureRatePercent", a.max_failure_rate_percent),
+        (
+            "maxFailureRateIncreasePercent",
+            a.max_failure_rate_increase_percent,
+        ),
+    ] {
+        // NaN fails `contains`, so it is refused too.
+        if !(0.0..=100.0).contains(&value) {
+            v.push(format!("{at}.analysis.{field}"), "must be 0 to 100");
+        }
+    }
+    if !(1..=MAX_CIRCUIT_LIMIT).contains(&a.min_requests) {
+        v.push(
+            format!("{at}.analysis.minRequests"),
+            format!("must be 1 to {MAX_CIRCUIT_LIMIT}, is {}", a.min_requests),
+        );
+    }
+    if !(1..=MAX_INCONCLUSIVE_LIMIT).contains(&a.inconclusive_limit) {
+        v.push(
+            format!("{at}.analysis.inconclusiveLimit"),
+            format!(
+                "must be 1 to {MAX_INCONCLUSIVE_LIMIT}, is {}",
+                a.inconclusive_limit
+            ),
+        );
+    }
+    if let Some(prom) = &a.prometheus {
+        let at = format!("{at}.analysis.prometheus");
+        v.check(&format!("{at}.url"), http_url(&prom.url));
+        if prom.queries.is_empty() || prom.queries.len() > MAX_PROMETHEUS_QUERIES {
+            v.push(
+                format!("{at}.queries"),
+                format!(
+                    "must have 1 to {MAX_PROMETHEUS_QUERIES} queries, has {}",
+                    prom.queries.len()
+                ),
+            );
+        }
+        let mut names = HashSet::new();
+        for (j, q) in prom.queries.iter().enumerate() {
+            let at = format!("{at}.queries[{j}]");
+            v.check(&format!("{at}.name"), dns_label(&q.name));
+            if !names.insert(q.name.as_str()) {
+                v.push(
+                    format!("{at}.name"),
+                    format!("duplicate query name {:?}", q.name),
+                );
+            }
+            if q.query.trim().is_empty() || q.query.len() > MAX_QUERY_LEN {
+                v.push(
+                    format!("{at}.query"),
+                    format!("must be a PromQL query of 1 to {MAX_QUERY_LEN} bytes"),
+                );
+            }
+            if !q.max.is_finite() {
+                v.push(format!("{at}.max"), "must be a finite number");
+            }
+        }
+    }
+    if let Some(order) = &r.zone_order {
+        // The order must name exactly the zones that run the canary's
+        // version: a zone left out would go from 0 to 100% of the new
+        // version at once when the rollout completes, and a zone without
+        // the version could never pass a step.
+        let carries =
+            |zone: &crate::Zone| zone.endpoints.iter().any(|e| e.version == canary.version);
+        if order.is_empty() {
+            v.push(
+                format!("{at}.zoneOrder"),
+                "must name at least one zone (leave it out to move every zone together)",
+            );
+        }
+        let mut seen = HashSet::new();
+        for (j, name) in order.iter().enumerate() {
+            let at = format!("{at}.zoneOrder[{j}]");
+            match spec.zones.iter().find(|z| &z.name == name) {
+                None => v.push(at, format!("{name:?} is not a zone of the policy")),
+                Some(_) if !seen.insert(name.as_str()) => {
+                    v.push(at, format!("duplicate zone {name:?}"))
+                }
+                Some(z) if !carries(z) => v.push(
+                    at,
+                    format!(
+                        "zone {name:?} has no endpoint of version {:?}",
+                        canary.version
+                    ),
+                ),
+                Some(_) => {}
+            }
+        }
+        let missing: Vec<&str> = spec
+            .zones
+            .iter()
+            .filter(|z| carries(z) && !order.contains(&z.name))
+            .map(|z| z.name.as_str())
+            .collect();
+        if !order.is_empty() && !missing.is_empty() {
+            v.push(
+                format!("{at}.zoneOrder"),
+                format!(
+                    "must list every zone with endpoints of version {:?}; missing {}",
+                    canary.version,
+                    missing.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+/// An `http://` or `https://` URL with a host and no spaces.
+fn http_url(s: &str) -> Result<(), String> {
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"));
+    let ok = rest.is_some_and(|r| {
+        let host = r.split(['/', '?', '#']).next().unwrap_or("");
+        !host.is_empty() && !host.starts_with(':')
+    }) && s.len() <= 2048
+        && !s
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not an http:// or https:// URL such as http://prometheus:9090"
+        ))
     }
 }
 
@@ -1087,6 +1285,321 @@ spec:
             change(&mut p);
             assert_eq!(fields(&p), *want, "{what}");
         }
+    }
+
+    #[test]
+    fn rollout_defaults_decode_and_pass() {
+        // Without a rollout the canary is a hand-set weight, as before.
+        let p = policy("");
+        assert_eq!(p.spec.routes[0].canary.as_ref().unwrap().rollout, None);
+        let json = serde_json::to_value(&p).unwrap();
+        assert!(json["spec"]["routes"][0]["canary"].get("rollout").is_none());
+
+        let text = r#"{"version": "v2", "weight": 0, "rollout": {}}"#;
+        let c: crate::Canary = serde_json::from_str(text).unwrap();
+        let r = c.rollout.clone().unwrap();
+        assert_eq!(r, crate::Rollout::default());
+        assert_eq!(r.steps, [5, 25, 50, 100]);
+        assert_eq!(r.step_interval_ms, 60_000);
+        assert_eq!(r.analysis.min_requests, 100);
+        assert_eq!(r.analysis.inconclusive_limit, 3);
+        let mut p = policy("");
+        p.spec.routes[0].canary = Some(c);
+        assert_eq!(validate(&p), Ok(()));
+        // camelCase on the wire; unset stays unset.
+        let json = serde_json::to_value(&p).unwrap();
+        let rollout = &json["spec"]["routes"][0]["canary"]["rollout"];
+        assert_eq!(rollout["stepIntervalMs"], 60_000);
+        assert_eq!(rollout["analysis"]["maxFailureRatePercent"], 5.0);
+        assert_eq!(rollout["analysis"]["maxFailureRateIncreasePercent"], 1.0);
+        assert_eq!(rollout["analysis"]["inconclusiveLimit"], 3);
+        assert!(rollout.get("zoneOrder").is_none());
+        assert!(rollout["analysis"].get("prometheus").is_none());
+
+        let full = r#"{"version": "v2", "weight": 0, "rollout": {
+            "steps": [10, 100], "stepIntervalMs": 5000, "zoneOrder": ["us-west-2a"],
+            "analysis": {"maxFailureRatePercent": 0.5, "minRequests": 50,
+                "prometheus": {"url": "http://127.0.0.1:9090", "queries": [
+                    {"name": "p99-ms", "query": "histogram_quantile(0.99, x)", "max": 300}]}}}}"#;
+        let c: crate::Canary = serde_json::from_str(full).unwrap();
+        let r = c.rollout.as_ref().unwrap();
+        assert_eq!(
+            r.zone_order.as_deref(),
+            Some(&["us-west-2a".to_owned()][..])
+        );
+        assert_eq!(r.analysis.max_failure_rate_percent, 0.5);
+        assert_eq!(r.analysis.max_failure_rate_increase_percent, 1.0);
+        assert_eq!(
+            r.analysis.prometheus.as_ref().unwrap().queries[0].max,
+            300.0
+        );
+        p.spec.routes[0].canary = Some(c);
+        assert_eq!(validate(&p), Ok(()));
+
+        // A typo is refused, as everywhere else.
+        let typo = r#"{"version": "v2", "weight": 0, "rollout": {"step": [100]}}"#;
+        assert!(serde_json::from_str::<crate::Canary>(typo).is_err());
+    }
+
+    #[test]
+    fn rollout_rules() {
+        use crate::{PrometheusAnalysis, PrometheusQuery, Rollout, Zone};
+        fn with(p: &mut Policy, change: impl FnOnce(&mut Rollout)) {
+            let c = p.spec.routes[0].canary.as_mut().unwrap();
+            c.weight = 0;
+            let mut r = Rollout::default();
+            change(&mut r);
+            c.rollout = Some(r);
+        }
+        fn query(name: &str, query: &str, max: f64) -> PrometheusQuery {
+            PrometheusQuery {
+                name: name.into(),
+                query: query.into(),
+                max,
+            }
+        }
+        /// A third zone, running v2 too.
+        fn third_zone(p: &mut Policy) {
+            let mut z: Zone = p.spec.zones[1].clone();
+            z.name = "ap-south-1a".into();
+            z.weight = 0;
+            z.endpoints[0].version = "v2".into();
+            z.endpoints.push(crate::Endpoint {
+                address: "10.0.3.9".into(),
+                port: 8080,
+                version: "v1".into(),
+            });
+            p.spec.zones.push(z);
+        }
+        const R: &str = "spec.routes[0].canary.rollout";
+        // (what, change, the fields that must be named)
+        type Case = (&'static str, fn(&mut Policy), &'static [&'static str]);
+        let cases: &[Case] = &[
+            ("defaults", |p| with(p, |_| {}), &[]),
+            (
+                "a hand-set weight under a rollout",
+                |p| {
+                    with(p, |_| {});
+                    p.spec.routes[0].canary.as_mut().unwrap().weight = 10;
+                },
+                &["spec.routes[0].canary.weight"],
+            ),
+            ("one step of 100", |p| with(p, |r| r.steps = vec![100]), &[]),
+            (
+                "no steps",
+                |p| with(p, |r| r.steps = vec![]),
+                &["spec.routes[0].canary.rollout.steps"],
+            ),
+            (
+                "not ending at 100",
+                |p| with(p, |r| r.steps = vec![5, 50]),
+                &["spec.routes[0].canary.rollout.steps"],
+            ),
+            (
+                "a step of 0 and one over 100",
+                |p| with(p, |r| r.steps = vec![0, 50, 101, 100]),
+                &[
+                    "spec.routes[0].canary.rollout.steps[0]",
+                    "spec.routes[0].canary.rollout.steps[2]",
+                ],
+            ),
+            (
+                "repeated and decreasing steps",
+                |p| with(p, |r| r.steps = vec![5, 5, 50, 25, 100]),
+                &[
+                    "spec.routes[0].canary.rollout.steps[1]",
+                    "spec.routes[0].canary.rollout.steps[3]",
+                ],
+            ),
+            (
+                "interval too short",
+                |p| with(p, |r| r.step_interval_ms = MIN_STEP_INTERVAL_MS - 1),
+                &["spec.routes[0].canary.rollout.stepIntervalMs"],
+            ),
+            (
+                "interval too long",
+                |p| with(p, |r| r.step_interval_ms = MAX_STEP_INTERVAL_MS + 1),
+                &["spec.routes[0].canary.rollout.stepIntervalMs"],
+            ),
+            (
+                "shortest and longest intervals",
+                |p| {
+                    with(p, |r| r.step_interval_ms = MIN_STEP_INTERVAL_MS);
+                    p.spec.routes.push(p.spec.routes[0].clone());
+                    p.spec.routes[1].name = "second".into();
+                    with(p, |r| r.step_interval_ms = MAX_STEP_INTERVAL_MS);
+                },
+                &[],
+            ),
+            (
+                "rates out of range",
+                |p| {
+                    with(p, |r| {
+                        r.analysis.max_failure_rate_percent = 100.5;
+                        r.analysis.max_failure_rate_increase_percent = -1.0;
+                    })
+                },
+                &[
+                    "spec.routes[0].canary.rollout.analysis.maxFailureRatePercent",
+                    "spec.routes[0].canary.rollout.analysis.maxFailureRateIncreasePercent",
+                ],
+            ),
+            (
+                "NaN rates",
+                |p| {
+                    with(p, |r| {
+                        r.analysis.max_failure_rate_percent = f64::NAN;
+                        r.analysis.max_failure_rate_increase_percent = f64::NAN;
+                    })
+                },
+                &[
+                    "spec.routes[0].canary.rollout.analysis.maxFailureRatePercent",
+                    "spec.routes[0].canary.rollout.analysis.maxFailureRateIncreasePercent",
+                ],
+            ),
+            (
+                "zero rates are allowed: no failure at all",
+                |p| {
+                    with(p, |r| {
+                        r.analysis.max_failure_rate_percent = 0.0;
+                        r.analysis.max_failure_rate_increase_percent = 0.0;
+                    })
+                },
+                &[],
+            ),
+            (
+                "no minimum and no patience",
+                |p| {
+                    with(p, |r| {
+                        r.analysis.min_requests = 0;
+                        r.analysis.inconclusive_limit = 0;
+                    })
+                },
+                &[
+                    "spec.routes[0].canary.rollout.analysis.minRequests",
+                    "spec.routes[0].canary.rollout.analysis.inconclusiveLimit",
+                ],
+            ),
+            (
+                "too much patience",
+                |p| {
+                    with(p, |r| {
+                        r.analysis.inconclusive_limit = MAX_INCONCLUSIVE_LIMIT + 1
+                    })
+                },
+                &["spec.routes[0].canary.rollout.analysis.inconclusiveLimit"],
+            ),
+            (
+                "a good Prometheus",
+                |p| {
+                    with(p, |r| {
+                        r.analysis.prometheus = Some(PrometheusAnalysis {
+                            url: "https://prom.example.com/prefix".into(),
+                            queries: vec![query("p99", "up", 300.0), query("errors", "x", 0.0)],
+                        })
+                    })
+                },
+                &[],
+            ),
+            (
+                "a bad Prometheus",
+                |p| {
+                    with(p, |r| {
+                        r.analysis.prometheus = Some(PrometheusAnalysis {
+                            url: "prometheus:9090".into(),
+                            queries: vec![
+                                query("P99", "up", f64::INFINITY),
+                                query("a", " ", 1.0),
+                                query("a", &"x".repeat(MAX_QUERY_LEN + 1), f64::NAN),
+                            ],
+                        })
+                    })
+                },
+                &[
+                    "spec.routes[0].canary.rollout.analysis.prometheus.url",
+                    "spec.routes[0].canary.rollout.analysis.prometheus.queries[0].name",
+                    "spec.routes[0].canary.rollout.analysis.prometheus.queries[0].max",
+                    "spec.routes[0].canary.rollout.analysis.prometheus.queries[1].query",
+                    "spec.routes[0].canary.rollout.analysis.prometheus.queries[2].name",
+                    "spec.routes[0].canary.rollout.analysis.prometheus.queries[2].query",
+                    "spec.routes[0].canary.rollout.analysis.prometheus.queries[2].max",
+                ],
+            ),
+            (
+                "Prometheus without queries, and URLs without a host",
+                |p| {
+                    with(p, |r| {
+                        r.analysis.prometheus = Some(PrometheusAnalysis {
+                            url: "http://:9090".into(),
+                            queries: vec![],
+                        })
+                    })
+                },
+                &[
+                    "spec.routes[0].canary.rollout.analysis.prometheus.url",
+                    "spec.routes[0].canary.rollout.analysis.prometheus.queries",
+                ],
+            ),
+            (
+                "a zone order of the zones running v2",
+                |p| {
+                    third_zone(p);
+                    with(p, |r| {
+                        r.zone_order = Some(vec!["ap-south-1a".into(), "us-west-2a".into()])
+                    });
+                },
+                &[],
+            ),
+            (
+                "an empty zone order",
+                |p| with(p, |r| r.zone_order = Some(vec![])),
+                &["spec.routes[0].canary.rollout.zoneOrder"],
+            ),
+            (
+                "unknown, duplicate and v2-less zones",
+                |p| {
+                    with(p, |r| {
+                        r.zone_order = Some(vec![
+                            "us-west-2a".into(),
+                            "nowhere".into(),
+                            "us-west-2a".into(),
+                            "eu-west-1a".into(),
+                        ])
+                    })
+                },
+                &[
+                    "spec.routes[0].canary.rollout.zoneOrder[1]",
+                    "spec.routes[0].canary.rollout.zoneOrder[2]",
+                    "spec.routes[0].canary.rollout.zoneOrder[3]",
+                ],
+            ),
+            (
+                "a zone running v2 left out of the order",
+                |p| {
+                    third_zone(p);
+                    with(p, |r| r.zone_order = Some(vec!["us-west-2a".into()]));
+                },
+                &["spec.routes[0].canary.rollout.zoneOrder"],
+            ),
+        ];
+        for (what, change, want) in cases {
+            let mut p = policy("");
+            change(&mut p);
+            assert_eq!(fields(&p), *want, "{what}");
+            for f in *want {
+                assert!(f.starts_with(R) || f.ends_with(".weight"), "{what}: {f}");
+            }
+        }
+        // The messages say what to do.
+        let mut p = policy("");
+        third_zone(&mut p);
+        with(&mut p, |r| r.zone_order = Some(vec!["us-west-2a".into()]));
+        let errs = validate(&p).unwrap_err();
+        assert!(
+            errs[0].message.contains("missing ap-south-1a"),
+            "{}",
+            errs[0].message
+        );
     }
 
     #[test]
