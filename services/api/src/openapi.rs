@@ -108,7 +108,7 @@ mod tests {
         assert!(seen >= 25, "found only {seen} routes in lib.rs");
     }
 
-    /// The resilience fields are in the policy schema clients are
+    /// The resilience and rollout fields are in the policy schema clients are
     /// generated from (utoipa collects nested schemas from the paths).
     #[test]
     fn the_policy_schema_has_the_resilience_fields() {
@@ -122,6 +122,11 @@ mod tests {
             ("Retries", "retryOn"),
             ("OutlierDetection", "consecutive5xx"),
             ("CircuitBreakers", "retryBudget"),
+            ("Canary", "rollout"),
+            ("Rollout", "steps"),
+            ("Rollout", "zoneOrder"),
+            ("RolloutAnalysis", "maxFailureRateIncreasePercent"),
+            ("PrometheusQuery", "query"),
         ] {
             assert!(
                 schemas[schema]["properties"].get(field).is_some(),

@@ -98,6 +98,7 @@ fn spec_to_pb(s: &m::Spec) -> pb::Spec {
                     version: c.version.clone(),
                     weight: c.weight,
                     header: Some(c.header.clone()),
+                    rollout: c.rollout.as_ref().map(rollout_to_pb),
                 }),
                 timeout_ms: r.timeout_ms,
                 retries: r.retries.as_ref().map(|t| pb::Retries {
@@ -356,6 +357,7 @@ fn spec_from_pb(s: pb::Spec, problems: &mut Problems) -> m::Spec {
                     header: c
                         .header
                         .unwrap_or_else(|| m::DEFAULT_CANARY_HEADER.to_owned()),
+                    rollout: c.rollout.map(rollout_from_pb),
                 }),
                 timeout_ms: r.timeout_ms,
                 retries: r
@@ -440,6 +442,68 @@ fn spec_from_pb(s: pb::Spec, problems: &mut Problems) -> m::Spec {
     }
 }
 
+fn rollout_to_pb(r: &m::Rollout) -> pb::Rollout {
+    let a = &r.analysis;
+    pb::Rollout {
+        steps: r.steps.clone(),
+        step_interval_ms: Some(r.step_interval_ms),
+        analysis: Some(pb::RolloutAnalysis {
+            max_failure_rate_percent: Some(a.max_failure_rate_percent),
+            max_failure_rate_increase_percent: Some(a.max_failure_rate_increase_percent),
+            min_requests: Some(a.min_requests),
+            inconclusive_limit: Some(a.inconclusive_limit),
+            prometheus: a.prometheus.as_ref().map(|p| pb::PrometheusAnalysis {
+                url: p.url.clone(),
+                queries: p
+                    .queries
+                    .iter()
+                    .map(|q| pb::PrometheusQuery {
+                        name: q.name.clone(),
+                        query: q.query.clone(),
+                        max: q.max,
+                    })
+                    .collect(),
+            }),
+        }),
+        zone_order: r.zone_order.clone().unwrap_or_default(),
+    }
+}
+
+/// Absent fields take the JSON API's defaults, so both APIs read a
+/// partial rollout the same way.
+fn rollout_from_pb(r: pb::Rollout) -> m::Rollout {
+    let d = m::Rollout::default();
+    let a = r.analysis.unwrap_or_default();
+    let da = d.analysis;
+    m::Rollout {
+        steps: if r.steps.is_empty() { d.steps } else { r.steps },
+        step_interval_ms: r.step_interval_ms.unwrap_or(d.step_interval_ms),
+        analysis: m::RolloutAnalysis {
+            max_failure_rate_percent: a
+                .max_failure_rate_percent
+                .unwrap_or(da.max_failure_rate_percent),
+            max_failure_rate_increase_percent: a
+                .max_failure_rate_increase_percent
+                .unwrap_or(da.max_failure_rate_increase_percent),
+            min_requests: a.min_requests.unwrap_or(da.min_requests),
+            inconclusive_limit: a.inconclusive_limit.unwrap_or(da.inconclusive_limit),
+            prometheus: a.prometheus.map(|p| m::PrometheusAnalysis {
+                url: p.url,
+                queries: p
+                    .queries
+                    .into_iter()
+                    .map(|q| m::PrometheusQuery {
+                        name: q.name,
+                        query: q.query,
+                        max: q.max,
+                    })
+                    .collect(),
+            }),
+        },
+        zone_order: (!r.zone_order.is_empty()).then_some(r.zone_order),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,6 +536,15 @@ mod tests {
         "routes": [
           {"name": "canary", "match": {"pathPrefix": "/api", "headers": [{"name": "x-user", "exact": "beta"}]},
            "canary": {"version": "v2", "weight": 10, "header": "x-canary"}},
+          {"name": "rolling", "match": {"pathPrefix": "/v3"},
+           "canary": {"version": "v3", "weight": 0, "rollout": {"steps": [10, 100], "stepIntervalMs": 30000,
+             "analysis": {"maxFailureRatePercent": 2.5, "maxFailureRateIncreasePercent": 0.5,
+                          "minRequests": 50, "inconclusiveLimit": 4,
+                          "prometheus": {"url": "http://127.0.0.1:9090",
+                                         "queries": [{"name": "p99", "query": "histogram_quantile(0.99, x)", "max": 300}]}},
+             "zoneOrder": ["b", "a"]}}},
+          {"name": "rolling-defaults", "match": {"pathPrefix": "/v4"},
+           "canary": {"version": "v4", "weight": 0, "rollout": {}}},
           {"name": "default", "timeoutMs": 0, "retries": {"attempts": 1, "perTryTimeoutMs": 100,
            "retryOn": ["retriable-status-codes", "cancelled"], "retriableStatusCodes": [503]}},
           {"name": "defaults", "retries": {}}
