@@ -28,6 +28,7 @@ pub mod watch;
 pub mod xds_rejections;
 
 pub use error::{Error, Kind};
+pub use load_reports::LoadRow;
 pub use health::CHECK_TIMEOUT;
 pub use policies::{gitops_origin, ListQuery, Precondition, Write};
 
