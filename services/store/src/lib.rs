@@ -22,14 +22,15 @@ pub mod notify;
 mod policies;
 pub mod providers;
 pub mod retention;
+pub mod rollouts;
 pub mod status;
 pub mod tokens;
 pub mod watch;
 pub mod xds_rejections;
 
 pub use error::{Error, Kind};
-pub use load_reports::LoadRow;
 pub use health::CHECK_TIMEOUT;
+pub use load_reports::LoadRow;
 pub use policies::{gitops_origin, ListQuery, Precondition, Write};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
