@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use meridian_policy::Policy;
-use meridian_rollout::{Action, Status};
+use meridian_rollout::Action;
+pub use meridian_rollout::Status;
 use serde_json::json;
 use sqlx::types::Json;
 
