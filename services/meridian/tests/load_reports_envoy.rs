@@ -166,7 +166,11 @@ async fn canary_traffic_is_counted_per_version() {
     let mut seen: BTreeMap<String, u64> = BTreeMap::new();
     for _ in 0..600 {
         let key = match request(&client, listen, HOST, "/", &[]).await {
-            Ok(v) => format!("{}/{}", v["zone"].as_str().unwrap(), v["version"].as_str().unwrap()),
+            Ok(v) => format!(
+                "{}/{}",
+                v["zone"].as_str().unwrap(),
+                v["version"].as_str().unwrap()
+            ),
             Err(e) if e.starts_with("status 503") => "503".to_owned(),
             Err(e) => panic!("request failed: {e}"),
         };
