@@ -131,8 +131,15 @@ async fn a_healthy_canary_rolls_out_to_completion_on_its_own() {
         )
     });
     // Every step was served in turn, without any action.
-    let weights: Vec<u32> = phases.iter().map(|(_, w)| *w).collect();
+    let mut weights: Vec<u32> = phases.iter().map(|(_, w)| *w).collect();
+    weights.dedup();
     assert_eq!(weights, [5, 25, 50, 100], "{phases:?}");
+    assert!(
+        phases
+            .iter()
+            .all(|(p, _)| p == "progressing" || p == "completed"),
+        "never paused nor failed: {phases:?}"
+    );
     assert_eq!(s.weights.values().copied().collect::<Vec<_>>(), [100, 100]);
     // The completion revision records the weight and drops the rollout.
     let revisions = db.store.revisions(POLICY).await.unwrap();
