@@ -243,6 +243,55 @@ async fn a_failing_canary_is_rolled_back_on_its_own() {
     // Every failure the clients saw was the canary's 503: no v1 request
     // failed (v1 answers carry their version; only v2 fails on purpose).
     assert!(after.keys().all(|k| !k.starts_with("error")), "{after:?}");
+
+    // The edges: the status over REST, a resume of a failed rollout is
+    // refused (409), an abort of it is already done, an unknown route 404.
+    let http = Client::new();
+    let got: Value = http
+        .get(m.url("/api/v1/policies/rollout/rollouts"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["all"]["phase"], "failed", "{got}");
+    assert!(got["all"]["lastAnalysis"].is_object(), "{got}");
+    let post = |path: &str| http.post(m.url(path)).send();
+    let r = post("/api/v1/policies/rollout/rollouts/all/resume")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("failed"),
+        "{body}"
+    );
+    let r = post("/api/v1/policies/rollout/rollouts/all/abort")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.json::<Value>().await.unwrap()["changes"], false);
+    let r = post("/api/v1/policies/rollout/rollouts/nope/pause")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = post("/api/v1/policies/rollout/rollouts/all/restart")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    // The CLI prints the same status.
+    let out = std::process::Command::new(BIN)
+        .args(["rollout", "status", POLICY, "--server", &m.api])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("rollout/all: failed of v2"), "{text}");
 }
 
 async fn eventually_status(
