@@ -78,10 +78,7 @@ impl Service {
                 .get_or_create(&[("policy", key.policy.clone()), ("outcome", "ok".into())])
                 .inc_by(c.requests - c.failures);
             REQUESTS
-                .get_or_create(&[
-                    ("policy", key.policy.clone()),
-                    ("outcome", "failed".into()),
-                ])
+                .get_or_create(&[("policy", key.policy.clone()), ("outcome", "failed".into())])
                 .inc_by(c.failures);
         }
         if !counts.is_empty() {

@@ -73,7 +73,8 @@ pub fn policy_of_cluster(cluster: &str) -> Option<(&str, &str)> {
     let ok = !policy.is_empty()
         && label(policy)
         && label(version)
-        && (version.is_empty() == !cluster.contains('@'));
+        // A stable cluster has no `@`, a canary's has one and a version.
+        && (version.is_empty() != cluster.contains('@'));
     ok.then_some((policy, version))
 }
 
