@@ -15,6 +15,7 @@ mod openapi;
 mod policies;
 mod providers;
 pub mod request;
+mod rollouts;
 mod tokens;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,6 +100,11 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/policies/:name/zones/:zone/undrain",
             post(failover::undrain),
+        )
+        .route("/api/v1/policies/:name/rollouts", get(rollouts::list))
+        .route(
+            "/api/v1/policies/:name/rollouts/:route/:action",
+            post(rollouts::act),
         )
         .route("/api/v1/policies/:name/status", get(failover::status))
         .route("/api/v1/policies/:name/simulate", post(failover::simulate))

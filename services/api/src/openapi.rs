@@ -4,7 +4,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::{ca, dashboard, error, failover, gitops, policies, providers, tokens};
+use crate::{ca, dashboard, error, failover, gitops, policies, providers, rollouts, tokens};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -34,6 +34,8 @@ use crate::{ca, dashboard, error, failover, gitops, policies, providers, tokens}
         failover::clear_override,
         failover::drain,
         failover::undrain,
+        rollouts::list,
+        rollouts::act,
         failover::events,
         providers::list,
         providers::create,
@@ -55,6 +57,7 @@ use crate::{ca, dashboard, error, failover, gitops, policies, providers, tokens}
         (name = "policies", description = "GlobalTrafficPolicy resources"),
         (name = "gitops", description = "Policy repositories synced atomically"),
         (name = "failover", description = "Where traffic goes and why; overrides and drains. The live event stream, `GET /api/v1/events/stream` (server-sent events, resumable with Last-Event-ID), is not described here: OpenAPI has no stream type."),
+        (name = "rollouts", description = "Progressive delivery: where each route's canary rollout is, and pause, resume, promote or abort (docs/rollouts.md)."),
         (name = "providers", description = "DNS providers the failover leader reconciles"),
         (name = "access", description = "API tokens and the audit log (admin)"),
         (name = "dashboard", description = "Reads shaped for the SRE dashboard"),

@@ -80,6 +80,7 @@ pub fn rest_access(method: &str, route: &str) -> Access {
             | ("POST", "/api/v1/policies/:name/zones/:zone/undrain")
             | ("PUT", "/api/v1/policies/:name/override")
             | ("DELETE", "/api/v1/policies/:name/override")
+            | ("POST", "/api/v1/policies/:name/rollouts/:route/:action")
             // Operators may patch only canary weights; the handler checks
             // what the patch changes (see `operator_may_change`).
             | ("PATCH", "/api/v1/policies/:name")
@@ -144,6 +145,12 @@ mod tests {
                 "/api/v1/policies/:name/zones/:zone/drain",
                 R(Operator),
             ),
+            (
+                "POST",
+                "/api/v1/policies/:name/rollouts/:route/:action",
+                R(Operator),
+            ),
+            ("GET", "/api/v1/policies/:name/rollouts", R(Viewer)),
             ("POST", "/api/v1/providers", R(Admin)),
             ("GET", "/api/v1/audit", R(Admin)),
             ("GET", "/api/v1/tokens", R(Admin)),

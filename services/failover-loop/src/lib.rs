@@ -8,7 +8,7 @@
 //! `NOTIFY` then moves every replica's xDS. A deposed leader's write is
 //! refused by the fence, so a decision is never applied twice by two leaders.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use meridian_failover::step::{fmt_weights, step_policy, Update};
@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub mod dns;
+mod rollouts;
 
 static DECISIONS: LazyLock<Family<Labels<2>, Counter>> = LazyLock::new(|| {
     counter(
@@ -86,6 +87,8 @@ pub struct Leader {
     /// Wakes the DNS reconciler as soon as weights change, instead of at its
     /// next tick: DNS should follow a decision within a second.
     decided: Arc<Notify>,
+    /// Asks Prometheus for rollout analyses (time-limited per query).
+    http: reqwest::Client,
 }
 
 impl Leader {
@@ -94,6 +97,7 @@ impl Leader {
             store,
             config,
             decided: Arc::default(),
+            http: reqwest::Client::new(),
         }
     }
 
@@ -185,19 +189,33 @@ impl Leader {
         let now = chrono::Utc::now().timestamp_millis();
         let inputs = rows.inputs(&policies);
         let mut failed = 0;
-        for input in &inputs {
-            let Some(update) = step_policy(input, now) else {
-                continue;
+        for (input, policy) in inputs.iter().zip(&policies) {
+            let update = step_policy(input, now);
+            // The zones out after this tick's decision (failed over or
+            // drained: effective weight 0) get no canary.
+            let decided = match &update {
+                Some(u) => Some(&u.decision.weights),
+                None => rows.current.get(&policy.metadata.name).map(|c| &c.weights),
             };
-            if update.is_empty() {
-                continue;
+            let unavailable = unavailable_zones(policy, decided);
+            if let Some(update) = update.filter(|u| !u.is_empty()) {
+                match self.store_update(token, &update).await {
+                    Ok(()) => {}
+                    Err(e @ meridian_store::Error::LeaseLost { .. }) => return Err(e),
+                    Err(e) => {
+                        failed += 1;
+                        tracing::warn!(policy = %update.policy, error = %e, "storing the failover decision failed; the other policies go on");
+                    }
+                }
             }
-            match self.store_update(token, &update).await {
+            match rollouts::step_policy(&self.store, &self.http, token, policy, &unavailable, now)
+                .await
+            {
                 Ok(()) => {}
                 Err(e @ meridian_store::Error::LeaseLost { .. }) => return Err(e),
                 Err(e) => {
                     failed += 1;
-                    tracing::warn!(policy = %update.policy, error = %e, "storing the failover decision failed; the other policies go on");
+                    tracing::warn!(policy = %policy.metadata.name, error = %e, "stepping the rollouts failed; the other policies go on");
                 }
             }
         }
@@ -267,6 +285,27 @@ impl Leader {
         }
         Ok(())
     }
+}
+
+/// The zones of `policy` at weight 0 in `decided` (the effective weights;
+/// the spec's when none were decided).
+fn unavailable_zones(
+    policy: &meridian_policy::Policy,
+    decided: Option<&BTreeMap<String, u32>>,
+) -> BTreeSet<String> {
+    policy
+        .spec
+        .zones
+        .iter()
+        .filter(|z| {
+            decided
+                .and_then(|d| d.get(&z.name))
+                .copied()
+                .unwrap_or(z.weight)
+                == 0
+        })
+        .map(|z| z.name.clone())
+        .collect()
 }
 
 pub(crate) fn event(

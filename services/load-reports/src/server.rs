@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use meridian_store::Store;
+use meridian_store::{LoadRow, Store};
 use meridian_telemetry::{counter, Counter, Family, Labels};
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
@@ -73,12 +73,12 @@ impl Service {
             "counted"
         };
         REPORTS.get_or_create(&[("outcome", outcome.into())]).inc();
-        for ((policy, _), c) in &counts {
+        for (key, c) in &counts {
             REQUESTS
-                .get_or_create(&[("policy", policy.clone()), ("outcome", "ok".into())])
+                .get_or_create(&[("policy", key.policy.clone()), ("outcome", "ok".into())])
                 .inc_by(c.requests - c.failures);
             REQUESTS
-                .get_or_create(&[("policy", policy.clone()), ("outcome", "failed".into())])
+                .get_or_create(&[("policy", key.policy.clone()), ("outcome", "failed".into())])
                 .inc_by(c.failures);
         }
         if !counts.is_empty() {
@@ -117,9 +117,15 @@ impl Service {
         if batch.is_empty() {
             return;
         }
-        let rows: Vec<(String, String, u64, u64)> = batch
+        let rows: Vec<LoadRow> = batch
             .iter()
-            .map(|((p, z), c)| (p.clone(), z.clone(), c.requests, c.failures))
+            .map(|(k, c)| LoadRow {
+                policy: k.policy.clone(),
+                zone: k.zone.clone(),
+                version: k.version.clone(),
+                requests: c.requests,
+                failures: c.failures,
+            })
             .collect();
         if let Err(e) = store.add_load_reports(reporter, &rows).await {
             tracing::warn!(error = %e, "writing load reports; keeping them for the next flush");

@@ -1,5 +1,5 @@
 //! Pure LRS logic: the answer to a new stream, and a load report folded
-//! into counts per (policy, zone). No I/O.
+//! into counts per (policy, zone, version). No I/O.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -27,8 +27,18 @@ impl Counts {
     }
 }
 
-/// Counts per (policy, zone).
-pub type Tallies = BTreeMap<(String, String), Counts>;
+/// What a count is of: a policy's zone, and which of its versions served
+/// it (`""`: the stable cluster; a canary's version otherwise). Failover
+/// sums the versions of a zone; a rollout compares them.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Key {
+    pub policy: String,
+    pub zone: String,
+    pub version: String,
+}
+
+/// Counts per (policy, zone, version).
+pub type Tallies = BTreeMap<Key, Counts>;
 
 /// The first (and only) answer on a stream: report every cluster, every
 /// `interval`. Clusters not Meridian's are ignored on receipt, which costs
@@ -45,30 +55,36 @@ pub fn initial_response(interval: Duration) -> LoadStatsResponse {
     }
 }
 
-/// The policy whose traffic a cluster carries, by the translation's names
+/// The policy whose traffic a cluster carries, and the version (`""` for
+/// the stable cluster), by the translation's names
 /// (`meridian_xds::translate`): the stable cluster is the policy's name, a
 /// canary cluster `policy@version`. Sidecar inbound clusters
 /// (`inbound|policy`) and clusters Meridian did not make give `None`.
-pub fn policy_of_cluster(cluster: &str) -> Option<&str> {
+pub fn policy_of_cluster(cluster: &str) -> Option<(&str, &str)> {
     if cluster.is_empty() || cluster.contains('|') {
         return None;
     }
-    let policy = cluster.split_once('@').map_or(cluster, |(p, _)| p);
-    // Policy names are DNS labels.
-    let label = !policy.is_empty()
-        && policy
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    label.then_some(policy)
+    let (policy, version) = cluster.split_once('@').unwrap_or((cluster, ""));
+    // Policy names and versions are DNS labels.
+    let label = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    let ok = !policy.is_empty()
+        && label(policy)
+        && label(version)
+        // A stable cluster has no `@`, a canary's has one and a version.
+        && (version.is_empty() != cluster.contains('@'));
+    ok.then_some((policy, version))
 }
 
-/// The counts of one report, per (policy, zone). The zone is the
+/// The counts of one report, per (policy, zone, version). The zone is the
 /// locality's `zone`, as the translation names localities; localities
 /// without one, clusters not Meridian's and empty counts are left out.
 pub fn tally(report: &LoadStatsRequest) -> Tallies {
     let mut out = Tallies::new();
     for cluster in &report.cluster_stats {
-        let Some(policy) = policy_of_cluster(&cluster.cluster_name) else {
+        let Some((policy, version)) = policy_of_cluster(&cluster.cluster_name) else {
             continue;
         };
         for locality in &cluster.upstream_locality_stats {
@@ -87,9 +103,12 @@ pub fn tally(report: &LoadStatsRequest) -> Tallies {
             if counts == Counts::default() {
                 continue;
             }
-            out.entry((policy.to_owned(), zone.to_owned()))
-                .or_default()
-                .add(counts);
+            let key = Key {
+                policy: policy.to_owned(),
+                zone: zone.to_owned(),
+                version: version.to_owned(),
+            };
+            out.entry(key).or_default().add(counts);
         }
     }
     out
@@ -135,14 +154,19 @@ mod tests {
         use meridian_xds::translate::{
             canary_cluster_name, inbound_cluster_name, stable_cluster_name,
         };
-        type Case = (String, Option<&'static str>);
+        type Case = (String, Option<(&'static str, &'static str)>);
         let cases: Vec<Case> = vec![
-            (stable_cluster_name("track-api"), Some("track-api")),
-            (canary_cluster_name("track-api", "v2"), Some("track-api")),
+            (stable_cluster_name("track-api"), Some(("track-api", ""))),
+            (
+                canary_cluster_name("track-api", "v2"),
+                Some(("track-api", "v2")),
+            ),
             (inbound_cluster_name("track-api"), None),
             ("xds_cluster".into(), None),
             ("".into(), None),
             ("@v2".into(), None),
+            ("track-api@".into(), None),
+            ("track-api@V2".into(), None),
         ];
         for (name, want) in cases {
             assert_eq!(policy_of_cluster(&name), want, "{name}");
@@ -154,7 +178,7 @@ mod tests {
         type Case = (
             &'static str,
             Vec<ClusterStats>,
-            Vec<(&'static str, &'static str, u64, u64)>,
+            Vec<(&'static str, &'static str, &'static str, u64, u64)>,
         );
         let cases: Vec<Case> = vec![
             ("nothing", vec![], vec![]),
@@ -164,15 +188,22 @@ mod tests {
                     "track-api",
                     vec![locality("a", 90, 10), locality("b", 100, 0)],
                 )],
-                vec![("track-api", "a", 100, 10), ("track-api", "b", 100, 0)],
+                vec![
+                    ("track-api", "a", "", 100, 10),
+                    ("track-api", "b", "", 100, 0),
+                ],
             ),
             (
-                "canary and stable clusters of one policy pool per zone",
+                "canary and stable clusters of one policy are counted apart",
                 vec![
                     cluster("track-api", vec![locality("a", 50, 5)]),
                     cluster("track-api@v2", vec![locality("a", 10, 5)]),
+                    cluster("track-api@v2", vec![locality("a", 1, 1)]),
                 ],
-                vec![("track-api", "a", 70, 10)],
+                vec![
+                    ("track-api", "a", "", 55, 5),
+                    ("track-api", "a", "v2", 17, 6),
+                ],
             ),
             (
                 "other clusters, zoneless localities and idle zones are left out",
@@ -191,8 +222,13 @@ mod tests {
             };
             let want: Tallies = want
                 .into_iter()
-                .map(|(p, z, requests, failures)| {
-                    ((p.into(), z.into()), Counts { requests, failures })
+                .map(|(p, z, v, requests, failures)| {
+                    let key = Key {
+                        policy: p.into(),
+                        zone: z.into(),
+                        version: v.into(),
+                    };
+                    (key, Counts { requests, failures })
                 })
                 .collect();
             assert_eq!(tally(&report), want, "{what}");
@@ -201,7 +237,11 @@ mod tests {
 
     #[test]
     fn merge_adds() {
-        let key = ("p".to_owned(), "a".to_owned());
+        let key = Key {
+            policy: "p".into(),
+            zone: "a".into(),
+            version: String::new(),
+        };
         let mut total: Tallies = [(
             key.clone(),
             Counts {

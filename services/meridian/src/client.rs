@@ -348,3 +348,77 @@ pub async fn ca_rotate(server: &str) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `meridian rollout status|pause|resume|promote|abort NAME [--route R]`:
+/// `GET /api/v1/policies/NAME/rollouts`, or `POST
+/// /api/v1/policies/NAME/rollouts/ROUTE/ACTION`.
+pub async fn rollout(
+    server: &str,
+    name: &str,
+    route: Option<&str>,
+    action: crate::RolloutAction,
+) -> anyhow::Result<()> {
+    use crate::RolloutAction as A;
+    let client = http_client()?;
+    let response = send(
+        "reading rollouts",
+        client.get(url(server, &format!("/{name}/rollouts"))),
+    )
+    .await?;
+    if !response.status().is_success() {
+        return Err(fail(&format!("reading the rollouts of {name}"), response).await);
+    }
+    let statuses: serde_json::Map<String, Value> = response.json().await?;
+    let verb = match action {
+        A::Status => {
+            for (r, s) in statuses
+                .iter()
+                .filter(|(r, _)| route.is_none_or(|want| want == r.as_str()))
+            {
+                println!(
+                    "{name}/{r}: {} of {} at step {} {}, weights {}{}",
+                    s["phase"].as_str().unwrap_or("?"),
+                    s["version"].as_str().unwrap_or("?"),
+                    s["stepIndex"],
+                    s["steps"],
+                    s["weights"],
+                    s["reason"]
+                        .as_str()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default()
+                );
+            }
+            if statuses.is_empty() {
+                println!("{name}: no rollout has started");
+            }
+            return Ok(());
+        }
+        A::Pause => "pause",
+        A::Resume => "resume",
+        A::Promote => "promote",
+        A::Abort => "abort",
+    };
+    let route = match route {
+        Some(r) => r.to_owned(),
+        None => match statuses.keys().collect::<Vec<_>>()[..] {
+            [only] => only.clone(),
+            [] => bail!("policy {name} has no rollout"),
+            _ => bail!("policy {name} has several rollouts: say which with --route"),
+        },
+    };
+    let response = send(
+        "acting on a rollout",
+        client.post(url(server, &format!("/{name}/rollouts/{route}/{verb}"))),
+    )
+    .await?;
+    if !response.status().is_success() {
+        return Err(fail(&format!("{verb} the rollout of {name}/{route}"), response).await);
+    }
+    let body: Value = response.json().await?;
+    if body["changes"] == true {
+        println!("{name}/{route}: {verb} queued; the leader applies it within a second");
+    } else {
+        println!("{name}/{route}: already so, nothing to do");
+    }
+    Ok(())
+}

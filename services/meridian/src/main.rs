@@ -93,6 +93,20 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Progressive delivery: where a policy's rollouts are, and operator
+    /// actions on one (queued for the failover leader's next step).
+    Rollout {
+        #[arg(value_enum)]
+        action: RolloutAction,
+        /// Policy name.
+        name: String,
+        /// The route whose rollout to act on; needed for an action when the
+        /// policy has several rollouts.
+        #[arg(long)]
+        route: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// xDS debugging.
     #[command(subcommand)]
     Xds(XdsCommand),
@@ -112,6 +126,17 @@ enum Command {
     /// The certificate authority: key generation, forced rotation, bootstrap certificates.
     #[command(subcommand)]
     Ca(security::CaCommand),
+}
+
+/// What `meridian rollout` does.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum RolloutAction {
+    /// Print every rollout of the policy.
+    Status,
+    Pause,
+    Resume,
+    Promote,
+    Abort,
 }
 
 #[derive(Subcommand)]
@@ -463,6 +488,12 @@ fn main() -> ExitCode {
                 server,
             } => gitops_cli::diff(&server.server, &path, prune, source.as_deref()).await,
             Command::Delete { name, server } => client::delete(&server.server, &name).await,
+            Command::Rollout {
+                action,
+                name,
+                route,
+                server,
+            } => client::rollout(&server.server, &name, route.as_deref(), action).await,
             Command::Simulate {
                 name,
                 fail,

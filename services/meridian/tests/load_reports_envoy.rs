@@ -129,6 +129,89 @@ async fn envoy_load_reports_become_per_zone_tallies() {
     eprintln!("zone-a {ok_a} ok; zone-b {ok_b} ok, {failed} failed; stored {after:?}");
 }
 
+/// A canary's requests are counted apart from the stable version's, per
+/// zone, as a rollout needs them; failover still sees the zone's sum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_traffic_is_counted_per_version() {
+    let db = database().await;
+    let m = Meridian::start(BIN.as_ref(), &db.url).await;
+    let port = free_port(&["127.0.0.2", "127.0.0.3", "127.0.0.4"]);
+    let _stable_a = Backend::start("127.0.0.2", port, "zone-a", "v1").await;
+    let _stable_b = Backend::start("127.0.0.3", port, "zone-b", "v1").await;
+    let canary = Backend::start("127.0.0.4", port, "zone-a", "v2").await;
+    let listen = free_port(&["127.0.0.1"]);
+    let mut p = policy(listen, port);
+    p["spec"]["zones"][0]["endpoints"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"address": "127.0.0.4", "port": port, "version": "v2"}));
+    p["spec"]["routes"] = json!([{"name": "all", "canary": {"version": "v2", "weight": 30}}]);
+    m.create_policy(&p).await;
+    let envoy = Envoy::start_reporting_load("lrs-canary", m.xds_port).await;
+    eventually("envoy routes", Duration::from_secs(20), || async {
+        request(&Client::new(), listen, HOST, "/", &[])
+            .await
+            .is_ok()
+    })
+    .await;
+    // Wait out the warm-up's reports, then count from a clean second.
+    let _ = settled(&db.store).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let since = chrono::Utc::now().timestamp_millis();
+    let before = db.store.version_traffic(POLICY, since).await.unwrap();
+    assert!(before.is_empty(), "{before:?}");
+
+    canary.fail_share(200);
+    let client = Client::new();
+    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+    for _ in 0..600 {
+        let key = match request(&client, listen, HOST, "/", &[]).await {
+            Ok(v) => format!(
+                "{}/{}",
+                v["zone"].as_str().unwrap(),
+                v["version"].as_str().unwrap()
+            ),
+            Err(e) if e.starts_with("status 503") => "503".to_owned(),
+            Err(e) => panic!("request failed: {e}"),
+        };
+        *seen.entry(key).or_default() += 1;
+    }
+    let n = |k: &str| seen.get(k).copied().unwrap_or(0);
+    // About 30 % to the canary, which fails a fifth of them.
+    let canary_total = n("zone-a/v2") + n("503");
+    assert!((120..=240).contains(&canary_total), "{seen:?}");
+    assert!(n("503") > 0, "{seen:?}");
+
+    let mut last = BTreeMap::new();
+    let got = loop {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let now = db.store.version_traffic(POLICY, since).await.unwrap();
+        if now == last {
+            break now;
+        }
+        last = now;
+    };
+    let counts = |zone: &str, version: &str| {
+        got.get(&(zone.to_owned(), version.to_owned()))
+            .map(|t| (t.requests, t.failures))
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        (
+            counts("zone-a", "v2"),
+            counts("zone-a", ""),
+            counts("zone-b", "")
+        ),
+        (
+            (canary_total, n("503")),
+            (n("zone-a/v1"), 0),
+            (n("zone-b/v1"), 0)
+        ),
+        "per-version tallies must be what Envoy sent: {seen:?}\nstored {got:?}\nenvoy log:\n{}",
+        envoy.log()
+    );
+}
+
 /// Health from real traffic decides: two policies behind one Envoy with
 /// load reporting on, each at well over 100 requests/s, each with a zone
 /// whose backend answers 503 to part of its requests while its `/healthz`

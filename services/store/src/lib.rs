@@ -22,6 +22,7 @@ pub mod notify;
 mod policies;
 pub mod providers;
 pub mod retention;
+pub mod rollouts;
 pub mod status;
 pub mod tokens;
 pub mod watch;
@@ -29,6 +30,7 @@ pub mod xds_rejections;
 
 pub use error::{Error, Kind};
 pub use health::CHECK_TIMEOUT;
+pub use load_reports::LoadRow;
 pub use policies::{gitops_origin, ListQuery, Precondition, Write};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

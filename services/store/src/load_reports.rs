@@ -1,6 +1,7 @@
-//! Request and failure counts from load reports (LRS), per zone, per
-//! reporting xDS replica and per one-second bucket, pooled by the failover
-//! leader over each policy's window.
+//! Request and failure counts from load reports (LRS), per zone and
+//! version, per reporting xDS replica and per one-second bucket, pooled by
+//! the failover leader over each policy's window (all versions of a zone
+//! together) and by rollouts (the canary against the stable version).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -22,36 +23,44 @@ pub struct LoadTotals {
     pub reporters: u32,
 }
 
+/// One reporter's counts of one (policy, zone, version) to add.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadRow {
+    pub policy: String,
+    pub zone: String,
+    /// `""`: the stable version; otherwise the canary's.
+    pub version: String,
+    pub requests: u64,
+    pub failures: u64,
+}
+
 impl Store {
-    /// Adds `rows` of (policy, zone, requests, failures) to the current
-    /// bucket of `reporter`, in one transaction. Counts for policies that
-    /// do not exist are dropped.
-    pub async fn add_load_reports(
-        &self,
-        reporter: &str,
-        rows: &[(String, String, u64, u64)],
-    ) -> Result<(), Error> {
+    /// Adds `rows` to the current bucket of `reporter`, in one
+    /// transaction. Counts for policies that do not exist are dropped.
+    pub async fn add_load_reports(&self, reporter: &str, rows: &[LoadRow]) -> Result<(), Error> {
         if rows.is_empty() {
             return Ok(());
         }
         let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        let policies: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-        let zones: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
-        let requests: Vec<i64> = rows.iter().map(|r| clamp(r.2)).collect();
-        let failures: Vec<i64> = rows.iter().map(|r| clamp(r.3)).collect();
+        let policies: Vec<&str> = rows.iter().map(|r| r.policy.as_str()).collect();
+        let zones: Vec<&str> = rows.iter().map(|r| r.zone.as_str()).collect();
+        let versions: Vec<&str> = rows.iter().map(|r| r.version.as_str()).collect();
+        let requests: Vec<i64> = rows.iter().map(|r| clamp(r.requests)).collect();
+        let failures: Vec<i64> = rows.iter().map(|r| clamp(r.failures)).collect();
         sqlx::query(
-            "INSERT INTO load_reports (policy_name, zone, reporter, bucket, requests, failures)
-             SELECT r.policy, r.zone, $1, date_trunc('second', now()), r.requests, r.failures
-             FROM unnest($2::text[], $3::text[], $4::int8[], $5::int8[])
-                  AS r(policy, zone, requests, failures)
+            "INSERT INTO load_reports (policy_name, zone, version, reporter, bucket, requests, failures)
+             SELECT r.policy, r.zone, r.version, $1, date_trunc('second', now()), r.requests, r.failures
+             FROM unnest($2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[])
+                  AS r(policy, zone, version, requests, failures)
              WHERE EXISTS (SELECT 1 FROM policies WHERE name = r.policy)
-             ON CONFLICT (policy_name, zone, reporter, bucket) DO UPDATE
+             ON CONFLICT (policy_name, zone, version, reporter, bucket) DO UPDATE
              SET requests = load_reports.requests + EXCLUDED.requests,
                  failures = load_reports.failures + EXCLUDED.failures",
         )
         .bind(reporter)
         .bind(&policies)
         .bind(&zones)
+        .bind(&versions)
         .bind(&requests)
         .bind(&failures)
         .execute(&self.pool)
@@ -75,13 +84,15 @@ impl Store {
         }
         let names: Vec<&str> = windows.keys().map(String::as_str).collect();
         let seconds: Vec<f64> = windows.values().map(Duration::as_secs_f64).collect();
+        // A zone's versions are summed: failover judges the zone.
         let rows: Vec<(String, String, String, f64, i64, i64)> = sqlx::query_as(
             "SELECT l.policy_name, l.zone, l.reporter,
                     (extract(epoch FROM now() - l.bucket) * 1000)::float8 - 1000,
-                    l.requests, l.failures
+                    sum(l.requests)::int8, sum(l.failures)::int8
              FROM load_reports l
              JOIN unnest($1::text[], $2::float8[]) AS w(policy, secs) ON w.policy = l.policy_name
              WHERE l.bucket > now() - make_interval(secs => w.secs)
+             GROUP BY l.policy_name, l.zone, l.reporter, l.bucket
              ORDER BY l.policy_name, l.zone, l.bucket, l.reporter",
         )
         .bind(&names)
@@ -122,6 +133,41 @@ impl Store {
                     reporters: u32::try_from(reporters.len()).unwrap_or(u32::MAX),
                 };
                 (key, totals)
+            })
+            .collect())
+    }
+
+    /// Per (zone, version) of one policy: the requests and failures every
+    /// reporter reported in buckets that began at or after `since_ms`
+    /// (Unix ms, this process's clock; a rollout asks for its step's
+    /// interval). Versions as in [`LoadRow::version`].
+    pub async fn version_traffic(
+        &self,
+        policy: &str,
+        since_ms: i64,
+    ) -> Result<BTreeMap<(String, String), LoadTotals>, Error> {
+        let age_ms = (chrono::Utc::now().timestamp_millis() - since_ms).max(0);
+        let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT zone, version, sum(requests)::int8, sum(failures)::int8,
+                    count(DISTINCT reporter)::int8
+             FROM load_reports
+             WHERE policy_name = $1
+               AND bucket >= date_trunc('second', now() - make_interval(secs => $2))
+             GROUP BY zone, version",
+        )
+        .bind(policy)
+        .bind(age_ms as f64 / 1000.0)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(zone, version, requests, failures, reporters)| {
+                let totals = LoadTotals {
+                    requests: requests.max(0) as u64,
+                    failures: failures.max(0) as u64,
+                    reporters: u32::try_from(reporters).unwrap_or(u32::MAX),
+                };
+                ((zone, version), totals)
             })
             .collect())
     }

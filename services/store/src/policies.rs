@@ -457,7 +457,10 @@ async fn check_owner(
             .await?
             .flatten();
     let Some(owner) = owner else { return Ok(()) };
-    if w.source.starts_with(&gitops_origin(&owner)) {
+    // The revision completing a rollout writes what the source's spec
+    // already asked for (the canary's version at 100 %); the source keeps
+    // owning the policy and its next sync writes the repository's spec back.
+    if w.source.starts_with(&gitops_origin(&owner)) || w.source == crate::rollouts::ROLLOUT_SOURCE {
         return Ok(());
     }
     if !w.force {

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use meridian_policy::Policy;
 use meridian_store::notify::Event;
 use meridian_store::Store;
-use meridian_xds::{EndpointHealth, Mesh, Publisher, RouteNack, Translator, Weights};
+use meridian_xds::{
+    with_rollouts, EndpointHealth, Mesh, Publisher, RolloutWeights, RouteNack, Translator, Weights,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -62,6 +64,9 @@ pub struct Writer {
     policies: BTreeMap<String, Policy>,
     /// Decided by the failover leader; a policy without a decision uses its spec weights.
     weights: Weights,
+    /// The canary weight each route's rollout serves, by policy (from the
+    /// leader's stored statuses); applied to the policies as they are read.
+    rollouts: BTreeMap<String, RolloutWeights>,
     /// Endpoints the leader marked unhealthy, read like the weights.
     health: EndpointHealth,
     /// Policies left out of their egress route because a client refused
@@ -90,6 +95,7 @@ impl Writer {
             config,
             policies: BTreeMap::new(),
             weights: Weights::new(),
+            rollouts: BTreeMap::new(),
             health: EndpointHealth::new(),
             rejected: BTreeSet::new(),
             route_nacks: None,
@@ -237,10 +243,15 @@ impl Writer {
         self.weights = weights.into_iter().map(|(p, w)| (p, w.weights)).collect();
         self.health = self.store.endpoint_health().await?.into_iter().collect();
         self.rejected = self.store.xds_rejections(None).await?.into_keys().collect();
+        self.rollouts = served(self.store.all_rollout_statuses().await?);
         let load_ms = started.elapsed().as_millis() as u64;
+        let rollouts = &self.rollouts;
         self.policies = all
             .into_iter()
-            .map(|p| (p.metadata.name.clone(), p))
+            .map(|p| {
+                let p = with_rollouts(&p, rollouts.get(&p.metadata.name)).into_owned();
+                (p.metadata.name.clone(), p)
+            })
             .collect();
         let built = Instant::now();
         self.translator.set_mesh(self.mesh.clone());
@@ -270,8 +281,10 @@ impl Writer {
         let weights = self.store.effective_weights_of(&names).await?;
         let health = self.store.endpoint_health_of(&names).await?;
         let rejected = self.store.xds_rejections(Some(&names)).await?;
+        let rollouts = served(self.store.rollout_statuses_of(&names).await?);
         for name in &names {
             self.policies.remove(name);
+            self.rollouts.remove(name);
             self.weights.remove(name);
             self.health.remove(name);
             self.rejected.remove(name);
@@ -282,7 +295,9 @@ impl Writer {
             .extend(weights.into_iter().map(|(p, w)| (p, w.weights)));
         self.health.extend(health);
         self.translator.set_endpoint_health(self.health.clone());
+        self.rollouts.extend(rollouts);
         for p in fresh {
+            let p = with_rollouts(&p, self.rollouts.get(&p.metadata.name)).into_owned();
             self.policies.insert(p.metadata.name.clone(), p);
         }
         let translating = Instant::now();
@@ -392,6 +407,29 @@ async fn identities_changed(security: &mut Option<Security>) -> Result<(), Error
         }
         None => std::future::pending().await,
     }
+}
+
+/// The canary weight each stored rollout serves, by policy and route. One
+/// weight per route: every zone moves together (validation refuses
+/// `zoneOrder` until zone-by-zone rollouts are served), and a zone failed
+/// over or drained (0 in the status) gets nothing through its effective
+/// weight anyway, so the highest zone weight is the route's.
+fn served(
+    statuses: BTreeMap<String, BTreeMap<String, meridian_store::rollouts::Status>>,
+) -> BTreeMap<String, RolloutWeights> {
+    statuses
+        .into_iter()
+        .map(|(policy, routes)| {
+            let weights = routes
+                .into_iter()
+                .map(|(route, s)| {
+                    let w = s.weights.values().copied().max().unwrap_or(0);
+                    (route, (s.version, w))
+                })
+                .collect();
+            (policy, weights)
+        })
+        .collect()
 }
 
 #[derive(Default)]

@@ -102,6 +102,43 @@ pub type Weights = HashMap<String, BTreeMap<String, u32>>;
 /// with health status UNHEALTHY, so no client sends them traffic.
 pub type EndpointHealth = HashMap<String, BTreeMap<String, BTreeSet<String>>>;
 
+/// The canary weight each route's rollout serves now: route name ->
+/// (the version it delivers, percent). Filled from the failover leader's
+/// stored rollout statuses (docs/rollouts.md).
+pub type RolloutWeights = BTreeMap<String, (String, u32)>;
+
+/// The policy as served: a route whose canary has a `rollout` gets the
+/// weight its rollout serves now instead of `canary.weight` (0 under a
+/// rollout), when the status is for the spec's version. A route without a
+/// status yet (the leader has not stepped it), or whose status is for
+/// another version (a new rollout about to start), keeps the spec's weight.
+/// Zones failed over or drained get nothing of either cluster anyway
+/// through the effective weights, so one weight per route is exact while
+/// every zone moves together (no `zoneOrder`, refused by validation).
+pub fn with_rollouts<'a>(
+    p: &'a Policy,
+    rollouts: Option<&RolloutWeights>,
+) -> std::borrow::Cow<'a, Policy> {
+    let serves = |r: &meridian_policy::Route| -> Option<u32> {
+        let c = r.canary.as_ref()?;
+        c.rollout.as_ref()?;
+        let (version, weight) = rollouts?.get(&r.name)?;
+        (*version == c.version && *weight != c.weight).then_some(*weight)
+    };
+    if !p.spec.routes.iter().any(|r| serves(r).is_some()) {
+        return std::borrow::Cow::Borrowed(p);
+    }
+    let mut served = p.clone();
+    for r in &mut served.spec.routes {
+        if let Some(w) = serves(r) {
+            if let Some(c) = &mut r.canary {
+                c.weight = w.min(100);
+            }
+        }
+    }
+    std::borrow::Cow::Owned(served)
+}
+
 /// How the leader names an endpoint: `ip:port`, `[ip6]:port`.
 fn endpoint_key(address: &str, port: u32) -> String {
     match address.parse::<std::net::IpAddr>() {

@@ -737,3 +737,61 @@ fn an_excluded_policy_leaves_its_egress_route_and_nothing_else() {
 fn names_of(r: &Resources, ty: ResourceType) -> Vec<String> {
     names(r, ty)
 }
+
+#[test]
+fn a_rollout_status_sets_the_served_canary_weight() {
+    let with_rollout = |version: &str| {
+        let mut p = policy("a", 80, Some((version, 0)), false);
+        p.spec.routes[0].canary.as_mut().unwrap().rollout = Some(Default::default());
+        p
+    };
+    let served = |rw: &[(&str, &str, u32)]| -> RolloutWeights {
+        rw.iter()
+            .map(|(r, v, w)| (r.to_string(), (v.to_string(), *w)))
+            .collect()
+    };
+    let weight = |p: &Policy| p.spec.routes[0].canary.as_ref().unwrap().weight;
+    // (spec version, status, expected weight served)
+    let cases: &[(&str, Option<RolloutWeights>, u32)] = &[
+        ("v2", None, 0),
+        ("v2", Some(served(&[("api", "v2", 25)])), 25),
+        // A status of another version: the new rollout has not started yet.
+        ("v2", Some(served(&[("api", "v1", 25)])), 0),
+        ("v2", Some(served(&[("other", "v2", 25)])), 0),
+        ("v2", Some(served(&[("api", "v2", 100)])), 100),
+    ];
+    for (version, status, want) in cases {
+        let p = with_rollout(version);
+        assert_eq!(
+            weight(&with_rollouts(&p, status.as_ref())),
+            *want,
+            "{status:?}"
+        );
+    }
+    // Without `rollout` in the spec the status no longer counts: the spec's
+    // weight is served (docs/rollouts.md: removing it hands the weight back).
+    let plain = policy("a", 80, Some(("v2", 10)), false);
+    let status = served(&[("api", "v2", 50)]);
+    assert_eq!(weight(&with_rollouts(&plain, Some(&status))), 10);
+    // And the route served splits by it.
+    let p = with_rollout("v2");
+    let status = served(&[("api", "v2", 25)]);
+    let r = translate(
+        &[with_rollouts(&p, Some(&status)).into_owned()],
+        &Weights::new(),
+    );
+    let routes = route_of(&r, "grpc_a");
+    let Some(route::Action::Route(RouteAction {
+        cluster_specifier: Some(ClusterSpecifier::WeightedClusters(wc)),
+        ..
+    })) = &routes[0].action
+    else {
+        panic!("weighted clusters expected");
+    };
+    let ws: Vec<(String, u32)> = wc
+        .clusters
+        .iter()
+        .map(|c| (c.name.clone(), c.weight.as_ref().map_or(0, |w| w.value)))
+        .collect();
+    assert_eq!(ws, [("a@v2".to_owned(), 25), ("a".to_owned(), 75)]);
+}
