@@ -330,19 +330,7 @@ impl Store {
         events: &[NewEvent],
     ) -> Result<bool, Error> {
         let mut tx = self.pool.begin().await?;
-        let held: Option<i64> = sqlx::query_scalar(
-            "SELECT token FROM leases WHERE name = $1 AND token = $2 AND expires_at > now() FOR SHARE",
-        )
-        .bind(lease)
-        .bind(token)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if held.is_none() {
-            return Err(Error::LeaseLost {
-                lease: lease.to_owned(),
-                token,
-            });
-        }
+        hold_lease(&mut tx, lease, token).await?;
         // FOR SHARE queues this behind a policy write in progress (which
         // holds the row FOR UPDATE), and a write behind this decision.
         let current: Option<i64> =
@@ -1114,5 +1102,29 @@ impl FailoverRows {
                 }
             })
             .collect()
+    }
+}
+
+/// Fencing: fails with [`Error::LeaseLost`] unless `token` still holds lease
+/// `lease`, and keeps the lease row from changing until `tx` ends, so a
+/// leader that lost its lease mid-write writes nothing.
+pub(crate) async fn hold_lease(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    lease: &str,
+    token: i64,
+) -> Result<(), Error> {
+    let held: Option<i64> = sqlx::query_scalar(
+        "SELECT token FROM leases WHERE name = $1 AND token = $2 AND expires_at > now() FOR SHARE",
+    )
+    .bind(lease)
+    .bind(token)
+    .fetch_optional(&mut **tx)
+    .await?;
+    match held {
+        Some(_) => Ok(()),
+        None => Err(Error::LeaseLost {
+            lease: lease.to_owned(),
+            token,
+        }),
     }
 }

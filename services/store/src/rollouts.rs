@@ -10,7 +10,7 @@ pub use meridian_rollout::Status;
 use serde_json::json;
 use sqlx::types::Json;
 
-use crate::failover::{insert_event, NewEvent};
+use crate::failover::{hold_lease, insert_event, NewEvent};
 use crate::policies::{put_in, Mode, PutError};
 use crate::{Error, Precondition, Store, Write, CHANNEL};
 
@@ -180,19 +180,7 @@ impl Store {
         save: &RolloutSave<'_>,
     ) -> Result<bool, Error> {
         let mut tx = self.pool.begin().await?;
-        let held: Option<i64> = sqlx::query_scalar(
-            "SELECT token FROM leases WHERE name = $1 AND token = $2 AND expires_at > now() FOR SHARE",
-        )
-        .bind(lease)
-        .bind(token)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if held.is_none() {
-            return Err(Error::LeaseLost {
-                lease: lease.to_owned(),
-                token,
-            });
-        }
+        hold_lease(&mut tx, lease, token).await?;
         // FOR UPDATE: the completion revision below writes this row, and a
         // policy write in progress must finish first (or come after).
         let current: Option<i64> =
