@@ -308,3 +308,349 @@ async fn eventually_status(
     }
     panic!("the rollout did not start in 30 s");
 }
+
+/// Four backends, v1 and v2 in zone-a (127.0.0.2, .4) and zone-b (.3, .5),
+/// on one port: `[a/v1, b/v1, a/v2, b/v2]`.
+async fn backends() -> (u16, [Backend; 4]) {
+    let port = free_port(&["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]);
+    let b = [
+        Backend::start("127.0.0.2", port, "zone-a", "v1").await,
+        Backend::start("127.0.0.3", port, "zone-b", "v1").await,
+        Backend::start("127.0.0.4", port, "zone-a", "v2").await,
+        Backend::start("127.0.0.5", port, "zone-b", "v2").await,
+    ];
+    (port, b)
+}
+
+async fn until_routed(listen: u16) {
+    eventually("envoy routes", Duration::from_secs(20), || async {
+        request(&Client::new(), listen, HOST, "/", &[])
+            .await
+            .is_ok()
+    })
+    .await;
+}
+
+/// The first stored status `ok` accepts within `within`, or a panic with
+/// the last one seen.
+async fn wait_status(
+    db: &meridian_test_support::TestDb,
+    within: Duration,
+    what: &str,
+    ok: impl Fn(&meridian_rollout::Status) -> bool,
+) -> meridian_rollout::Status {
+    let deadline = std::time::Instant::now() + within;
+    let mut last = None;
+    while std::time::Instant::now() < deadline {
+        last = status(db).await;
+        if let Some(s) = last.as_ref().filter(|s| ok(s)) {
+            return s.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{what}: not within {within:?}; last status {last:?}");
+}
+
+async fn event_kinds(db: &meridian_test_support::TestDb) -> Vec<String> {
+    // Oldest first.
+    db.store
+        .events(Some(POLICY), None, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .filter(|k| k.starts_with("rollout-"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_little_traffic_waits_then_pauses_saying_so() {
+    let db = database().await;
+    let m = Meridian::start(BIN.as_ref(), &db.url).await;
+    let (port, _backends) = backends().await;
+    let listen = free_port(&["127.0.0.1"]);
+    // A trickle of traffic far below the minimum for a verdict.
+    let mut p = policy(listen, port, &[5, 25, 50, 100], 100_000);
+    let rollout = &mut p["spec"]["routes"][0]["canary"]["rollout"];
+    rollout["stepIntervalMs"] = json!(2000);
+    rollout["analysis"]["inconclusiveLimit"] = json!(2);
+    m.create_policy(&p).await;
+    let _envoy = Envoy::start_reporting_load("rollout-trickle", m.xds_port).await;
+    until_routed(listen).await;
+    let stop = CancellationToken::new();
+    let trickle = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let client = Client::new();
+            while !stop.is_cancelled() {
+                let _ = request(&client, listen, HOST, "/", &[]).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let paused = wait_status(&db, Duration::from_secs(60), "paused", |s| {
+        s.phase == meridian_rollout::Phase::Paused
+    })
+    .await;
+    stop.cancel();
+    trickle.await.unwrap();
+    let reason = paused.reason.clone().unwrap_or_default();
+    assert!(reason.contains("too little traffic"), "{paused:?}");
+    // Held where it was: the first step, never forward.
+    assert_eq!(paused.step_index, 0, "{paused:?}");
+    assert!(paused.weights.values().all(|w| *w == 5), "{paused:?}");
+    assert_eq!(paused.inconclusive, 2, "{paused:?}");
+    let analysis = paused.last_analysis.as_ref().expect("the last analysis");
+    assert_eq!(
+        serde_json::to_value(&analysis.verdict).unwrap(),
+        "inconclusive",
+        "{analysis:?}"
+    );
+    // It waited one interval (an inconclusive event) before pausing.
+    let kinds = event_kinds(&db).await;
+    assert_eq!(
+        kinds,
+        ["rollout-started", "rollout-inconclusive", "rollout-paused"],
+        "{kinds:?}"
+    );
+    // Paused stays paused: another two intervals change nothing.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let later = status(&db).await.unwrap();
+    assert_eq!(
+        (later.phase, later.step_index),
+        (meridian_rollout::Phase::Paused, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_during_a_rollout_pauses_it_and_keeps_the_canary_out_of_the_failed_zone() {
+    let db = database().await;
+    let m = Meridian::start(BIN.as_ref(), &db.url).await;
+    let (port, backends) = backends().await;
+    let listen = free_port(&["127.0.0.1"]);
+    let mut p = policy(listen, port, &[25, 50, 100], 10);
+    p["spec"]["failover"] = json!({"mode": "weighted", "failureRatePercent": 5,
+        "windowSeconds": 3, "minSamples": 5, "recoverySeconds": 2});
+    // Long steps: the failover comes during the first one.
+    p["spec"]["routes"][0]["canary"]["rollout"]["stepIntervalMs"] = json!(60_000);
+    m.create_policy(&p).await;
+    let envoy = Envoy::start_reporting_load("rollout-failover", m.xds_port).await;
+    until_routed(listen).await;
+    let stop = CancellationToken::new();
+    let (seen, mut tasks) = load(listen, stop.clone());
+    wait_status(&db, Duration::from_secs(20), "canary in both zones", |s| {
+        s.phase == meridian_rollout::Phase::Progressing && s.weights.values().all(|w| *w == 25)
+    })
+    .await;
+    eventually(
+        "canary traffic in zone-b",
+        Duration::from_secs(20),
+        || async { seen.lock().unwrap().get("zone-b/v2").copied().unwrap_or(0) > 0 },
+    )
+    .await;
+
+    // zone-b crashes, both versions: the checkers' silent rounds fail it
+    // over. From then on any request Envoy sent there would be a 503.
+    let [_a_v1, b_v1, _a_v2, b_v2] = backends;
+    b_v1.stop().await;
+    b_v2.stop().await;
+    let paused = wait_status(
+        &db,
+        Duration::from_secs(30),
+        "paused by the failover",
+        |s| s.phase == meridian_rollout::Phase::Paused,
+    )
+    .await;
+    assert!(
+        paused.reason.as_deref().unwrap_or("").contains("zone-b"),
+        "{paused:?}"
+    );
+    assert_eq!(paused.weights["zone-b"], 0, "{paused:?}");
+    assert_eq!(paused.weights["zone-a"], 25, "held in zone-a: {paused:?}");
+    assert_eq!(paused.step_index, 0, "{paused:?}");
+
+    // Once Envoy has it: nothing reaches zone-b, canary or not, while zone-a
+    // still serves both versions.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = seen.lock().unwrap().clone();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+    let after = seen.lock().unwrap().clone();
+    let grew = |k: &str| after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
+    assert_eq!(
+        (grew("503"), grew("zone-b/v2"), grew("zone-b/v1")),
+        (0, 0, 0),
+        "{after:?}\nenvoy log:\n{}",
+        envoy.log()
+    );
+    assert!(grew("zone-a/v2") > 0 && grew("zone-a/v1") > 0, "{after:?}");
+    // An outage of both versions is failover's business: the canary was
+    // not blamed for it.
+    let kinds = event_kinds(&db).await;
+    assert!(!kinds.contains(&"rollout-failed".to_owned()), "{kinds:?}");
+    assert!(kinds.contains(&"rollout-paused".to_owned()), "{kinds:?}");
+    // Still paused: a failover never resumes a rollout by itself.
+    let later = status(&db).await.unwrap();
+    assert_eq!(later.phase, meridian_rollout::Phase::Paused, "{later:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_over_its_prometheus_latency_limit_is_rolled_back() {
+    use meridian_test_support::prometheus::Prometheus;
+
+    let db = database().await;
+    let m = Meridian::start(BIN.as_ref(), &db.url).await;
+    let (port, backends) = backends().await;
+    // v2 answers like v1, only 300 ms later: no failure for the load
+    // reports to see, only latency for Prometheus.
+    backends[2].delay(300);
+    backends[3].delay(300);
+    let listen = free_port(&["127.0.0.1"]);
+    let prom_port = Prometheus::free_port();
+    let p99 = |cluster: &str| {
+        format!(
+            "histogram_quantile(0.99, sum by (le) (rate(envoy_cluster_upstream_rq_time_bucket{{envoy_cluster_name=\"{cluster}\"}}[15s])))"
+        )
+    };
+    let mut p = policy(listen, port, &[25, 50, 100], 10);
+    let rollout = &mut p["spec"]["routes"][0]["canary"]["rollout"];
+    rollout["stepIntervalMs"] = json!(4000);
+    rollout["analysis"]["prometheus"] = json!({
+        "url": format!("http://127.0.0.1:{prom_port}"),
+        "queries": [{"name": "p99-ms", "query": p99("rollout@v2"), "max": 200}]
+    });
+    m.create_policy(&p).await;
+    let envoy = Envoy::start_reporting_load("rollout-prometheus", m.xds_port).await;
+    let admin = envoy.admin.trim_start_matches("http://").to_owned();
+    let prometheus = Prometheus::start(prom_port, &[&admin]).await;
+    until_routed(listen).await;
+    let stop = CancellationToken::new();
+    let (seen, mut tasks) = load(listen, stop.clone());
+    let failed = tokio::time::timeout(Duration::from_secs(90), async {
+        let mut highest = 0;
+        loop {
+            if let Some(s) = status(&db).await {
+                highest = highest.max(s.weights.values().copied().max().unwrap_or(0));
+                if s.phase.is_final() {
+                    return (s, highest);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    // The stable version's latency, from the same Prometheus, for contrast.
+    let stable_p99 = prometheus.query(&p99("rollout")).await;
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+    let (failed, highest) = failed.unwrap_or_else(|_| {
+        panic!(
+            "no verdict in 90 s; traffic {:?}\nprometheus log:\n{}\nenvoy log:\n{}",
+            seen.lock().unwrap(),
+            prometheus.log(),
+            envoy.log()
+        )
+    });
+    assert_eq!(failed.phase, meridian_rollout::Phase::Failed, "{failed:?}");
+    assert!(failed.weights.values().all(|w| *w == 0), "{failed:?}");
+    // Never moved on without a latency verdict.
+    assert_eq!(highest, 25, "{failed:?}");
+    let reason = failed.reason.clone().unwrap_or_default();
+    assert!(reason.contains("p99-ms"), "{reason}");
+    let analysis = failed.last_analysis.as_ref().expect("the failing analysis");
+    let measured = serde_json::to_value(&analysis.prometheus["p99-ms"]).unwrap();
+    let value = measured["value"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{measured}"));
+    assert!(value > 200.0, "{measured}");
+    // The stable version was fast: it is the canary's latency that failed.
+    let stable_p99 = stable_p99.expect("a p99 for the stable cluster");
+    assert!(stable_p99 < 200.0, "stable p99 {stable_p99}");
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.keys().all(|k| !k.starts_with("error") && k != "503"),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_goes_on_from_its_stored_status_when_the_leader_dies() {
+    let db = database().await;
+    let first = Meridian::start(BIN.as_ref(), &db.url).await;
+    let leaders = || async {
+        db.store
+            .events(None, None, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == "leader-changed")
+            .count()
+    };
+    eventually("a leader", Duration::from_secs(10), || async {
+        leaders().await == 1
+    })
+    .await;
+    let second = Meridian::start(BIN.as_ref(), &db.url).await;
+    let (port, _backends) = backends().await;
+    let listen = free_port(&["127.0.0.1"]);
+    second
+        .create_policy(&policy(listen, port, &[5, 25, 50, 100], 10))
+        .await;
+    // Envoy follows the replica that survives.
+    let envoy = Envoy::start_reporting_load("rollout-takeover", second.xds_port).await;
+    until_routed(listen).await;
+    let stop = CancellationToken::new();
+    let (seen, mut tasks) = load(listen, stop.clone());
+    wait_status(&db, Duration::from_secs(30), "at the second step", |s| {
+        s.step_index == 1
+    })
+    .await;
+    first.kill().await;
+    let done = wait_status(&db, Duration::from_secs(120), "completed", |s| {
+        s.phase == meridian_rollout::Phase::Completed
+    })
+    .await;
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+    assert_eq!(leaders().await, 2, "one takeover");
+    // Each step once, in order, across the two leaders: none repeated or
+    // skipped.
+    let steps: Vec<u64> = {
+        let events = db.store.events(Some(POLICY), None, 1000).await.unwrap();
+        events
+            .iter()
+            .filter(|e| e.kind == "rollout-step" || e.kind == "rollout-started")
+            .map(|e| {
+                let w = &e.details["weights"];
+                w.as_object()
+                    .and_then(|w| w.values().filter_map(Value::as_u64).max())
+                    .unwrap_or_else(|| panic!("{} without weights: {:?}", e.kind, e.details))
+            })
+            .collect()
+    };
+    assert_eq!(steps, [5, 25, 50, 100], "{steps:?}");
+    let kinds = event_kinds(&db).await;
+    let completed = kinds.iter().filter(|k| *k == "rollout-completed").count();
+    assert_eq!(completed, 1, "{kinds:?}");
+    let completions = db
+        .store
+        .revisions(POLICY)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.source == "rollout")
+        .count();
+    assert_eq!(completions, 1, "one completion revision");
+    assert_eq!(
+        done.weights.values().copied().collect::<Vec<_>>(),
+        [100, 100]
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.keys().all(|k| !k.starts_with("error") && k != "503"),
+        "{seen:?}\nenvoy log:\n{}",
+        envoy.log()
+    );
+    second.stop().await;
+}

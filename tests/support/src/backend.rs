@@ -34,6 +34,9 @@ struct Failing {
     /// xorshift64 state for the health failures; seeded, so a run can be
     /// repeated.
     rng: AtomicU64,
+    /// Every request but `/healthz` answers this much later: a slow
+    /// version, for latency analysis.
+    delay_ms: AtomicU64,
 }
 
 impl Failing {
@@ -110,6 +113,12 @@ impl Backend {
             .store(per_mille.min(1000), Ordering::SeqCst);
     }
 
+    /// From now on answers every request but `/healthz` `ms` later: a
+    /// version that is slow, not broken.
+    pub fn delay(&self, ms: u64) {
+        self.failing.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
     /// From now on `/healthz` answers 503 to `per_mille` of probes, drawn at
     /// random from a generator seeded with `seed`; other requests are not
     /// affected. A zone whose health is noisy rather than bad.
@@ -160,6 +169,10 @@ async fn answer(
         .and_then(|ms| ms.parse::<u64>().ok())
     {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    let delay = failing.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 && uri.path() != "/healthz" {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     }
     if uri.path() != "/healthz" && failing.next_fails() {
         return Err(axum::http::StatusCode::SERVICE_UNAVAILABLE);

@@ -10,6 +10,7 @@
 //! - [`process::Meridian`]: the real binary as a process, every role on.
 //! - [`backend::Backend`]: an HTTP backend per zone that echoes what it got.
 //! - [`envoy::Envoy`]: a real Envoy bootstrapped with only an ADS cluster.
+//! - [`prometheus::Prometheus`]: a real Prometheus scraping loopback targets.
 //!
 //! A missing PostgreSQL is a failure that says what to install, never a skip.
 
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod moto;
 pub mod pdns;
 pub mod process;
+pub mod prometheus;
 pub mod traffic;
 
 use std::net::SocketAddr;
