@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "policy.proto",
         "policy_service.proto",
         "failover_service.proto",
+        "rollout_service.proto",
     ]
     .map(|f| root.join("meridian/v1").join(f));
     std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);

@@ -11,34 +11,14 @@ the REST API. Prints OK at the end; any failure raises.
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
 
 import grpc
-import grpc_tools
-from grpc_tools import protoc
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PROTO = os.path.join(ROOT, "proto")
-FILES = ["meridian/v1/policy.proto", "meridian/v1/policy_service.proto",
-         "meridian/v1/failover_service.proto"]
-
-
-def generate():
-    out = tempfile.mkdtemp(prefix="meridian-py-")
-    include = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
-    rc = protoc.main(["protoc", f"-I{PROTO}", f"-I{include}",
-                      f"--python_out={out}", f"--grpc_python_out={out}", *FILES])
-    if rc != 0:
-        raise SystemExit(f"protoc failed with {rc}")
-    sys.path.insert(0, out)
-
-
-generate()
+import meridian_protos  # noqa: F401 (generates the meridian.v1 modules)
 from meridian.v1 import failover_service_pb2 as fpb  # noqa: E402
 from meridian.v1 import failover_service_pb2_grpc as fgrpc  # noqa: E402
 from meridian.v1 import policy_pb2 as pb  # noqa: E402

@@ -135,6 +135,7 @@ impl From<meridian_store::Error> for ApiError {
             Kind::Precondition => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
             Kind::NotConfigured => (StatusCode::CONFLICT, "no_ca"),
             Kind::GuardRail => (StatusCode::CONFLICT, "guard_rail"),
+            Kind::Conflict => (StatusCode::CONFLICT, "conflict"),
             Kind::Gone => (StatusCode::GONE, "gone"),
             Kind::Invalid => {
                 let field = e.field().unwrap_or_default();

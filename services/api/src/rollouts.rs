@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use meridian_rollout::{check, Action, Effect};
+use meridian_rollout::Action;
 use serde_json::json;
 
 use crate::auth::caller;
@@ -45,28 +45,11 @@ pub async fn act(
             format!("unknown action {action:?}: use pause, resume, promote or abort"),
         )]));
     };
-    state.store.get(&name).await?;
-    let status = state
+    let changes = state
         .store
-        .rollout_statuses(&name)
+        .request_rollout_action(&name, &route, action, &caller().actor)
         .await?
-        .remove(&route)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("policy {name:?} has no rollout on route {route:?}"),
-            )
-        })?;
-    let effect = check(&status, action)
-        .map_err(|why| ApiError::new(StatusCode::CONFLICT, "conflict", why))?;
-    let changes = effect == Effect::Changes;
-    if changes {
-        state
-            .store
-            .queue_rollout_command(&name, &route, action, &caller().actor)
-            .await?;
-    }
+        .is_some();
     Ok((
         StatusCode::ACCEPTED,
         Json(

@@ -35,7 +35,8 @@ pub fn from_store(e: meridian_store::Error) -> Status {
         | Kind::Revoked
         | Kind::Precondition
         | Kind::NotConfigured
-        | Kind::GuardRail => Status::failed_precondition(message),
+        | Kind::GuardRail
+        | Kind::Conflict => Status::failed_precondition(message),
         Kind::Gone => Status::out_of_range(message),
         Kind::Invalid => invalid(vec![FieldError::new(
             e.field().unwrap_or_default(),

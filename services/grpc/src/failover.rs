@@ -9,7 +9,7 @@ use futures::Stream;
 use meridian_policy::FieldError;
 use meridian_proto::v1 as pb;
 use meridian_proto::v1::failover_service_server::FailoverService;
-use meridian_proto::{from_timestamp, to_timestamp};
+use meridian_proto::{from_timestamp, to_struct, to_timestamp};
 use meridian_store::failover::{Event, Override};
 use meridian_store::Store;
 use tokio::sync::mpsc;
@@ -80,32 +80,8 @@ fn event_to_pb(e: Event) -> pb::WatchEventsResponse {
         kind: e.kind,
         severity: e.severity,
         message: e.message,
-        details: match to_struct_value(e.details.0).kind {
-            Some(prost_types::value::Kind::StructValue(s)) => Some(s),
-            _ => None,
-        },
+        details: to_struct(e.details.0),
     }
-}
-
-fn to_struct_value(v: serde_json::Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    use serde_json::Value as J;
-    let kind = match v {
-        J::Null => Kind::NullValue(0),
-        J::Bool(b) => Kind::BoolValue(b),
-        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-        J::String(s) => Kind::StringValue(s),
-        J::Array(items) => Kind::ListValue(prost_types::ListValue {
-            values: items.into_iter().map(to_struct_value).collect(),
-        }),
-        J::Object(fields) => Kind::StructValue(prost_types::Struct {
-            fields: fields
-                .into_iter()
-                .map(|(k, v)| (k, to_struct_value(v)))
-                .collect(),
-        }),
-    };
-    prost_types::Value { kind: Some(kind) }
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEventsResponse, Status>> + Send>>;

@@ -1,5 +1,5 @@
 //! The gRPC automation API (`proto/meridian/v1`): policies with a resumable
-//! watch, failover status and events, and the operator actions, for
+//! watch, failover status and events, rollouts, and the operator actions, for
 //! runbooks, chaos and disaster-recovery tools and incident bots.
 //!
 //! Served with the standard gRPC health and reflection services, so
@@ -12,10 +12,12 @@
 mod error;
 mod failover;
 mod policies;
+mod rollouts;
 pub mod watch;
 
 use meridian_proto::v1::failover_service_server::FailoverServiceServer;
 use meridian_proto::v1::policy_service_server::PolicyServiceServer;
+use meridian_proto::v1::rollout_service_server::RolloutServiceServer;
 use std::sync::Arc;
 
 use meridian_auth::{AuthError, Authenticator, Identity, Role};
@@ -103,6 +105,9 @@ pub async fn serve(
     health
         .set_serving::<FailoverServiceServer<failover::Failover>>()
         .await;
+    health
+        .set_serving::<RolloutServiceServer<rollouts::Rollouts>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -119,6 +124,10 @@ pub async fn serve(
             feed,
             auth.clone(),
             shutdown.clone(),
+        )))
+        .add_service(RolloutServiceServer::new(rollouts::Rollouts::new(
+            store.clone(),
+            auth.clone(),
         )))
         .add_service(FailoverServiceServer::new(failover::Failover::new(
             store,

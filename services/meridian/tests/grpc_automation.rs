@@ -132,3 +132,52 @@ async fn meridian_watch_prints_policy_changes_and_events() {
     assert!(event.contains("watched"), "{event}");
     m.stop().await;
 }
+
+/// RolloutService from a Python client (tests/interop/rollout_client.py):
+/// pause, resume and abort land, refusals say why, and the watch shows it.
+#[tokio::test]
+async fn python_client_pauses_resumes_and_aborts_a_rollout() {
+    let db = database().await;
+    let m = Meridian::start(BIN.as_ref(), &db.url).await;
+    // No traffic: the leader starts the rollout at its first step and it
+    // waits there (long intervals), so only the client's actions move it.
+    let endpoint = |ip: &str, version: &str| serde_json::json!({"address": ip, "port": 8080, "version": version});
+    let policy = serde_json::json!({
+        "metadata": {"name": "rolling"},
+        "spec": {
+            "host": "rolling.example.com", "port": free_port(&["127.0.0.1"]),
+            "zones": [
+                {"name": "zone-a", "weight": 50, "endpoints": [endpoint("127.0.0.2", "v1"), endpoint("127.0.0.4", "v2")]},
+                {"name": "zone-b", "weight": 50, "endpoints": [endpoint("127.0.0.3", "v1"), endpoint("127.0.0.5", "v2")]}
+            ],
+            "failover": {"mode": "manual"},
+            "routes": [{"name": "all", "canary": {"version": "v2", "weight": 0, "rollout": {
+                "steps": [5, 25, 50, 100], "stepIntervalMs": 600_000,
+                "analysis": {"minRequests": 100}}}}]
+        }
+    });
+    m.create_policy(&policy).await;
+    let out = tokio::time::timeout(
+        Duration::from_secs(180),
+        tokio::process::Command::new(python())
+            .arg(repo_root().join("tests/interop/rollout_client.py"))
+            .args([
+                "--grpc",
+                m.grpc.trim_start_matches("http://"),
+                "--policy",
+                "rolling",
+            ])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the Python client did not finish within 180 s")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.lines().any(|l| l == "OK"),
+        "the Python client failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    m.stop().await;
+}

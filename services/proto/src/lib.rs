@@ -7,7 +7,7 @@
 
 mod convert;
 
-pub use convert::{from_timestamp, to_timestamp, ConvertError};
+pub use convert::{from_timestamp, to_struct, to_timestamp, ConvertError};
 
 /// Generated messages, clients and servers of package `meridian.v1`.
 #[allow(clippy::all, clippy::pedantic, rust_2018_idioms)]

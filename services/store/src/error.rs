@@ -56,6 +56,14 @@ pub enum Error {
     /// `minHealthyZones`); forcing it with a reason goes ahead, audited.
     #[error("refused by the guard rail {rule}: {message}")]
     GuardRail { rule: String, message: String },
+    /// The policy has no rollout on that route (none in its spec, or the
+    /// leader has not started it yet).
+    #[error("policy {policy:?} has no rollout on route {route:?}")]
+    NoRollout { policy: String, route: String },
+    /// An operator's rollout action does not apply in the rollout's phase
+    /// (resuming a failed rollout); the message says why.
+    #[error("{message}")]
+    RolloutRefused { message: String },
     /// No CA is stored yet (no replica has started with `--ca-key-file`).
     #[error("no certificate authority is configured; start a replica with --ca-key-file")]
     NoCa,
@@ -100,6 +108,8 @@ pub enum Kind {
     NotConfigured,
     /// A traffic guard rail (capacity, minimum healthy zones) refuses the move.
     GuardRail,
+    /// The action does not apply in the resource's current state.
+    Conflict,
     /// What was asked for is no longer kept (pruned by retention).
     Gone,
     /// The database cannot be reached or has no free connection: retry.
@@ -116,7 +126,8 @@ impl Error {
             Error::NotFound { .. }
             | Error::ProviderNotFound { .. }
             | Error::TokenNotFound { .. }
-            | Error::SourceNotFound { .. } => Kind::NotFound,
+            | Error::SourceNotFound { .. }
+            | Error::NoRollout { .. } => Kind::NotFound,
             Error::ProviderExists { .. }
             | Error::TokenExists { .. }
             | Error::NameTaken { .. }
@@ -128,6 +139,7 @@ impl Error {
             Error::RevisionNotFound { .. } | Error::InvalidText => Kind::Invalid,
             Error::NoCa => Kind::NotConfigured,
             Error::GuardRail { .. } => Kind::GuardRail,
+            Error::RolloutRefused { .. } => Kind::Conflict,
             Error::Compacted { .. } => Kind::Gone,
             // Only the failover loop sees it; reaching an edge is a bug.
             Error::LeaseLost { .. } | Error::Migrate(_) => Kind::Internal,
@@ -190,6 +202,19 @@ mod tests {
             ),
             (Error::Database(sqlx::Error::RowNotFound), Kind::Internal),
             (Error::TokenRevoked { name: "t".into() }, Kind::Revoked),
+            (
+                Error::NoRollout {
+                    policy: "p".into(),
+                    route: "r".into(),
+                },
+                Kind::NotFound,
+            ),
+            (
+                Error::RolloutRefused {
+                    message: "no".into(),
+                },
+                Kind::Conflict,
+            ),
         ];
         for (e, kind) in cases {
             assert_eq!(e.kind(), kind, "{e}");

@@ -74,17 +74,21 @@ impl Store {
         Ok(group(rows))
     }
 
-    /// Queues an operator's action for the leader's next step, with its
-    /// audit row and an event, in one transaction. The edges check first
-    /// ([`meridian_rollout::check`]) that the action applies; a step that
-    /// finds it no longer does ignores it with an event.
-    pub async fn queue_rollout_command(
+    /// An operator's action on a route's rollout (REST, gRPC, CLI,
+    /// dashboard), in one transaction: checked against the stored status
+    /// ([`meridian_rollout::check`]: [`Error::RolloutRefused`] when it does
+    /// not apply in the rollout's phase), then, unless the rollout is
+    /// already so, queued for the leader's next step with its audit row
+    /// and an event. Returns the queued command's id, or `None` when there
+    /// was nothing to do. A step that finds the action no longer applies
+    /// (the rollout moved meanwhile) ignores it with an event.
+    pub async fn request_rollout_action(
         &self,
         policy: &str,
         route: &str,
         action: Action,
         actor: &str,
-    ) -> Result<i64, Error> {
+    ) -> Result<Option<i64>, Error> {
         let mut tx = self.pool.begin().await?;
         let exists: Option<String> =
             sqlx::query_scalar("SELECT name FROM policies WHERE name = $1 FOR SHARE")
@@ -95,6 +99,24 @@ impl Store {
             return Err(Error::NotFound {
                 name: policy.to_owned(),
             });
+        }
+        let status: Option<Json<Status>> = sqlx::query_scalar(
+            "SELECT status FROM rollout_status WHERE policy_name = $1 AND route = $2 FOR SHARE",
+        )
+        .bind(policy)
+        .bind(route)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(Json(status)) = status else {
+            return Err(Error::NoRollout {
+                policy: policy.to_owned(),
+                route: route.to_owned(),
+            });
+        };
+        match meridian_rollout::check(&status, action) {
+            Err(message) => return Err(Error::RolloutRefused { message }),
+            Ok(meridian_rollout::Effect::AlreadyDone) => return Ok(None),
+            Ok(meridian_rollout::Effect::Changes) => {}
         }
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO rollout_commands (policy_name, route, action, actor)
@@ -127,7 +149,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(id)
+        Ok(Some(id))
     }
 
     /// The oldest queued action of each route of a policy.

@@ -79,9 +79,10 @@ async fn saves_are_fenced_consume_actions_and_completion_writes_a_revision() {
 
     // An operator's promote, queued then consumed by the step that completes.
     let id = store
-        .queue_rollout_command("web", "all", Action::Promote, "alice")
+        .request_rollout_action("web", "all", Action::Promote, "alice")
         .await
-        .unwrap();
+        .unwrap()
+        .expect("queued");
     let queued = store.rollout_commands("web").await.unwrap();
     assert_eq!(
         (queued["all"].id, queued["all"].action),
@@ -126,4 +127,39 @@ async fn saves_are_fenced_consume_actions_and_completion_writes_a_revision() {
         audit.contains(&("alice".to_owned(), "rollout-promote".to_owned())),
         "{audit:?}"
     );
+
+    // Actions on the completed rollout: promoting again is already done
+    // (nothing queued), resuming is refused, an unknown route has none;
+    // none of them queues or audits anything.
+    assert_eq!(
+        store
+            .request_rollout_action("web", "all", Action::Promote, "bob")
+            .await
+            .unwrap(),
+        None
+    );
+    let refused = store
+        .request_rollout_action("web", "all", Action::Resume, "bob")
+        .await;
+    assert!(
+        matches!(&refused, Err(Error::RolloutRefused { message }) if message.contains("completed")),
+        "{refused:?}"
+    );
+    let missing = store
+        .request_rollout_action("web", "nope", Action::Pause, "bob")
+        .await;
+    assert!(
+        matches!(missing, Err(Error::NoRollout { .. })),
+        "{missing:?}"
+    );
+    let gone = store
+        .request_rollout_action("nope", "all", Action::Pause, "bob")
+        .await;
+    assert!(matches!(gone, Err(Error::NotFound { .. })), "{gone:?}");
+    assert!(store.rollout_commands("web").await.unwrap().is_empty());
+    let bob: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE actor = 'bob'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(bob, 0);
 }
