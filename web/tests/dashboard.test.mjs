@@ -403,6 +403,130 @@ describe('dashboard against a running Meridian', { timeout: 300_000 }, () => {
     await screenshot(page, 'revisions');
   });
 
+  test("a running rollout: phase, steps and weights per zone, and its buttons as the phase allows", async () => {
+    // The policy page of a policy without a rollout has no rollout section.
+    await page.goto(`${m.url}/policies/orders`);
+    await page.locator('[data-testid="effective-bar"]').waitFor();
+    assert.equal(await page.locator('[data-testid="rollouts"]').isHidden(), true, 'a rollout section without a rollout');
+
+    // Two zones with v1 and v2 endpoints (answering, so no zone is out);
+    // nothing fails over. Without traffic the leader starts the rollout and
+    // holds it at its first step (inconclusive), for ten intervals of a
+    // minute before it would pause on its own: longer than this test.
+    const v2a = await backend('127.0.0.4', backendPort);
+    const v2b = await backend('127.0.0.5', backendPort);
+    const name = 'rollout-web';
+    const url = `/api/v1/policies/${name}/rollouts`;
+    try {
+      const created = await m.api('POST', '/api/v1/policies', {
+        metadata: { name },
+        spec: {
+          host: 'rollout-web.example.com',
+          port: await freePort(),
+          zones: [
+            { name: 'zone-a', weight: 50, endpoints: [{ address: '127.0.0.2', port: backendPort, version: 'v1' }, { address: '127.0.0.4', port: backendPort, version: 'v2' }] },
+            { name: 'zone-b', weight: 50, endpoints: [{ address: '127.0.0.3', port: backendPort, version: 'v1' }, { address: '127.0.0.5', port: backendPort, version: 'v2' }] },
+          ],
+          failover: { mode: 'manual' },
+          routes: [
+            {
+              name: 'all',
+              canary: {
+                version: 'v2',
+                weight: 0,
+                rollout: { steps: [10, 50, 100], stepIntervalMs: 60_000, analysis: { maxFailureRatePercent: 2, maxFailureRateIncreasePercent: 1, minRequests: 100, inconclusiveLimit: 10 } },
+              },
+            },
+          ],
+        },
+      });
+      assert.equal(created.status, 201, JSON.stringify(created.body));
+      const phaseIs = async (want) => {
+        const api = (await m.api('GET', url)).body.all;
+        return api?.phase === want || api;
+      };
+      await eventually('the leader started the rollout', 30_000, () => phaseIs('progressing'));
+
+      await page.goto(`${m.url}/policies/${name}`);
+      const part = page.locator('[data-testid="rollouts"] [data-rollout="all"]');
+      await part.waitFor({ timeout: 15_000 });
+      const phase = part.getByTestId('rollout-phase');
+      const weights = () => part.locator('[data-testid="rollout-weights"] tr[data-zone]').evaluateAll((trs) => Object.fromEntries(trs.map((tr) => [tr.dataset.zone, Number(tr.dataset.weight)])));
+      const buttons = () => part.locator('button[data-action]').evaluateAll((bs) => Object.fromEntries(bs.map((b) => [b.dataset.action, !b.disabled])));
+      const shows = (what, want) =>
+        eventually(`the page shows ${what}`, 30_000, async () => {
+          const seen = { phase: await phase.getAttribute('data-phase'), weights: await weights(), buttons: await buttons() };
+          return JSON.stringify(seen) === JSON.stringify({ ...seen, ...want }) || seen;
+        });
+
+      // As the API says: the first step, 10% of v2 in each zone.
+      const started = (await m.api('GET', url)).body.all;
+      assert.deepEqual(started.weights, { 'zone-a': 10, 'zone-b': 10 });
+      await shows('the first step', {
+        phase: 'progressing',
+        weights: { 'zone-a': 10, 'zone-b': 10 },
+        buttons: { pause: true, resume: false, promote: true, abort: true },
+      });
+      assert.deepEqual(await part.locator('[data-testid="rollout-steps"] li').evaluateAll((lis) => lis.map((li) => `${li.textContent}:${li.dataset.state}`)), ['10%:current', '50%:todo', '100%:todo']);
+      // The chart is drawn from the traffic endpoint: no load reports here.
+      const traffic = (await m.api('GET', `${url}/all/traffic?minutes=10`)).body;
+      assert.deepEqual(traffic.buckets, []);
+      await eventually('the chart drawn', 15_000, async () => (await part.locator('svg[data-testid="rollout-chart"]').getAttribute('data-points')) === '0,0');
+      await screenshot(page, 'rollout-progressing');
+
+      // Pause: queued, applied by the leader's next tick, shown by the next refresh.
+      await part.getByRole('button', { name: 'Pause', exact: true }).click();
+      await shows('paused', { phase: 'paused', weights: { 'zone-a': 10, 'zone-b': 10 }, buttons: { pause: false, resume: true, promote: true, abort: true } });
+      assert.equal(await phaseIs('paused'), true);
+      assert.match(await part.getByTestId('rollout-reason').textContent(), /^paused by /, 'a paused rollout says why');
+
+      await part.getByRole('button', { name: 'Resume', exact: true }).click();
+      await shows('progressing again', { phase: 'progressing', buttons: { pause: true, resume: false, promote: true, abort: true } });
+      assert.equal(await phaseIs('progressing'), true);
+
+      // Abort asks first, naming what changes; nothing happens before.
+      await part.getByRole('button', { name: 'Abort…' }).click();
+      const dialog = page.locator('dialog#confirm');
+      await dialog.waitFor({ state: 'visible' });
+      const preview = await dialog.locator('table.changes').textContent();
+      for (const word of ['zone-a', 'zone-b', '10%', '0%', 'aborted']) assert.ok(preview.includes(word), `${preview} lacks ${word}`);
+      await screenshot(page, 'rollout-abort-confirm');
+      assert.equal(await phaseIs('progressing'), true, 'aborted before confirming');
+      await dialog.getByTestId('confirm-apply').click();
+      await dialog.waitFor({ state: 'hidden' });
+      await shows('aborted, every weight 0, no button', {
+        phase: 'aborted',
+        weights: { 'zone-a': 0, 'zone-b': 0 },
+        buttons: { pause: false, resume: false, promote: false, abort: false },
+      });
+      assert.match(await part.getByTestId('rollout-reason').textContent(), /^aborted by /);
+      const aborted = (await m.api('GET', url)).body.all;
+      assert.deepEqual([aborted.phase, aborted.weights], ['aborted', { 'zone-a': 0, 'zone-b': 0 }]);
+      const events = (await m.api('GET', `/api/v1/events?policy=${name}`)).body.items.map((e) => e.kind);
+      for (const kind of ['rollout-started', 'rollout-paused', 'rollout-aborted']) assert.ok(events.includes(kind), `${kind} not in ${events}`);
+
+      // A page that has not caught up yet (the button still enabled): the
+      // server refuses, and the page shows its message word for word.
+      const refused = await m.api('POST', `${url}/all/resume`);
+      assert.equal(refused.status, 409, JSON.stringify(refused.body));
+      await part.locator('button[data-action="resume"]').evaluate((b) => {
+        b.disabled = false;
+        b.click();
+      });
+      const error = part.getByTestId('rollout-error');
+      await error.waitFor({ timeout: 10_000 });
+      const shown = await error.textContent();
+      assert.ok(shown.includes(refused.body.message), `${shown} lacks ${refused.body.message}`);
+      assert.match(shown, /409/);
+      assert.equal(await phaseIs('aborted'), true);
+      await screenshot(page, 'rollout-aborted');
+    } finally {
+      await v2a.stop();
+      await v2b.stop();
+      await m.api('DELETE', `/api/v1/policies/${name}`);
+    }
+  });
+
   test('the same in Firefox: overview, live stream, weight bars, a confirmed drain', async () => {
     const ff = await firefoxBrowser();
     try {

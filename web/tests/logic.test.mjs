@@ -2,7 +2,7 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { ago, attention, diffHunks, drainPreview, evidenceLines, eventLevel, healthSpans, lineDiff, matches, parseSse, sparkPath, stableText, weightChanges, zoneTransitions } from '../app/assets/logic.js';
+import { ago, attention, diffHunks, drainPreview, evidenceLines, eventLevel, healthSpans, lineDiff, matches, niceCeil, parseSse, rateText, rolloutAction, rolloutChart, rolloutPhaseOf, rolloutSteps, sparkPath, stableText, weightChanges, zoneTransitions, ROLLOUT_ACTIONS } from '../app/assets/logic.js';
 
 const track = { name: 'track-api', host: 'track.example.com', labels: { team: 'logistics', tier: 'frontend' }, health: 'degraded', flags: ['failed-over'] };
 const pay = { name: 'payments', host: 'payments.example.com', labels: { team: 'payments' }, health: 'healthy', flags: [] };
@@ -177,4 +177,77 @@ test('a zone shows both rates and which one decides', () => {
     assert.equal(got.lines.find((l) => l.deciding)?.source, deciding);
     assert.equal(got.bounds, bounds);
   }
+});
+
+test("rollout buttons apply where the server's check says the action changes something", () => {
+  // Every (phase, action) of services/rollout/src/step.rs `check`.
+  const table = {
+    progressing: { pause: 'changes', resume: 'done', promote: 'changes', abort: 'changes' },
+    paused: { pause: 'done', resume: 'changes', promote: 'changes', abort: 'changes' },
+    failed: { pause: 'refused', resume: 'refused', promote: 'refused', abort: 'done' },
+    completed: { pause: 'refused', resume: 'refused', promote: 'done', abort: 'refused' },
+    aborted: { pause: 'refused', resume: 'refused', promote: 'refused', abort: 'done' },
+    'some-future-phase': { pause: 'refused', resume: 'refused', promote: 'refused', abort: 'refused' },
+  };
+  for (const [phase, want] of Object.entries(table)) {
+    assert.deepEqual(Object.fromEntries(ROLLOUT_ACTIONS.map((a) => [a, rolloutAction(phase, a)])), want, phase);
+  }
+  assert.equal(rolloutAction('progressing', 'restart'), 'refused');
+  assert.equal(rolloutPhaseOf('paused').label, 'paused');
+  assert.equal(rolloutPhaseOf('odd').level, 'unknown');
+});
+
+test('rollout steps mark the current one; a completed rollout has done them all', () => {
+  const at = (phase, stepIndex) => rolloutSteps({ phase, stepIndex, steps: [5, 25, 100] }).map((s) => `${s.percent}:${s.state}`);
+  assert.deepEqual(at('progressing', 0), ['5:current', '25:todo', '100:todo']);
+  assert.deepEqual(at('paused', 1), ['5:done', '25:current', '100:todo']);
+  assert.deepEqual(at('failed', 2), ['5:done', '25:done', '100:current']);
+  assert.deepEqual(at('completed', 2), ['5:done', '25:done', '100:done']);
+  assert.deepEqual(rolloutSteps(null), []);
+});
+
+test('chart axis ceilings are 1, 2 or 5 times a power of ten, within 1 to 100 %', () => {
+  const cases = [[0, 1], [-3, 1], [NaN, 1], [0.5, 1], [1, 1], [1.01, 2], [2, 2], [2.5, 5], [5, 5], [7, 10], [10, 10], [11, 20], [30, 50], [51, 100], [100, 100], [250, 100]];
+  for (const [v, want] of cases) assert.equal(niceCeil(v), want, String(v));
+});
+
+test('the rollout chart scales failure rates per bucket, leaves gaps where a side had no requests', () => {
+  const series = {
+    fromMs: 0,
+    toMs: 100_000,
+    bucketSeconds: 10,
+    buckets: [
+      { startMs: 0, canary: { requests: 100, failures: 5 }, stable: { requests: 1000, failures: 10 } },
+      { startMs: 10_000, canary: { requests: 100, failures: 10 }, stable: { requests: 1000, failures: 0 } },
+      // No canary request in this bucket: a gap, not a 0 %.
+      { startMs: 20_000, canary: { requests: 0, failures: 0 }, stable: { requests: 1000, failures: 20 } },
+      { startMs: 30_000, canary: { requests: 50, failures: 0 }, stable: { requests: 1000, failures: 0 } },
+      // A report can never fail more than it made: capped at 100 %.
+      { startMs: 90_000, canary: { requests: 2, failures: 9 }, stable: { requests: 0, failures: 0 } },
+    ],
+  };
+  const c = rolloutChart(series, 100, 102, 2);
+  // 100 % canary failures in the last bucket: the axis goes to 100.
+  assert.equal(c.max, 100);
+  assert.deepEqual(c.points, { canary: 4, stable: 4 });
+  assert.deepEqual(c.latest, { canary: 100, stable: 0 });
+  // x at the bucket's middle; y = h - rate/max·(h-2) - 1.
+  assert.equal(c.canary, 'M5.0,96.0 L15.0,91.0 M35.0,101.0 h0.1 M95.0,1.0 h0.1');
+  assert.equal(c.stable, 'M5.0,100.0 L15.0,101.0 L25.0,99.0 L35.0,101.0');
+  assert.equal(c.limitY, 99);
+
+  // Without failures the limit sets the scale, with room above it.
+  const calm = rolloutChart({ ...series, buckets: series.buckets.slice(0, 1).map((b) => ({ ...b, canary: { requests: 10, failures: 0 } })) }, 100, 102, 2);
+  assert.equal(calm.max, 5);
+  assert.equal(calm.limitY, 101 - (2 / 5) * 100);
+  // No buckets at all: empty lines, a 1 % axis, no limit line without one.
+  const empty = rolloutChart({ fromMs: 0, toMs: 1000, bucketSeconds: 10, buckets: [] }, 100, 50);
+  assert.deepEqual([empty.canary, empty.stable, empty.max, empty.limitY], ['', '', 1, null]);
+});
+
+test('rate text gives the percentage with its counts', () => {
+  assert.equal(rateText({ requests: 406, failures: 5 }, 1.2315), '1.23% (5 of 406)');
+  assert.equal(rateText({ requests: 4, failures: 1 }), '25.00% (1 of 4)');
+  assert.equal(rateText({ requests: 0, failures: 0 }, null), 'no requests');
+  assert.equal(rateText(undefined), 'no requests');
 });

@@ -103,6 +103,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/policies/:name/rollouts", get(rollouts::list))
         .route(
+            "/api/v1/policies/:name/rollouts/:route/traffic",
+            get(rollouts::traffic),
+        )
+        .route(
             "/api/v1/policies/:name/rollouts/:route/:action",
             post(rollouts::act),
         )

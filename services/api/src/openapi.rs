@@ -36,6 +36,7 @@ use crate::{ca, dashboard, error, failover, gitops, policies, providers, rollout
         failover::undrain,
         rollouts::list,
         rollouts::act,
+        rollouts::traffic,
         failover::events,
         providers::list,
         providers::create,

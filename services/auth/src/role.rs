@@ -151,6 +151,11 @@ mod tests {
                 R(Operator),
             ),
             ("GET", "/api/v1/policies/:name/rollouts", R(Viewer)),
+            (
+                "GET",
+                "/api/v1/policies/:name/rollouts/:route/traffic",
+                R(Viewer),
+            ),
             ("POST", "/api/v1/providers", R(Admin)),
             ("GET", "/api/v1/audit", R(Admin)),
             ("GET", "/api/v1/tokens", R(Admin)),

@@ -34,6 +34,17 @@ pub struct LoadRow {
     pub failures: u64,
 }
 
+/// One time bucket of [`Store::version_series`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VersionBucket {
+    /// When the bucket began (Unix ms, this process's clock).
+    pub start_ms: i64,
+    /// The canary's version.
+    pub canary: LoadTotals,
+    /// Every other version of the policy.
+    pub stable: LoadTotals,
+}
+
 impl Store {
     /// Adds `rows` to the current bucket of `reporter`, in one
     /// transaction. Counts for policies that do not exist are dropped.
@@ -170,6 +181,73 @@ impl Store {
                 ((zone, version), totals)
             })
             .collect())
+    }
+
+    /// One policy's traffic over the last `window` (at most
+    /// [`RETENTION`]), in buckets of `bucket` each, split into the
+    /// `canary` version and everything else (the stable version, and other
+    /// routes' canaries): a rollout's failure rates over time for the
+    /// dashboard. Oldest first; a bucket without reports of either is
+    /// absent (no traffic is not zero failures). Bucket starts are on this
+    /// process's clock, as in [`Store::traffic_tallies`].
+    pub async fn version_series(
+        &self,
+        policy: &str,
+        canary: &str,
+        window: Duration,
+        bucket: Duration,
+    ) -> Result<Vec<VersionBucket>, Error> {
+        let window = window.min(RETENTION);
+        // A zero stride would be refused by date_bin; one second is the
+        // reports' own resolution.
+        let bucket = bucket.max(Duration::from_secs(1));
+        let rows: Vec<(f64, bool, i64, i64, i64)> = sqlx::query_as(
+            "WITH binned AS (
+                SELECT date_bin(make_interval(secs => $3), bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS start,
+                       version = $2 AS canary, requests, failures, reporter
+                FROM load_reports
+                WHERE policy_name = $1
+                  AND bucket >= date_bin(make_interval(secs => $3), now() - make_interval(secs => $4),
+                                         TIMESTAMPTZ '2000-01-01 00:00:00+00'))
+             SELECT (extract(epoch FROM now() - start) * 1000)::float8, canary,
+                    sum(requests)::int8, sum(failures)::int8, count(DISTINCT reporter)::int8
+             FROM binned
+             GROUP BY start, canary
+             ORDER BY start, canary",
+        )
+        .bind(policy)
+        .bind(canary)
+        .bind(bucket.as_secs_f64())
+        .bind(window.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut out: Vec<VersionBucket> = Vec::new();
+        for (age_ms, is_canary, requests, failures, reporters) in rows {
+            let start_ms = now_ms - age_ms.max(0.0) as i64;
+            let totals = LoadTotals {
+                requests: requests.max(0) as u64,
+                failures: failures.max(0) as u64,
+                reporters: u32::try_from(reporters).unwrap_or(u32::MAX),
+            };
+            // Rows come ordered by bucket, and now() is the same for every
+            // row: a bucket's second row (canary after stable) has the
+            // first one's start.
+            let same = out.last().is_some_and(|b| b.start_ms == start_ms);
+            if !same {
+                out.push(VersionBucket {
+                    start_ms,
+                    ..VersionBucket::default()
+                });
+            }
+            let last = out.last_mut().expect("pushed above");
+            if is_canary {
+                last.canary = totals;
+            } else {
+                last.stable = totals;
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes buckets older than [`RETENTION`].

@@ -163,3 +163,207 @@ async fn saves_are_fenced_consume_actions_and_completion_writes_a_revision() {
         .unwrap();
     assert_eq!(bob, 0);
 }
+
+/// The dashboard's chart of a rollout: load reports added through the
+/// store, read back per time bucket as the canary's version against every
+/// other version, by the store and over REST.
+#[tokio::test]
+async fn traffic_series_splits_the_canary_from_every_other_version() {
+    use meridian_store::LoadRow;
+
+    let db = meridian_test_support::database().await;
+    let store = &db.store;
+    let w = Write {
+        actor: "test",
+        source: "api",
+        dry_run: false,
+        force: false,
+    };
+    let p = store.create(&policy(), &w).await.unwrap();
+    let mut other = policy();
+    other.metadata.name = "other".into();
+    other.spec.host = "other.example.com".into();
+    store.create(&other, &w).await.unwrap();
+
+    let row = |policy: &str, zone: &str, version: &str, requests: u64, failures: u64| LoadRow {
+        policy: policy.into(),
+        zone: zone.into(),
+        version: version.into(),
+        requests,
+        failures,
+    };
+    store
+        .add_load_reports(
+            "xds-1",
+            &[
+                row("web", "a", "", 100, 1),
+                row("web", "a", "v2", 50, 5),
+                // Another canary's version is not this rollout's canary.
+                row("web", "b", "v3", 20, 2),
+                // Another policy's traffic is not this one's.
+                row("other", "a", "v2", 1000, 1000),
+            ],
+        )
+        .await
+        .unwrap();
+    store
+        .add_load_reports("xds-2", &[row("web", "b", "v2", 10, 0)])
+        .await
+        .unwrap();
+
+    let before_ms = chrono::Utc::now().timestamp_millis();
+    let series = store
+        .version_series(
+            "web",
+            "v2",
+            Duration::from_secs(300),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    // Written within milliseconds: one bucket, or two if a 10 s boundary
+    // fell between the writes.
+    assert!(
+        (1..=2).contains(&series.len()),
+        "{} buckets: {series:?}",
+        series.len()
+    );
+    assert!(series
+        .windows(2)
+        .all(|b| b[0].start_ms + 10_000 <= b[1].start_ms));
+    for b in &series {
+        assert!(
+            b.start_ms <= before_ms + 1000 && b.start_ms > before_ms - 20_000,
+            "{b:?} vs now {before_ms}"
+        );
+    }
+    let sum = |f: fn(&meridian_store::VersionBucket) -> (u64, u64)| {
+        series
+            .iter()
+            .map(f)
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    };
+    assert_eq!(sum(|b| (b.canary.requests, b.canary.failures)), (60, 5));
+    assert_eq!(sum(|b| (b.stable.requests, b.stable.failures)), (120, 3));
+    if series.len() == 1 {
+        assert_eq!(series[0].canary.reporters, 2);
+    }
+    // A version that took no traffic: everything is the other side.
+    let none = store
+        .version_series(
+            "web",
+            "v9",
+            Duration::from_secs(60),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        none.iter().map(|b| b.canary.requests).sum::<u64>(),
+        0,
+        "{none:?}"
+    );
+    assert_eq!(none.iter().map(|b| b.stable.requests).sum::<u64>(), 180);
+
+    // Over REST: only with a rollout on the route.
+    let server = meridian_test_support::Server::start(store.clone()).await;
+    let client = reqwest::Client::new();
+    let get = |path: &str| {
+        let (client, url) = (client.clone(), server.url(path));
+        async move {
+            let r = client.get(url).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (status, body) = get("/api/v1/policies/web/rollouts/all/traffic").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("no rollout"),
+        "{body}"
+    );
+
+    let token = store
+        .acquire_lease("failover", "leader-1", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("lease");
+    let started = meridian_rollout::step(&Input {
+        target: meridian_rollout::targets(&p).remove(0),
+        status: None,
+        traffic: Default::default(),
+        prometheus: None,
+        unavailable: Default::default(),
+        now_ms: chrono::Utc::now().timestamp_millis(),
+        command: None,
+    });
+    let rv = p.metadata.resource_version.clone().unwrap();
+    let save = RolloutSave {
+        status: &started.status,
+        events: &[],
+        consumed: None,
+        complete: false,
+    };
+    assert!(store
+        .save_rollout("failover", token, "web", &rv, &save)
+        .await
+        .unwrap());
+
+    let (status, body) = get("/api/v1/policies/web/rollouts/all/traffic?minutes=2").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&body["version"], &body["bucketSeconds"]),
+        (&json!("v2"), &json!(10))
+    );
+    let (from, to) = (
+        body["fromMs"].as_i64().unwrap(),
+        body["toMs"].as_i64().unwrap(),
+    );
+    assert_eq!(to - from, 120_000);
+    let buckets = body["buckets"].as_array().unwrap();
+    let total = |side: &str, field: &str| {
+        buckets
+            .iter()
+            .map(|b| b[side][field].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(
+        (total("canary", "requests"), total("canary", "failures")),
+        (60, 5),
+        "{body}"
+    );
+    assert_eq!(
+        (total("stable", "requests"), total("stable", "failures")),
+        (120, 3),
+        "{body}"
+    );
+    for b in buckets {
+        let at = b["startMs"].as_i64().unwrap();
+        assert!(at >= from - 10_000 && at <= to, "{b} outside {from}..{to}");
+    }
+
+    for bad in ["0", "16", "-1", "2.5", "x"] {
+        let (status, body) = get(&format!(
+            "/api/v1/policies/web/rollouts/all/traffic?minutes={bad}"
+        ))
+        .await;
+        assert_eq!(status, 422, "minutes={bad}: {body}");
+        assert_eq!(body["details"][0]["field"], "minutes", "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("1 to 15"),
+            "{body}"
+        );
+    }
+    let (status, _) = get("/api/v1/policies/web/rollouts/nope/traffic").await;
+    assert_eq!(status, 404);
+    let (status, _) = get("/api/v1/policies/nope/rollouts/all/traffic").await;
+    assert_eq!(status, 404);
+    // The actions' route is still there beside it.
+    let paused = client
+        .post(server.url("/api/v1/policies/web/rollouts/all/pause"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paused.status().as_u16(), 202);
+    server.stop().await;
+}

@@ -297,3 +297,118 @@ export function evidenceLines(zone) {
         : null,
   };
 }
+
+// --- rollouts (issue 18) ------------------------------------------------
+
+/** How a rollout's phase is shown (services/rollout/src/status.rs). */
+export const ROLLOUT_PHASE = {
+  progressing: { level: 'info', icon: '▶', label: 'progressing' },
+  paused: { level: 'warn', icon: '❚❚', label: 'paused' },
+  failed: { level: 'bad', icon: '✕', label: 'failed: rolled back' },
+  completed: { level: 'ok', icon: '✓', label: 'completed' },
+  aborted: { level: 'warn', icon: '■', label: 'aborted: rolled back' },
+};
+
+export function rolloutPhaseOf(phase) {
+  return ROLLOUT_PHASE[phase] ?? { level: 'unknown', icon: '?', label: String(phase) };
+}
+
+/** The operator actions, in the order of their buttons. */
+export const ROLLOUT_ACTIONS = ['pause', 'resume', 'promote', 'abort'];
+
+/**
+ * What an action does in a phase, as the server's `check`
+ * (services/rollout/src/step.rs) answers it: `changes`, `done` (already
+ * so: accepted, nothing happens) or `refused` (409). A button is enabled
+ * only where it changes something.
+ */
+export function rolloutAction(phase, action) {
+  const changes = {
+    pause: ['progressing'],
+    resume: ['paused'],
+    promote: ['progressing', 'paused'],
+    abort: ['progressing', 'paused'],
+  };
+  const done = {
+    pause: ['paused'],
+    resume: ['progressing'],
+    promote: ['completed'],
+    abort: ['aborted', 'failed'],
+  };
+  if (changes[action]?.includes(phase)) return 'changes';
+  if (done[action]?.includes(phase)) return 'done';
+  return 'refused';
+}
+
+/** The steps of a rollout, each `{percent, state}` with state `done`,
+ *  `current` or `todo`; a completed rollout has every step done, and with
+ *  a zone order the steps are those of the current zone. */
+export function rolloutSteps(status) {
+  const steps = status?.steps ?? [];
+  return steps.map((percent, i) => {
+    let state = i < status.stepIndex ? 'done' : i === status.stepIndex ? 'current' : 'todo';
+    if (status.phase === 'completed') state = 'done';
+    return { percent, state };
+  });
+}
+
+/** A ceiling for a chart's axis: the smallest of 1, 2, 5 × 10ⁿ at least
+ *  `v` (at least 1 %, at most 100 %). */
+export function niceCeil(v) {
+  if (!(v > 1)) return 1;
+  if (v >= 100) return 100;
+  let p = 1;
+  while (p * 10 < v) p *= 10;
+  for (const m of [1, 2, 5, 10]) if (m * p >= v) return Math.min(m * p, 100);
+  return 100;
+}
+
+/**
+ * The failure-rate chart of a rollout from its traffic series
+ * (`GET …/rollouts/{route}/traffic`): a path per side (`canary`,
+ * `stable`) of the failure rate in percent per bucket, drawn at the
+ * bucket's middle on `[fromMs, toMs]` × `[0, max]` scaled to `w` × `h`.
+ * A bucket without requests of a side is a gap in its line, not a zero
+ * (no traffic is not zero failures); a point alone is a dot. `max` keeps
+ * the limit (`maxFailureRatePercent`) on the chart with room above it.
+ */
+export function rolloutChart(series, w, h, limit = null) {
+  const span = Math.max(1, series.toMs - series.fromMs);
+  const bucketMs = (series.bucketSeconds ?? 10) * 1000;
+  const rates = { canary: [], stable: [] };
+  for (const b of series.buckets ?? []) {
+    for (const side of ['canary', 'stable']) {
+      const c = b[side];
+      if (c && c.requests > 0) rates[side].push({ at: b.startMs + bucketMs / 2, rate: (Math.min(c.failures, c.requests) * 100) / c.requests });
+    }
+  }
+  const seen = [...rates.canary, ...rates.stable].map((p) => p.rate);
+  const max = niceCeil(Math.max(limit ? limit * 1.5 : 0, ...seen));
+  const x = (t) => (Math.min(Math.max(t - series.fromMs, 0), span) / span) * w;
+  const y = (v) => h - (Math.min(Math.max(v, 0), max) / max) * (h - 2) - 1;
+  const path = (points) => {
+    let d = '';
+    points.forEach((p, i) => {
+      const joined = i > 0 && p.at - points[i - 1].at <= bucketMs * 1.5;
+      const alone = !joined && !(i + 1 < points.length && points[i + 1].at - p.at <= bucketMs * 1.5);
+      d += `${d ? ' ' : ''}${joined ? 'L' : 'M'}${x(p.at).toFixed(1)},${y(p.rate).toFixed(1)}${alone ? ' h0.1' : ''}`;
+    });
+    return d;
+  };
+  const last = (side) => rates[side].at(-1)?.rate ?? null;
+  return {
+    max,
+    canary: path(rates.canary),
+    stable: path(rates.stable),
+    limitY: limit == null ? null : y(limit),
+    points: { canary: rates.canary.length, stable: rates.stable.length },
+    latest: { canary: last('canary'), stable: last('stable') },
+  };
+}
+
+/** "1.23% (5 of 406)", or "no requests". */
+export function rateText(counts, rate) {
+  if (!counts || !counts.requests) return 'no requests';
+  const r = typeof rate === 'number' ? rate : (counts.failures * 100) / counts.requests;
+  return `${r.toFixed(2)}% (${counts.failures} of ${counts.requests})`;
+}

@@ -4,12 +4,14 @@
 
 import { enc, get, send } from './api.js';
 import { onEvent } from './main.js';
-import { ago, diffHunks, drainPreview, evidenceLines, eventLevel, flagOf, healthOf, healthSpans, lineDiff, sparkPath, stableText, weightChanges, zoneHealthOf, zoneTransitions } from './logic.js';
+import { ago, diffHunks, drainPreview, evidenceLines, eventLevel, flagOf, healthOf, healthSpans, lineDiff, rateText, rolloutAction, rolloutChart, rolloutPhaseOf, rolloutSteps, sparkPath, stableText, weightChanges, zoneHealthOf, zoneTransitions, ROLLOUT_ACTIONS } from './logic.js';
 import { dnsBadge } from './overview.js';
-import { badge, confirmAction, errorBox, fill, h, keepFocus, svg } from './ui.js';
+import { badge, confirmAction, errorBox, fill, h, keepFocus, svg, toast } from './ui.js';
 
 const STATUS_MS = 2000;
 const SLOW_MS = 10000;
+/** How far back a rollout's failure-rate chart goes (the server keeps 15). */
+const ROLLOUT_MINUTES = 10;
 /** The failure-rate cell: both sources, the deciding one marked, the
  *  bounds the decision used, and the verdict as its tooltip. */
 function evidenceCell(z) {
@@ -46,10 +48,11 @@ function remember(policy, zones) {
 
 export function mount(main, name) {
   const path = `/api/v1/policies/${enc(name)}`;
-  const state = { policy: null, status: null, revisions: [], clients: null, events: [] };
+  const state = { policy: null, status: null, revisions: [], clients: null, events: [], rollouts: {}, rolloutTraffic: {}, rolloutErrors: {}, rolloutBusy: new Set() };
   const problem = h('div');
   const head = h('section', { class: 'policy-head' });
   const traffic = h('section', { 'aria-labelledby': 'traffic-h' });
+  const rollouts = h('section', { 'aria-labelledby': 'rollout-h', 'data-testid': 'rollouts', hidden: true });
   const zones = h('section', { 'aria-labelledby': 'zones-h' });
   const canaries = h('section', { 'aria-labelledby': 'canary-h' });
   const dns = h('section', { 'aria-labelledby': 'dns-h' });
@@ -61,6 +64,7 @@ export function mount(main, name) {
     problem,
     head,
     traffic,
+    rollouts,
     zones,
     h('div', { class: 'cols' }, h('div', {}, canaries, events), h('div', {}, dns, xds)),
     revisions,
@@ -81,9 +85,13 @@ export function mount(main, name) {
 
   async function loadStatus() {
     try {
-      const [policy, status] = await Promise.all([get(path), get(`${path}/status`)]);
+      const [policy, status, rollouts] = await Promise.all([get(path), get(`${path}/status`), get(`${path}/rollouts`)]);
       state.policy = policy;
       state.status = status;
+      const fresh = Object.keys(rollouts).some((r) => !(r in state.rollouts));
+      state.rollouts = rollouts;
+      // A rollout seen for the first time gets its chart at once.
+      if (fresh) loadRolloutTraffic();
       remember(name, status.zones);
       fill(problem);
       renderLive();
@@ -104,6 +112,20 @@ export function mount(main, name) {
     } catch (e) {
       fill(problem, errorBox(e));
     }
+  }
+  /** The failure-rate series of each rollout, for its chart. */
+  async function loadRolloutTraffic() {
+    const routes = Object.keys(state.rollouts);
+    await Promise.all(
+      routes.map(async (route) => {
+        try {
+          state.rolloutTraffic[route] = await get(`${path}/rollouts/${enc(route)}/traffic?minutes=${ROLLOUT_MINUTES}`);
+        } catch (e) {
+          state.rolloutTraffic[route] = { error: e };
+        }
+      }),
+    );
+    if (routes.length && state.status) keepFocus(main, drawRollouts);
   }
   async function loadEvents() {
     try {
@@ -198,6 +220,8 @@ export function mount(main, name) {
       h('div', { class: 'actions' }, h('button', { type: 'button', class: 'btn primary', 'data-key': 'set-override', onclick: setOverride }, ov ? 'Change override…' : 'Set weight override…')),
     );
 
+    drawRollouts();
+
     fill(traffic, 
       h('h2', { id: 'traffic-h' }, 'Traffic'),
       weightBar('Spec', status.zones, 'specWeight', 'spec-bar'),
@@ -274,7 +298,16 @@ export function mount(main, name) {
                     ' / ',
                     r.retries ? `${r.retries.attempts} on ${r.retries.retryOn.join(', ')}` : 'none',
                   ),
-                  h('td', {}, r.canary ? h('button', { type: 'button', class: 'btn', 'data-key': `canary-${r.name}`, onclick: () => changeCanary(i) }, 'Change weight…') : null),
+                  h(
+                    'td',
+                    {},
+                    // Under a rollout the leader sets the weight (the spec's must stay 0).
+                    r.canary?.rollout
+                      ? h('span', { class: 'muted small' }, 'set by the rollout')
+                      : r.canary
+                        ? h('button', { type: 'button', class: 'btn', 'data-key': `canary-${r.name}`, onclick: () => changeCanary(i) }, 'Change weight…')
+                        : null,
+                  ),
                 ),
               ),
             ),
@@ -308,6 +341,222 @@ export function mount(main, name) {
             ),
           ),
     );
+  }
+
+  /** One part per route with a rollout; the section is hidden without. */
+  function drawRollouts() {
+    const entries = Object.entries(state.rollouts ?? {});
+    rollouts.hidden = entries.length === 0;
+    if (entries.length === 0) {
+      fill(rollouts);
+      return;
+    }
+    fill(
+      rollouts,
+      h('h2', { id: 'rollout-h' }, entries.length === 1 ? 'Rollout' : 'Rollouts'),
+      entries.map(([route, st]) => rolloutPart(route, st)),
+    );
+  }
+
+  function rolloutPart(route, st) {
+    const spec = state.policy?.spec.routes?.find((r) => r.name === route)?.canary?.rollout;
+    const limit = spec?.analysis?.maxFailureRatePercent ?? null;
+    const steps = rolloutSteps(st);
+    const zoneOrder = st.zoneOrder ?? null;
+    const unavailable = new Set(st.unavailableZones ?? []);
+    const a = st.lastAnalysis;
+    const busy = state.rolloutBusy.has(route);
+    const labels = { pause: 'Pause', resume: 'Resume', promote: 'Promote…', abort: 'Abort…' };
+    const hints = {
+      pause: 'Hold the canary weights where they are',
+      resume: 'Go on: the current step starts its interval again',
+      promote: `Complete at once: ${st.version} takes 100% wherever it runs`,
+      abort: 'Roll back: canary weight 0 in every zone',
+    };
+    // A refusal stays shown until the rollout moves on (or an action works).
+    const refused = state.rolloutErrors[route];
+    const err = refused && refused.phase === st.phase ? refused.error : null;
+    return h(
+      'div',
+      { class: 'rollout', 'data-rollout': route },
+      h(
+        'h3',
+        {},
+        `Route ${route}: ${st.version} `,
+        badge(rolloutPhaseOf(st.phase), { attrs: { 'data-testid': 'rollout-phase', 'data-phase': st.phase } }),
+      ),
+      st.reason ? h('p', { class: 'small', 'data-testid': 'rollout-reason' }, st.reason) : null,
+      h(
+        'div',
+        { class: 'rollout-steps' },
+        h('span', { class: 'muted small' }, zoneOrder ? `Steps in ${zoneOrder[st.zoneIndex] ?? '?'}: ` : 'Steps: '),
+        h(
+          'ol',
+          { class: 'steps', 'data-testid': 'rollout-steps' },
+          steps.map((s) => h('li', { class: s.state, 'aria-current': s.state === 'current' ? 'step' : null, 'data-state': s.state }, `${s.percent}%`)),
+        ),
+        h(
+          'span',
+          { class: 'muted small' },
+          ` started ${ago(st.startedMs)}`,
+          // A failed, completed or aborted rollout has no step running.
+          ['progressing', 'paused'].includes(st.phase)
+            ? `, this ${st.inconclusive ? `interval (${st.inconclusive} inconclusive)` : 'step'} ${ago(st.stepStartedMs)}${spec?.stepIntervalMs ? `, ${Math.round(spec.stepIntervalMs / 1000)} s per interval` : ''}`
+            : '',
+        ),
+      ),
+      zoneOrder
+        ? h('p', { class: 'small', 'data-testid': 'rollout-zone-order' }, 'Zone order: ', zoneOrder.map((z, i) => h(i === st.zoneIndex ? 'strong' : 'span', {}, i ? ' → ' : '', z, i === st.zoneIndex ? ' (current)' : '')))
+        : null,
+      h(
+        'div',
+        { class: 'cols' },
+        h(
+          'div',
+          {},
+          h(
+            'table',
+            { class: 'grid', 'data-testid': 'rollout-weights' },
+            h('thead', {}, h('tr', {}, h('th', {}, 'Zone'), h('th', {}, `${st.version} weight`))),
+            h(
+              'tbody',
+              {},
+              Object.entries(st.weights ?? {}).map(([zone, w]) =>
+                h(
+                  'tr',
+                  { 'data-zone': zone, 'data-weight': w },
+                  h('td', {}, zone, unavailable.has(zone) ? h('span', { class: 'muted small' }, ' (failed over or drained)') : null),
+                  h('td', { class: 'num' }, `${w}%`),
+                ),
+              ),
+            ),
+          ),
+          analysisView(a),
+        ),
+        h('div', {}, rolloutChartView(route, limit)),
+      ),
+      h(
+        'div',
+        { class: 'actions', role: 'group', 'aria-label': `Rollout actions of route ${route}` },
+        ROLLOUT_ACTIONS.map((action) => {
+          const applies = rolloutAction(st.phase, action) === 'changes';
+          return h(
+            'button',
+            {
+              type: 'button',
+              class: `btn${action === 'abort' ? ' warn' : ''}`,
+              'data-key': `rollout-${route}-${action}`,
+              'data-action': action,
+              disabled: busy || !applies,
+              title: applies ? hints[action] : `Not while ${st.phase}`,
+              onclick: () => rolloutActionClicked(route, action),
+            },
+            labels[action],
+          );
+        }),
+      ),
+      err ? h('div', { 'data-testid': 'rollout-error' }, errorBox(err)) : null,
+    );
+  }
+
+  function analysisView(a) {
+    if (!a) return h('p', { class: 'muted small', 'data-testid': 'rollout-analysis' }, 'No analysis yet: the first ends with the first interval.');
+    const row = (label, c) =>
+      h(
+        'tr',
+        {},
+        h('td', {}, label),
+        h('td', { class: 'num' }, rateText(c.canary, c.canaryFailureRatePercent)),
+        h('td', { class: 'num' }, rateText(c.stable, c.stableFailureRatePercent)),
+        h('td', {}, c.verdict),
+      );
+    return h(
+      'div',
+      { 'data-testid': 'rollout-analysis' },
+      h('p', { class: 'small' }, 'Last analysis ', h('strong', { 'data-testid': 'rollout-verdict' }, a.verdict), ` (${ago(a.toMs)}, over ${Math.round((a.toMs - a.fromMs) / 1000)} s)`),
+      h(
+        'table',
+        { class: 'grid small' },
+        h('thead', {}, h('tr', {}, ['', 'Canary failing', 'Stable failing', 'Verdict'].map((t) => h('th', {}, t)))),
+        h('tbody', {}, row('all zones', a.all), Object.entries(a.zones ?? {}).map(([z, c]) => row(z, c))),
+      ),
+      (a.reasons ?? []).length ? h('ul', { class: 'small' }, a.reasons.map((r) => h('li', {}, r))) : null,
+    );
+  }
+
+  /** Canary against stable failure rate over the last minutes, from the
+   *  load reports (the whole policy's traffic per version). */
+  function rolloutChartView(route, limit) {
+    const series = state.rolloutTraffic[route];
+    if (!series) return h('p', { class: 'muted small' }, 'Loading the failure rates…');
+    if (series.error) return errorBox(series.error);
+    const w = 360;
+    const hgt = 120;
+    const c = rolloutChart(series, w, hgt, limit);
+    const box = svg('svg', { width: w, height: hgt, viewBox: `0 0 ${w} ${hgt}`, class: 'rollout-chart', role: 'img', 'data-testid': 'rollout-chart', 'data-points': `${c.points.canary},${c.points.stable}` });
+    if (c.limitY != null) box.append(svg('line', { x1: 0, x2: w, y1: c.limitY.toFixed(1), y2: c.limitY.toFixed(1), class: 'threshold' }));
+    box.append(svg('text', { x: 4, y: 12, class: 'axis' }, `${c.max}%`), svg('text', { x: 4, y: hgt - 4, class: 'axis' }, '0'));
+    if (c.stable) box.append(svg('path', { d: c.stable, class: 'stable' }));
+    if (c.canary) box.append(svg('path', { d: c.canary, class: 'canary' }));
+    const label = `Failure rate, last ${ROLLOUT_MINUTES} min, axis 0 to ${c.max}%: canary ${c.latest.canary == null ? 'no requests' : `${c.latest.canary.toFixed(2)}% now`}, stable ${c.latest.stable == null ? 'no requests' : `${c.latest.stable.toFixed(2)}% now`}${limit != null ? `; limit ${limit}%` : ''}`;
+    const title = svg('title');
+    title.textContent = label;
+    box.prepend(title);
+    box.setAttribute('aria-label', label);
+    return h(
+      'figure',
+      { class: 'rollout-figure' },
+      box,
+      h(
+        'figcaption',
+        { class: 'small' },
+        h('span', { class: 'key canary' }, '— canary'),
+        ' ',
+        h('span', { class: 'key stable' }, '— stable'),
+        limit != null ? h('span', { class: 'key limit' }, ` ┄ limit ${limit}%`) : null,
+        h('span', { class: 'muted' }, ` · 0–${c.max}%, last ${ROLLOUT_MINUTES} min`),
+        c.points.canary + c.points.stable === 0 ? h('span', { class: 'muted' }, ' · no load reports yet') : null,
+      ),
+    );
+  }
+
+  async function rolloutActionClicked(route, action) {
+    const st = state.rollouts[route];
+    if (!st) return;
+    const url = `${path}/rollouts/${enc(route)}/${action}`;
+    if (action === 'promote' || action === 'abort') {
+      const to = action === 'promote' ? '100% where it runs' : '0%';
+      const applied = await confirmAction({
+        title: `${action === 'promote' ? 'Promote' : 'Abort'} the rollout of ${st.version} on route ${route}`,
+        intro:
+          action === 'promote'
+            ? `Completes the rollout at once, without further analysis: ${st.version} takes all of the route's traffic, and the policy gets a revision with canary weight 100. The failover leader applies it within a second or two.`
+            : `Rolls the canary back: weight 0 in every zone, and the rollout cannot be resumed (a new version in the spec starts another). The failover leader applies it within a second or two.`,
+        changes: [
+          { what: 'phase', from: st.phase, to: action === 'promote' ? 'completed' : 'aborted' },
+          ...Object.entries(st.weights ?? {}).map(([z, w]) => ({ what: `${z}: ${st.version} weight`, from: `${w}%`, to })),
+        ],
+        confirmLabel: action === 'promote' ? 'Promote' : 'Abort rollout',
+        danger: true,
+        action: () => send('POST', url),
+      });
+      if (applied) delete state.rolloutErrors[route];
+      afterAction();
+      return;
+    }
+    state.rolloutBusy.add(route);
+    keepFocus(main, drawRollouts);
+    try {
+      const r = await send('POST', url);
+      delete state.rolloutErrors[route];
+      toast(r?.changes === false ? `Route ${route}: already ${action === 'pause' ? 'paused' : 'progressing'}` : `Route ${route}: ${action} queued`, 'ok');
+    } catch (e) {
+      state.rolloutErrors[route] = { error: e, phase: st.phase };
+    } finally {
+      state.rolloutBusy.delete(route);
+    }
+    keepFocus(main, drawRollouts);
+    afterAction();
   }
 
   function renderXds() {
@@ -554,6 +803,7 @@ export function mount(main, name) {
 
   every(STATUS_MS, loadStatus);
   every(SLOW_MS, loadSlow);
+  every(SLOW_MS, loadRolloutTraffic);
   loadEvents();
   return {
     unmount() {
