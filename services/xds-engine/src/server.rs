@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -386,9 +386,12 @@ impl Server {
         Box::pin(ReceiverStream::new(rx))
     }
 
+    /// One stream's loop. Generic over the inbound stream (tonic's
+    /// `Streaming` in service) so that a test can order a request and a
+    /// snapshot by hand.
     async fn run_stream<Req, Resp>(
         self,
-        mut inbound: Streaming<Req>,
+        mut inbound: impl Stream<Item = Result<Req, Status>> + Unpin,
         peer: Option<String>,
         tx: mpsc::Sender<Result<Resp, Status>>,
         variant: Variant<Req, Resp>,
@@ -403,8 +406,8 @@ impl Server {
         loop {
             let out = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
-                msg = inbound.message() => match msg {
-                    Ok(Some(req)) => {
+                msg = inbound.next() => match msg {
+                    Some(Ok(req)) => {
                         if registration.is_none() {
                             let node = (variant.node)(&req).cloned().unwrap_or_default();
                             tracing::Span::current().record("node", node.id.as_str());
@@ -465,11 +468,11 @@ impl Server {
                         drop(machine);
                         (out, None)
                     }
-                    Ok(None) => {
+                    None => {
                         tracing::debug!(variant = variant.name, "xds client closed its stream");
                         break;
                     }
-                    Err(status) => {
+                    Some(Err(status)) => {
                         // Hang-ups surface as errors from the transport; they are routine.
                         tracing::debug!(variant = variant.name, %status, "xds stream ended");
                         break;
@@ -659,6 +662,107 @@ pub async fn serve_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::DefaultView;
+    use crate::resources::Entry;
+    use crate::snapshot::snapshot_channel;
+    use std::time::Duration;
+    use tokio_stream::wrappers::UnboundedReceiverStream;
+
+    const LDS: ResourceType = ResourceType::Listener;
+    const RDS: ResourceType = ResourceType::RouteConfiguration;
+
+    fn sotw_request(
+        ty: ResourceType,
+        names: &[&str],
+        acked: Option<&SotwResponse>,
+    ) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: ty.type_url().into(),
+            resource_names: names.iter().map(|n| n.to_string()).collect(),
+            version_info: acked.map(|r| r.version_info.clone()).unwrap_or_default(),
+            response_nonce: acked.map(|r| r.nonce.clone()).unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
+    /// A listener and its route; the route's body says `round`.
+    fn world(round: u32) -> Resources {
+        let mut r = Resources::new();
+        let mut l = Entry::new("l", LDS, b"listener l".to_vec());
+        l.refs = vec![Arc::from("r")].into_boxed_slice();
+        r.insert(LDS, l);
+        r.insert(
+            RDS,
+            Entry::new("r", RDS, format!("route {round}").into_bytes()),
+        );
+        r
+    }
+
+    async fn next_of(
+        rx: &mut mpsc::Receiver<Result<SotwResponse, Status>>,
+        ty: ResourceType,
+        round: u32,
+    ) -> SotwResponse {
+        let wait = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                let r = rx.recv().await.expect("stream open").expect("no error");
+                if r.type_url == ty.type_url() {
+                    return r;
+                }
+            }
+        });
+        wait.await
+            .unwrap_or_else(|_| panic!("round {round}: no {} response in 2 s", ty.short_name()))
+    }
+
+    /// A request handled beside a new snapshot (both ready when the
+    /// stream's loop wakes, in either order) must not mark the snapshot
+    /// seen: the request answers only its own type, so the snapshot's
+    /// other changes would wait for the next snapshot. Regression test for
+    /// the request arm using `borrow_and_update`; the loop picks between
+    /// ready arms at random, so twenty rounds miss that bug with
+    /// probability 2^-20.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_beside_a_new_snapshot_leaves_the_snapshot_to_be_sent() {
+        let (publisher, subscriber) = snapshot_channel();
+        publisher.publish(world(0));
+        let server = Server::new(
+            subscriber,
+            Registry::new(),
+            CancellationToken::new(),
+            Arc::new(DefaultView),
+        );
+        let (requests, inbound) = mpsc::unbounded_channel();
+        let (tx, mut rx) = mpsc::channel(64);
+        tokio::spawn(server.run_stream(UnboundedReceiverStream::new(inbound), None, tx, SOTW));
+        let send = |r: DiscoveryRequest| requests.send(Ok(r)).unwrap();
+        // Envoy-like: wildcard LDS, then the route it names, all ACKed.
+        send(sotw_request(LDS, &[], None));
+        let lds = next_of(&mut rx, LDS, 0).await;
+        send(sotw_request(LDS, &[], Some(&lds)));
+        send(sotw_request(RDS, &["r"], None));
+        let rds = next_of(&mut rx, RDS, 0).await;
+        send(sotw_request(RDS, &["r"], Some(&rds)));
+        // Lets the stream's task take each ACK before the next round: an
+        // RDS request beside the new snapshot would answer the route change
+        // itself and hide what this test looks for.
+        let settle = || tokio::time::sleep(Duration::from_millis(20));
+        settle().await;
+        for round in 1..=20 {
+            // Without yielding in between: both arms are ready when the
+            // stream's task runs next. The LDS request (a repeated ACK)
+            // answers LDS only; the route change must still come.
+            publisher.publish(world(round));
+            send(sotw_request(LDS, &[], Some(&lds)));
+            let rds = next_of(&mut rx, RDS, round).await;
+            assert_eq!(
+                String::from_utf8_lossy(&rds.resources[0].bytes),
+                format!("route {round}")
+            );
+            send(sotw_request(RDS, &["r"], Some(&rds)));
+            settle().await;
+        }
+    }
 
     /// (auth, claims, cert, node id, claimed metadata, expected identity or refusal)
     type Case = (
