@@ -291,7 +291,10 @@ fn a_failure_in_the_second_zone_rolls_back_both_zones() {
         now += MIN;
         leader.tick_with(now, 4000, 0);
     }
-    assert_eq!(leader.status().weights, w(&[("a", 5), ("b", 100), ("c", 0)]));
+    assert_eq!(
+        leader.status().weights,
+        w(&[("a", 5), ("b", 100), ("c", 0)])
+    );
     now += MIN;
     let out = leader.tick_with(now, 4000, 20);
     assert_eq!(out.status.phase, Phase::Failed);
@@ -299,7 +302,9 @@ fn a_failure_in_the_second_zone_rolls_back_both_zones() {
     assert_eq!(kinds(&out), ["rollout-failed"]);
     assert_eq!(out.events[0].details["from"]["b"], 100);
     assert!(
-        out.events[0].message.contains("rolled back to 0% in every zone"),
+        out.events[0]
+            .message
+            .contains("rolled back to 0% in every zone"),
         "{}",
         out.events[0].message
     );
