@@ -518,7 +518,8 @@ async fn a_canary_over_its_prometheus_latency_limit_is_rolled_back() {
     rollout["stepIntervalMs"] = json!(4000);
     rollout["analysis"]["prometheus"] = json!({
         "url": format!("http://127.0.0.1:{prom_port}"),
-        "queries": [{"name": "p99-ms", "query": p99("rollout@v2"), "max": 200}]
+        // The route's own canary cluster (docs/rollouts.md).
+        "queries": [{"name": "p99-ms", "query": p99("rollout@v2~all"), "max": 200}]
     });
     m.create_policy(&p).await;
     let envoy = Envoy::start_reporting_load("rollout-prometheus", m.xds_port).await;
@@ -541,7 +542,7 @@ async fn a_canary_over_its_prometheus_latency_limit_is_rolled_back() {
     })
     .await;
     // The stable version's latency, from the same Prometheus, for contrast.
-    let stable_p99 = prometheus.query(&p99("rollout")).await;
+    let stable_p99 = prometheus.query(&p99("rollout~all")).await;
     stop.cancel();
     while tasks.join_next().await.is_some() {}
     let (failed, highest) = failed.unwrap_or_else(|_| {
