@@ -402,7 +402,7 @@ async fn too_little_traffic_waits_then_pauses_saying_so() {
     assert_eq!(paused.inconclusive, 2, "{paused:?}");
     let analysis = paused.last_analysis.as_ref().expect("the last analysis");
     assert_eq!(
-        serde_json::to_value(&analysis.verdict).unwrap(),
+        serde_json::to_value(analysis.verdict).unwrap(),
         "inconclusive",
         "{analysis:?}"
     );

@@ -811,7 +811,8 @@ fn zone_split_and_route_split_table() {
         assert_eq!(zone_split(s, c), want, "s={s} c={c}");
     }
     // (Σ canary, Σ stable) -> the route's weighted clusters.
-    let routes: &[(u32, u32, &[(Side, u32)])] = &[
+    type Split = &'static [(Side, u32)];
+    let routes: &[(u32, u32, Split)] = &[
         (350, 9650, &[(Side::Canary, 350), (Side::Stable, 9650)]),
         (0, 10_000, &[(Side::Stable, 10_000)]),
         (10_000, 0, &[(Side::Canary, 10_000)]),
@@ -947,7 +948,7 @@ fn a_rollout_serves_per_zone_weights_through_its_own_clusters() {
 #[test]
 fn a_route_under_a_rollout_gets_its_own_clusters_and_marks_its_canary() {
     let p = with_rollout("v2");
-    let r = translate_rolling(&[p.clone()], served("api", "v2", &[("z1", 25)]));
+    let r = translate_rolling(std::slice::from_ref(&p), served("api", "v2", &[("z1", 25)]));
     assert_eq!(
         names(&r, ResourceType::Cluster),
         ["a", "a@v2", "a@v2~api", "a~api"]
@@ -981,7 +982,10 @@ fn a_route_under_a_rollout_gets_its_own_clusters_and_marks_its_canary() {
             .key,
         *header
     );
-    assert_eq!(wc.clusters[1].request_headers_to_remove, [header.clone()]);
+    assert_eq!(
+        wc.clusters[1].request_headers_to_remove,
+        std::slice::from_ref(header)
+    );
     // The egress route references the route's clusters (make-before-break).
     let egress = r
         .get(ResourceType::RouteConfiguration, "egress_80")
@@ -1005,7 +1009,13 @@ fn a_route_under_a_rollout_gets_its_own_clusters_and_marks_its_canary() {
 #[test]
 fn without_a_matching_status_a_rollout_serves_no_canary() {
     // (spec has rollout, spec version, status) -> served split
-    let cases: &[(bool, &str, Option<Rollouts>, &[(&str, u32)])] = &[
+    type Case = (
+        bool,
+        &'static str,
+        Option<Rollouts>,
+        &'static [(&'static str, u32)],
+    );
+    let cases: &[Case] = &[
         // The route's own clusters exist before the first step (no cluster
         // to warm when it comes), all stable.
         (true, "v2", None, &[("a~api", 10_000)]),
