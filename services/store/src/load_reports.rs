@@ -203,16 +203,20 @@ impl Store {
             .collect())
     }
 
-    /// One policy's traffic over the last `window` (at most
+    /// One route's traffic over the last `window` (at most
     /// [`RETENTION`]), in buckets of `bucket` each, split into the
     /// `canary` version and everything else (the stable version, and other
     /// routes' canaries): a rollout's failure rates over time for the
-    /// dashboard. Oldest first; a bucket without reports of either is
+    /// dashboard. A bucket with reports of the route's own clusters (a
+    /// route under a rollout) counts those alone, as the analysis does;
+    /// one without (before the route had them) counts the policy's shared
+    /// clusters. Oldest first; a bucket without reports of either is
     /// absent (no traffic is not zero failures). Bucket starts are on this
     /// process's clock, as in [`Store::traffic_tallies`].
     pub async fn version_series(
         &self,
         policy: &str,
+        route: &str,
         canary: &str,
         window: Duration,
         bucket: Duration,
@@ -224,14 +228,17 @@ impl Store {
         let rows: Vec<(f64, bool, i64, i64, i64)> = sqlx::query_as(
             "WITH binned AS (
                 SELECT date_bin(make_interval(secs => $3), bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS start,
-                       version = $2 AS canary, requests, failures, reporter
+                       version = $2 AS canary, route, requests, failures, reporter
                 FROM load_reports
-                WHERE policy_name = $1
+                WHERE policy_name = $1 AND route IN ('', $5)
                   AND bucket >= date_bin(make_interval(secs => $3), now() - make_interval(secs => $4),
-                                         TIMESTAMPTZ '2000-01-01 00:00:00+00'))
+                                         TIMESTAMPTZ '2000-01-01 00:00:00+00')),
+             chosen AS (
+                SELECT *, bool_or(route = $5) OVER (PARTITION BY start) AS own FROM binned)
              SELECT (extract(epoch FROM now() - start) * 1000)::float8, canary,
                     sum(requests)::int8, sum(failures)::int8, count(DISTINCT reporter)::int8
-             FROM binned
+             FROM chosen
+             WHERE route = CASE WHEN own THEN $5 ELSE '' END
              GROUP BY start, canary
              ORDER BY start, canary",
         )
@@ -239,6 +246,7 @@ impl Store {
         .bind(canary)
         .bind(bucket.as_secs_f64())
         .bind(window.as_secs_f64())
+        .bind(route)
         .fetch_all(&self.pool)
         .await?;
         let now_ms = chrono::Utc::now().timestamp_millis();

@@ -216,6 +216,7 @@ async fn traffic_series_splits_the_canary_from_every_other_version() {
     let series = store
         .version_series(
             "web",
+            "all",
             "v2",
             Duration::from_secs(300),
             Duration::from_secs(10),
@@ -253,6 +254,7 @@ async fn traffic_series_splits_the_canary_from_every_other_version() {
     let none = store
         .version_series(
             "web",
+            "all",
             "v9",
             Duration::from_secs(60),
             Duration::from_secs(10),
@@ -428,4 +430,37 @@ async fn load_reports_keep_the_route_and_failover_still_sums_the_zone() {
     let totals = store.load_totals(&windows).await.unwrap();
     let zone = totals[&("web".to_owned(), "a".to_owned())];
     assert_eq!((zone.requests, zone.failures), (150, 2));
+    // The dashboard's chart of route `all` counts its own clusters where
+    // they reported (these seconds), like the analysis.
+    let series = store
+        .version_series(
+            "web",
+            "all",
+            "v2",
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let sum = |f: fn(&meridian_store::VersionBucket) -> (u64, u64)| {
+        series
+            .iter()
+            .map(f)
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    };
+    assert_eq!(sum(|b| (b.canary.requests, b.canary.failures)), (10, 1));
+    assert_eq!(sum(|b| (b.stable.requests, b.stable.failures)), (40, 0));
+    // Another route has no clusters of its own: the shared ones count.
+    let other = store
+        .version_series(
+            "web",
+            "other",
+            "v2",
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let stable: u64 = other.iter().map(|b| b.stable.requests).sum();
+    assert_eq!(stable, 100, "{other:?}");
 }
