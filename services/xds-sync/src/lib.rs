@@ -408,9 +408,9 @@ async fn identities_changed(security: &mut Option<Security>) -> Result<(), Error
 
 /// What each stored rollout serves, by policy and route: the status's
 /// canary percent per zone while it serves a split (progressing, paused,
-/// completed). A failed or aborted rollout serves 0 everywhere, which is
-/// the spec's `weight: 0` over the shared clusters: it is left out, so
-/// its per-route clusters go away.
+/// completed). A failed or aborted rollout serves 0 everywhere, as a
+/// route with a rollout and no status does: it is left out, and the
+/// translation serves its route's own clusters at 0 % canary.
 fn served(
     statuses: BTreeMap<String, BTreeMap<String, meridian_store::rollouts::Status>>,
 ) -> Rollouts {

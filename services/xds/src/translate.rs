@@ -8,10 +8,10 @@
 //!   endpoints of one canary version. A route with a `canary.rollout` has
 //!   its own pair, `<policy>@<version>~<route>` and `<policy>~<route>`,
 //!   whose locality weights carry each zone's canary percent as its
-//!   rollout's status says ([`Rollouts`], [`zone_split`], [`route_split`]). All are EDS clusters over ADS with
-//!   locality-weighted round robin; `grpc` policies talk HTTP/2 upstream
-//!   (through the deprecated `http2_protocol_options`, because xds-api 0.2
-//!   does not ship `envoy.extensions.upstreams.http.v3.HttpProtocolOptions`).
+//!   rollout's status says ([`Rollouts`], [`zone_split`], [`route_split`]).
+//!   All are EDS clusters over ADS with locality-weighted round robin;
+//!   `grpc` policies talk HTTP/2 upstream (through the deprecated
+//!   `http2_protocol_options`, because xds-api 0.2 does not ship `envoy.extensions.upstreams.http.v3.HttpProtocolOptions`).
 //! * Zone weights come from [`Weights`] when the policy is in it (failover
 //!   rewrites them), else from the spec. A zone with weight 0, or with no
 //!   endpoint in a cluster, is left out of that cluster's assignment.
@@ -108,8 +108,8 @@ pub type EndpointHealth = HashMap<String, BTreeMap<String, BTreeSet<String>>>;
 /// What a route's rollout serves now, from the failover leader's stored
 /// status (docs/rollouts.md): the version it delivers and its canary
 /// percent per zone. Only statuses that serve a split (progressing, paused,
-/// completed) are given; a failed or aborted rollout serves the spec's
-/// weight (0 under a rollout) over the shared clusters.
+/// completed) are given; a route with a rollout and no such status (not
+/// started, failed, aborted) serves 0 % canary over its own clusters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServedRollout {
     /// The version the status is for.
