@@ -85,7 +85,7 @@ fn minutes_param(raw: Option<&str>) -> Result<u32, ApiError> {
     params(("name" = String, Path, description = "Policy name"), ("route" = String, Path, description = "Route name"),
         ("minutes" = Option<u32>, Query, description = "How far back: 1 to 15 minutes (load reports are kept 15), default 5")),
     responses(
-        (status = 200, description = "`{policy, route, version, fromMs, toMs, bucketSeconds, buckets: [{startMs, canary: {requests, failures}, stable: {requests, failures}}]}`, oldest first; buckets without reports are left out. Counts are of the whole policy's traffic per version (load reports are not split by route yet).", body = Object),
+        (status = 200, description = "`{policy, route, version, fromMs, toMs, bucketSeconds, buckets: [{startMs, canary: {requests, failures}, stable: {requests, failures}}]}`, oldest first; buckets without reports are left out. Counts are of the route's own clusters where the data planes reported them (a route under a rollout), else of the policy's shared clusters per version.", body = Object),
         (status = 400, description = "Unknown query parameter", body = ErrorBody),
         (status = 404, description = "No such policy, or no rollout on the route", body = ErrorBody),
         (status = 422, description = "`minutes` out of range", body = ErrorBody),
@@ -101,7 +101,7 @@ pub async fn traffic(
     let to_ms = chrono::Utc::now().timestamp_millis();
     let buckets = state
         .store
-        .version_series(&name, &status.version, window, SERIES_BUCKET)
+        .version_series(&name, &route, &status.version, window, SERIES_BUCKET)
         .await?;
     let counts = |t: meridian_store::load_reports::LoadTotals| json!({"requests": t.requests, "failures": t.failures});
     let buckets: Vec<serde_json::Value> = buckets

@@ -11,7 +11,7 @@ use std::time::Duration;
 use meridian_policy::{Policy, PrometheusAnalysis};
 use meridian_rollout::{Command, Counts, Input, PrometheusResults, Target, Traffic};
 use meridian_store::failover::NewEvent;
-use meridian_store::load_reports::LoadTotals;
+use meridian_store::load_reports::{LoadTotals, TrafficKey};
 use meridian_store::rollouts::RolloutSave;
 use meridian_store::Store;
 
@@ -49,7 +49,7 @@ pub(crate) async fn step_policy(
             .as_ref()
             .map_or((now_ms, now_ms), |s| s.window(interval, now_ms));
         let totals = store.version_traffic(name, from_ms).await?;
-        let traffic = traffic_of(&totals, &target.version);
+        let traffic = traffic_of(&totals, &target.version, &target.route);
         let over = status
             .as_ref()
             .is_some_and(|s| s.interval_over(interval, now_ms));
@@ -117,22 +117,33 @@ fn log(target: &Target, out: &meridian_rollout::Output) {
 }
 
 /// The canary's and the stable version's requests per zone, from the load
-/// reports' totals per (zone, version): `""` is the stable version; other
-/// canary versions of the policy count for neither.
+/// reports' totals per (zone, version, route). While the route has its own
+/// clusters (its rollout serves per zone; docs/rollouts.md), only their
+/// reports count: the route's traffic, not its policy's other routes'.
+/// Before they exist in the window (the first moments of a rollout, or a
+/// data plane that has not got them yet), the shared clusters' reports
+/// count, as before per-route clusters: `""` is the stable version, and
+/// other canary versions of the policy count for neither.
 pub(crate) fn traffic_of(
-    totals: &BTreeMap<(String, String), LoadTotals>,
+    totals: &BTreeMap<TrafficKey, LoadTotals>,
     version: &str,
+    route: &str,
 ) -> Traffic {
+    let own = totals.keys().any(|k| k.route == route);
+    let counted = if own { route } else { "" };
     let mut traffic = Traffic::default();
-    for ((zone, v), t) in totals {
-        let side = if v == version {
+    for (k, t) in totals {
+        if k.route != counted {
+            continue;
+        }
+        let side = if k.version == version {
             &mut traffic.canary
-        } else if v.is_empty() {
+        } else if k.version.is_empty() {
             &mut traffic.stable
         } else {
             continue;
         };
-        let c = side.entry(zone.clone()).or_insert(Counts::new(0, 0));
+        let c = side.entry(k.zone.clone()).or_insert(Counts::new(0, 0));
         *c = Counts::new(c.requests + t.requests, c.failures + t.failures);
     }
     traffic
@@ -203,30 +214,80 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn traffic_splits_canary_and_stable_and_ignores_other_canaries() {
+    fn traffic_splits_canary_and_stable_and_ignores_other_canaries_and_routes() {
         let t = |r, f| LoadTotals {
             requests: r,
             failures: f,
             reporters: 1,
         };
-        let totals = BTreeMap::from([
-            (("a".to_owned(), "".to_owned()), t(100, 1)),
-            (("a".to_owned(), "v2".to_owned()), t(10, 2)),
-            (("a".to_owned(), "v3".to_owned()), t(50, 50)),
-            (("b".to_owned(), "v2".to_owned()), t(7, 0)),
-        ]);
-        let traffic = traffic_of(&totals, "v2");
-        assert_eq!(
-            traffic.stable,
-            BTreeMap::from([("a".to_owned(), Counts::new(100, 1))])
+        let k = |zone: &str, version: &str, route: &str| TrafficKey {
+            zone: zone.to_owned(),
+            version: version.to_owned(),
+            route: route.to_owned(),
+        };
+        let shared = [
+            (k("a", "", ""), t(100, 1)),
+            (k("a", "v2", ""), t(10, 2)),
+            (k("a", "v3", ""), t(50, 50)),
+            (k("b", "v2", ""), t(7, 0)),
+        ];
+        let counts = |pairs: &[(&str, u64, u64)]| -> BTreeMap<String, Counts> {
+            pairs
+                .iter()
+                .map(|(z, r, f)| (z.to_string(), Counts::new(*r, *f)))
+                .collect()
+        };
+        // (what, totals, route, expected canary, expected stable)
+        type Case<'a> = (
+            &'a str,
+            Vec<(TrafficKey, LoadTotals)>,
+            &'a str,
+            &'a [(&'a str, u64, u64)],
+            &'a [(&'a str, u64, u64)],
         );
-        assert_eq!(
-            traffic.canary,
-            BTreeMap::from([
-                ("a".to_owned(), Counts::new(10, 2)),
-                ("b".to_owned(), Counts::new(7, 0)),
-            ])
-        );
+        let cases: Vec<Case<'_>> = vec![
+            (
+                "shared clusters only: the policy's reports, by version",
+                shared.to_vec(),
+                "position",
+                &[("a", 10, 2), ("b", 7, 0)],
+                &[("a", 100, 1)],
+            ),
+            (
+                "the route's own clusters: only theirs count",
+                shared
+                    .iter()
+                    .cloned()
+                    .chain([
+                        (k("a", "", "position"), t(40, 0)),
+                        (k("a", "v2", "position"), t(4, 1)),
+                        (k("b", "", "position"), t(30, 0)),
+                        // Another route's own clusters.
+                        (k("a", "v2", "other"), t(99, 99)),
+                    ])
+                    .collect(),
+                "position",
+                &[("a", 4, 1)],
+                &[("a", 40, 0), ("b", 30, 0)],
+            ),
+            (
+                "another route's own clusters do not make this one's",
+                shared
+                    .iter()
+                    .cloned()
+                    .chain([(k("a", "v2", "other"), t(99, 99))])
+                    .collect(),
+                "position",
+                &[("a", 10, 2), ("b", 7, 0)],
+                &[("a", 100, 1)],
+            ),
+        ];
+        for (what, totals, route, canary, stable) in cases {
+            let totals: BTreeMap<TrafficKey, LoadTotals> = totals.into_iter().collect();
+            let traffic = traffic_of(&totals, "v2", route);
+            assert_eq!(traffic.canary, counts(canary), "{what}");
+            assert_eq!(traffic.stable, counts(stable), "{what}");
+        }
     }
 
     #[test]

@@ -123,6 +123,7 @@ impl Service {
                 policy: k.policy.clone(),
                 zone: k.zone.clone(),
                 version: k.version.clone(),
+                route: k.route.clone(),
                 requests: c.requests,
                 failures: c.failures,
             })

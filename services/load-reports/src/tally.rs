@@ -1,5 +1,5 @@
 //! Pure LRS logic: the answer to a new stream, and a load report folded
-//! into counts per (policy, zone, version). No I/O.
+//! into counts per (policy, zone, version, route). No I/O.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -27,17 +27,20 @@ impl Counts {
     }
 }
 
-/// What a count is of: a policy's zone, and which of its versions served
-/// it (`""`: the stable cluster; a canary's version otherwise). Failover
-/// sums the versions of a zone; a rollout compares them.
+/// What a count is of: a policy's zone, which of its versions served it
+/// (`""`: a stable cluster; a canary's version otherwise), and through
+/// which route's own clusters (`""`: the policy's shared clusters; a route
+/// under a rollout has its own pair). Failover sums all of a zone; a
+/// rollout compares the versions of its route.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Key {
     pub policy: String,
     pub zone: String,
     pub version: String,
+    pub route: String,
 }
 
-/// Counts per (policy, zone, version).
+/// Counts per (policy, zone, version, route).
 pub type Tallies = BTreeMap<Key, Counts>;
 
 /// The first (and only) answer on a stream: report every cluster, every
@@ -55,36 +58,55 @@ pub fn initial_response(interval: Duration) -> LoadStatsResponse {
     }
 }
 
-/// The policy whose traffic a cluster carries, and the version (`""` for
-/// the stable cluster), by the translation's names
+/// Whose traffic a cluster carries, by the translation's names
 /// (`meridian_xds::translate`): the stable cluster is the policy's name, a
-/// canary cluster `policy@version`. Sidecar inbound clusters
+/// canary cluster `policy@version`, and a route under a rollout has
+/// `policy~route` and `policy@version~route`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClusterOf<'a> {
+    pub policy: &'a str,
+    /// `""` for a stable cluster.
+    pub version: &'a str,
+    /// `""` for the policy's shared clusters.
+    pub route: &'a str,
+}
+
+/// Parses a cluster name (see [`ClusterOf`]). Sidecar inbound clusters
 /// (`inbound|policy`) and clusters Meridian did not make give `None`.
-pub fn policy_of_cluster(cluster: &str) -> Option<(&str, &str)> {
+pub fn policy_of_cluster(cluster: &str) -> Option<ClusterOf<'_>> {
     if cluster.is_empty() || cluster.contains('|') {
         return None;
     }
-    let (policy, version) = cluster.split_once('@').unwrap_or((cluster, ""));
-    // Policy names and versions are DNS labels.
+    // `~` and `@` never appear in the names themselves (DNS labels).
+    let (rest, route) = match cluster.split_once('~') {
+        Some((rest, route)) if !route.is_empty() => (rest, route),
+        Some(_) => return None,
+        None => (cluster, ""),
+    };
+    let (policy, version) = match rest.split_once('@') {
+        Some((policy, version)) if !version.is_empty() => (policy, version),
+        Some(_) => return None,
+        None => (rest, ""),
+    };
     let label = |s: &str| {
         s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     };
-    let ok = !policy.is_empty()
-        && label(policy)
-        && label(version)
-        // A stable cluster has no `@`, a canary's has one and a version.
-        && (version.is_empty() != cluster.contains('@'));
-    ok.then_some((policy, version))
+    let ok = !policy.is_empty() && label(policy) && label(version) && label(route);
+    ok.then_some(ClusterOf {
+        policy,
+        version,
+        route,
+    })
 }
 
-/// The counts of one report, per (policy, zone, version). The zone is the
+/// The counts of one report, per (policy, zone, version, route). The zone is the
 /// locality's `zone`, as the translation names localities; localities
 /// without one, clusters not Meridian's and empty counts are left out.
 pub fn tally(report: &LoadStatsRequest) -> Tallies {
     let mut out = Tallies::new();
     for cluster in &report.cluster_stats {
-        let Some((policy, version)) = policy_of_cluster(&cluster.cluster_name) else {
+        let Some(of) = policy_of_cluster(&cluster.cluster_name) else {
             continue;
         };
         for locality in &cluster.upstream_locality_stats {
@@ -104,9 +126,10 @@ pub fn tally(report: &LoadStatsRequest) -> Tallies {
                 continue;
             }
             let key = Key {
-                policy: policy.to_owned(),
+                policy: of.policy.to_owned(),
                 zone: zone.to_owned(),
-                version: version.to_owned(),
+                version: of.version.to_owned(),
+                route: of.route.to_owned(),
             };
             out.entry(key).or_default().add(counts);
         }
@@ -152,24 +175,43 @@ mod tests {
     #[test]
     fn cluster_names_follow_the_translation() {
         use meridian_xds::translate::{
-            canary_cluster_name, inbound_cluster_name, stable_cluster_name,
+            canary_cluster_name, inbound_cluster_name, route_canary_cluster_name,
+            route_stable_cluster_name, stable_cluster_name,
         };
-        type Case = (String, Option<(&'static str, &'static str)>);
+        type Case = (String, Option<(&'static str, &'static str, &'static str)>);
         let cases: Vec<Case> = vec![
-            (stable_cluster_name("track-api"), Some(("track-api", ""))),
+            (
+                stable_cluster_name("track-api"),
+                Some(("track-api", "", "")),
+            ),
             (
                 canary_cluster_name("track-api", "v2"),
-                Some(("track-api", "v2")),
+                Some(("track-api", "v2", "")),
+            ),
+            (
+                route_stable_cluster_name("track-api", "position"),
+                Some(("track-api", "", "position")),
+            ),
+            (
+                route_canary_cluster_name("track-api", "v2", "position"),
+                Some(("track-api", "v2", "position")),
             ),
             (inbound_cluster_name("track-api"), None),
             ("xds_cluster".into(), None),
             ("".into(), None),
             ("@v2".into(), None),
+            ("~r".into(), None),
             ("track-api@".into(), None),
+            ("track-api~".into(), None),
+            ("track-api@~r".into(), None),
             ("track-api@V2".into(), None),
+            ("track-api~R".into(), None),
+            ("track-api~r~s".into(), None),
+            ("track-api~r@v2".into(), None),
         ];
         for (name, want) in cases {
-            assert_eq!(policy_of_cluster(&name), want, "{name}");
+            let got = policy_of_cluster(&name).map(|c| (c.policy, c.version, c.route));
+            assert_eq!(got, want, "{name}");
         }
     }
 
@@ -178,7 +220,14 @@ mod tests {
         type Case = (
             &'static str,
             Vec<ClusterStats>,
-            Vec<(&'static str, &'static str, &'static str, u64, u64)>,
+            Vec<(
+                &'static str,
+                &'static str,
+                &'static str,
+                &'static str,
+                u64,
+                u64,
+            )>,
         );
         let cases: Vec<Case> = vec![
             ("nothing", vec![], vec![]),
@@ -189,8 +238,8 @@ mod tests {
                     vec![locality("a", 90, 10), locality("b", 100, 0)],
                 )],
                 vec![
-                    ("track-api", "a", "", 100, 10),
-                    ("track-api", "b", "", 100, 0),
+                    ("track-api", "a", "", "", 100, 10),
+                    ("track-api", "b", "", "", 100, 0),
                 ],
             ),
             (
@@ -201,8 +250,21 @@ mod tests {
                     cluster("track-api@v2", vec![locality("a", 1, 1)]),
                 ],
                 vec![
-                    ("track-api", "a", "", 55, 5),
-                    ("track-api", "a", "v2", 17, 6),
+                    ("track-api", "a", "", "", 55, 5),
+                    ("track-api", "a", "v2", "", 17, 6),
+                ],
+            ),
+            (
+                "a route's own clusters are counted apart from the shared ones",
+                vec![
+                    cluster("track-api", vec![locality("a", 50, 5)]),
+                    cluster("track-api~position", vec![locality("a", 30, 0)]),
+                    cluster("track-api@v2~position", vec![locality("b", 4, 1)]),
+                ],
+                vec![
+                    ("track-api", "a", "", "", 55, 5),
+                    ("track-api", "a", "", "position", 30, 0),
+                    ("track-api", "b", "v2", "position", 5, 1),
                 ],
             ),
             (
@@ -222,11 +284,12 @@ mod tests {
             };
             let want: Tallies = want
                 .into_iter()
-                .map(|(p, z, v, requests, failures)| {
+                .map(|(p, z, v, r, requests, failures)| {
                     let key = Key {
                         policy: p.into(),
                         zone: z.into(),
                         version: v.into(),
+                        route: r.into(),
                     };
                     (key, Counts { requests, failures })
                 })
@@ -241,6 +304,7 @@ mod tests {
             policy: "p".into(),
             zone: "a".into(),
             version: String::new(),
+            route: String::new(),
         };
         let mut total: Tallies = [(
             key.clone(),

@@ -267,7 +267,12 @@ pub async fn render(
             bail!("policy {name:?} not found");
         }
     }
-    let resources = meridian_xds::render(&policies, &meridian_xds::Weights::new(), policy);
+    let resources = meridian_xds::render(
+        &policies,
+        &meridian_xds::Weights::new(),
+        &meridian_xds::Rollouts::new(),
+        policy,
+    );
     let out = serde_json::json!({
         "node": node,
         "bootstrap": envoy_bootstrap(node, xds),

@@ -192,7 +192,12 @@ async fn canary_traffic_is_counted_per_version() {
         last = now;
     };
     let counts = |zone: &str, version: &str| {
-        got.get(&(zone.to_owned(), version.to_owned()))
+        let key = meridian_store::TrafficKey {
+            zone: zone.to_owned(),
+            version: version.to_owned(),
+            route: String::new(),
+        };
+        got.get(&key)
             .map(|t| (t.requests, t.failures))
             .unwrap_or_default()
     };

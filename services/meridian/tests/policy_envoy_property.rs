@@ -14,7 +14,7 @@ use std::path::Path;
 use meridian_policy::{validate, Policy, RetryOn};
 use meridian_test_support::envoy::envoy_binary;
 use meridian_test_support::repo_root;
-use meridian_xds::Weights;
+use meridian_xds::{Rollouts, ServedRollout, Weights};
 use serde_json::{json, Value};
 
 /// SplitMix64: small, deterministic, good enough to pick options.
@@ -139,6 +139,12 @@ fn generate(rng: &mut Rng, i: usize) -> Value {
                 let version = *rng.pick(&versions);
                 let weight = if versions.len() > 1 { rng.num(0, 100, &[0, 1, 99, 100]) } else { 100 };
                 let mut canary = json!({"version": version, "weight": weight});
+                // A rollout (weight 0 under it): its status, made up below,
+                // gives the route its own clusters.
+                if versions.len() > 1 && rng.chance(40) {
+                    canary["weight"] = json!(0);
+                    canary["rollout"] = json!({"steps": [5, 25, 50, 100]});
+                }
                 if rng.chance(60) {
                     canary["header"] = json!(*rng.pick(HEADERS));
                 }
@@ -266,6 +272,36 @@ fn weights(rng: &mut Rng, policies: &[Policy]) -> Weights {
     out
 }
 
+/// Rollout statuses as the leader may store them, for some routes with a
+/// rollout: any canary percent per zone, a zone left out now and then.
+fn rollouts(rng: &mut Rng, policies: &[Policy]) -> Rollouts {
+    let mut out = Rollouts::new();
+    for p in policies {
+        for r in &p.spec.routes {
+            let Some(c) = r.canary.as_ref().filter(|c| c.rollout.is_some()) else {
+                continue;
+            };
+            if rng.chance(20) {
+                continue;
+            }
+            let mut weights = BTreeMap::new();
+            for z in &p.spec.zones {
+                if rng.chance(90) {
+                    weights.insert(z.name.clone(), rng.num(0, 100, &[0, 5, 100]) as u32);
+                }
+            }
+            let served = ServedRollout {
+                version: c.version.clone(),
+                weights,
+            };
+            out.entry(p.metadata.name.clone())
+                .or_default()
+                .insert(r.name.clone(), served);
+        }
+    }
+    out
+}
+
 fn strip_sds_config(v: &mut Value) {
     match v {
         Value::Object(m) => {
@@ -381,19 +417,20 @@ fn smallest_refused(
     dir: &Path,
     policies: &[Policy],
     weights: &Weights,
+    rollouts: &Rollouts,
     certs: &Value,
 ) -> (Policy, String) {
     let mut batch = policies.to_vec();
     let mut why = String::new();
     while batch.len() > 1 {
         let half = batch.split_off(batch.len() / 2);
-        let first = meridian_xds::render(&batch, weights, None);
+        let first = meridian_xds::render(&batch, weights, rollouts, None);
         match envoy_validates(dir, "bisect", &bootstrap(&first, certs)) {
             Err(e) => why = e,
             Ok(()) => batch = half,
         }
     }
-    let render = meridian_xds::render(&batch, weights, None);
+    let render = meridian_xds::render(&batch, weights, rollouts, None);
     if let Err(e) = envoy_validates(dir, "bisect", &bootstrap(&render, certs)) {
         why = e;
     }
@@ -460,6 +497,7 @@ fn every_policy_meridian_accepts_envoy_accepts() {
                 "consecutiveGatewayErrors",
                 "\"timeoutMs\":0",
                 "canary",
+                "rollout",
                 "headers",
                 "region",
             ]
@@ -482,7 +520,7 @@ fn every_policy_meridian_accepts_envoy_accepts() {
         }
     }
     assert!(validate(&bad[7]).is_err());
-    let (found, why) = smallest_refused(&dir, &bad, &Weights::new(), &certs);
+    let (found, why) = smallest_refused(&dir, &bad, &Weights::new(), &Rollouts::new(), &certs);
     assert_eq!(found.metadata.name, bad[7].metadata.name, "{why}");
     assert!(!why.is_empty());
 
@@ -490,9 +528,18 @@ fn every_policy_meridian_accepts_envoy_accepts() {
     let mut failures = Vec::new();
     for (b, batch) in accepted.chunks(BATCH).enumerate() {
         let weights = weights(&mut rng, batch);
-        let render = meridian_xds::render(batch, &weights, None);
+        let rollouts = rollouts(&mut rng, batch);
+        let render = meridian_xds::render(batch, &weights, &rollouts, None);
+        // Routes under a rollout get their own clusters in every batch.
+        let per_route = render["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["name"].as_str().is_some_and(|n| n.contains('~')))
+            .count();
+        assert!(per_route > 0, "batch {b}: no route's own clusters rendered");
         if let Err(e) = envoy_validates(&dir, &format!("batch-{b}"), &bootstrap(&render, &certs)) {
-            let (p, why) = smallest_refused(&dir, batch, &weights, &certs);
+            let (p, why) = smallest_refused(&dir, batch, &weights, &rollouts, &certs);
             failures.push(format!(
                 "Envoy refused policy {}:\n{}\nwhy: {}\n(batch error: {})",
                 p.metadata.name,

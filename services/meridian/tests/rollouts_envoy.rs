@@ -518,7 +518,8 @@ async fn a_canary_over_its_prometheus_latency_limit_is_rolled_back() {
     rollout["stepIntervalMs"] = json!(4000);
     rollout["analysis"]["prometheus"] = json!({
         "url": format!("http://127.0.0.1:{prom_port}"),
-        "queries": [{"name": "p99-ms", "query": p99("rollout@v2"), "max": 200}]
+        // The route's own canary cluster (docs/rollouts.md).
+        "queries": [{"name": "p99-ms", "query": p99("rollout@v2~all"), "max": 200}]
     });
     m.create_policy(&p).await;
     let envoy = Envoy::start_reporting_load("rollout-prometheus", m.xds_port).await;
@@ -541,7 +542,7 @@ async fn a_canary_over_its_prometheus_latency_limit_is_rolled_back() {
     })
     .await;
     // The stable version's latency, from the same Prometheus, for contrast.
-    let stable_p99 = prometheus.query(&p99("rollout")).await;
+    let stable_p99 = prometheus.query(&p99("rollout~all")).await;
     stop.cancel();
     while tasks.join_next().await.is_some() {}
     let (failed, highest) = failed.unwrap_or_else(|_| {
@@ -653,4 +654,130 @@ async fn a_rollout_goes_on_from_its_stored_status_when_the_leader_dies() {
         envoy.log()
     );
     second.stop().await;
+}
+
+/// The zone-by-zone rollout: with `zoneOrder [zone-a, zone-b]` the
+/// healthy canary goes 5 → 25 → 50 → 100 % in zone-a while zone-b stays at
+/// 0, then through the same steps in zone-b, and completes with no manual
+/// action. While zone-a is at 100 % and zone-b at 0, what Envoy serves is
+/// exactly that: v2 answers from zone-a only, zone-b all v1 (the route's own
+/// clusters carry each zone's canary percent as locality weights).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_by_zone_rollout_goes_through_each_zone_in_order() {
+    const INTERVAL_MS: i64 = 4000;
+    let db = database().await;
+    let m = Meridian::start(BIN.as_ref(), &db.url).await;
+    let (port, _backends) = backends().await;
+    let listen = free_port(&["127.0.0.1"]);
+    let mut p = policy(listen, port, &[5, 25, 50, 100], 10);
+    let rollout = &mut p["spec"]["routes"][0]["canary"]["rollout"];
+    rollout["stepIntervalMs"] = json!(INTERVAL_MS);
+    rollout["zoneOrder"] = json!(["zone-a", "zone-b"]);
+    m.create_policy(&p).await;
+    let envoy = Envoy::start_reporting_load("rollout-zones", m.xds_port).await;
+    until_routed(listen).await;
+    let stop = CancellationToken::new();
+    let (seen, mut tasks) = load(listen, stop.clone());
+    let count = |k: &str| seen.lock().unwrap().get(k).copied().unwrap_or(0);
+
+    // Every (zone-a, zone-b) canary percent served, in order, until completion.
+    let mut served: Vec<(u32, u32)> = Vec::new();
+    let mut zone_a_full = None;
+    // The 503s seen when each stage was first seen: where any came from.
+    let mut failed_by_stage: Vec<((u32, u32), u64)> = Vec::new();
+    let done = tokio::time::timeout(Duration::from_secs(150), async {
+        loop {
+            if let Some(s) = status(&db).await {
+                let at = (s.weights["zone-a"], s.weights["zone-b"]);
+                if served.last() != Some(&at) {
+                    served.push(at);
+                    failed_by_stage.push((at, count("503")));
+                    if at == (100, 0) {
+                        // zone-b has never been given any canary yet.
+                        let b_v2_so_far = count("zone-b/v2");
+                        // Once Envoy has zone-a at 100 %, measure what it
+                        // serves for the rest of this step.
+                        tokio::time::sleep(Duration::from_millis(1000)).await;
+                        let before = seen.lock().unwrap().clone();
+                        let end = s.step_started_ms + INTERVAL_MS - 500;
+                        let left = end - chrono::Utc::now().timestamp_millis();
+                        tokio::time::sleep(Duration::from_millis(left.max(0) as u64)).await;
+                        let after = seen.lock().unwrap().clone();
+                        let still = status(&db)
+                            .await
+                            .map(|s| (s.weights["zone-a"], s.weights["zone-b"]));
+                        zone_a_full = Some((b_v2_so_far, before, after, still, left));
+                    }
+                }
+                if s.phase == meridian_rollout::Phase::Completed {
+                    return s;
+                }
+                assert_eq!(s.phase, meridian_rollout::Phase::Progressing, "{s:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    })
+    .await;
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+    let seen = seen.lock().unwrap().clone();
+    let s = done.unwrap_or_else(|_| {
+        panic!(
+            "no completion in 150 s: served {served:?}, traffic {seen:?}\nenvoy log:\n{}",
+            envoy.log()
+        )
+    });
+    assert_eq!(
+        served,
+        [
+            (5, 0),
+            (25, 0),
+            (50, 0),
+            (100, 0),
+            (100, 5),
+            (100, 25),
+            (100, 50),
+            (100, 100)
+        ],
+        "zone-a through every step, then zone-b; traffic {seen:?}"
+    );
+    assert_eq!(s.zone_order.as_deref().map(<[String]>::len), Some(2));
+    let kinds = event_kinds(&db).await;
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "rollout-step").count(),
+        7,
+        "{kinds:?}"
+    );
+    assert_eq!(kinds.last().map(String::as_str), Some("rollout-completed"));
+    let revisions = db.store.revisions(POLICY).await.unwrap();
+    assert_eq!(revisions[0].source, "rollout", "{revisions:?}");
+
+    // While zone-a was at 100 % and zone-b at 0: zone-a answered v2 only,
+    // zone-b v1 only, and zone-b had never answered v2 before.
+    let (b_v2_so_far, before, after, still, left) = zone_a_full.expect("zone-a at 100 % seen");
+    assert_eq!(
+        b_v2_so_far, 0,
+        "zone-b answered v2 before its turn: {seen:?}"
+    );
+    assert_eq!(still, Some((100, 0)), "the step moved on while measuring");
+    assert!(
+        left > 500,
+        "too little of the step left to measure: {left} ms"
+    );
+    let grew = |k: &str| after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
+    assert_eq!(
+        (grew("zone-a/v1"), grew("zone-b/v2"), grew("503")),
+        (0, 0, 0),
+        "before {before:?}\nafter {after:?}\nenvoy log:\n{}",
+        envoy.log()
+    );
+    assert!(
+        grew("zone-a/v2") > 0 && grew("zone-b/v1") > 0,
+        "before {before:?}\nafter {after:?}"
+    );
+    // Nothing failed on the way.
+    assert!(
+        seen.keys().all(|k| !k.starts_with("error") && k != "503"),
+        "{seen:?}; 503s by stage {failed_by_stage:?}"
+    );
 }

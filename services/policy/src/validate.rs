@@ -461,14 +461,6 @@ fn rollout(
         }
     }
     if let Some(order) = &r.zone_order {
-        // Refused until it is served: the translation splits a route by one
-        // weight over the shared clusters, so a zone-by-zone rollout needs
-        // the per-route clusters of docs/rollouts.md first. Accepting the
-        // field would move every zone together while saying otherwise.
-        v.push(
-            format!("{at}.zoneOrder"),
-            "zone-by-zone rollouts are not served yet; leave zoneOrder out to move every zone together",
-        );
         // The order must name exactly the zones that run the canary's
         // version: a zone left out would go from 0 to 100% of the new
         // version at once when the rollout completes, and a zone without
@@ -1341,18 +1333,8 @@ spec:
             r.analysis.prometheus.as_ref().unwrap().queries[0].max,
             300.0
         );
+        // Served per zone (per-route clusters, docs/rollouts.md): accepted.
         p.spec.routes[0].canary = Some(c);
-        let refused = validate(&p).unwrap_err();
-        assert_eq!(refused.len(), 1);
-        assert!(refused[0].message.contains("not served yet"), "{refused:?}");
-        p.spec.routes[0]
-            .canary
-            .as_mut()
-            .unwrap()
-            .rollout
-            .as_mut()
-            .unwrap()
-            .zone_order = None;
         assert_eq!(validate(&p), Ok(()));
 
         // A typo is refused, as everywhere else.
@@ -1567,16 +1549,12 @@ spec:
                         r.zone_order = Some(vec!["ap-south-1a".into(), "us-west-2a".into()])
                     });
                 },
-                // Valid, but refused until zone-by-zone rollouts are served.
-                &["spec.routes[0].canary.rollout.zoneOrder"],
+                &[],
             ),
             (
                 "an empty zone order",
                 |p| with(p, |r| r.zone_order = Some(vec![])),
-                &[
-                    "spec.routes[0].canary.rollout.zoneOrder",
-                    "spec.routes[0].canary.rollout.zoneOrder",
-                ],
+                &["spec.routes[0].canary.rollout.zoneOrder"],
             ),
             (
                 "unknown, duplicate and v2-less zones",
@@ -1591,7 +1569,6 @@ spec:
                     })
                 },
                 &[
-                    "spec.routes[0].canary.rollout.zoneOrder",
                     "spec.routes[0].canary.rollout.zoneOrder[1]",
                     "spec.routes[0].canary.rollout.zoneOrder[2]",
                     "spec.routes[0].canary.rollout.zoneOrder[3]",
@@ -1603,10 +1580,7 @@ spec:
                     third_zone(p);
                     with(p, |r| r.zone_order = Some(vec!["us-west-2a".into()]));
                 },
-                &[
-                    "spec.routes[0].canary.rollout.zoneOrder",
-                    "spec.routes[0].canary.rollout.zoneOrder",
-                ],
+                &["spec.routes[0].canary.rollout.zoneOrder"],
             ),
         ];
         for (what, change, want) in cases {
@@ -1623,9 +1597,9 @@ spec:
         with(&mut p, |r| r.zone_order = Some(vec!["us-west-2a".into()]));
         let errs = validate(&p).unwrap_err();
         assert!(
-            errs[1].message.contains("missing ap-south-1a"),
+            errs[0].message.contains("missing ap-south-1a"),
             "{}",
-            errs[1].message
+            errs[0].message
         );
     }
 

@@ -30,7 +30,7 @@ pub mod xds_rejections;
 
 pub use error::{Error, Kind};
 pub use health::CHECK_TIMEOUT;
-pub use load_reports::{LoadRow, VersionBucket};
+pub use load_reports::{LoadRow, TrafficKey, VersionBucket};
 pub use policies::{gitops_origin, ListQuery, Precondition, Write};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -23,15 +23,28 @@ pub struct LoadTotals {
     pub reporters: u32,
 }
 
-/// One reporter's counts of one (policy, zone, version) to add.
+/// One reporter's counts of one (policy, zone, version, route) to add.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LoadRow {
     pub policy: String,
     pub zone: String,
     /// `""`: the stable version; otherwise the canary's.
     pub version: String,
+    /// `""`: the policy's shared clusters; otherwise the route under a
+    /// rollout whose own clusters carried the requests.
+    pub route: String,
     pub requests: u64,
     pub failures: u64,
+}
+
+/// What [`Store::version_traffic`] counts apart.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TrafficKey {
+    pub zone: String,
+    /// As in [`LoadRow::version`].
+    pub version: String,
+    /// As in [`LoadRow::route`].
+    pub route: String,
 }
 
 /// One time bucket of [`Store::version_series`].
@@ -56,15 +69,16 @@ impl Store {
         let policies: Vec<&str> = rows.iter().map(|r| r.policy.as_str()).collect();
         let zones: Vec<&str> = rows.iter().map(|r| r.zone.as_str()).collect();
         let versions: Vec<&str> = rows.iter().map(|r| r.version.as_str()).collect();
+        let routes: Vec<&str> = rows.iter().map(|r| r.route.as_str()).collect();
         let requests: Vec<i64> = rows.iter().map(|r| clamp(r.requests)).collect();
         let failures: Vec<i64> = rows.iter().map(|r| clamp(r.failures)).collect();
         sqlx::query(
-            "INSERT INTO load_reports (policy_name, zone, version, reporter, bucket, requests, failures)
-             SELECT r.policy, r.zone, r.version, $1, date_trunc('second', now()), r.requests, r.failures
-             FROM unnest($2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[])
-                  AS r(policy, zone, version, requests, failures)
+            "INSERT INTO load_reports (policy_name, zone, version, route, reporter, bucket, requests, failures)
+             SELECT r.policy, r.zone, r.version, r.route, $1, date_trunc('second', now()), r.requests, r.failures
+             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[])
+                  AS r(policy, zone, version, route, requests, failures)
              WHERE EXISTS (SELECT 1 FROM policies WHERE name = r.policy)
-             ON CONFLICT (policy_name, zone, version, reporter, bucket) DO UPDATE
+             ON CONFLICT (policy_name, zone, version, route, reporter, bucket) DO UPDATE
              SET requests = load_reports.requests + EXCLUDED.requests,
                  failures = load_reports.failures + EXCLUDED.failures",
         )
@@ -72,6 +86,7 @@ impl Store {
         .bind(&policies)
         .bind(&zones)
         .bind(&versions)
+        .bind(&routes)
         .bind(&requests)
         .bind(&failures)
         .execute(&self.pool)
@@ -148,23 +163,23 @@ impl Store {
             .collect())
     }
 
-    /// Per (zone, version) of one policy: the requests and failures every
-    /// reporter reported in buckets that began at or after `since_ms`
+    /// Per (zone, version, route) of one policy: the requests and failures
+    /// every reporter reported in buckets that began at or after `since_ms`
     /// (Unix ms, this process's clock; a rollout asks for its step's
-    /// interval). Versions as in [`LoadRow::version`].
+    /// interval). Versions and routes as in [`LoadRow`].
     pub async fn version_traffic(
         &self,
         policy: &str,
         since_ms: i64,
-    ) -> Result<BTreeMap<(String, String), LoadTotals>, Error> {
+    ) -> Result<BTreeMap<TrafficKey, LoadTotals>, Error> {
         let age_ms = (chrono::Utc::now().timestamp_millis() - since_ms).max(0);
-        let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
-            "SELECT zone, version, sum(requests)::int8, sum(failures)::int8,
+        let rows: Vec<(String, String, String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT zone, version, route, sum(requests)::int8, sum(failures)::int8,
                     count(DISTINCT reporter)::int8
              FROM load_reports
              WHERE policy_name = $1
                AND bucket >= date_trunc('second', now() - make_interval(secs => $2))
-             GROUP BY zone, version",
+             GROUP BY zone, version, route",
         )
         .bind(policy)
         .bind(age_ms as f64 / 1000.0)
@@ -172,27 +187,36 @@ impl Store {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(zone, version, requests, failures, reporters)| {
+            .map(|(zone, version, route, requests, failures, reporters)| {
                 let totals = LoadTotals {
                     requests: requests.max(0) as u64,
                     failures: failures.max(0) as u64,
                     reporters: u32::try_from(reporters).unwrap_or(u32::MAX),
                 };
-                ((zone, version), totals)
+                let key = TrafficKey {
+                    zone,
+                    version,
+                    route,
+                };
+                (key, totals)
             })
             .collect())
     }
 
-    /// One policy's traffic over the last `window` (at most
+    /// One route's traffic over the last `window` (at most
     /// [`RETENTION`]), in buckets of `bucket` each, split into the
     /// `canary` version and everything else (the stable version, and other
     /// routes' canaries): a rollout's failure rates over time for the
-    /// dashboard. Oldest first; a bucket without reports of either is
+    /// dashboard. A bucket with reports of the route's own clusters (a
+    /// route under a rollout) counts those alone, as the analysis does;
+    /// one without (before the route had them) counts the policy's shared
+    /// clusters. Oldest first; a bucket without reports of either is
     /// absent (no traffic is not zero failures). Bucket starts are on this
     /// process's clock, as in [`Store::traffic_tallies`].
     pub async fn version_series(
         &self,
         policy: &str,
+        route: &str,
         canary: &str,
         window: Duration,
         bucket: Duration,
@@ -204,14 +228,17 @@ impl Store {
         let rows: Vec<(f64, bool, i64, i64, i64)> = sqlx::query_as(
             "WITH binned AS (
                 SELECT date_bin(make_interval(secs => $3), bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS start,
-                       version = $2 AS canary, requests, failures, reporter
+                       version = $2 AS canary, route, requests, failures, reporter
                 FROM load_reports
-                WHERE policy_name = $1
+                WHERE policy_name = $1 AND route IN ('', $5)
                   AND bucket >= date_bin(make_interval(secs => $3), now() - make_interval(secs => $4),
-                                         TIMESTAMPTZ '2000-01-01 00:00:00+00'))
+                                         TIMESTAMPTZ '2000-01-01 00:00:00+00')),
+             chosen AS (
+                SELECT *, bool_or(route = $5) OVER (PARTITION BY start) AS own FROM binned)
              SELECT (extract(epoch FROM now() - start) * 1000)::float8, canary,
                     sum(requests)::int8, sum(failures)::int8, count(DISTINCT reporter)::int8
-             FROM binned
+             FROM chosen
+             WHERE route = CASE WHEN own THEN $5 ELSE '' END
              GROUP BY start, canary
              ORDER BY start, canary",
         )
@@ -219,6 +246,7 @@ impl Store {
         .bind(canary)
         .bind(bucket.as_secs_f64())
         .bind(window.as_secs_f64())
+        .bind(route)
         .fetch_all(&self.pool)
         .await?;
         let now_ms = chrono::Utc::now().timestamp_millis();

@@ -23,7 +23,7 @@ use meridian_policy::Policy;
 use meridian_store::notify::Event;
 use meridian_store::Store;
 use meridian_xds::{
-    with_rollouts, EndpointHealth, Mesh, Publisher, RolloutWeights, RouteNack, Translator, Weights,
+    EndpointHealth, Mesh, Publisher, Rollouts, RouteNack, ServedRollout, Translator, Weights,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -64,9 +64,9 @@ pub struct Writer {
     policies: BTreeMap<String, Policy>,
     /// Decided by the failover leader; a policy without a decision uses its spec weights.
     weights: Weights,
-    /// The canary weight each route's rollout serves, by policy (from the
-    /// leader's stored statuses); applied to the policies as they are read.
-    rollouts: BTreeMap<String, RolloutWeights>,
+    /// What each route's rollout serves, by policy (from the leader's
+    /// stored statuses); read like the weights.
+    rollouts: Rollouts,
     /// Endpoints the leader marked unhealthy, read like the weights.
     health: EndpointHealth,
     /// Policies left out of their egress route because a client refused
@@ -95,7 +95,7 @@ impl Writer {
             config,
             policies: BTreeMap::new(),
             weights: Weights::new(),
-            rollouts: BTreeMap::new(),
+            rollouts: Rollouts::new(),
             health: EndpointHealth::new(),
             rejected: BTreeSet::new(),
             route_nacks: None,
@@ -245,18 +245,15 @@ impl Writer {
         self.rejected = self.store.xds_rejections(None).await?.into_keys().collect();
         self.rollouts = served(self.store.all_rollout_statuses().await?);
         let load_ms = started.elapsed().as_millis() as u64;
-        let rollouts = &self.rollouts;
         self.policies = all
             .into_iter()
-            .map(|p| {
-                let p = with_rollouts(&p, rollouts.get(&p.metadata.name)).into_owned();
-                (p.metadata.name.clone(), p)
-            })
+            .map(|p| (p.metadata.name.clone(), p))
             .collect();
         let built = Instant::now();
         self.translator.set_mesh(self.mesh.clone());
         self.translator.set_endpoint_health(self.health.clone());
         self.translator.set_excluded(self.rejected.clone());
+        self.translator.set_rollouts(self.rollouts.clone());
         self.translator
             .rebuild(self.policies.values(), &self.weights);
         self.publish(None);
@@ -296,8 +293,8 @@ impl Writer {
         self.health.extend(health);
         self.translator.set_endpoint_health(self.health.clone());
         self.rollouts.extend(rollouts);
+        self.translator.set_rollouts(self.rollouts.clone());
         for p in fresh {
-            let p = with_rollouts(&p, self.rollouts.get(&p.metadata.name)).into_owned();
             self.policies.insert(p.metadata.name.clone(), p);
         }
         let translating = Instant::now();
@@ -409,25 +406,35 @@ async fn identities_changed(security: &mut Option<Security>) -> Result<(), Error
     }
 }
 
-/// The canary weight each stored rollout serves, by policy and route. One
-/// weight per route: every zone moves together (validation refuses
-/// `zoneOrder` until zone-by-zone rollouts are served), and a zone failed
-/// over or drained (0 in the status) gets nothing through its effective
-/// weight anyway, so the highest zone weight is the route's.
+/// What each stored rollout serves, by policy and route: the status's
+/// canary percent per zone while it serves a split (progressing, paused,
+/// completed). A failed or aborted rollout serves 0 everywhere, as a
+/// route with a rollout and no status does: it is left out, and the
+/// translation serves its route's own clusters at 0 % canary.
 fn served(
     statuses: BTreeMap<String, BTreeMap<String, meridian_store::rollouts::Status>>,
-) -> BTreeMap<String, RolloutWeights> {
+) -> Rollouts {
+    use meridian_rollout::Phase;
     statuses
         .into_iter()
         .map(|(policy, routes)| {
-            let weights = routes
+            let served = routes
                 .into_iter()
+                .filter(|(_, s)| {
+                    matches!(
+                        s.phase,
+                        Phase::Progressing | Phase::Paused | Phase::Completed
+                    )
+                })
                 .map(|(route, s)| {
-                    let w = s.weights.values().copied().max().unwrap_or(0);
-                    (route, (s.version, w))
+                    let r = ServedRollout {
+                        version: s.version,
+                        weights: s.weights,
+                    };
+                    (route, r)
                 })
                 .collect();
-            (policy, weights)
+            (policy, served)
         })
         .collect()
 }

@@ -30,7 +30,8 @@ use prost::Message;
 use crate::tls;
 use crate::translate::{
     egress_entry, egress_name, entry, inbound_template, typed_piece, EndpointHealth,
-    InboundTemplate, Mesh, Weights, DEFAULT_EGRESS_ADDRESS, NAMESPACE_LABEL,
+    InboundTemplate, Mesh, RolloutWeights, Rollouts, Weights, DEFAULT_EGRESS_ADDRESS,
+    NAMESPACE_LABEL,
 };
 
 /// What one policy contributes to every view that holds it, encoded once.
@@ -64,9 +65,10 @@ impl Piece {
         p: &Policy,
         weights: Option<&BTreeMap<String, u32>>,
         unhealthy: Option<&BTreeMap<String, BTreeSet<String>>>,
+        rollouts: Option<&RolloutWeights>,
         mesh: &Mesh,
     ) -> Piece {
-        let typed = typed_piece(p, weights, unhealthy, mesh);
+        let typed = typed_piece(p, weights, unhealthy, rollouts, mesh);
         let name: Arc<str> = Arc::from(p.metadata.name.as_str());
         let mut refs: Vec<Arc<str>> = typed.refs.iter().map(|r| Arc::from(r.as_str())).collect();
         refs.sort();
@@ -342,6 +344,8 @@ pub struct Translator {
     mesh: Mesh,
     /// Endpoints the leader marked unhealthy; read on every (re)translation.
     health: EndpointHealth,
+    /// What each route's rollout serves; read like `health`.
+    rollouts: Rollouts,
     /// Policies left out of the egress routes (a client refused them).
     excluded: BTreeSet<String>,
     pieces: BTreeMap<Arc<str>, Arc<Piece>>,
@@ -383,6 +387,12 @@ impl Translator {
         self.health = health;
     }
 
+    /// Takes what each route's rollout serves (the leader's stored
+    /// statuses). Applied like [`Translator::set_endpoint_health`].
+    pub fn set_rollouts(&mut self, rollouts: Rollouts) {
+        self.rollouts = rollouts;
+    }
+
     /// Takes the policies to leave out of their port's egress route.
     /// Applied like [`Translator::set_endpoint_health`].
     pub fn set_excluded(&mut self, excluded: BTreeSet<String>) {
@@ -407,7 +417,13 @@ impl Translator {
             .into_iter()
             .map(|p| {
                 let name = &p.metadata.name;
-                let mut piece = Piece::new(p, weights.get(name), self.health.get(name), &self.mesh);
+                let mut piece = Piece::new(
+                    p,
+                    weights.get(name),
+                    self.health.get(name),
+                    self.rollouts.get(name),
+                    &self.mesh,
+                );
                 piece.excluded = self.excluded.contains(name);
                 Arc::new(piece)
             })
@@ -446,7 +462,13 @@ impl Translator {
         for name in names {
             let old = self.pieces.remove(name);
             let new = current(name).map(|p| {
-                let mut piece = Piece::new(p, weights.get(name), self.health.get(name), &self.mesh);
+                let mut piece = Piece::new(
+                    p,
+                    weights.get(name),
+                    self.health.get(name),
+                    self.rollouts.get(name),
+                    &self.mesh,
+                );
                 piece.excluded = self.excluded.contains(name);
                 Arc::new(piece)
             });

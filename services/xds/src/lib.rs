@@ -36,7 +36,9 @@ pub use meridian_xds_engine::{
 };
 pub use meridian_xds_engine::{decide_identity, serve, serve_with, Server};
 pub use node::{MeridianNode, MeridianSelector};
-pub use translate::{render, with_rollouts, EndpointHealth, Mesh, RolloutWeights, Weights};
+pub use translate::{
+    render, EndpointHealth, Mesh, RolloutWeights, Rollouts, ServedRollout, Weights,
+};
 
 /// The xDS server with Meridian's node selection.
 pub fn server(

@@ -266,8 +266,9 @@ impl NodeView for MeridianNode {
         let policy_named = |name: &str| scope.policies.contains(name);
         match ty {
             ResourceType::Cluster | ResourceType::ClusterLoadAssignment => {
-                // `<policy>` or `<policy>@<canary version>`.
-                policy_named(e.name.split_once('@').map_or(&*e.name, |(p, _)| p))
+                // `<policy>`, `<policy>@<canary version>`, and a route's
+                // own pair under a rollout (`…~<route>`).
+                policy_named(crate::translate::policy_of_cluster_name(&e.name))
             }
             ResourceType::Listener => match egress_port(&e.name) {
                 Some(port) if e.wildcard => scope.ports.contains(&port),

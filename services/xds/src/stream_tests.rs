@@ -812,3 +812,33 @@ fn a_node_naming_its_hosts_gets_only_theirs_and_other_changes_send_nothing() {
     assert_eq!(types(&out), [EDS]);
     assert_eq!(names_of(&out[0]), ["a"]);
 }
+
+/// A node scoped to its hosts gets the clusters of a route under a rollout
+/// (`<policy>~<route>`, `<policy>@<version>~<route>`) with its policy's,
+/// and none of another policy's.
+#[test]
+fn a_scoped_node_gets_the_clusters_of_its_policys_rollout_routes() {
+    use xds_api::pb::google::protobuf::{Struct, Value};
+    let meta = Node {
+        metadata: Some(Struct {
+            fields: HashMap::from([(
+                crate::node::HOSTS_METADATA_KEY.to_owned(),
+                Value {
+                    kind: Some(Kind::StringValue("a.example.com".into())),
+                },
+            )]),
+        }),
+        ..Default::default()
+    };
+    let rolling = |name: &str| {
+        let mut p = policy(name, 8080, Some(("v2", 0)), false);
+        p.spec.routes[0].canary.as_mut().unwrap().rollout = Some(Default::default());
+        p
+    };
+    let mut t = crate::assemble::Translator::new(Default::default());
+    t.rebuild(&[rolling("a"), rolling("b")], &Weights::new());
+    let (res, _) = t.output();
+    let mut s = SotwStream::new(Box::new(MeridianNode::from_node(Some(&meta))));
+    let cds = s.handle(&req(CDS, &[], "", "", false), Some(&res), 0);
+    assert_eq!(names_of(&cds[0]), ["a", "a@v2", "a@v2~api", "a~api"]);
+}

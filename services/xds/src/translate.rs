@@ -5,10 +5,13 @@
 //! * Clusters (CDS) and their load assignments (EDS): `<policy>` is the
 //!   *stable* cluster, holding every endpoint whose version is not a canary
 //!   version of one of the policy's routes; `<policy>@<version>` holds the
-//!   endpoints of one canary version. All are EDS clusters over ADS with
-//!   locality-weighted round robin; `grpc` policies talk HTTP/2 upstream
-//!   (through the deprecated `http2_protocol_options`, because xds-api 0.2
-//!   does not ship `envoy.extensions.upstreams.http.v3.HttpProtocolOptions`).
+//!   endpoints of one canary version. A route with a `canary.rollout` has
+//!   its own pair, `<policy>@<version>~<route>` and `<policy>~<route>`,
+//!   whose locality weights carry each zone's canary percent as its
+//!   rollout's status says ([`Rollouts`], [`zone_split`], [`route_split`]).
+//!   All are EDS clusters over ADS with locality-weighted round robin;
+//!   `grpc` policies talk HTTP/2 upstream (through the deprecated
+//!   `http2_protocol_options`, because xds-api 0.2 does not ship `envoy.extensions.upstreams.http.v3.HttpProtocolOptions`).
 //! * Zone weights come from [`Weights`] when the policy is in it (failover
 //!   rewrites them), else from the spec. A zone with weight 0, or with no
 //!   endpoint in a cluster, is left out of that cluster's assignment.
@@ -102,41 +105,59 @@ pub type Weights = HashMap<String, BTreeMap<String, u32>>;
 /// with health status UNHEALTHY, so no client sends them traffic.
 pub type EndpointHealth = HashMap<String, BTreeMap<String, BTreeSet<String>>>;
 
-/// The canary weight each route's rollout serves now: route name ->
-/// (the version it delivers, percent). Filled from the failover leader's
-/// stored rollout statuses (docs/rollouts.md).
-pub type RolloutWeights = BTreeMap<String, (String, u32)>;
+/// What a route's rollout serves now, from the failover leader's stored
+/// status (docs/rollouts.md): the version it delivers and its canary
+/// percent per zone. Only statuses that serve a split (progressing, paused,
+/// completed) are given; a route with a rollout and no such status (not
+/// started, failed, aborted) serves 0 % canary over its own clusters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServedRollout {
+    /// The version the status is for.
+    pub version: String,
+    /// Canary percent per zone; a zone not named gets 0.
+    pub weights: BTreeMap<String, u32>,
+}
 
-/// The policy as served: a route whose canary has a `rollout` gets the
-/// weight its rollout serves now instead of `canary.weight` (0 under a
-/// rollout), when the status is for the spec's version. A route without a
-/// status yet (the leader has not stepped it), or whose status is for
-/// another version (a new rollout about to start), keeps the spec's weight.
-/// Zones failed over or drained get nothing of either cluster anyway
-/// through the effective weights, so one weight per route is exact while
-/// every zone moves together (no `zoneOrder`, refused by validation).
-pub fn with_rollouts<'a>(
-    p: &'a Policy,
-    rollouts: Option<&RolloutWeights>,
-) -> std::borrow::Cow<'a, Policy> {
-    let serves = |r: &meridian_policy::Route| -> Option<u32> {
-        let c = r.canary.as_ref()?;
-        c.rollout.as_ref()?;
-        let (version, weight) = rollouts?.get(&r.name)?;
-        (*version == c.version && *weight != c.weight).then_some(*weight)
-    };
-    if !p.spec.routes.iter().any(|r| serves(r).is_some()) {
-        return std::borrow::Cow::Borrowed(p);
+/// The rollouts of one policy: route name -> what it serves.
+pub type RolloutWeights = BTreeMap<String, ServedRollout>;
+
+/// Every policy's rollouts: policy name -> its routes' rollouts.
+pub type Rollouts = HashMap<String, RolloutWeights>;
+
+/// The locality weights of one zone of a route under a rollout: (canary,
+/// stable) = (s·c, s·(100 − c)) for the zone's effective weight `s` and
+/// canary percent `c` (clamped to 100). The zone keeps `100·s` in all,
+/// its failover share, and `c` % of it goes to the canary; 0 means the
+/// locality is left out of that cluster.
+pub fn zone_split(effective: u32, canary_percent: u32) -> (u32, u32) {
+    let c = canary_percent.min(100);
+    (
+        effective.saturating_mul(c),
+        effective.saturating_mul(100 - c),
+    )
+}
+
+/// The route's split between its per-route canary and stable clusters:
+/// each side's sum of the locality weights it serves (Envoy and gRPC pick
+/// a cluster by weight over the sum, and a zone within it by locality
+/// weight, so zone z gets exactly `s·c` canary and `s·(100 − c)` stable).
+/// A side at 0 is left out; when both are 0 (no zone has weight and
+/// endpoints) the stable side alone is served with weight 1, because a
+/// split summing to 0 is refused by gRPC.
+pub fn route_split(canary_total: u32, stable_total: u32) -> Vec<(Side, u32)> {
+    match (canary_total, stable_total) {
+        (0, 0) => vec![(Side::Stable, 1)],
+        (0, s) => vec![(Side::Stable, s)],
+        (c, 0) => vec![(Side::Canary, c)],
+        (c, s) => vec![(Side::Canary, c), (Side::Stable, s)],
     }
-    let mut served = p.clone();
-    for r in &mut served.spec.routes {
-        if let Some(w) = serves(r) {
-            if let Some(c) = &mut r.canary {
-                c.weight = w.min(100);
-            }
-        }
-    }
-    std::borrow::Cow::Owned(served)
+}
+
+/// Which side of a canary split.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Canary,
+    Stable,
 }
 
 /// How the leader names an endpoint: `ip:port`, `[ip6]:port`.
@@ -176,6 +197,24 @@ pub fn stable_cluster_name(policy: &str) -> String {
 /// Name of the cluster of one canary version of a policy.
 pub fn canary_cluster_name(policy: &str, version: &str) -> String {
     format!("{policy}@{version}")
+}
+
+/// Name of the stable cluster of one route under a rollout. `~` cannot
+/// appear in policy, version or route names (DNS labels), so the name
+/// parses back (see `meridian_load_reports::tally`).
+pub fn route_stable_cluster_name(policy: &str, route: &str) -> String {
+    format!("{policy}~{route}")
+}
+
+/// Name of the canary cluster of one route under a rollout.
+pub fn route_canary_cluster_name(policy: &str, version: &str, route: &str) -> String {
+    format!("{policy}@{version}~{route}")
+}
+
+/// The policy a cluster of the translation belongs to: the name up to its
+/// first `@` (canary version) or `~` (route under a rollout).
+pub fn policy_of_cluster_name(cluster: &str) -> &str {
+    cluster.split(['@', '~']).next().unwrap_or(cluster)
 }
 
 /// Name of the egress listener and of its RouteConfiguration for a port.
@@ -258,7 +297,12 @@ pub struct InboundTemplate {
 /// Typed JSON rendering of what the translation produces, for debugging
 /// (`meridian xds render`). With `policy_filter`, only that policy is
 /// translated, so shared egress resources show its share alone.
-pub fn render(policies: &[Policy], weights: &Weights, policy_filter: Option<&str>) -> Value {
+pub fn render(
+    policies: &[Policy],
+    weights: &Weights,
+    rollouts: &Rollouts,
+    policy_filter: Option<&str>,
+) -> Value {
     let mut selected: Vec<&Policy> = policies
         .iter()
         .filter(|p| policy_filter.is_none_or(|f| p.metadata.name == f))
@@ -274,7 +318,8 @@ pub fn render(policies: &[Policy], weights: &Weights, policy_filter: Option<&str
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut egress: BTreeMap<u32, Vec<VirtualHost>> = BTreeMap::new();
     for p in selected {
-        let t = typed_piece(p, weights.get(&p.metadata.name), None, &mesh);
+        let name = &p.metadata.name;
+        let t = typed_piece(p, weights.get(name), None, rollouts.get(name), &mesh);
         listeners.extend(t.listeners.iter().map(|l| to_json(serde_json::to_value(l))));
         routes.push(to_json(serde_json::to_value(&t.route)));
         clusters.extend(
@@ -356,11 +401,12 @@ pub(crate) fn entry<M: Message>(name: impl Into<Arc<str>>, ty: ResourceType, m: 
 }
 
 /// Translates one policy: a pure function of the policy, its stored
-/// effective weights and the mesh.
+/// effective weights, its endpoint marks, its routes' rollouts and the mesh.
 pub(crate) fn typed_piece(
     p: &Policy,
     zone_weights: Option<&BTreeMap<String, u32>>,
     unhealthy: Option<&BTreeMap<String, BTreeSet<String>>>,
+    rollouts: Option<&RolloutWeights>,
     mesh: &Mesh,
 ) -> TypedPiece {
     let name = p.metadata.name.as_str();
@@ -382,14 +428,36 @@ pub(crate) fn typed_piece(
     };
 
     let mut typed = TypedPiece::default();
-    // Stable cluster first, then one per canary version.
-    let mut clusters: Vec<(String, Option<&str>)> = vec![(stable_cluster_name(name), None)];
+    // Stable cluster first, then one per canary version, each with the
+    // zones' effective weights as locality weights.
+    type PerRoute<'a> = Option<(Option<&'a ServedRollout>, &'a str, Side)>;
+    let mut clusters: Vec<(String, Option<&str>, PerRoute<'_>)> =
+        vec![(stable_cluster_name(name), None, None)];
     clusters.extend(
         canary_versions
             .iter()
-            .map(|v| (canary_cluster_name(name, v), Some(*v))),
+            .map(|v| (canary_cluster_name(name, v), Some(*v), None)),
     );
-    for (cluster_name, version) in &clusters {
+    // Then, per route with a rollout, its own pair, whose locality weights
+    // carry the canary percent of each zone (docs/rollouts.md, "Weight per
+    // zone"). The pair exists as long as the spec has the rollout, before
+    // the first step too (all stable then): a cluster Envoy has not warmed
+    // yet answers 503, so the first step must change weights, not clusters.
+    let mut splits: BTreeMap<&str, (String, String)> = BTreeMap::new();
+    for r in &p.spec.routes {
+        let Some(c) = r.canary.as_ref().filter(|c| c.rollout.is_some()) else {
+            continue;
+        };
+        let served = served_rollout(r, rollouts);
+        let v = c.version.as_str();
+        let canary = route_canary_cluster_name(name, v, &r.name);
+        let stable = route_stable_cluster_name(name, &r.name);
+        clusters.push((canary.clone(), Some(v), Some((served, v, Side::Canary))));
+        clusters.push((stable.clone(), None, Some((served, v, Side::Stable))));
+        splits.insert(r.name.as_str(), (canary, stable));
+    }
+    let mut totals: BTreeMap<String, u32> = BTreeMap::new();
+    for (cluster_name, version, split) in &clusters {
         let plain = Cluster {
             outlier_detection: p.spec.outlier_detection.as_ref().map(outlier_detection),
             circuit_breakers: p.spec.circuit_breakers.as_ref().map(circuit_breakers),
@@ -413,11 +481,30 @@ pub(crate) fn typed_piece(
             cluster_name: cluster_name.clone(),
             ..Default::default()
         };
+        // (zone, its endpoints in this cluster, effective weight, locality weight)
+        let mut served: Vec<(&meridian_policy::Zone, Vec<LbEndpoint>, u32, u32)> = Vec::new();
         for z in &p.spec.zones {
-            let w = zone_weight(&z.name, z.weight);
-            if w == 0 {
+            let s = zone_weight(&z.name, z.weight);
+            if s == 0 {
                 continue;
             }
+            let w = match split {
+                None => s,
+                Some((served, version, side)) => {
+                    // A zone without the canary's endpoints cannot serve
+                    // its canary share: it stays stable, in the zone.
+                    let runs = z.endpoints.iter().any(|e| e.version == *version);
+                    let c = match (runs, served) {
+                        (true, Some(served)) => served.weights.get(&z.name).copied().unwrap_or(0),
+                        _ => 0,
+                    };
+                    let (canary, stable) = zone_split(s, c);
+                    match side {
+                        Side::Canary => canary,
+                        Side::Stable => stable,
+                    }
+                }
+            };
             let lb_endpoints: Vec<LbEndpoint> = z
                 .endpoints
                 .iter()
@@ -439,7 +526,24 @@ pub(crate) fn typed_piece(
                     }
                 })
                 .collect();
-            if lb_endpoints.is_empty() {
+            if !lb_endpoints.is_empty() {
+                served.push((z, lb_endpoints, s, w));
+            }
+        }
+        // Only the localities served count in the route's split: a side's
+        // traffic never moves to a zone it was not meant for.
+        let total = served
+            .iter()
+            .fold(0u32, |t, (_, _, _, w)| t.saturating_add(*w));
+        totals.insert(cluster_name.clone(), total);
+        // A side at 0 is left out of the route, but its cluster keeps its
+        // endpoints at the zones' effective weights: EDS reaches a client
+        // before the route that stops using the side, and an empty cluster
+        // would answer 503 ("no healthy upstream") in between.
+        let unused = split.is_some() && total == 0;
+        for (z, lb_endpoints, s, w) in served {
+            let weight = if unused { s } else { w };
+            if weight == 0 {
                 continue;
             }
             cla.endpoints.push(LocalityLbEndpoints {
@@ -449,15 +553,29 @@ pub(crate) fn typed_piece(
                     sub_zone: String::new(),
                 }),
                 lb_endpoints,
-                load_balancing_weight: Some(UInt32Value { value: w }),
+                load_balancing_weight: Some(UInt32Value { value: weight }),
                 ..Default::default()
             });
         }
         typed.assignments.push(cla);
     }
+    let route_splits: RouteSplits = splits
+        .into_iter()
+        .map(|(route, (canary, stable))| {
+            let total = |c: &str| totals.get(c).copied().unwrap_or(0);
+            let split = route_split(total(&canary), total(&stable))
+                .into_iter()
+                .map(|(side, w)| match side {
+                    Side::Canary => (side, canary.clone(), w),
+                    Side::Stable => (side, stable.clone(), w),
+                })
+                .collect();
+            (route.to_owned(), split)
+        })
+        .collect();
 
-    typed.vhost = virtual_host(p, Consumer::Envoy);
-    typed.refs = clusters.into_iter().map(|(n, _)| n).collect();
+    typed.vhost = virtual_host(p, &route_splits, Consumer::Envoy);
+    typed.refs = clusters.into_iter().map(|(n, _, _)| n).collect();
     let grpc_route = grpc_route_name(name);
     for lname in [
         p.spec.host.clone(),
@@ -467,10 +585,29 @@ pub(crate) fn typed_piece(
     }
     typed.route = RouteConfiguration {
         name: grpc_route,
-        virtual_hosts: vec![virtual_host(p, Consumer::ProxylessGrpc)],
+        virtual_hosts: vec![virtual_host(p, &route_splits, Consumer::ProxylessGrpc)],
         ..Default::default()
     };
     typed
+}
+
+/// Per route under a rollout: its weighted clusters (side, cluster, weight).
+type RouteSplits = BTreeMap<String, Vec<(Side, String, u32)>>;
+
+/// The rollout a route serves now: its status, when the spec's route still
+/// has a `rollout` for the status's version. A route without a status yet
+/// (the leader has not stepped it), or whose status is for another version
+/// (a new rollout about to start), serves 0 % canary (the spec's weight
+/// under a rollout); a route whose spec dropped `rollout` is served by
+/// `canary.weight` over the shared clusters.
+fn served_rollout<'a>(
+    r: &meridian_policy::Route,
+    rollouts: Option<&'a RolloutWeights>,
+) -> Option<&'a ServedRollout> {
+    let c = r.canary.as_ref()?;
+    c.rollout.as_ref()?;
+    let served = rollouts?.get(&r.name)?;
+    (served.version == c.version).then_some(served)
 }
 
 /// Whether a stored effective-weights decision names exactly the policy's
@@ -655,7 +792,7 @@ fn route_action(
     }
 }
 
-fn virtual_host(p: &Policy, consumer: Consumer) -> VirtualHost {
+fn virtual_host(p: &Policy, splits: &RouteSplits, consumer: Consumer) -> VirtualHost {
     let name = p.metadata.name.as_str();
     let stable = stable_cluster_name(name);
     // Sorted and deduplicated so the output does not depend on route order.
@@ -695,32 +832,41 @@ fn virtual_host(p: &Policy, consumer: Consumer) -> VirtualHost {
                 canary_headers.clone(),
             ),
             Some(c) => {
-                let weight = c.weight.min(100);
-                let mut entries = Vec::with_capacity(2);
-                if weight > 0 {
-                    entries.push(ClusterWeight {
-                        name: canary_cluster_name(name, &c.version),
-                        weight: Some(UInt32Value { value: weight }),
-                        request_headers_to_add: vec![header_add(&c.header)],
-                        // Other canary markers of this policy would be spoofed here.
-                        request_headers_to_remove: canary_headers
-                            .iter()
-                            .filter(|h| **h != c.header)
-                            .cloned()
-                            .collect(),
-                        ..Default::default()
-                    });
-                }
-                if weight < 100 {
-                    entries.push(ClusterWeight {
-                        name: stable.clone(),
-                        weight: Some(UInt32Value {
-                            value: 100 - weight,
-                        }),
-                        request_headers_to_remove: canary_headers.clone(),
-                        ..Default::default()
-                    });
-                }
+                let split = splits.get(&r.name).cloned().unwrap_or_else(|| {
+                    let weight = c.weight.min(100);
+                    let mut split = Vec::with_capacity(2);
+                    if weight > 0 {
+                        let canary = canary_cluster_name(name, &c.version);
+                        split.push((Side::Canary, canary, weight));
+                    }
+                    if weight < 100 {
+                        split.push((Side::Stable, stable.clone(), 100 - weight));
+                    }
+                    split
+                });
+                let entries = split
+                    .into_iter()
+                    .map(|(side, cluster, weight)| match side {
+                        Side::Canary => ClusterWeight {
+                            name: cluster,
+                            weight: Some(UInt32Value { value: weight }),
+                            request_headers_to_add: vec![header_add(&c.header)],
+                            // Other canary markers of this policy would be spoofed here.
+                            request_headers_to_remove: canary_headers
+                                .iter()
+                                .filter(|h| **h != c.header)
+                                .cloned()
+                                .collect(),
+                            ..Default::default()
+                        },
+                        Side::Stable => ClusterWeight {
+                            name: cluster,
+                            weight: Some(UInt32Value { value: weight }),
+                            request_headers_to_remove: canary_headers.clone(),
+                            ..Default::default()
+                        },
+                    })
+                    .collect();
                 (
                     ClusterSpecifier::WeightedClusters(WeightedCluster {
                         clusters: entries,

@@ -189,6 +189,7 @@ async fn traffic_series_splits_the_canary_from_every_other_version() {
         policy: policy.into(),
         zone: zone.into(),
         version: version.into(),
+        route: String::new(),
         requests,
         failures,
     };
@@ -215,6 +216,7 @@ async fn traffic_series_splits_the_canary_from_every_other_version() {
     let series = store
         .version_series(
             "web",
+            "all",
             "v2",
             Duration::from_secs(300),
             Duration::from_secs(10),
@@ -252,6 +254,7 @@ async fn traffic_series_splits_the_canary_from_every_other_version() {
     let none = store
         .version_series(
             "web",
+            "all",
             "v9",
             Duration::from_secs(60),
             Duration::from_secs(10),
@@ -366,4 +369,98 @@ async fn traffic_series_splits_the_canary_from_every_other_version() {
         .unwrap();
     assert_eq!(paused.status().as_u16(), 202);
     server.stop().await;
+}
+
+/// Load reports keep the route whose own clusters carried them (a route
+/// under a rollout): a rollout's analysis reads them apart, while
+/// failover still sums every row of a zone.
+#[tokio::test]
+async fn load_reports_keep_the_route_and_failover_still_sums_the_zone() {
+    use meridian_store::{LoadRow, TrafficKey};
+    use std::collections::BTreeMap;
+
+    let db = meridian_test_support::database().await;
+    let store = &db.store;
+    let w = Write {
+        actor: "test",
+        source: "api",
+        dry_run: false,
+        force: false,
+    };
+    store.create(&policy(), &w).await.unwrap();
+    let since = chrono::Utc::now().timestamp_millis() - 1000;
+    let row = |version: &str, route: &str, requests: u64, failures: u64| LoadRow {
+        policy: "web".into(),
+        zone: "a".into(),
+        version: version.into(),
+        route: route.into(),
+        requests,
+        failures,
+    };
+    let rows = [
+        row("", "", 100, 1),
+        row("", "all", 40, 0),
+        row("v2", "all", 4, 1),
+    ];
+    store.add_load_reports("xds-1", &rows).await.unwrap();
+    // The same (version, route) again adds up; another route is apart.
+    store
+        .add_load_reports("xds-1", &[row("v2", "all", 6, 0)])
+        .await
+        .unwrap();
+    let got = store.version_traffic("web", since).await.unwrap();
+    let counts: BTreeMap<(String, String), (u64, u64)> = got
+        .iter()
+        .map(|(k, t): (&TrafficKey, _)| {
+            (
+                (k.version.clone(), k.route.clone()),
+                (t.requests, t.failures),
+            )
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        BTreeMap::from([
+            ((String::new(), String::new()), (100, 1)),
+            ((String::new(), "all".to_owned()), (40, 0)),
+            (("v2".to_owned(), "all".to_owned()), (10, 1)),
+        ])
+    );
+    let windows = BTreeMap::from([("web".to_owned(), Duration::from_secs(30))]);
+    let totals = store.load_totals(&windows).await.unwrap();
+    let zone = totals[&("web".to_owned(), "a".to_owned())];
+    assert_eq!((zone.requests, zone.failures), (150, 2));
+    // The dashboard's chart of route `all` counts its own clusters where
+    // they reported (these seconds), like the analysis.
+    let series = store
+        .version_series(
+            "web",
+            "all",
+            "v2",
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let sum = |f: fn(&meridian_store::VersionBucket) -> (u64, u64)| {
+        series
+            .iter()
+            .map(f)
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    };
+    assert_eq!(sum(|b| (b.canary.requests, b.canary.failures)), (10, 1));
+    assert_eq!(sum(|b| (b.stable.requests, b.stable.failures)), (40, 0));
+    // Another route has no clusters of its own: the shared ones count.
+    let other = store
+        .version_series(
+            "web",
+            "other",
+            "v2",
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let stable: u64 = other.iter().map(|b| b.stable.requests).sum();
+    assert_eq!(stable, 100, "{other:?}");
 }

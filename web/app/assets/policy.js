@@ -485,7 +485,7 @@ export function mount(main, name) {
   }
 
   /** Canary against stable failure rate over the last minutes, from the
-   *  load reports (the whole policy's traffic per version). */
+   *  load reports (the route's own clusters, per version). */
   function rolloutChartView(route, limit) {
     const series = state.rolloutTraffic[route];
     if (!series) return h('p', { class: 'muted small' }, 'Loading the failure rates…');

@@ -29,16 +29,8 @@ fn target(zone_order: Option<&[&str]>) -> Target {
                            "minRequests": 100, "inconclusiveLimit": 3}}}}]}
     }))
     .unwrap();
-    // The pure core plans zone orders; validation refuses them until the
-    // translation serves zone-by-zone weights (docs/rollouts.md), and that
-    // is the only refusal of this fixture.
-    match meridian_policy::validate(&policy) {
-        Ok(()) => assert!(zone_order.is_none()),
-        Err(e) => assert!(
-            zone_order.is_some() && e.len() == 1 && e[0].message.contains("not served yet"),
-            "{e:?}"
-        ),
-    }
+    // Every fixture is a policy the API accepts, zone orders included.
+    assert_eq!(meridian_policy::validate(&policy), Ok(()));
     targets(&policy).remove(0)
 }
 
@@ -285,6 +277,37 @@ fn a_bad_canary_is_rolled_back_everywhere_within_two_intervals() {
     assert_eq!(later.status.phase, Phase::Failed);
     assert!(!later.changed && later.events.is_empty());
     assert_eq!(later.weights["a"], 0);
+}
+
+/// "A failure anywhere rolls back everywhere": with a zone order, zone b
+/// went through every step and serves 100 % of v2; the canary then fails
+/// in zone a at its first step, and both zones go back to 0 % at once.
+#[test]
+fn a_failure_in_the_second_zone_rolls_back_both_zones() {
+    let mut leader = Leader::new(target(Some(&["b", "a"])));
+    leader.tick_with(T0, 0, 0);
+    let mut now = T0;
+    for _ in 0..4 {
+        now += MIN;
+        leader.tick_with(now, 4000, 0);
+    }
+    assert_eq!(
+        leader.status().weights,
+        w(&[("a", 5), ("b", 100), ("c", 0)])
+    );
+    now += MIN;
+    let out = leader.tick_with(now, 4000, 20);
+    assert_eq!(out.status.phase, Phase::Failed);
+    assert_eq!(out.weights, w(&[("a", 0), ("b", 0), ("c", 0)]));
+    assert_eq!(kinds(&out), ["rollout-failed"]);
+    assert_eq!(out.events[0].details["from"]["b"], 100);
+    assert!(
+        out.events[0]
+            .message
+            .contains("rolled back to 0% in every zone"),
+        "{}",
+        out.events[0].message
+    );
 }
 
 /// The too-little-traffic case: waits, then pauses, saying why.

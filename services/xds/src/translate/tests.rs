@@ -303,6 +303,7 @@ fn render_is_typed_json_and_filters() {
     let v = render(
         &[policy("a", 80, None, false), policy("b", 80, None, false)],
         &Weights::new(),
+        &Rollouts::new(),
         Some("a"),
     );
     assert_eq!(v["clusters"].as_array().map(Vec::len), Some(1));
@@ -738,49 +739,35 @@ fn names_of(r: &Resources, ty: ResourceType) -> Vec<String> {
     names(r, ty)
 }
 
-#[test]
-fn a_rollout_status_sets_the_served_canary_weight() {
-    let with_rollout = |version: &str| {
-        let mut p = policy("a", 80, Some((version, 0)), false);
-        p.spec.routes[0].canary.as_mut().unwrap().rollout = Some(Default::default());
-        p
+/// Translates with rollouts, as the snapshot writer does.
+fn translate_rolling(policies: &[Policy], rollouts: Rollouts) -> Resources {
+    let mut t = crate::Translator::new(Mesh::default());
+    t.set_rollouts(rollouts);
+    t.rebuild(policies, &Weights::new());
+    t.output().0
+}
+
+fn served(route: &str, version: &str, zones: &[(&str, u32)]) -> Rollouts {
+    let weights = zones.iter().map(|(z, c)| (z.to_string(), *c)).collect();
+    let r = ServedRollout {
+        version: version.to_owned(),
+        weights,
     };
-    let served = |rw: &[(&str, &str, u32)]| -> RolloutWeights {
-        rw.iter()
-            .map(|(r, v, w)| (r.to_string(), (v.to_string(), *w)))
-            .collect()
-    };
-    let weight = |p: &Policy| p.spec.routes[0].canary.as_ref().unwrap().weight;
-    // (spec version, status, expected weight served)
-    let cases: &[(&str, Option<RolloutWeights>, u32)] = &[
-        ("v2", None, 0),
-        ("v2", Some(served(&[("api", "v2", 25)])), 25),
-        // A status of another version: the new rollout has not started yet.
-        ("v2", Some(served(&[("api", "v1", 25)])), 0),
-        ("v2", Some(served(&[("other", "v2", 25)])), 0),
-        ("v2", Some(served(&[("api", "v2", 100)])), 100),
-    ];
-    for (version, status, want) in cases {
-        let p = with_rollout(version);
-        assert_eq!(
-            weight(&with_rollouts(&p, status.as_ref())),
-            *want,
-            "{status:?}"
-        );
-    }
-    // Without `rollout` in the spec the status no longer counts: the spec's
-    // weight is served (docs/rollouts.md: removing it hands the weight back).
-    let plain = policy("a", 80, Some(("v2", 10)), false);
-    let status = served(&[("api", "v2", 50)]);
-    assert_eq!(weight(&with_rollouts(&plain, Some(&status))), 10);
-    // And the route served splits by it.
-    let p = with_rollout("v2");
-    let status = served(&[("api", "v2", 25)]);
-    let r = translate(
-        &[with_rollouts(&p, Some(&status)).into_owned()],
-        &Weights::new(),
-    );
-    let routes = route_of(&r, "grpc_a");
+    Rollouts::from([(
+        "a".to_owned(),
+        RolloutWeights::from([(route.to_owned(), r)]),
+    )])
+}
+
+fn with_rollout(version: &str) -> Policy {
+    let mut p = policy("a", 80, Some((version, 0)), false);
+    p.spec.routes[0].canary.as_mut().unwrap().rollout = Some(Default::default());
+    p
+}
+
+/// (cluster, weight) of the first route's weighted clusters.
+fn split_of(r: &Resources, route_config: &str) -> Vec<(String, u32)> {
+    let routes = route_of(r, route_config);
     let Some(route::Action::Route(RouteAction {
         cluster_specifier: Some(ClusterSpecifier::WeightedClusters(wc)),
         ..
@@ -788,10 +775,290 @@ fn a_rollout_status_sets_the_served_canary_weight() {
     else {
         panic!("weighted clusters expected");
     };
-    let ws: Vec<(String, u32)> = wc
-        .clusters
+    wc.clusters
         .iter()
         .map(|c| (c.name.clone(), c.weight.as_ref().map_or(0, |w| w.value)))
-        .collect();
-    assert_eq!(ws, [("a@v2".to_owned(), 25), ("a".to_owned(), 75)]);
+        .collect()
+}
+
+/// (zone, locality weight) of an assignment.
+fn localities(r: &Resources, cluster: &str) -> Vec<(String, u32)> {
+    let cla: ClusterLoadAssignment = decode(r, ResourceType::ClusterLoadAssignment, cluster);
+    cla.endpoints
+        .iter()
+        .map(|l| {
+            (
+                l.locality.as_ref().unwrap().zone.clone(),
+                l.load_balancing_weight.as_ref().unwrap().value,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn zone_split_and_route_split_table() {
+    // (s_z, c_z) -> (canary, stable) locality weights.
+    let zones: &[(u32, u32, (u32, u32))] = &[
+        (70, 0, (0, 7000)),
+        (70, 5, (350, 6650)),
+        (30, 100, (3000, 0)),
+        (0, 50, (0, 0)),
+        (100, 100, (10_000, 0)),
+        // A percent over 100 (never stored) is 100, not an underflow.
+        (10, 150, (1000, 0)),
+    ];
+    for &(s, c, want) in zones {
+        assert_eq!(zone_split(s, c), want, "s={s} c={c}");
+    }
+    // (Σ canary, Σ stable) -> the route's weighted clusters.
+    type Split = &'static [(Side, u32)];
+    let routes: &[(u32, u32, Split)] = &[
+        (350, 9650, &[(Side::Canary, 350), (Side::Stable, 9650)]),
+        (0, 10_000, &[(Side::Stable, 10_000)]),
+        (10_000, 0, &[(Side::Canary, 10_000)]),
+        // Never a split summing to 0.
+        (0, 0, &[(Side::Stable, 1)]),
+    ];
+    for &(c, s, want) in routes {
+        assert_eq!(route_split(c, s), want, "{c} vs {s}");
+    }
+}
+
+/// The translation of a route under a rollout, zone by zone: z1 (weight 70)
+/// has v1 and v2, z2 (weight 30) v1 only. Per case: the status's canary
+/// percent per zone, the effective weights, and the expected canary and
+/// stable localities and route split.
+#[test]
+fn a_rollout_serves_per_zone_weights_through_its_own_clusters() {
+    type Localities = &'static [(&'static str, u32)];
+    struct Case {
+        what: &'static str,
+        canary: &'static [(&'static str, u32)],
+        effective: Option<[u32; 2]>,
+        canary_localities: Localities,
+        stable_localities: Localities,
+        split: &'static [(&'static str, u32)],
+    }
+    let cases = [
+        Case {
+            what: "z1 at 5 %, z2 at 0",
+            canary: &[("z1", 5), ("z2", 0)],
+            effective: None,
+            canary_localities: &[("z1", 350)],
+            stable_localities: &[("z1", 6650), ("z2", 3000)],
+            split: &[("a@v2~api", 350), ("a~api", 9650)],
+        },
+        Case {
+            what: "z1 at 100 %: its stable locality is left out",
+            canary: &[("z1", 100), ("z2", 0)],
+            effective: None,
+            canary_localities: &[("z1", 7000)],
+            stable_localities: &[("z2", 3000)],
+            split: &[("a@v2~api", 7000), ("a~api", 3000)],
+        },
+        Case {
+            what: "z2 has no v2: its canary percent serves nothing, its share stays stable",
+            canary: &[("z1", 100), ("z2", 100)],
+            effective: None,
+            canary_localities: &[("z1", 7000)],
+            stable_localities: &[("z2", 3000)],
+            split: &[("a@v2~api", 7000), ("a~api", 3000)],
+        },
+        Case {
+            what: "no canary anywhere: the route leaves the canary out, whose cluster keeps its \
+                   endpoints at the plain weights (EDS may reach Envoy before the route)",
+            canary: &[("z1", 0), ("z2", 0)],
+            effective: None,
+            canary_localities: &[("z1", 70)],
+            stable_localities: &[("z1", 7000), ("z2", 3000)],
+            split: &[("a~api", 10_000)],
+        },
+        Case {
+            what: "z1 failed over (s=0): nothing of either side there",
+            canary: &[("z1", 0), ("z2", 0)],
+            effective: Some([0, 100]),
+            canary_localities: &[],
+            stable_localities: &[("z2", 10_000)],
+            split: &[("a~api", 10_000)],
+        },
+        Case {
+            what: "every zone at 0: never a split summing to 0",
+            canary: &[("z1", 50)],
+            effective: Some([0, 0]),
+            canary_localities: &[],
+            stable_localities: &[],
+            split: &[("a~api", 1)],
+        },
+    ];
+    for c in cases {
+        let p = with_rollout("v2");
+        let mut t = crate::Translator::new(Mesh::default());
+        t.set_rollouts(served("api", "v2", c.canary));
+        let weights: Weights = c
+            .effective
+            .map(|[a, b]| {
+                let w = BTreeMap::from([("z1".to_owned(), a), ("z2".to_owned(), b)]);
+                Weights::from([("a".to_owned(), w)])
+            })
+            .unwrap_or_default();
+        t.rebuild([&p], &weights);
+        let r = t.output().0;
+        let want = |l: Localities| -> Vec<(String, u32)> {
+            l.iter().map(|(z, w)| (z.to_string(), *w)).collect()
+        };
+        assert_eq!(
+            localities(&r, "a@v2~api"),
+            want(c.canary_localities),
+            "{}",
+            c.what
+        );
+        assert_eq!(
+            localities(&r, "a~api"),
+            want(c.stable_localities),
+            "{}",
+            c.what
+        );
+        let split: Vec<(String, u32)> = c.split.iter().map(|(n, w)| (n.to_string(), *w)).collect();
+        // Envoy and proxyless gRPC split alike.
+        assert_eq!(split_of(&r, "grpc_a"), split, "{}", c.what);
+        let egress: RouteConfiguration = decode(&r, ResourceType::RouteConfiguration, "egress_80");
+        let Some(route::Action::Route(RouteAction {
+            cluster_specifier: Some(ClusterSpecifier::WeightedClusters(wc)),
+            ..
+        })) = &egress.virtual_hosts[0].routes[0].action
+        else {
+            panic!("weighted clusters expected");
+        };
+        let names: Vec<&str> = wc.clusters.iter().map(|c| c.name.as_str()).collect();
+        let want_names: Vec<&str> = c.split.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, want_names, "{}", c.what);
+        // The shared clusters keep the zones' plain weights, for the
+        // routes without a rollout.
+        if c.effective.is_none() {
+            assert_eq!(
+                localities(&r, "a"),
+                want(&[("z1", 70), ("z2", 30)]),
+                "{}",
+                c.what
+            );
+        }
+    }
+}
+
+#[test]
+fn a_route_under_a_rollout_gets_its_own_clusters_and_marks_its_canary() {
+    let p = with_rollout("v2");
+    let r = translate_rolling(std::slice::from_ref(&p), served("api", "v2", &[("z1", 25)]));
+    assert_eq!(
+        names(&r, ResourceType::Cluster),
+        ["a", "a@v2", "a@v2~api", "a~api"]
+    );
+    assert_eq!(
+        names(&r, ResourceType::ClusterLoadAssignment),
+        ["a", "a@v2", "a@v2~api", "a~api"]
+    );
+    // The other route and the default route keep the shared stable cluster.
+    let routes = route_of(&r, "grpc_a");
+    for route in &routes[1..] {
+        assert_eq!(
+            action(route).cluster_specifier,
+            Some(ClusterSpecifier::Cluster("a".into()))
+        );
+    }
+    // The canary side carries the canary header, the stable side drops it.
+    let Some(route::Action::Route(RouteAction {
+        cluster_specifier: Some(ClusterSpecifier::WeightedClusters(wc)),
+        ..
+    })) = &routes[0].action
+    else {
+        panic!("weighted clusters expected");
+    };
+    let header = &p.spec.routes[0].canary.as_ref().unwrap().header;
+    assert_eq!(
+        wc.clusters[0].request_headers_to_add[0]
+            .header
+            .as_ref()
+            .unwrap()
+            .key,
+        *header
+    );
+    assert_eq!(
+        wc.clusters[1].request_headers_to_remove,
+        std::slice::from_ref(header)
+    );
+    // The egress route references the route's clusters (make-before-break).
+    let egress = r
+        .get(ResourceType::RouteConfiguration, "egress_80")
+        .unwrap();
+    assert!(
+        egress.refs.iter().any(|c| &**c == "a@v2~api"),
+        "{:?}",
+        egress.refs
+    );
+    assert!(
+        egress.refs.iter().any(|c| &**c == "a~api"),
+        "{:?}",
+        egress.refs
+    );
+    // Names parse back to their policy (node scoping).
+    for n in ["a", "a@v2", "a@v2~api", "a~api"] {
+        assert_eq!(policy_of_cluster_name(n), "a", "{n}");
+    }
+}
+
+#[test]
+fn without_a_matching_status_a_rollout_serves_no_canary() {
+    // (spec has rollout, spec version, status) -> served split
+    type Case = (
+        bool,
+        &'static str,
+        Option<Rollouts>,
+        &'static [(&'static str, u32)],
+    );
+    let cases: &[Case] = &[
+        // The route's own clusters exist before the first step (no cluster
+        // to warm when it comes), all stable.
+        (true, "v2", None, &[("a~api", 10_000)]),
+        // A status of another version: the new rollout has not started yet.
+        (
+            true,
+            "v2",
+            Some(served("api", "v1", &[("z1", 25)])),
+            &[("a~api", 10_000)],
+        ),
+        (
+            true,
+            "v2",
+            Some(served("other", "v2", &[("z1", 25)])),
+            &[("a~api", 10_000)],
+        ),
+        (
+            true,
+            "v2",
+            Some(served("api", "v2", &[("z1", 25)])),
+            &[("a@v2~api", 1750), ("a~api", 8250)],
+        ),
+        // Without `rollout` in the spec the status no longer counts: the
+        // spec's weight (10 here) is served (removing it hands the weight back).
+        (
+            false,
+            "v2",
+            Some(served("api", "v2", &[("z1", 50)])),
+            &[("a@v2", 10), ("a", 90)],
+        ),
+    ];
+    for (rolling, version, status, want) in cases {
+        let p = if *rolling {
+            with_rollout(version)
+        } else {
+            policy("a", 80, Some((version, 10)), false)
+        };
+        let r = translate_rolling(&[p], status.clone().unwrap_or_default());
+        let want: Vec<(String, u32)> = want.iter().map(|(n, w)| (n.to_string(), *w)).collect();
+        assert_eq!(split_of(&r, "grpc_a"), want, "{status:?}");
+        let per_route = names(&r, ResourceType::Cluster)
+            .iter()
+            .any(|n| n.contains('~'));
+        assert_eq!(per_route, want[0].0.contains('~'), "{status:?}");
+    }
 }
