@@ -73,6 +73,18 @@ fn load(listen: u16, stop: CancellationToken) -> (Seen, tokio::task::JoinSet<()>
     (seen, tasks)
 }
 
+/// Stops the load generator and returns what it saw.
+async fn stop_load(
+    stop: CancellationToken,
+    mut tasks: tokio::task::JoinSet<()>,
+    seen: &Seen,
+) -> BTreeMap<String, u64> {
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+    let seen = seen.lock().unwrap().clone();
+    seen
+}
+
 async fn status(db: &meridian_test_support::TestDb) -> Option<meridian_rollout::Status> {
     db.store
         .rollout_statuses(POLICY)
@@ -103,7 +115,7 @@ async fn a_healthy_canary_rolls_out_to_completion_on_its_own() {
     })
     .await;
     let stop = CancellationToken::new();
-    let (seen, mut tasks) = load(listen, stop.clone());
+    let (seen, tasks) = load(listen, stop.clone());
     let mut phases = Vec::new();
     let done = tokio::time::timeout(Duration::from_secs(120), async {
         loop {
@@ -121,9 +133,7 @@ async fn a_healthy_canary_rolls_out_to_completion_on_its_own() {
         }
     })
     .await;
-    stop.cancel();
-    while tasks.join_next().await.is_some() {}
-    let seen = seen.lock().unwrap().clone();
+    let seen = stop_load(stop, tasks, &seen).await;
     let s = done.unwrap_or_else(|_| {
         panic!(
             "no completion in 120 s: phases {phases:?}, traffic {seen:?}\nenvoy log:\n{}",
@@ -194,8 +204,11 @@ async fn a_failing_canary_is_rolled_back_on_its_own() {
     })
     .await;
     let stop = CancellationToken::new();
-    let (seen, mut tasks) = load(listen, stop.clone());
-    let _ = eventually_status(&db, |s| s.phase.as_str() == "progressing").await;
+    let (seen, tasks) = load(listen, stop.clone());
+    wait_status(&db, Duration::from_secs(30), "the rollout starts", |s| {
+        s.phase == meridian_rollout::Phase::Progressing
+    })
+    .await;
     let started = std::time::Instant::now();
     let failed = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
@@ -230,9 +243,7 @@ async fn a_failing_canary_is_rolled_back_on_its_own() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before = seen.lock().unwrap().clone();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.cancel();
-    while tasks.join_next().await.is_some() {}
-    let after = seen.lock().unwrap().clone();
+    let after = stop_load(stop, tasks, &seen).await;
     let grew = |k: &str| after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
     assert_eq!(
         (grew("503"), grew("zone-a/v2"), grew("zone-b/v2")),
@@ -292,21 +303,6 @@ async fn a_failing_canary_is_rolled_back_on_its_own() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("rollout/all: failed of v2"), "{text}");
-}
-
-async fn eventually_status(
-    db: &meridian_test_support::TestDb,
-    ok: impl Fn(&meridian_rollout::Status) -> bool,
-) -> meridian_rollout::Status {
-    for _ in 0..150 {
-        if let Some(s) = status(db).await {
-            if ok(&s) {
-                return s;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("the rollout did not start in 30 s");
 }
 
 /// Four backends, v1 and v2 in zone-a (127.0.0.2, .4) and zone-b (.3, .5),
@@ -437,7 +433,7 @@ async fn a_failover_during_a_rollout_pauses_it_and_keeps_the_canary_out_of_the_f
     let envoy = Envoy::start_reporting_load("rollout-failover", m.xds_port).await;
     until_routed(listen).await;
     let stop = CancellationToken::new();
-    let (seen, mut tasks) = load(listen, stop.clone());
+    let (seen, tasks) = load(listen, stop.clone());
     wait_status(&db, Duration::from_secs(20), "canary in both zones", |s| {
         s.phase == meridian_rollout::Phase::Progressing && s.weights.values().all(|w| *w == 25)
     })
@@ -474,9 +470,7 @@ async fn a_failover_during_a_rollout_pauses_it_and_keeps_the_canary_out_of_the_f
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before = seen.lock().unwrap().clone();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.cancel();
-    while tasks.join_next().await.is_some() {}
-    let after = seen.lock().unwrap().clone();
+    let after = stop_load(stop, tasks, &seen).await;
     let grew = |k: &str| after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
     assert_eq!(
         (grew("503"), grew("zone-b/v2"), grew("zone-b/v1")),
@@ -527,7 +521,7 @@ async fn a_canary_over_its_prometheus_latency_limit_is_rolled_back() {
     let prometheus = Prometheus::start(prom_port, &[&admin]).await;
     until_routed(listen).await;
     let stop = CancellationToken::new();
-    let (seen, mut tasks) = load(listen, stop.clone());
+    let (seen, tasks) = load(listen, stop.clone());
     let failed = tokio::time::timeout(Duration::from_secs(90), async {
         let mut highest = 0;
         loop {
@@ -543,8 +537,7 @@ async fn a_canary_over_its_prometheus_latency_limit_is_rolled_back() {
     .await;
     // The stable version's latency, from the same Prometheus, for contrast.
     let stable_p99 = prometheus.query(&p99("rollout~all")).await;
-    stop.cancel();
-    while tasks.join_next().await.is_some() {}
+    let seen_at_end = stop_load(stop, tasks, &seen).await;
     let (failed, highest) = failed.unwrap_or_else(|_| {
         panic!(
             "no verdict in 90 s; traffic {:?}\nprometheus log:\n{}\nenvoy log:\n{}",
@@ -568,7 +561,7 @@ async fn a_canary_over_its_prometheus_latency_limit_is_rolled_back() {
     // The stable version was fast: it is the canary's latency that failed.
     let stable_p99 = stable_p99.expect("a p99 for the stable cluster");
     assert!(stable_p99 < 200.0, "stable p99 {stable_p99}");
-    let seen = seen.lock().unwrap().clone();
+    let seen = seen_at_end;
     assert!(
         seen.keys().all(|k| !k.starts_with("error") && k != "503"),
         "{seen:?}"
@@ -602,7 +595,7 @@ async fn a_rollout_goes_on_from_its_stored_status_when_the_leader_dies() {
     let envoy = Envoy::start_reporting_load("rollout-takeover", second.xds_port).await;
     until_routed(listen).await;
     let stop = CancellationToken::new();
-    let (seen, mut tasks) = load(listen, stop.clone());
+    let (seen, tasks) = load(listen, stop.clone());
     wait_status(&db, Duration::from_secs(30), "at the second step", |s| {
         s.step_index == 1
     })
@@ -612,8 +605,7 @@ async fn a_rollout_goes_on_from_its_stored_status_when_the_leader_dies() {
         s.phase == meridian_rollout::Phase::Completed
     })
     .await;
-    stop.cancel();
-    while tasks.join_next().await.is_some() {}
+    let seen_at_end = stop_load(stop, tasks, &seen).await;
     assert_eq!(leaders().await, 2, "one takeover");
     // Each step once, in order, across the two leaders: none repeated or
     // skipped.
@@ -647,7 +639,7 @@ async fn a_rollout_goes_on_from_its_stored_status_when_the_leader_dies() {
         done.weights.values().copied().collect::<Vec<_>>(),
         [100, 100]
     );
-    let seen = seen.lock().unwrap().clone();
+    let seen = seen_at_end;
     assert!(
         seen.keys().all(|k| !k.starts_with("error") && k != "503"),
         "{seen:?}\nenvoy log:\n{}",
@@ -677,7 +669,7 @@ async fn a_zone_by_zone_rollout_goes_through_each_zone_in_order() {
     let envoy = Envoy::start_reporting_load("rollout-zones", m.xds_port).await;
     until_routed(listen).await;
     let stop = CancellationToken::new();
-    let (seen, mut tasks) = load(listen, stop.clone());
+    let (seen, tasks) = load(listen, stop.clone());
     let count = |k: &str| seen.lock().unwrap().get(k).copied().unwrap_or(0);
 
     // Every (zone-a, zone-b) canary percent served, in order, until completion.
@@ -718,9 +710,7 @@ async fn a_zone_by_zone_rollout_goes_through_each_zone_in_order() {
         }
     })
     .await;
-    stop.cancel();
-    while tasks.join_next().await.is_some() {}
-    let seen = seen.lock().unwrap().clone();
+    let seen = stop_load(stop, tasks, &seen).await;
     let s = done.unwrap_or_else(|_| {
         panic!(
             "no completion in 150 s: served {served:?}, traffic {seen:?}\nenvoy log:\n{}",
