@@ -259,7 +259,9 @@ pub struct ServeArgs {
     /// Address of the gRPC automation API.
     #[arg(long, env = "MERIDIAN_GRPC_ADDR", default_value = "0.0.0.0:9090")]
     pub grpc_addr: SocketAddr,
-    /// How long a burst of policy changes is gathered into one xDS push, in ms.
+    /// Longest a burst of policy changes is gathered into one xDS push, and
+    /// shortest time between two pushes of changes, in ms. A lone change is
+    /// pushed once the change feed has been quiet for 3 ms.
     #[arg(long, env = "MERIDIAN_XDS_DEBOUNCE_MS", default_value_t = 50,
           value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub xds_debounce_ms: u64,

@@ -1,5 +1,6 @@
 //! A generic xDS engine.
 //!
+//! * [`cow_map`]: the sorted map snapshots share, copied chunk by chunk.
 //! * [`snapshot`]: the published, content-versioned resource set and its
 //!   single writer; unchanged types are shared between snapshots and
 //!   changed ones record what changed.
@@ -21,6 +22,7 @@
 //! meridian_xds_engine::serve(listener, xds, shutdown).await?;
 //! ```
 
+pub mod cow_map;
 pub mod csds;
 pub mod metrics;
 pub mod protocol;
@@ -31,6 +33,7 @@ pub mod snapshot;
 pub mod tls_server;
 pub mod wire;
 
+pub use cow_map::CowMap;
 pub use protocol::{DefaultView, NodeView, RejectedRoute, Selector, Subscription};
 pub use registry::{ClientStatus, NackStatus, Registry, TypeStatus};
 pub use resources::{Entry, ResourceType, Resources, TypeSet};

@@ -3,7 +3,8 @@
 //!
 //! It subscribes to the store's change feed *before* loading, so no commit
 //! falls between the load and the subscription; then for every burst of
-//! changes (coalesced for [`Config::debounce`]) it re-reads only the named
+//! changes (see [`burst_end`]: a lone change goes out within
+//! [`QUIET`], a storm at most once per [`Config::debounce`]) it re-reads only the named
 //! policies, translates only those again (the [`Translator`] keeps every
 //! policy's encoding and rebuilds only the egress route of a changed
 //! policy's port), and publishes.
@@ -44,7 +45,8 @@ pub enum Error {
 
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// How long to gather a burst of changes before one snapshot is built.
+    /// The longest a burst of changes is gathered before one snapshot is
+    /// built, and the shortest time between two snapshots of changes.
     pub debounce: Duration,
 }
 
@@ -78,6 +80,9 @@ pub struct Writer {
     mesh: Mesh,
     security: Option<Security>,
     translator: Translator,
+    /// When the last burst was applied: the next waits until `debounce`
+    /// after it.
+    last_applied: Option<tokio::time::Instant>,
 }
 
 /// Certificate issuing for connected identities.
@@ -103,6 +108,7 @@ impl Writer {
             mesh: Mesh::default(),
             security: None,
             translator: Translator::new(Mesh::default()),
+            last_applied: None,
         }
     }
 
@@ -193,20 +199,30 @@ impl Writer {
                     continue;
                 }
             };
+            let first_at = tokio::time::Instant::now();
             let mut burst = Burst {
                 first_at: Some(Instant::now()),
                 ..Burst::default()
             };
             burst.add(first);
-            // Coalesce: everything that arrives within the window joins this snapshot.
-            let deadline = tokio::time::Instant::now() + self.config.debounce;
+            let mut last_event = first_at;
             loop {
+                let end = burst_end(
+                    first_at,
+                    last_event,
+                    self.last_applied,
+                    self.config.debounce,
+                );
                 tokio::select! {
-                    _ = tokio::time::sleep_until(deadline) => break,
-                    event = listener.next() => burst.add(event?),
+                    _ = tokio::time::sleep_until(end) => break,
+                    event = listener.next() => {
+                        burst.add(event?);
+                        last_event = tokio::time::Instant::now();
+                    }
                 }
             }
             self.apply(burst).await?;
+            self.last_applied = Some(tokio::time::Instant::now());
         }
     }
 
@@ -439,6 +455,26 @@ fn served(
         .collect()
 }
 
+/// How long the feed must be silent before a burst is taken as complete.
+/// A transaction's notifications arrive together at its commit, so a
+/// GitOps commit of many policies lands in one snapshot; a lone change
+/// waits only this long.
+pub const QUIET: Duration = Duration::from_millis(3);
+
+/// When a burst that began at `first` and last grew at `last` is applied:
+/// once the feed has been [`QUIET`], but never sooner than `debounce` after
+/// the previous burst was applied (so a storm of changes makes at most one
+/// snapshot per `debounce` for every stream to take), and never later
+/// than `debounce` after the burst began.
+pub fn burst_end<T>(first: T, last: T, applied: Option<T>, debounce: Duration) -> T
+where
+    T: Copy + Ord + std::ops::Add<Duration, Output = T>,
+{
+    let quiet = last + QUIET;
+    let earliest = applied.map_or(quiet, |a| a + debounce);
+    quiet.max(earliest).min(first + debounce)
+}
+
 #[derive(Default)]
 struct Burst {
     names: BTreeSet<String>,
@@ -453,6 +489,36 @@ impl Burst {
                 self.names.insert(c.name);
             }
             Event::Resync => self.resync = true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_ends_when_quiet_but_not_sooner_than_debounce_after_the_last() {
+        let ms = Duration::from_millis;
+        // (first event, last event, previous burst applied, debounce, applied at), in ms
+        let cases: &[(u64, u64, Option<u64>, u64, u64)] = &[
+            // A lone change after a quiet time: out once the feed is quiet.
+            (1000, 1000, None, 50, 1003),
+            (1000, 1000, Some(100), 50, 1003),
+            // Notifications of one commit arriving over 2 ms: one burst.
+            (1000, 1002, Some(100), 50, 1005),
+            // Right after a burst was applied: wait out the debounce.
+            (1000, 1000, Some(990), 50, 1040),
+            // A storm: gathered for at most the debounce.
+            (1000, 1045, None, 50, 1048),
+            (1000, 1049, None, 50, 1050),
+            (1000, 1049, Some(999), 50, 1050),
+            // No debounce: every change at once.
+            (1000, 1000, Some(999), 0, 1000),
+        ];
+        for &(first, last, applied, debounce, want) in cases {
+            let got = burst_end(ms(first), ms(last), applied.map(ms), ms(debounce));
+            assert_eq!(got, ms(want), "{first} {last} {applied:?} {debounce}");
         }
     }
 }

@@ -312,27 +312,6 @@ fn render_is_typed_json_and_filters() {
 }
 
 #[test]
-#[ignore = "performance; run with --release -- --ignored"]
-fn perf_15k_policies() {
-    let policies: Vec<Policy> = (0..15_000)
-        .map(|i| {
-            policy(
-                &format!("p{i}"),
-                8000 + (i % 4),
-                Some(("v2", 10)),
-                i % 2 == 0,
-            )
-        })
-        .collect();
-    let start = std::time::Instant::now();
-    let r = translate(&policies, &Weights::new());
-    let took = start.elapsed();
-    eprintln!("translate 15k policies: {took:?}");
-    assert_eq!(r.len(ResourceType::Cluster), 30_000);
-    assert!(took < std::time::Duration::from_secs(3));
-}
-
-#[test]
 fn namespace_label_scopes_a_policy_to_its_namespace_view() {
     let mut a = policy("a", 8080, None, false);
     a.metadata
