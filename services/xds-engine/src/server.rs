@@ -8,6 +8,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+
+use crate::wire::Requests;
 // GenericXdsConfig.client_status is the admin ClientResourceStatus, not the
 // per-client ClientConfigStatus: their numbers differ (NACKED is 4 vs 3).
 use xds_api::pb::envoy::admin::v3::{ClientResourceStatus, UpdateFailureState};
@@ -34,6 +36,11 @@ use crate::wire::{Ads, AdsService, DeltaResponse, SotwResponse};
 /// Responses buffered per stream. Small on purpose: an idle stream costs
 /// little, and a slow client applies backpressure to its own task only.
 const STREAM_BUFFER: usize = 2;
+
+/// What a stream's task hands to its response body. Boxed because tokio's
+/// channel allocates its slots 32 at a time whatever its bound: a `Status`
+/// is ~180 bytes, so unboxed that was ~6 KiB for each idle stream.
+type Outbound<Resp> = Result<Box<Resp>, Box<Status>>;
 
 /// The ADS and CSDS server.
 #[derive(Clone)]
@@ -359,11 +366,11 @@ const DELTA: Variant<DeltaDiscoveryRequest, DeltaResponse> = Variant {
 impl Server {
     fn spawn_stream<Req, Resp>(
         &self,
-        request: Request<Streaming<Req>>,
+        request: Request<Requests<Req>>,
         variant: Variant<Req, Resp>,
     ) -> BoxStream<Resp>
     where
-        Req: Send + 'static,
+        Req: prost::Message + Default + Send + 'static,
         Resp: Send + 'static,
     {
         let peer = request
@@ -383,17 +390,19 @@ impl Server {
         tokio::spawn(
             async move { server.run_stream(inbound, peer, tx, variant).await }.instrument(span),
         );
-        Box::pin(ReceiverStream::new(rx))
+        #[allow(clippy::result_large_err)] // the `Status` goes to tonic as is
+        let unbox = |r: Outbound<Resp>| r.map(|b| *b).map_err(|b| *b);
+        Box::pin(ReceiverStream::new(rx).map(unbox))
     }
 
     /// One stream's loop. Generic over the inbound stream (tonic's
-    /// `Streaming` in service) so that a test can order a request and a
+    /// [`Requests`] in service) so that a test can order a request and a
     /// snapshot by hand.
     async fn run_stream<Req, Resp>(
         self,
         mut inbound: impl Stream<Item = Result<Req, Status>> + Unpin,
         peer: Option<String>,
-        tx: mpsc::Sender<Result<Resp, Status>>,
+        tx: mpsc::Sender<Outbound<Resp>>,
         variant: Variant<Req, Resp>,
     ) where
         Req: Send + 'static,
@@ -429,7 +438,7 @@ impl Server {
                                 Ok(identity) => identity,
                                 Err(why) => {
                                     tracing::warn!(node = %node.id, %why, "xds stream refused");
-                                    let _ = tx.send(Err(Status::permission_denied(why))).await;
+                                    let _ = tx.send(Err(Box::new(Status::permission_denied(why)))).await;
                                     break;
                                 }
                             };
@@ -507,7 +516,7 @@ impl Server {
 
     async fn send_all<Req, Resp>(
         &self,
-        tx: &mpsc::Sender<Result<Resp, Status>>,
+        tx: &mpsc::Sender<Outbound<Resp>>,
         out: Vec<Resp>,
         variant: &Variant<Req, Resp>,
     ) -> bool {
@@ -518,7 +527,7 @@ impl Server {
             ];
             tokio::select! {
                 _ = self.shutdown.cancelled() => return false,
-                sent = tx.send(Ok(r)) => if sent.is_err() {
+                sent = tx.send(Ok(Box::new(r))) => if sent.is_err() {
                     tracing::debug!("xds client went away");
                     return false;
                 } else {
@@ -537,14 +546,14 @@ impl Ads for Server {
 
     async fn sotw(
         &self,
-        request: Request<Streaming<DiscoveryRequest>>,
+        request: Request<Requests<DiscoveryRequest>>,
     ) -> Result<Response<Self::SotwStream>, Status> {
         Ok(Response::new(self.spawn_stream(request, SOTW)))
     }
 
     async fn delta(
         &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Requests<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaStream>, Status> {
         Ok(Response::new(self.spawn_stream(request, DELTA)))
     }
@@ -699,7 +708,7 @@ mod tests {
     }
 
     async fn next_of(
-        rx: &mut mpsc::Receiver<Result<SotwResponse, Status>>,
+        rx: &mut mpsc::Receiver<Outbound<SotwResponse>>,
         ty: ResourceType,
         round: u32,
     ) -> SotwResponse {
@@ -707,7 +716,7 @@ mod tests {
             loop {
                 let r = rx.recv().await.expect("stream open").expect("no error");
                 if r.type_url == ty.type_url() {
-                    return r;
+                    return *r;
                 }
             }
         });

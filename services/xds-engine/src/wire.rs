@@ -6,8 +6,9 @@
 //! resource again or copying it into a per-stream protobuf message first.
 //! [`SotwResponse`] and [`DeltaResponse`] implement [`prost::Message`] for
 //! encoding with the field numbers of `DiscoveryResponse` and
-//! `DeltaDiscoveryResponse`, so tonic's prost codec writes them as those
-//! messages; [`AdsService`] serves the ADS methods with them.
+//! `DeltaDiscoveryResponse`; [`AdsService`] serves the ADS methods with
+//! them, framing each response into a buffer of its own, and reads the
+//! requests with [`Requests`], which keeps no buffer between them.
 
 use std::sync::Arc;
 
@@ -217,11 +218,11 @@ pub trait Ads: Send + Sync + 'static {
     type DeltaStream: futures::Stream<Item = Result<DeltaResponse, tonic::Status>> + Send + 'static;
     async fn sotw(
         &self,
-        request: tonic::Request<tonic::Streaming<DiscoveryRequest>>,
+        request: tonic::Request<Requests<DiscoveryRequest>>,
     ) -> Result<tonic::Response<Self::SotwStream>, tonic::Status>;
     async fn delta(
         &self,
-        request: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
+        request: tonic::Request<Requests<DeltaDiscoveryRequest>>,
     ) -> Result<tonic::Response<Self::DeltaStream>, tonic::Status>;
 }
 
@@ -303,9 +304,9 @@ where
     }
 }
 
-/// The request stream, decoded as tonic would; `None` if the client
-/// compresses its requests (no xDS client does, and we offer no codec).
-fn requests<M, B>(req: http::Request<B>) -> Option<tonic::Request<tonic::Streaming<M>>>
+/// The request stream; `None` if the client compresses its requests (no
+/// xDS client does, and we offer no codec).
+fn requests<M, B>(req: http::Request<B>) -> Option<tonic::Request<Requests<M>>>
 where
     M: prost::Message + Default + Send + 'static,
     B: Body + Send + 'static,
@@ -318,11 +319,139 @@ where
     if compressed {
         return None;
     }
-    let mut codec = tonic::codec::ProstCodec::<M, M>::default();
-    let decoder = tonic::codec::Codec::decoder(&mut codec);
-    Some(tonic::Request::from_http(req.map(|body| {
-        tonic::Streaming::new_request(decoder, body, None, Some(MAX_REQUEST))
-    })))
+    Some(tonic::Request::from_http(req.map(Requests::new)))
+}
+
+type RequestBody = std::pin::Pin<Box<dyn Body<Data = bytes::Bytes, Error = tonic::Status> + Send>>;
+
+/// A stream's requests, decoded from the gRPC body.
+///
+/// Why not tonic's `Streaming`: it reads into one buffer per stream that
+/// keeps the capacity of the largest request ever received (at least
+/// 8 KiB; a state-of-the-world EDS ACK names every cluster) for the life
+/// of the stream. An idle sidecar sends nothing for hours, so here the
+/// buffer is released as soon as it holds no partial message.
+pub struct Requests<M> {
+    body: RequestBody,
+    buf: bytes::BytesMut,
+    done: bool,
+    _message: std::marker::PhantomData<fn() -> M>,
+}
+
+impl<M> Requests<M> {
+    pub fn new<B>(body: B) -> Self
+    where
+        B: Body + Send + 'static,
+        B::Error: Into<StdError> + Send + 'static,
+    {
+        Requests {
+            body: Box::pin(AnyBody(Box::pin(body))),
+            buf: bytes::BytesMut::new(),
+            done: false,
+            _message: std::marker::PhantomData,
+        }
+    }
+
+    /// The next whole message in the buffer, if there is one.
+    #[allow(clippy::result_large_err)] // the `Status` goes to tonic as is
+    fn take_message(&mut self) -> Result<Option<bytes::BytesMut>, tonic::Status> {
+        let Some(header) = self.buf.get(..5) else {
+            return Ok(None);
+        };
+        if header[0] != 0 {
+            return Err(tonic::Status::unimplemented(
+                "compressed requests are not supported",
+            ));
+        }
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if len > MAX_REQUEST {
+            return Err(tonic::Status::out_of_range(format!(
+                "request of {len} bytes is over the limit of {MAX_REQUEST}"
+            )));
+        }
+        if self.buf.len() < 5 + len {
+            return Ok(None);
+        }
+        self.buf.advance(5);
+        let message = self.buf.split_to(len);
+        if self.buf.is_empty() {
+            // Let the allocation go with the message once it is decoded.
+            self.buf = bytes::BytesMut::new();
+        }
+        Ok(Some(message))
+    }
+}
+
+/// A request body with its data as `Bytes` and its errors as `Status`.
+struct AnyBody<B>(std::pin::Pin<Box<B>>);
+
+impl<B> Body for AnyBody<B>
+where
+    B: Body,
+    B::Error: Into<StdError>,
+{
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    #[allow(clippy::result_large_err)] // the `Status` goes to tonic as is
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        self.0.as_mut().poll_frame(cx).map(|frame| {
+            frame.map(|r| {
+                r.map(|f| f.map_data(|mut d| d.copy_to_bytes(d.remaining())))
+                    .map_err(|e| tonic::Status::from_error(e.into()))
+            })
+        })
+    }
+}
+
+impl<M: prost::Message + Default> futures::Stream for Requests<M> {
+    type Item = Result<M, tonic::Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Self::Item>> {
+        loop {
+            match self.take_message() {
+                Ok(Some(bytes)) => {
+                    return Poll::Ready(Some(M::decode(bytes).map_err(|e| {
+                        tonic::Status::internal(format!("request does not decode: {e}"))
+                    })));
+                }
+                Ok(None) => {}
+                Err(status) => {
+                    self.done = true;
+                    self.buf = bytes::BytesMut::new();
+                    return Poll::Ready(Some(Err(status)));
+                }
+            }
+            if self.done {
+                return Poll::Ready(None);
+            }
+            match futures::ready!(self.body.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(status)) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(status)));
+                }
+                None => {
+                    self.done = true;
+                    if !self.buf.is_empty() {
+                        return Poll::Ready(Some(Err(tonic::Status::internal(
+                            "the request stream ended inside a message",
+                        ))));
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn unsupported_encoding() -> http::Response<tonic::body::BoxBody> {
@@ -429,6 +558,86 @@ mod tests {
 
     fn entry(name: &str, body: &[u8]) -> Arc<Entry> {
         Arc::new(Entry::new(name, ResourceType::Cluster, body.to_vec()))
+    }
+
+    /// A request body delivered in the given chunks.
+    struct Chunks(std::collections::VecDeque<bytes::Bytes>);
+
+    impl Body for Chunks {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|c| Ok(http_body::Frame::data(c))))
+        }
+    }
+
+    fn grpc_frame(m: &DiscoveryRequest) -> Vec<u8> {
+        let body = m.encode_to_vec();
+        let mut out = vec![0];
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    fn request(nonce: &str, names: usize) -> DiscoveryRequest {
+        DiscoveryRequest {
+            response_nonce: nonce.to_owned(),
+            resource_names: (0..names).map(|i| format!("cluster-{i}")).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Requests come out whole however the body is cut, and no buffer is
+    /// held once no partial message is left.
+    #[tokio::test]
+    async fn requests_decode_across_any_chunking_and_keep_no_buffer() {
+        use futures::StreamExt;
+        let sent = [request("1", 500), request("2", 0), request("3", 3)];
+        let wire: Vec<u8> = sent.iter().flat_map(grpc_frame).collect();
+        for cut in [1, 2, 5, 7, 100, 4096, wire.len()] {
+            let chunks = wire
+                .chunks(cut)
+                .map(bytes::Bytes::copy_from_slice)
+                .collect();
+            let mut requests = Requests::<DiscoveryRequest>::new(Chunks(chunks));
+            for want in &sent {
+                let got = requests.next().await.expect("a request").expect("decodes");
+                assert_eq!(&got, want, "cut {cut}");
+            }
+            assert_eq!(requests.buf.capacity(), 0, "cut {cut}");
+            assert!(requests.next().await.is_none(), "cut {cut}");
+        }
+    }
+
+    /// (what the body holds, the error's code)
+    #[tokio::test]
+    async fn bad_request_bodies_end_the_stream_with_an_error() {
+        use futures::StreamExt;
+        let whole = grpc_frame(&request("1", 2));
+        let mut compressed = whole.clone();
+        compressed[0] = 1;
+        let mut huge = vec![0];
+        huge.extend_from_slice(&(MAX_REQUEST as u32 + 1).to_be_bytes());
+        let cases: Vec<(Vec<u8>, tonic::Code)> = vec![
+            (whole[..whole.len() - 1].to_vec(), tonic::Code::Internal),
+            (compressed, tonic::Code::Unimplemented),
+            (huge, tonic::Code::OutOfRange),
+            (vec![0, 0, 0, 0, 2, 0xff, 0xff], tonic::Code::Internal),
+        ];
+        for (body, code) in cases {
+            let chunks = [bytes::Bytes::from(body)].into();
+            let mut requests = Requests::<DiscoveryRequest>::new(Chunks(chunks));
+            let err = requests
+                .next()
+                .await
+                .expect("an item")
+                .expect_err("an error");
+            assert_eq!(err.code(), code, "{err:?}");
+            assert!(requests.next().await.is_none());
+        }
     }
 
     /// Each message in a buffer of its own with the gRPC prefix, then the

@@ -357,7 +357,7 @@ impl NodeView for MeridianNode {
                     }
                 }
                 if ty == ResourceType::Listener {
-                    for n in &sub.names {
+                    for n in sub.names.iter() {
                         let Some(addr) = grpc_server_address(n) else {
                             continue;
                         };

@@ -93,7 +93,7 @@ impl DeltaStream {
                     sub.wildcard = true;
                 } else if !sub.names.contains(n.as_str()) {
                     let k = intern(n, set);
-                    sub.names.insert(k.clone());
+                    Arc::make_mut(&mut sub.names).insert(k.clone());
                     newly.push(k);
                 }
             }
@@ -101,7 +101,9 @@ impl DeltaStream {
                 if n == "*" {
                     sub.wildcard = false;
                 } else {
-                    sub.names.remove(n.as_str());
+                    if sub.names.contains(n.as_str()) {
+                        Arc::make_mut(&mut sub.names).remove(n.as_str());
+                    }
                 }
             }
             if !exists && sub.wildcard && req.initial_resource_versions.is_empty() {

@@ -145,8 +145,9 @@ pub struct Subscription {
     /// SotW only: wildcard because the first request named nothing, which
     /// later empty requests keep.
     legacy: bool,
-    /// Interned with the snapshot's names where they exist.
-    pub names: BTreeSet<Arc<str>>,
+    /// Interned with the snapshot's names where they exist, and the set
+    /// itself shared by every stream that names the same (see [`share_names`]).
+    pub names: Arc<BTreeSet<Arc<str>>>,
 }
 
 impl Subscription {
@@ -163,11 +164,53 @@ impl Subscription {
     fn hash(&self) -> u64 {
         let mut h = Fnv::new();
         h.field(if self.wildcard { "*" } else { "" });
-        for n in &self.names {
+        for n in self.names.iter() {
             h.field(n);
         }
         h.0
     }
+}
+
+/// Name sets in use, by hash: every Envoy of a mesh names the same clusters
+/// in EDS and the same route configurations in RDS, so 10,000 streams hold
+/// one copy of each set instead of 10,000 (a set of 500 names is ~12 KiB).
+static SHARED_NAMES: std::sync::Mutex<SharedNames> = std::sync::Mutex::new(SharedNames {
+    sets: BTreeMap::new(),
+    inserts: 0,
+});
+
+struct SharedNames {
+    sets: BTreeMap<u64, std::sync::Weak<BTreeSet<Arc<str>>>>,
+    /// Since the last sweep of sets no stream holds any more.
+    inserts: usize,
+}
+
+/// The shared copy of a name set: an equal one some stream holds already,
+/// or this one, remembered for the next stream. Small sets are kept as
+/// they are (not worth the lock).
+fn share_names(names: Arc<BTreeSet<Arc<str>>>) -> Arc<BTreeSet<Arc<str>>> {
+    if names.len() < 8 {
+        return names;
+    }
+    let mut h = Fnv::new();
+    for n in names.iter() {
+        h.field(n);
+    }
+    let mut shared = SHARED_NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(existing) = shared.sets.get(&h.0).and_then(std::sync::Weak::upgrade) {
+        if existing == names {
+            return existing;
+        }
+    }
+    shared.sets.insert(h.0, Arc::downgrade(&names));
+    shared.inserts += 1;
+    // Sweep once as many sets were added as are remembered: amortised
+    // constant per insert, and the map stays within twice the live sets.
+    if shared.inserts > shared.sets.len() / 2 + 64 {
+        shared.sets.retain(|_, w| w.strong_count() > 0);
+        shared.inserts = 0;
+    }
+    names
 }
 
 /// Interns a client's resource name with the snapshot's copy when it exists.
@@ -232,8 +275,9 @@ pub(crate) struct TypeState {
 }
 
 impl TypeState {
-    fn set_sub(&mut self, sub: Subscription) {
+    fn set_sub(&mut self, mut sub: Subscription) {
         self.sub_hash = sub.hash();
+        sub.names = share_names(sub.names);
         self.sub = sub;
     }
 

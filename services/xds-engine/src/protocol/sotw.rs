@@ -1,6 +1,5 @@
 //! State-of-the-world ADS (`StreamAggregatedResources`).
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use xds_api::pb::envoy::service::discovery::v3::DiscoveryRequest;
@@ -222,20 +221,22 @@ fn next_subscription(
         return Some(Subscription {
             wildcard: true,
             legacy: true,
-            names: BTreeSet::new(),
+            names: Arc::default(),
         });
     }
     Some(Subscription {
         wildcard: names.iter().any(|n| n == "*"),
         legacy: false,
-        names: names
-            .iter()
-            .filter(|n| *n != "*")
-            .map(|n| match prev.and_then(|p| p.names.get(n.as_str())) {
-                Some(k) => k.clone(),
-                None => intern(n, set),
-            })
-            .collect(),
+        names: Arc::new(
+            names
+                .iter()
+                .filter(|n| *n != "*")
+                .map(|n| match prev.and_then(|p| p.names.get(n.as_str())) {
+                    Some(k) => k.clone(),
+                    None => intern(n, set),
+                })
+                .collect(),
+        ),
     })
 }
 

@@ -518,3 +518,40 @@ fn requests_before_the_first_snapshot_are_answered_on_it() {
     let res = world(&[("a", 1)]).resources();
     assert_eq!(types(&s.on_snapshot(&res)), [CDS, LDS]);
 }
+
+/// Streams naming the same resources hold one copy of the names: SotW and
+/// delta alike, whatever order the names came in; a stream that names
+/// something else gets its own, and the shared one is left as it was.
+#[test]
+fn streams_naming_the_same_resources_share_one_name_set() {
+    let clusters: Vec<(&'static str, u32)> =
+        ["c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9"]
+            .iter()
+            .map(|n| (*n, 1))
+            .collect();
+    let res = world(&clusters).resources();
+    let a = envoy_like(&res);
+    let b = envoy_like(&res);
+    let eds = |s: &SotwStream| s.core.state(EDS).expect("EDS").sub.names.clone();
+    assert_eq!(eds(&a).len(), 10);
+    assert!(Arc::ptr_eq(&eds(&a), &eds(&b)));
+
+    let mut reversed: Vec<&str> = clusters.iter().rev().map(|(n, _)| *n).collect();
+    let mut d = delta();
+    d.handle_request(&dreq(EDS, &reversed, &[], "", false), Some(&res), 0);
+    let delta_names = d.core.state(EDS).expect("EDS").sub.names.clone();
+    assert!(Arc::ptr_eq(&eds(&a), &delta_names));
+
+    reversed.pop();
+    let mut c = sotw();
+    c.handle_request(&req(EDS, &reversed, "", "", false), Some(&res), 0);
+    let fewer = c.core.state(EDS).expect("EDS").sub.names.clone();
+    assert_eq!(fewer.len(), 9);
+    assert!(!Arc::ptr_eq(&eds(&a), &fewer));
+    assert_eq!(eds(&a).len(), 10);
+
+    // A delta unsubscribe copies the set rather than editing the shared one.
+    d.handle_request(&dreq(EDS, &[], &["c0"], "", false), Some(&res), 0);
+    assert_eq!(d.core.state(EDS).expect("EDS").sub.names.len(), 9);
+    assert_eq!(eds(&b).len(), 10);
+}
