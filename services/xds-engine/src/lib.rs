@@ -41,4 +41,4 @@ pub use server::{
     decide_identity, serve, serve_with, Claims, ClientAuth, PeerIdentity, RouteNack, Server,
 };
 pub use snapshot::{snapshot_channel, Publisher, Snapshot, Subscriber};
-pub use wire::{DeltaResponse, SotwResponse};
+pub use wire::{DeltaResponse, SotwRequest, SotwResponse};

@@ -14,7 +14,7 @@ use crate::wire::Requests;
 // per-client ClientConfigStatus: their numbers differ (NACKED is 4 vs 3).
 use xds_api::pb::envoy::admin::v3::{ClientResourceStatus, UpdateFailureState};
 use xds_api::pb::envoy::config::core::v3::Node;
-use xds_api::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use xds_api::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use xds_api::pb::envoy::service::status::v3::{
     client_config::GenericXdsConfig,
     client_status_discovery_service_server::{
@@ -31,7 +31,7 @@ use crate::protocol::{Answer, DeltaStream, NodeView, ResourceStatus, Selector, S
 use crate::registry::{now_ms, Machine, Registry};
 use crate::resources::{ResourceType, Resources};
 use crate::snapshot::Subscriber;
-use crate::wire::{Ads, AdsService, DeltaResponse, SotwResponse};
+use crate::wire::{Ads, AdsService, DeltaResponse, SotwRequest, SotwResponse};
 
 /// Responses buffered per stream. Small on purpose: an idle stream costs
 /// little, and a slow client applies backpressure to its own task only.
@@ -331,7 +331,7 @@ struct Variant<Req, Resp> {
     error: fn(&Req) -> Option<String>,
 }
 
-const SOTW: Variant<DiscoveryRequest, SotwResponse> = Variant {
+const SOTW: Variant<SotwRequest, SotwResponse> = Variant {
     name: "sotw",
     node: |r| r.node.as_ref(),
     make: |n| Machine::Sotw(SotwStream::new(n)),
@@ -370,7 +370,7 @@ impl Server {
         variant: Variant<Req, Resp>,
     ) -> BoxStream<Resp>
     where
-        Req: prost::Message + Default + Send + 'static,
+        Req: crate::wire::DecodeRequest + Send + 'static,
         Resp: Send + 'static,
     {
         let peer = request
@@ -546,7 +546,7 @@ impl Ads for Server {
 
     async fn sotw(
         &self,
-        request: Request<Requests<DiscoveryRequest>>,
+        request: Request<Requests<SotwRequest>>,
     ) -> Result<Response<Self::SotwStream>, Status> {
         Ok(Response::new(self.spawn_stream(request, SOTW)))
     }
@@ -676,6 +676,7 @@ mod tests {
     use crate::snapshot::snapshot_channel;
     use std::time::Duration;
     use tokio_stream::wrappers::UnboundedReceiverStream;
+    use xds_api::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
     const LDS: ResourceType = ResourceType::Listener;
     const RDS: ResourceType = ResourceType::RouteConfiguration;
@@ -744,7 +745,7 @@ mod tests {
         let (requests, inbound) = mpsc::unbounded_channel();
         let (tx, mut rx) = mpsc::channel(64);
         tokio::spawn(server.run_stream(UnboundedReceiverStream::new(inbound), None, tx, SOTW));
-        let send = |r: DiscoveryRequest| requests.send(Ok(r)).unwrap();
+        let send = |r: DiscoveryRequest| requests.send(Ok(SotwRequest::from(r))).unwrap();
         // Envoy-like: wildcard LDS, then the route it names, all ACKed.
         send(sotw_request(LDS, &[], None));
         let lds = next_of(&mut rx, LDS, 0).await;

@@ -15,7 +15,7 @@ use crate::assemble::translate;
 use crate::node::{Inbound, MeridianNode};
 use crate::translate::{tests::policy, Weights, EGRESS_ADDRESS_METADATA_KEY};
 use meridian_policy::Policy;
-use meridian_xds_engine::{ResourceType, Resources};
+use meridian_xds_engine::{ResourceType, Resources, SotwRequest};
 use prost::Message;
 use std::collections::BTreeMap;
 
@@ -28,7 +28,7 @@ trait Proto {
 }
 
 impl Proto for SotwStream {
-    type Req = DiscoveryRequest;
+    type Req = SotwRequest;
     type Resp = DiscoveryResponse;
     fn handle(&mut self, r: &Self::Req, res: Option<&Resources>, now: u64) -> Vec<Self::Resp> {
         SotwStream::handle_request(self, r, res, now)
@@ -78,13 +78,7 @@ fn snap(names: &[(&str, Option<(&str, u32)>)]) -> Resources {
     translate(&ps, &Weights::new())
 }
 
-fn req(
-    ty: ResourceType,
-    names: &[&str],
-    version: &str,
-    nonce: &str,
-    nack: bool,
-) -> DiscoveryRequest {
+fn req(ty: ResourceType, names: &[&str], version: &str, nonce: &str, nack: bool) -> SotwRequest {
     DiscoveryRequest {
         type_url: ty.type_url().into(),
         resource_names: names.iter().map(|s| s.to_string()).collect(),
@@ -97,6 +91,7 @@ fn req(
         }),
         ..Default::default()
     }
+    .into()
 }
 
 fn names_of(r: &DiscoveryResponse) -> Vec<String> {

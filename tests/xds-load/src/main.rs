@@ -98,6 +98,9 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let mut seen = Vec::with_capacity(args.streams);
+    // Where the sync's time goes: the server's CPU and this client's.
+    let server_cpu_before = args.server_pid.map(cpu_ms_of).transpose()?;
+    let client_cpu_before = cpu_ms_of(std::process::id())?;
     let started = Instant::now();
     for i in 0..args.streams {
         let s = Arc::new(Seen::default());
@@ -123,14 +126,21 @@ async fn main() -> anyhow::Result<()> {
         )
     })?;
     let sync_s = started.elapsed().as_secs_f64();
+    let client_sync_cpu_s = (cpu_ms_of(std::process::id())? - client_cpu_before) / 1000.0;
+    let server_sync_cpu_s = match (args.server_pid, server_cpu_before) {
+        (Some(pid), Some(before)) => (cpu_ms_of(pid)? - before) / 1000.0,
+        _ => f64::NAN,
+    };
     println!(
-        "[{}] {} streams ({} SotW, {} delta) on {} connections: all synced (CDS, EDS for every cluster, LDS, RDS for every route) in {:.2} s",
+        "[{}] {} streams ({} SotW, {} delta) on {} connections: all synced (CDS, EDS for every cluster, LDS, RDS for every route) in {:.2} s; CPU meanwhile: server {:.1} s, this client {:.1} s",
         args.label,
         args.streams,
         args.streams.div_ceil(2),
         args.streams / 2,
         channels.len(),
-        sync_s
+        sync_s,
+        server_sync_cpu_s,
+        client_sync_cpu_s
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut kib_per_stream = f64::NAN;
@@ -193,13 +203,15 @@ async fn main() -> anyhow::Result<()> {
     );
     // One line for scripts.
     println!(
-        "RESULT label={} streams={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} sync_s={:.2} cpu_ms_per_change={:.1} kib_per_stream={:.1}",
+        "RESULT label={} streams={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} sync_s={:.2} sync_server_cpu_s={:.2} sync_client_cpu_s={:.2} cpu_ms_per_change={:.1} kib_per_stream={:.1}",
         args.label,
         args.streams,
         ms(pct(0.50)),
         ms(pct(0.99)),
         ms(latencies[latencies.len() - 1]),
         sync_s,
+        server_sync_cpu_s,
+        client_sync_cpu_s,
         cpu_ms / args.changes as f64,
         kib_per_stream
     );

@@ -2,14 +2,12 @@
 
 use std::sync::Arc;
 
-use xds_api::pb::envoy::service::discovery::v3::DiscoveryRequest;
-
 use super::{
     intern, AckOutcome, Core, Force, KnownResource, NodeView, StreamState, Subscription,
     TypeReport, TypeState,
 };
-use crate::resources::{Entry, Fnv, ResourceType, Resources};
-use crate::wire::SotwResponse;
+use crate::resources::{Entry, ResourceType, Resources};
+use crate::wire::{SotwRequest, SotwResponse};
 
 /// Protocol state of one SotW stream.
 #[derive(Debug)]
@@ -34,7 +32,7 @@ impl SotwStream {
     /// published: the request is recorded and answered by [`Self::on_snapshot`].
     pub fn handle_request(
         &mut self,
-        req: &DiscoveryRequest,
+        req: &SotwRequest,
         res: Option<&Resources>,
         now_ms: u64,
     ) -> Vec<SotwResponse> {
@@ -70,13 +68,13 @@ impl SotwStream {
         // The next subscription depends only on the previous one and the
         // names, and applying the same names twice changes nothing: the
         // same list as last time is the same subscription.
-        let names_hash = names_hash(&req.resource_names);
-        let same_names = exists && st.last_names == Some(names_hash);
-        st.last_names = Some(names_hash);
+        let same_names = exists && st.last_names == Some(req.names_hash());
+        st.last_names = Some(req.names_hash());
         let new_sub = if same_names {
             None
         } else {
-            next_subscription(exists.then_some(&st.sub), &req.resource_names, set)
+            let names: Vec<&str> = req.resource_names().collect();
+            next_subscription(exists.then_some(&st.sub), &names, set)
                 .filter(|n| !exists || st.sub != *n)
         };
         let sub_changed = new_sub.is_some();
@@ -180,16 +178,6 @@ impl SotwStream {
     }
 }
 
-/// The names of a request, in order, as one hash (with their count).
-fn names_hash(names: &[String]) -> u64 {
-    let mut h = Fnv::new();
-    h.write(&(names.len() as u64).to_le_bytes());
-    for n in names {
-        h.field(n);
-    }
-    h.0
-}
-
 /// Subscription after a request
 /// (<https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#how-the-client-specifies-what-resources-to-return>):
 /// the first request naming nothing is a (legacy) wildcard that later empty
@@ -197,7 +185,7 @@ fn names_hash(names: &[String]) -> u64 {
 /// the previous set. `None`: the same subscription as before.
 fn next_subscription(
     prev: Option<&Subscription>,
-    names: &[String],
+    names: &[&str],
     set: Option<&crate::resources::TypeSet>,
 ) -> Option<Subscription> {
     let legacy_kept = match prev {
@@ -208,11 +196,9 @@ fn next_subscription(
     // EDS names every cluster in each request). Compare without building.
     if let Some(p) = prev {
         let same = !p.legacy
-            && p.wildcard == names.iter().any(|n| n == "*")
-            && p.names.len() == names.iter().filter(|n| *n != "*").count()
-            && names
-                .iter()
-                .all(|n| n == "*" || p.names.contains(n.as_str()));
+            && p.wildcard == names.contains(&"*")
+            && p.names.len() == names.iter().filter(|n| **n != "*").count()
+            && names.iter().all(|n| *n == "*" || p.names.contains(*n));
         if same {
             return None;
         }
@@ -225,13 +211,13 @@ fn next_subscription(
         });
     }
     Some(Subscription {
-        wildcard: names.iter().any(|n| n == "*"),
+        wildcard: names.contains(&"*"),
         legacy: false,
         names: Arc::new(
             names
                 .iter()
-                .filter(|n| *n != "*")
-                .map(|n| match prev.and_then(|p| p.names.get(n.as_str())) {
+                .filter(|n| **n != "*")
+                .map(|n| match prev.and_then(|p| p.names.get(*n)) {
                     Some(k) => k.clone(),
                     None => intern(n, set),
                 })

@@ -8,7 +8,7 @@ use xds_api::pb::google::rpc::Status;
 
 use super::*;
 use crate::snapshot::snapshot_channel;
-use crate::wire::{DeltaResponse, SotwResponse};
+use crate::wire::{DeltaResponse, SotwRequest, SotwResponse};
 
 const LDS: ResourceType = ResourceType::Listener;
 const RDS: ResourceType = ResourceType::RouteConfiguration;
@@ -118,13 +118,7 @@ fn delta() -> DeltaStream {
     DeltaStream::new(Box::new(FakeNode::default()))
 }
 
-fn req(
-    ty: ResourceType,
-    names: &[&str],
-    version: &str,
-    nonce: &str,
-    nack: bool,
-) -> DiscoveryRequest {
+fn req(ty: ResourceType, names: &[&str], version: &str, nonce: &str, nack: bool) -> SotwRequest {
     DiscoveryRequest {
         type_url: ty.type_url().into(),
         resource_names: names.iter().map(|s| s.to_string()).collect(),
@@ -137,6 +131,7 @@ fn req(
         }),
         ..Default::default()
     }
+    .into()
 }
 
 fn names(r: &SotwResponse) -> Vec<String> {
