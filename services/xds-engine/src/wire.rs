@@ -353,7 +353,7 @@ impl<'a> Iterator for Fields<'a> {
 /// A fast hash of a list of names, eight bytes at a time (FNV, a byte at
 /// a time, cost more than the rest of an ACK). Not for untrusted
 /// collisions: a client that forges one only keeps its own old list.
-struct NamesHash(u64);
+pub(crate) struct NamesHash(pub(crate) u64);
 
 impl Default for NamesHash {
     /// Not zero: a name of zero bytes must change the hash.
@@ -367,7 +367,7 @@ impl NamesHash {
         self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x517c_c1b7_2722_0a95);
     }
 
-    fn name(&mut self, name: &[u8]) {
+    pub(crate) fn name(&mut self, name: &[u8]) {
         self.word(name.len() as u64);
         let mut chunks = name.chunks_exact(8);
         for c in chunks.by_ref() {

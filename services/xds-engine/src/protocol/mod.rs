@@ -57,6 +57,7 @@ pub use delta::DeltaStream;
 pub use sotw::SotwStream;
 
 use crate::resources::{hex64, Entry, Fnv, ResourceType, Resources, TypeSet};
+use crate::wire::NamesHash;
 
 /// What one node gets beyond the shared snapshot: which view it reads, its
 /// own form of shared resources, and resources that are its alone. The
@@ -189,12 +190,13 @@ struct SharedNames {
 /// or this one, remembered for the next stream. Small sets are kept as
 /// they are (not worth the lock).
 fn share_names(names: Arc<BTreeSet<Arc<str>>>) -> Arc<BTreeSet<Arc<str>>> {
-    if names.len() < 8 {
+    // Taken from the shared map or another subscription: shared already.
+    if names.len() < 8 || Arc::strong_count(&names) > 1 {
         return names;
     }
-    let mut h = Fnv::new();
+    let mut h = NamesHash::default();
     for n in names.iter() {
-        h.field(n);
+        h.name(n.as_bytes());
     }
     let mut shared = SHARED_NAMES.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(existing) = shared.sets.get(&h.0).and_then(std::sync::Weak::upgrade) {
@@ -211,6 +213,23 @@ fn share_names(names: Arc<BTreeSet<Arc<str>>>) -> Arc<BTreeSet<Arc<str>>> {
         shared.inserts = 0;
     }
     names
+}
+
+/// The shared set that holds exactly `names`, given in order (sorted,
+/// without repeats, as Envoy sends them) with their [`NamesHash`]: a new
+/// stream's subscription without building, interning and comparing a set
+/// of its own. `None` when no stream holds it or the names are not in order.
+fn shared_names_for(hash: u64, names: &[&str]) -> Option<Arc<BTreeSet<Arc<str>>>> {
+    if names.len() < 8 {
+        return None;
+    }
+    let set = SHARED_NAMES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .sets
+        .get(&hash)
+        .and_then(std::sync::Weak::upgrade)?;
+    (set.len() == names.len() && set.iter().zip(names).all(|(a, b)| &**a == *b)).then_some(set)
 }
 
 /// Interns a client's resource name with the snapshot's copy when it exists.

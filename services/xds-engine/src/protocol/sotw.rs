@@ -74,8 +74,17 @@ impl SotwStream {
             None
         } else {
             let names: Vec<&str> = req.resource_names().collect();
-            next_subscription(exists.then_some(&st.sub), &names, set)
-                .filter(|n| !exists || st.sub != *n)
+            match super::shared_names_for(req.names_hash(), &names) {
+                // What thousands of Envoys ask for at start-up: the list
+                // another stream holds.
+                Some(shared) => Some(Subscription {
+                    wildcard: false,
+                    legacy: false,
+                    names: shared,
+                }),
+                None => next_subscription(exists.then_some(&st.sub), &names, set),
+            }
+            .filter(|n| !exists || st.sub != *n)
         };
         let sub_changed = new_sub.is_some();
         if let Some(new_sub) = new_sub {
