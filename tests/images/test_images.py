@@ -8,10 +8,14 @@ ends, passed or failed.
 
   - the production image as built: user 65532, no shell, the health check
     is `meridian ready`, JSON logs, the same binary as the dev image and as
-    the release binary the suite tested, its size;
+    the release binary the suite tested, under 40 MB; the binary static
+    (a static-pie: no program interpreter, no shared library) on a base
+    with no C library;
   - the image runs read-only as 65532 against PostgreSQL (a container made
-    from Debian's package): /readyz, a policy created with a token imported
-    from a mounted file, SIGTERM drains and exits 0 in time;
+    from Debian's package), reached by a host name the image's own static
+    resolver looks up (/etc/hosts through its nsswitch.conf), as is the
+    API by its health check: /readyz, a policy created with a token
+    imported from a mounted file, SIGTERM drains and exits 0 in time;
   - `podman kube play` runs the migrate Job's pod and the Deployment from
     deploy/kubernetes with their Secrets and ConfigMap; the imported token
     logs in and the replicas are ready, one of them leading.
@@ -25,6 +29,7 @@ import io
 import json
 import os
 import secrets
+import struct
 import subprocess
 import tarfile
 import tempfile
@@ -46,12 +51,10 @@ NET = os.environ.get("MERIDIAN_IMAGES_NET", "127.0.19")
 # Unique per run, so names never collide with another run's leftovers and
 # cleanup removes only what this run made.
 RUN = f"mit{os.getpid()}"
-# The issue's target is under 40 MB; not met yet (docs/operations.md: the
-# release binary alone is 47 MB with its symbols). The test prints the size
-# against the target and fails above this ceiling, which catches a debug
-# binary or a full Debian base slipping in.
-TARGET_IMAGE_MB = 40
-MAX_IMAGE_MB = 80
+# Issue 19: under 40 MB (docs/operations.md records the figure). A debug
+# binary, a dynamic one on a glibc base, or a size-blind profile change
+# fails here.
+MAX_IMAGE_MB = 40
 
 
 def podman(*args, check=True, timeout=300, **kw):
@@ -122,16 +125,47 @@ def image_files(image):
         podman("rm", "-f", ctr, check=False)
 
 
-def binary_sha256(image):
+def image_binary(image):
+    """The bytes of the image's /usr/local/bin/meridian."""
     ctr = podman("create", image, "serve").stdout.strip()
     try:
         out = subprocess.run(["podman", "cp", f"{ctr}:/usr/local/bin/meridian", "-"],
                              capture_output=True, check=True, timeout=300).stdout
         with tarfile.open(fileobj=io.BytesIO(out)) as tar:
             member = tar.getmembers()[0]
-            return hashlib.sha256(tar.extractfile(member).read()).hexdigest()
+            return tar.extractfile(member).read()
     finally:
         podman("rm", "-f", ctr, check=False)
+
+
+def binary_sha256(image):
+    return hashlib.sha256(image_binary(image)).hexdigest()
+
+
+PT_DYNAMIC, PT_INTERP, DT_NEEDED, ET_DYN = 2, 3, 1, 3
+
+
+def elf_linking(data):
+    """(ELF type, program interpreter or None, number of DT_NEEDED shared
+    libraries) of a little-endian ELF64 file: what `file` reads to say
+    "static-pie linked" (ET_DYN, no interpreter, no needed library)."""
+    assert data[:4] == b"\x7fELF" and data[4] == 2 and data[5] == 1, "not a little-endian ELF64 file"
+    e_type = struct.unpack_from("<H", data, 16)[0]
+    e_phoff = struct.unpack_from("<Q", data, 32)[0]
+    e_phentsize, e_phnum = struct.unpack_from("<HH", data, 54)
+    interp, needed = None, 0
+    for i in range(e_phnum):
+        p_type, _flags, p_offset, _vaddr, _paddr, p_filesz = struct.unpack_from(
+            "<IIQQQQ", data, e_phoff + i * e_phentsize)
+        if p_type == PT_INTERP:
+            interp = data[p_offset:p_offset + p_filesz].rstrip(b"\0").decode()
+        elif p_type == PT_DYNAMIC:
+            for off in range(p_offset, p_offset + p_filesz, 16):
+                tag = struct.unpack_from("<q", data, off)[0]
+                if tag == 0:  # DT_NULL ends the table
+                    break
+                needed += tag == DT_NEEDED
+    return e_type, interp, needed
 
 
 def file_sha256(path):
@@ -211,9 +245,8 @@ def test_the_production_image_keeps_the_dockerfiles_promises():
     info = json.loads(podman("image", "inspect", IMAGE).stdout)[0]
     config = info["Config"]
     size_mb = info["Size"] / 1e6
-    met = "met" if size_mb < TARGET_IMAGE_MB else "NOT met"
     print(f"\nproduction image {IMAGE}: {size_mb:.1f} MB ({info['Size']} bytes), id {info['Id'][:19]};"
-          f" target under {TARGET_IMAGE_MB} MB: {met}")
+          f" must be under {MAX_IMAGE_MB} MB")
     assert config.get("User") == "65532:65532", config.get("User")
     assert "MERIDIAN_LOG_FORMAT=json" in config.get("Env", [])
     assert config.get("Entrypoint") == ["/usr/local/bin/meridian"]
@@ -233,7 +266,26 @@ def test_the_production_image_keeps_the_dockerfiles_promises():
     assert executables == ["usr/local/bin/meridian"], executables
     r = podman("run", "--rm", "--entrypoint", "/bin/sh", IMAGE, "-c", "true", check=False)
     assert r.returncode != 0, "a shell ran"
-    assert size_mb < MAX_IMAGE_MB, f"{size_mb:.1f} MB, over the {MAX_IMAGE_MB} MB ceiling"
+    assert size_mb < MAX_IMAGE_MB, f"{size_mb:.1f} MB, not under the {MAX_IMAGE_MB} MB target"
+
+
+def test_the_binary_is_static_on_a_base_without_a_c_library():
+    binary = image_binary(IMAGE)
+    e_type, interp, needed = elf_linking(binary)
+    print(f"\nbinary: {len(binary) / 1e6:.1f} MB, ELF type {e_type}, interpreter {interp},"
+          f" {needed} shared libraries needed")
+    # A static-pie: position-independent (ASLR kept), loads itself.
+    assert e_type == ET_DYN, f"ELF type {e_type}: not position-independent"
+    assert interp is None, f"dynamically linked: interpreter {interp}"
+    assert needed == 0, f"{needed} shared libraries needed"
+    # distroless/static: nothing to link against, and what glibc reads at
+    # run time for names, services, users and certificates.
+    files = image_files(IMAGE)
+    libs = sorted(p for p in files if ".so" in Path(p).name)
+    assert not libs, f"shared libraries in the image: {libs}"
+    for f in ["etc/nsswitch.conf", "etc/services", "etc/protocols", "etc/passwd", "etc/group",
+              "etc/ssl/certs/ca-certificates.crt", "usr/share/zoneinfo/UTC"]:
+        assert f in files, f"{f} missing from the image"
 
 
 def test_dev_and_production_ship_the_same_binary_the_suite_tested():
@@ -252,7 +304,13 @@ def test_dev_and_production_ship_the_same_binary_the_suite_tested():
 # ----------------------------------------------------- 2. the image runs
 
 def test_the_image_runs_read_only_as_65532_and_drains_on_sigterm(postgres, secrets_dir):
+    # By name: a static glibc resolves through its built-in `files` and
+    # `dns` modules as the image's nsswitch.conf orders them; if that
+    # breaks, migrate cannot reach PostgreSQL and the health check cannot
+    # reach the API. The names exist only in the container's /etc/hosts.
     url = postgres("image_run")
+    assert f"@{NET}.1:" in url, url
+    url = url.replace(f"@{NET}.1:", "@postgres.meridian.test:")
     d, put = secrets_dir
     token = "mrd_" + secrets.token_hex(32)
     put("database_url", url)
@@ -263,6 +321,8 @@ def test_the_image_runs_read_only_as_65532_and_drains_on_sigterm(postgres, secre
     locked = ["--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp:rw,size=16m",
               "--user", "65532:65532", "--cap-drop", "ALL",
               "--security-opt", "no-new-privileges", "--network", "host",
+              "--add-host", f"postgres.meridian.test:{NET}.1",
+              "--add-host", f"api.meridian.test:{addr}",
               "-v", f"{d}:/run/secrets:ro"]
     with containers() as names:
         for step, args in [
@@ -278,7 +338,8 @@ def test_the_image_runs_read_only_as_65532_and_drains_on_sigterm(postgres, secre
         name = f"{RUN}-serve"
         names.append(name)
         podman("run", "-d", "--name", name, *locked,
-               "-e", f"MERIDIAN_SERVER={api}",  # where the image's health check asks
+               # Where the image's health check asks: by name, as above.
+               "-e", "MERIDIAN_SERVER=http://api.meridian.test:8080",
                IMAGE, "serve",
                "--database-url-file", "/run/secrets/database_url", "--migrate", "false",
                "--api-addr", f"{addr}:8080", "--xds-addr", f"{addr}:18000",
