@@ -13,8 +13,8 @@ ends, passed or failed.
     with no C library;
   - the image runs read-only as 65532 against PostgreSQL (a container made
     from Debian's package), reached by a host name the image's own static
-    resolver looks up (/etc/hosts through its nsswitch.conf), as is the
-    API by its health check: /readyz, a policy created with a token
+    resolver looks up (DNS, through its nsswitch.conf), as the health
+    check reaches the API (/etc/hosts): /readyz, a policy created with a token
     imported from a mounted file, SIGTERM drains and exits 0 in time;
   - `podman kube play` runs the migrate Job's pod and the Deployment from
     deploy/kubernetes with their Secrets and ConfigMap; the imported token
@@ -29,10 +29,12 @@ import io
 import json
 import os
 import secrets
+import socket
 import struct
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -176,6 +178,90 @@ def file_sha256(path):
     return h.hexdigest()
 
 
+def dns_answer(query, names):
+    """The reply to one DNS query (RFC 1035 wire format): the A record of
+    a name in `names` (name -> IPv4 address), no record (NOERROR) for its
+    other types (getaddrinfo also asks for AAAA), NXDOMAIN for any other
+    name; None for what is not a one-question query."""
+    if len(query) < 12:
+        return None
+    qid, flags, qdcount = struct.unpack_from(">HHH", query, 0)
+    if flags & 0x8000 or qdcount != 1:
+        return None
+    labels, i = [], 12
+    while i < len(query) and query[i]:
+        labels.append(query[i + 1:i + 1 + query[i]].decode("ascii", "replace").lower())
+        i += 1 + query[i]
+    if i + 5 > len(query):
+        return None
+    question = query[12:i + 5]
+    qtype = struct.unpack_from(">H", query, i + 1)[0]
+    name = ".".join(labels)
+    address = names.get(name)
+    rcode = 0 if address else 3
+    answers = b""
+    if address and qtype == 1:  # A
+        # A pointer to the question's name, A, IN, TTL 5 s, 4 bytes.
+        answers = struct.pack(">HHHIH", 0xC00C, 1, 1, 5, 4) + socket.inet_aton(address)
+    header = struct.pack(">HHHHHH", qid, 0x8400 | (flags & 0x0100) | rcode, 1,
+                         1 if answers else 0, 0, 0)
+    return header + question + answers
+
+
+@contextlib.contextmanager
+def dns_server(addr, names):
+    """A DNS server on addr:53 (UDP) answering from `names`; yields a
+    resolv.conf naming only it, to mount as a container's
+    /etc/resolv.conf."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((addr, 53))
+    except PermissionError as e:
+        raise AssertionError(f"a DNS server on {addr}:53 needs root (CAP_NET_BIND_SERVICE): {e}")
+    sock.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                query, peer = sock.recvfrom(512)
+            except (socket.timeout, OSError):
+                continue
+            reply = dns_answer(query, names)
+            if reply:
+                sock.sendto(reply, peer)
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    d = Path(tempfile.mkdtemp(prefix="meridian-images-dns-"))
+    os.chmod(d, 0o755)
+    conf = d / "resolv.conf"
+    conf.write_text(f"nameserver {addr}\noptions timeout:2 attempts:2\n")
+    os.chmod(conf, 0o644)
+    try:
+        yield conf
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        sock.close()
+        subprocess.run(["rm", "-rf", str(d)])
+
+
+def test_dns_answer():
+    # A query for "db.test" of type t, id 0x1234, recursion desired.
+    def query(t, name=b"\x02db\x04test\x00"):
+        return struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + name + struct.pack(">HH", t, 1)
+    names = {"db.test": "127.0.19.1"}
+    a = dns_answer(query(1), names)
+    assert struct.unpack_from(">HHHH", a, 0) == (0x1234, 0x8500, 1, 1)
+    assert a.endswith(socket.inet_aton("127.0.19.1"))
+    aaaa = dns_answer(query(28), names)
+    assert struct.unpack_from(">HHHH", aaaa, 0) == (0x1234, 0x8500, 1, 0)
+    other = dns_answer(query(1, b"\x05other\x04test\x00"), names)
+    assert struct.unpack_from(">HHHH", other, 0) == (0x1234, 0x8503, 1, 0)
+    assert dns_answer(b"\x00" * 5, names) is None
+    assert dns_answer(a, names) is None  # a reply, not a query
+
+
 # ---------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="session")
@@ -305,9 +391,11 @@ def test_dev_and_production_ship_the_same_binary_the_suite_tested():
 
 def test_the_image_runs_read_only_as_65532_and_drains_on_sigterm(postgres, secrets_dir):
     # By name: a static glibc resolves through its built-in `files` and
-    # `dns` modules as the image's nsswitch.conf orders them; if that
-    # breaks, migrate cannot reach PostgreSQL and the health check cannot
-    # reach the API. The names exist only in the container's /etc/hosts.
+    # `dns` modules as the image's nsswitch.conf orders them. PostgreSQL's
+    # name is known only to a DNS server this test runs (the container's
+    # resolv.conf names nothing else), the API's only to the container's
+    # /etc/hosts: if either module breaks, migrate cannot reach PostgreSQL
+    # or the health check cannot reach the API.
     url = postgres("image_run")
     assert f"@{NET}.1:" in url, url
     url = url.replace(f"@{NET}.1:", "@postgres.meridian.test:")
@@ -321,10 +409,11 @@ def test_the_image_runs_read_only_as_65532_and_drains_on_sigterm(postgres, secre
     locked = ["--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp:rw,size=16m",
               "--user", "65532:65532", "--cap-drop", "ALL",
               "--security-opt", "no-new-privileges", "--network", "host",
-              "--add-host", f"postgres.meridian.test:{NET}.1",
               "--add-host", f"api.meridian.test:{addr}",
               "-v", f"{d}:/run/secrets:ro"]
-    with containers() as names:
+    dns = dns_server(f"{NET}.53", {"postgres.meridian.test": f"{NET}.1"})
+    with dns as resolv_conf, containers() as names:
+        locked += ["-v", f"{resolv_conf}:/etc/resolv.conf:ro"]
         for step, args in [
             ("migrate", ["migrate", "--database-url-file", "/run/secrets/database_url"]),
             ("token", ["token", "import", "--name", "admin", "--role", "admin",
