@@ -179,21 +179,22 @@ def file_sha256(path):
 
 
 def dns_answer(query, names):
-    """The reply to one DNS query (RFC 1035 wire format): the A record of
-    a name in `names` (name -> IPv4 address), no record (NOERROR) for its
-    other types (getaddrinfo also asks for AAAA), NXDOMAIN for any other
-    name; None for what is not a one-question query."""
+    """(name asked, reply) for one DNS query (RFC 1035 wire format): the A
+    record of a name in `names` (name -> IPv4 address), no record
+    (NOERROR) for its other types (getaddrinfo also asks for AAAA),
+    NXDOMAIN for any other name; (None, None) for what is not a
+    one-question query."""
     if len(query) < 12:
-        return None
+        return None, None
     qid, flags, qdcount = struct.unpack_from(">HHH", query, 0)
     if flags & 0x8000 or qdcount != 1:
-        return None
+        return None, None
     labels, i = [], 12
     while i < len(query) and query[i]:
         labels.append(query[i + 1:i + 1 + query[i]].decode("ascii", "replace").lower())
         i += 1 + query[i]
     if i + 5 > len(query):
-        return None
+        return None, None
     question = query[12:i + 5]
     qtype = struct.unpack_from(">H", query, i + 1)[0]
     name = ".".join(labels)
@@ -205,14 +206,14 @@ def dns_answer(query, names):
         answers = struct.pack(">HHHIH", 0xC00C, 1, 1, 5, 4) + socket.inet_aton(address)
     header = struct.pack(">HHHHHH", qid, 0x8400 | (flags & 0x0100) | rcode, 1,
                          1 if answers else 0, 0, 0)
-    return header + question + answers
+    return name, header + question + answers
 
 
 @contextlib.contextmanager
 def dns_server(addr, names):
     """A DNS server on addr:53 (UDP) answering from `names`; yields a
     resolv.conf naming only it, to mount as a container's
-    /etc/resolv.conf."""
+    /etc/resolv.conf, and the list of the names it was asked."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sock.bind((addr, 53))
@@ -220,6 +221,7 @@ def dns_server(addr, names):
         raise AssertionError(f"a DNS server on {addr}:53 needs root (CAP_NET_BIND_SERVICE): {e}")
     sock.settimeout(0.2)
     stop = threading.Event()
+    asked = []
 
     def serve():
         while not stop.is_set():
@@ -227,8 +229,9 @@ def dns_server(addr, names):
                 query, peer = sock.recvfrom(512)
             except (socket.timeout, OSError):
                 continue
-            reply = dns_answer(query, names)
+            name, reply = dns_answer(query, names)
             if reply:
+                asked.append(name)
                 sock.sendto(reply, peer)
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -238,7 +241,7 @@ def dns_server(addr, names):
     conf.write_text(f"nameserver {addr}\noptions timeout:2 attempts:2\n")
     os.chmod(conf, 0o644)
     try:
-        yield conf
+        yield conf, asked
     finally:
         stop.set()
         thread.join(timeout=5)
@@ -251,15 +254,17 @@ def test_dns_answer():
     def query(t, name=b"\x02db\x04test\x00"):
         return struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + name + struct.pack(">HH", t, 1)
     names = {"db.test": "127.0.19.1"}
-    a = dns_answer(query(1), names)
+    name, a = dns_answer(query(1), names)
+    assert name == "db.test"
     assert struct.unpack_from(">HHHH", a, 0) == (0x1234, 0x8500, 1, 1)
     assert a.endswith(socket.inet_aton("127.0.19.1"))
-    aaaa = dns_answer(query(28), names)
+    _, aaaa = dns_answer(query(28), names)
     assert struct.unpack_from(">HHHH", aaaa, 0) == (0x1234, 0x8500, 1, 0)
-    other = dns_answer(query(1, b"\x05other\x04test\x00"), names)
+    name, other = dns_answer(query(1, b"\x05other\x04test\x00"), names)
+    assert name == "other.test"
     assert struct.unpack_from(">HHHH", other, 0) == (0x1234, 0x8503, 1, 0)
-    assert dns_answer(b"\x00" * 5, names) is None
-    assert dns_answer(a, names) is None  # a reply, not a query
+    assert dns_answer(b"\x00" * 5, names) == (None, None)
+    assert dns_answer(a, names) == (None, None)  # a reply, not a query
 
 
 # ---------------------------------------------------------------- fixtures
@@ -412,7 +417,7 @@ def test_the_image_runs_read_only_as_65532_and_drains_on_sigterm(postgres, secre
               "--add-host", f"api.meridian.test:{addr}",
               "-v", f"{d}:/run/secrets:ro"]
     dns = dns_server(f"{NET}.53", {"postgres.meridian.test": f"{NET}.1"})
-    with dns as resolv_conf, containers() as names:
+    with dns as (resolv_conf, asked), containers() as names:
         locked += ["-v", f"{resolv_conf}:/etc/resolv.conf:ro"]
         for step, args in [
             ("migrate", ["migrate", "--database-url-file", "/run/secrets/database_url"]),
@@ -423,6 +428,8 @@ def test_the_image_runs_read_only_as_65532_and_drains_on_sigterm(postgres, secre
             names.append(f"{RUN}-{step}")
             r = podman("run", "--name", names[-1], *locked, IMAGE, *args, check=False)
             assert r.returncode == 0, f"{step}: {r.stdout}\n{r.stderr}"
+        # PostgreSQL was found through DNS, not some other way.
+        assert "postgres.meridian.test" in asked, f"the DNS server was asked only {asked}"
 
         name = f"{RUN}-serve"
         names.append(name)
