@@ -52,6 +52,15 @@ fn the_image_is_built_by_the_script_the_tests_run() {
         ),
         "scripts/build-release changed its build command"
     );
+    // Statically linked, for the target only (scripts/release-env): the
+    // production base has no C library.
+    assert!(
+        script.contains(
+            "--target \"$MERIDIAN_RELEASE_TARGET\" --config \"$MERIDIAN_RELEASE_CONFIG\""
+        ),
+        "scripts/build-release no longer builds the static binary"
+    );
+    assert!(read("scripts/release-env").contains("target-feature=+crt-static"));
     assert!(read("scripts/supply-chain").contains("scripts/build-release"));
     assert!(read("scripts/test").contains("scripts/supply-chain"));
     let builds: Vec<&str> = dockerfile
@@ -87,8 +96,8 @@ fn the_production_image_is_distroless_and_not_root() {
         "{production}"
     );
     assert!(
-        dockerfile.contains("\nARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot\n"),
-        "the production base defaults to distroless"
+        dockerfile.contains("\nARG RUNTIME_IMAGE=gcr.io/distroless/static-debian12:nonroot\n"),
+        "the production base defaults to distroless/static (no C library: the binary is static)"
     );
     assert!(
         dockerfile.contains(
