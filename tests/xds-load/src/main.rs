@@ -29,7 +29,8 @@ use xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v
 };
 use xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use xds_api::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
-use xds_api::pb::google::protobuf::Any;
+use xds_api::pb::google::protobuf::value::Kind;
+use xds_api::pb::google::protobuf::{Any, ListValue, Struct, Value};
 
 const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
@@ -70,6 +71,30 @@ struct Args {
     /// Ports the seeded policies spread over.
     #[arg(long, default_value_t = 50)]
     ports: u32,
+    /// Scoped streams: each names this many hosts in its node metadata
+    /// (`meridian.hosts`), stream i those of policies i*N to i*N+N-1 (modulo
+    /// `--scope-pool`). 0: wildcard, as the README's bootstrap.
+    #[arg(long, default_value_t = 0)]
+    scoped: usize,
+    /// The seeded policies the scoped streams' hosts are drawn from.
+    #[arg(long, default_value_t = 10_000)]
+    scope_pool: usize,
+    /// With `--scoped`: a policy no stream names, changed once to check
+    /// that the change sends nothing.
+    #[arg(long)]
+    unnamed: Option<String>,
+}
+
+/// The policy names stream `i` calls when scoped (none: wildcard).
+fn scope_of(args: &Args, i: usize) -> Vec<String> {
+    (0..args.scoped)
+        .map(|k| {
+            format!(
+                "bench-{:04}",
+                (i * args.scoped + k) % args.scope_pool.max(1)
+            )
+        })
+        .collect()
 }
 
 /// What one stream has seen.
@@ -77,6 +102,10 @@ struct Args {
 struct Seen {
     /// When a response carrying the hot cluster's endpoints arrived.
     hot: Mutex<Vec<Instant>>,
+    /// The clusters it holds.
+    clusters: Mutex<BTreeSet<String>>,
+    /// Responses received, of every type.
+    responses: AtomicUsize,
 }
 
 #[tokio::main]
@@ -107,10 +136,11 @@ async fn main() -> anyhow::Result<()> {
         seen.push(s.clone());
         let channel = channels[i % channels.len()].clone();
         let (hot, synced) = (args.hot.clone(), synced.clone());
+        let hosts = scope_of(&args, i);
         if i % 2 == 0 {
-            tokio::spawn(sotw(i, channel, hot, s, synced));
+            tokio::spawn(sotw(node(i, &hosts), channel, hot, s, synced));
         } else {
-            tokio::spawn(delta(i, channel, hot, s, synced));
+            tokio::spawn(delta(node(i, &hosts), channel, hot, s, synced));
         }
     }
     wait_for(
@@ -157,6 +187,11 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let http = reqwest::Client::new();
+    // The streams a change of the hot policy must reach.
+    let mut targets: Vec<&Arc<Seen>> = seen.iter().collect();
+    if args.scoped > 0 {
+        targets = scoped_checks(&args, &http, &seen).await?;
+    }
     let mut control = match &args.control {
         Some(addr) => Some(Control::connect(addr).await?),
         None => None,
@@ -164,7 +199,10 @@ async fn main() -> anyhow::Result<()> {
     let mut latencies = Vec::new();
     let mut cpu_ms = 0.0;
     for change in 0..args.changes {
-        let counts: Vec<usize> = seen.iter().map(|s| s.hot.lock().unwrap().len()).collect();
+        let counts: Vec<usize> = targets
+            .iter()
+            .map(|s| s.hot.lock().unwrap().len())
+            .collect();
         let cpu_before = args.server_pid.map(cpu_ms_of).transpose()?;
         let written = match (&args.api, control.as_mut()) {
             (Some(api), _) => patch(&http, api, &args.hot, change).await?,
@@ -172,7 +210,8 @@ async fn main() -> anyhow::Result<()> {
             (None, None) => bail!("give --api or --control"),
         };
         let all = || {
-            seen.iter()
+            targets
+                .iter()
                 .zip(&counts)
                 .all(|(s, &n)| s.hot.lock().unwrap().len() > n)
         };
@@ -182,7 +221,7 @@ async fn main() -> anyhow::Result<()> {
         if let (Some(pid), Some(before)) = (args.server_pid, cpu_before) {
             cpu_ms += cpu_ms_of(pid)? - before;
         }
-        for (s, &n) in seen.iter().zip(&counts) {
+        for (s, &n) in targets.iter().zip(&counts) {
             let at = s.hot.lock().unwrap()[n];
             latencies.push(at.saturating_duration_since(written));
         }
@@ -195,7 +234,7 @@ async fn main() -> anyhow::Result<()> {
         "[{}] change reaches every stream, {} changes x {} streams: p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms; server CPU {:.0} ms per change",
         args.label,
         args.changes,
-        args.streams,
+        targets.len(),
         ms(pct(0.50)),
         ms(pct(0.99)),
         ms(latencies[latencies.len() - 1]),
@@ -303,18 +342,96 @@ impl Client {
     }
 }
 
-fn node(i: usize) -> Option<Node> {
+/// The node of stream `i`; scoped to `policies`' hosts when there are any.
+fn node(i: usize, policies: &[String]) -> Option<Node> {
+    let metadata = (!policies.is_empty()).then(|| {
+        let hosts = policies
+            .iter()
+            .map(|p| Value {
+                kind: Some(Kind::StringValue(format!("{p}.example.com"))),
+            })
+            .collect();
+        Struct {
+            fields: [(
+                "meridian.hosts".to_owned(),
+                Value {
+                    kind: Some(Kind::ListValue(ListValue { values: hosts })),
+                },
+            )]
+            .into(),
+        }
+    });
     Some(Node {
         id: format!("load-{i}"),
         cluster: "bench".into(),
         user_agent_name: "envoy".into(),
+        metadata,
         ..Default::default()
     })
 }
 
+/// Scoped streams hold only what they name, and a change to a policy none
+/// names sends nothing. Returns the streams that name the hot policy.
+async fn scoped_checks<'a>(
+    args: &Args,
+    http: &reqwest::Client,
+    seen: &'a [Arc<Seen>],
+) -> anyhow::Result<Vec<&'a Arc<Seen>>> {
+    let api = args.api.as_deref().context("--scoped needs --api")?;
+    let mut outside = 0;
+    let mut held = Vec::new();
+    let mut targets = Vec::new();
+    for (i, s) in seen.iter().enumerate() {
+        let want: BTreeSet<String> = scope_of(args, i).into_iter().collect();
+        let clusters = s.clusters.lock().unwrap();
+        held.push(clusters.len());
+        outside += clusters.difference(&want).count();
+        if want.contains(&args.hot) {
+            targets.push(s);
+        }
+    }
+    println!(
+        "[{}] {} streams each naming {} hosts of {} policies hold {}..{} clusters each; clusters held outside a stream's hosts: {}",
+        args.label,
+        seen.len(),
+        args.scoped,
+        args.scope_pool,
+        held.iter().min().unwrap_or(&0),
+        held.iter().max().unwrap_or(&0),
+        outside
+    );
+    if let Some(unnamed) = &args.unnamed {
+        let before: usize = seen
+            .iter()
+            .map(|s| s.responses.load(Ordering::Relaxed))
+            .sum();
+        let cpu_before = args.server_pid.map(cpu_ms_of).transpose()?;
+        patch(http, api, unnamed, 0).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after: usize = seen
+            .iter()
+            .map(|s| s.responses.load(Ordering::Relaxed))
+            .sum();
+        let cpu = match (args.server_pid, cpu_before) {
+            (Some(pid), Some(b)) => cpu_ms_of(pid)? - b,
+            _ => f64::NAN,
+        };
+        println!(
+            "[{}] a change to {unnamed}, which no stream names: {} responses in the 2 s after it (server CPU {:.0} ms)",
+            args.label,
+            after - before,
+            cpu
+        );
+    }
+    if targets.is_empty() {
+        bail!("no scoped stream names {}", args.hot);
+    }
+    Ok(targets)
+}
+
 /// A SotW stream: every request names the whole subscription of its type.
 async fn sotw(
-    i: usize,
+    node: Option<Node>,
     channel: tonic::transport::Channel,
     hot: String,
     seen: Arc<Seen>,
@@ -324,7 +441,7 @@ async fn sotw(
     let (tx, rx) = mpsc::channel(16);
     for ty in [CDS, LDS] {
         tx.send(DiscoveryRequest {
-            node: node(i),
+            node: node.clone(),
             type_url: ty.into(),
             ..Default::default()
         })
@@ -338,6 +455,7 @@ async fn sotw(
     // Per type: (version, nonce) of the last response, for ACKs and new names.
     let mut last: std::collections::HashMap<String, (String, String)> = Default::default();
     while let Some(Ok(r)) = responses.next().await {
+        seen.responses.fetch_add(1, Ordering::Relaxed);
         let names: Vec<String> = r
             .resources
             .iter()
@@ -350,6 +468,7 @@ async fn sotw(
                 let now: BTreeSet<String> = names.iter().cloned().collect();
                 if now != c.clusters {
                     c.clusters = now;
+                    seen.clusters.lock().unwrap().clone_from(&c.clusters);
                     follow = Some(EDS);
                 }
             }
@@ -408,7 +527,7 @@ async fn sotw(
 
 /// A delta stream: subscribes to what CDS and LDS bring, ACKs everything.
 async fn delta(
-    i: usize,
+    node: Option<Node>,
     channel: tonic::transport::Channel,
     hot: String,
     seen: Arc<Seen>,
@@ -418,7 +537,7 @@ async fn delta(
     let (tx, rx) = mpsc::channel(16);
     for ty in [CDS, LDS] {
         tx.send(DeltaDiscoveryRequest {
-            node: node(i),
+            node: node.clone(),
             type_url: ty.into(),
             ..Default::default()
         })
@@ -430,6 +549,7 @@ async fn delta(
         .into_inner();
     let mut c = Client::default();
     while let Some(Ok(r)) = responses.next().await {
+        seen.responses.fetch_add(1, Ordering::Relaxed);
         let names: Vec<String> = r.resources.iter().map(|x| x.name.clone()).collect();
         let mut subscribe: Option<(&str, Vec<String>, Vec<String>)> = None;
         match r.type_url.as_str() {
@@ -443,6 +563,7 @@ async fn delta(
                 let add: Vec<String> = now.difference(&c.clusters).cloned().collect();
                 let drop: Vec<String> = c.clusters.difference(&now).cloned().collect();
                 c.clusters = now;
+                seen.clusters.lock().unwrap().clone_from(&c.clusters);
                 if !add.is_empty() || !drop.is_empty() {
                     subscribe = Some((EDS, add, drop));
                 }
