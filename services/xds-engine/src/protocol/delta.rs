@@ -100,10 +100,8 @@ impl DeltaStream {
             for n in &req.resource_names_unsubscribe {
                 if n == "*" {
                     sub.wildcard = false;
-                } else {
-                    if sub.names.contains(n.as_str()) {
-                        Arc::make_mut(&mut sub.names).remove(n.as_str());
-                    }
+                } else if sub.names.contains(n.as_str()) {
+                    Arc::make_mut(&mut sub.names).remove(n.as_str());
                 }
             }
             if !exists && sub.wildcard && req.initial_resource_versions.is_empty() {

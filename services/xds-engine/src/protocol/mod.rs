@@ -162,11 +162,13 @@ impl Subscription {
         self.wildcard || self.names.contains(name)
     }
 
-    fn hash(&self) -> u64 {
-        let mut h = Fnv::new();
-        h.field(if self.wildcard { "*" } else { "" });
+    /// A hash of the names alone: the key they are shared under (see
+    /// [`share_names`]), and with the wildcard flag what the SotW version
+    /// depends on.
+    fn names_hash(&self) -> u64 {
+        let mut h = NamesHash::default();
         for n in self.names.iter() {
-            h.field(n);
+            h.name(n.as_bytes());
         }
         h.0
     }
@@ -189,22 +191,18 @@ struct SharedNames {
 /// The shared copy of a name set: an equal one some stream holds already,
 /// or this one, remembered for the next stream. Small sets are kept as
 /// they are (not worth the lock).
-fn share_names(names: Arc<BTreeSet<Arc<str>>>) -> Arc<BTreeSet<Arc<str>>> {
+fn share_names(names: Arc<BTreeSet<Arc<str>>>, hash: u64) -> Arc<BTreeSet<Arc<str>>> {
     // Taken from the shared map or another subscription: shared already.
     if names.len() < 8 || Arc::strong_count(&names) > 1 {
         return names;
     }
-    let mut h = NamesHash::default();
-    for n in names.iter() {
-        h.name(n.as_bytes());
-    }
     let mut shared = SHARED_NAMES.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(existing) = shared.sets.get(&h.0).and_then(std::sync::Weak::upgrade) {
+    if let Some(existing) = shared.sets.get(&hash).and_then(std::sync::Weak::upgrade) {
         if existing == names {
             return existing;
         }
     }
-    shared.sets.insert(h.0, Arc::downgrade(&names));
+    shared.sets.insert(hash, Arc::downgrade(&names));
     shared.inserts += 1;
     // Sweep once as many sets were added as are remembered: amortised
     // constant per insert, and the map stays within twice the live sets.
@@ -295,8 +293,10 @@ pub(crate) struct TypeState {
 
 impl TypeState {
     fn set_sub(&mut self, mut sub: Subscription) {
-        self.sub_hash = sub.hash();
-        sub.names = share_names(sub.names);
+        // One pass over the names serves both the version and the sharing.
+        let names = sub.names_hash();
+        self.sub_hash = names.rotate_left(1) ^ u64::from(sub.wildcard);
+        sub.names = share_names(sub.names, names);
         self.sub = sub;
     }
 
