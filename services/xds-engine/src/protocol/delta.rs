@@ -88,7 +88,20 @@ impl DeltaStream {
                 }
             }
             let was_wildcard = exists && st.sub.wildcard;
-            for n in &req.resource_names_subscribe {
+            // What thousands of Envoys send at start-up: one request
+            // subscribing to the names another stream holds. It takes that
+            // stream's set, without building, interning and comparing one.
+            let shared = (sub.names.is_empty() && req.resource_names_unsubscribe.is_empty())
+                .then(|| shared_subscription(&req.resource_names_subscribe))
+                .flatten();
+            let listed = if let Some(shared) = shared {
+                newly.extend(shared.iter().cloned());
+                sub.names = shared;
+                &[][..]
+            } else {
+                &req.resource_names_subscribe[..]
+            };
+            for n in listed {
                 if n == "*" {
                     sub.wildcard = true;
                 } else if !sub.names.contains(n.as_str()) {
@@ -171,12 +184,16 @@ impl DeltaStream {
         // A subscribed name that does not exist is reported in
         // removed_resources, so the client need not wait for a timeout
         // (https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#knowing-when-a-requested-resource-does-not-exist).
-        for n in newly {
-            let exists =
-                ch.set.get(n).is_some() || ch.extras.iter().chain(&ch.kept).any(|e| e.name == *n);
+        let mut missing = |n: &Arc<str>, e: Option<&Arc<crate::resources::Entry>>| {
+            let exists = e.is_some() || ch.extras.iter().chain(&ch.kept).any(|e| e.name == *n);
             if !exists && !removed.contains(n) {
                 removed.push(n.clone());
             }
+        };
+        if newly.is_sorted() {
+            super::lookup_sorted(&ch.set, newly, &mut missing);
+        } else {
+            newly.iter().for_each(|n| missing(n, ch.set.get(n)));
         }
         self.core.commit(ty, &ch);
         if ch.updated.is_empty() && removed.is_empty() && !always {
@@ -196,6 +213,20 @@ impl DeltaStream {
             removed_resources: removed,
         })
     }
+}
+
+/// The shared name set that is exactly `names` (see
+/// [`super::shared_names_for`]).
+fn shared_subscription(names: &[String]) -> Option<Arc<std::collections::BTreeSet<Arc<str>>>> {
+    if names.len() < 8 {
+        return None;
+    }
+    let mut hash = crate::wire::NamesHash::default();
+    for n in names {
+        hash.name(n.as_bytes());
+    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    super::shared_names_for(hash.0, &names)
 }
 
 impl StreamState for DeltaStream {

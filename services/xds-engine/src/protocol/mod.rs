@@ -217,7 +217,7 @@ fn share_names(names: Arc<BTreeSet<Arc<str>>>, hash: u64) -> Arc<BTreeSet<Arc<st
 /// without repeats, as Envoy sends them) with their [`NamesHash`]: a new
 /// stream's subscription without building, interning and comparing a set
 /// of its own. `None` when no stream holds it or the names are not in order.
-fn shared_names_for(hash: u64, names: &[&str]) -> Option<Arc<BTreeSet<Arc<str>>>> {
+pub(super) fn shared_names_for(hash: u64, names: &[&str]) -> Option<Arc<BTreeSet<Arc<str>>>> {
     if names.len() < 8 {
         return None;
     }
@@ -370,6 +370,67 @@ impl Changes {
     fn is_empty(&self) -> bool {
         self.updated.is_empty() && self.removed.is_empty()
     }
+}
+
+/// Calls `f` with every entry of `set` that `names` names, in name order.
+fn named<'a>(set: &'a TypeSet, names: &BTreeSet<Arc<str>>, mut f: impl FnMut(&'a Arc<Entry>)) {
+    lookup_sorted(set, names, |_, e| {
+        if let Some(e) = e {
+            f(e)
+        }
+    });
+}
+
+/// Calls `f` with each of `names` (in name order, without repeats) and the
+/// entry of `set` by that name, if any. Subscription names are interned
+/// with the snapshot's (see [`intern`]), so a walk of both sorted sequences
+/// mostly compares pointers; a lookup per name is cheaper when the names
+/// are few.
+fn lookup_sorted<'a, 'n, I>(
+    set: &'a TypeSet,
+    names: I,
+    mut f: impl FnMut(&'n Arc<str>, Option<&'a Arc<Entry>>),
+) where
+    I: IntoIterator<Item = &'n Arc<str>>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let names = names.into_iter();
+    if names.len().saturating_mul(8) < set.len() {
+        names.for_each(|n| f(n, set.get(n)));
+        return;
+    }
+    let mut entries = set.iter().peekable();
+    for n in names {
+        let mut found = None;
+        while let Some(e) = entries.peek() {
+            let order = if Arc::ptr_eq(&e.name, n) {
+                std::cmp::Ordering::Equal
+            } else {
+                (*e.name).cmp(&**n)
+            };
+            match order {
+                std::cmp::Ordering::Less => {
+                    entries.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    found = entries.next();
+                    break;
+                }
+                std::cmp::Ordering::Greater => break,
+            }
+        }
+        f(n, found);
+    }
+}
+
+/// Sorts entries by name and keeps, of each name, the one pushed last.
+fn by_name_last_wins(mut entries: Vec<Arc<Entry>>) -> Vec<Arc<Entry>> {
+    // Reversed, a stable sort puts the last pushed of a name first, which
+    // `dedup_by` keeps. Entries pushed in name order sort in linear time.
+    entries.reverse();
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    entries.dedup_by(|a, b| a.name == b.name);
+    entries
 }
 
 /// State shared by both variants.
@@ -565,25 +626,25 @@ impl Core {
         let st = self.types[ty.index()].as_ref()?;
         let sub = &st.sub;
 
-        let mut updated: BTreeMap<Arc<str>, Arc<Entry>> = BTreeMap::new();
+        // To send, in any order, possibly twice: sorted by name at the end,
+        // the last pushed of a name winning. (A Vec, not a map: a new
+        // stream's first build pushes every entry it selects, and 10,000
+        // streams syncing do that 10,000 times.)
+        let mut updated: Vec<Arc<Entry>> = Vec::new();
         // Gone from the set: (name, the entry the client holds, if known).
         let mut gone: Vec<(Arc<str>, Option<Arc<Entry>>)> = Vec::new();
         let node = &self.node;
         let covered = |e: &Arc<Entry>| sub.covers(e) && node.visible(ty, e);
-        let full_new = |updated: &mut BTreeMap<Arc<str>, Arc<Entry>>,
-                        skip: &dyn Fn(&Arc<Entry>) -> bool| {
-            let mut add = |e: &Arc<Entry>| {
-                if !skip(e) {
-                    updated.insert(e.name.clone(), e.clone());
-                }
-            };
+        let full_new = |updated: &mut Vec<Arc<Entry>>, skip: &dyn Fn(&Arc<Entry>) -> bool| {
             if sub.wildcard {
-                new.iter().filter(|e| covered(e)).for_each(&mut add);
+                updated.extend(new.iter().filter(|e| covered(e) && !skip(e)).cloned());
             } else {
-                sub.names
-                    .iter()
-                    .filter_map(|n| new.get(n))
-                    .for_each(&mut add);
+                // Named entries are covered by construction.
+                named(&new, &sub.names, |e| {
+                    if node.visible(ty, e) && !skip(e) {
+                        updated.push(e.clone());
+                    }
+                });
             }
         };
         match (&st.sent, initial) {
@@ -599,9 +660,7 @@ impl Core {
                             let b = sent.set.get(n).filter(|e| covered(e));
                             match (a, b) {
                                 (Some(a), Some(b)) if a.version == b.version => {}
-                                (Some(a), _) => {
-                                    updated.insert(a.name.clone(), a.clone());
-                                }
+                                (Some(a), _) => updated.push(a.clone()),
                                 (None, Some(b)) => gone.push((b.name.clone(), Some(b.clone()))),
                                 (None, None) => {}
                             }
@@ -609,7 +668,7 @@ impl Core {
                         if let Force::Names(forced) = &force {
                             for n in forced {
                                 if let Some(a) = new.get(n).filter(|e| covered(e)) {
-                                    updated.insert(a.name.clone(), a.clone());
+                                    updated.push(a.clone());
                                 }
                             }
                         }
@@ -644,7 +703,7 @@ impl Core {
                     match new.get(&k.name).filter(|e| covered(e)) {
                         Some(a) => {
                             if a.version != k.version {
-                                updated.insert(a.name.clone(), a.clone());
+                                updated.push(a.clone());
                             }
                         }
                         None => gone.push((k.name.clone(), Some(k.clone()))),
@@ -673,7 +732,7 @@ impl Core {
                 .binary_search_by(|o| o.name.cmp(&e.name))
                 .is_ok_and(|i| old_extras[i].version == e.version);
             if !same {
-                updated.insert(e.name.clone(), e.clone());
+                updated.push(e.clone());
             }
         }
         for o in old_extras {
@@ -703,8 +762,8 @@ impl Core {
         removed.dedup();
 
         let has_variants = self.node.has_variants(ty);
-        let updated = updated
-            .into_values()
+        let updated = by_name_last_wins(updated)
+            .into_iter()
             .map(|e| {
                 if has_variants && !extras.iter().any(|x| Arc::ptr_eq(x, &e)) {
                     self.node.variant(ty, &e)
@@ -740,29 +799,25 @@ impl Core {
         let Some(st) = self.types[ty.index()].as_ref() else {
             return Vec::new();
         };
-        let mut out: BTreeMap<Arc<str>, Arc<Entry>> = BTreeMap::new();
+        let mut out: Vec<Arc<Entry>> = Vec::new();
         let node = &self.node;
-        let covered = |e: &Entry| st.sub.covers(e) && node.visible(ty, e);
         if st.sub.wildcard {
-            for e in ch.set.iter().filter(|e| covered(e)) {
-                out.insert(e.name.clone(), e.clone());
-            }
+            let covered = |e: &Entry| st.sub.covers(e) && node.visible(ty, e);
+            out.extend(ch.set.iter().filter(|e| covered(e)).cloned());
         } else {
-            for e in st.sub.names.iter().filter_map(|n| ch.set.get(n)) {
-                if covered(e) {
-                    out.insert(e.name.clone(), e.clone());
+            named(&ch.set, &st.sub.names, |e| {
+                if node.visible(ty, e) {
+                    out.push(e.clone());
                 }
-            }
+            });
         }
         if self.node.has_variants(ty) {
-            for e in out.values_mut() {
+            for e in out.iter_mut() {
                 *e = self.node.variant(ty, e);
             }
         }
-        for e in ch.kept.iter().chain(&ch.extras) {
-            out.insert(e.name.clone(), e.clone());
-        }
-        out.into_values().collect()
+        out.extend(ch.kept.iter().chain(&ch.extras).cloned());
+        by_name_last_wins(out)
     }
 
     /// A SotW `version_info`: content-derived, so a client reconnecting to

@@ -550,3 +550,108 @@ fn streams_naming_the_same_resources_share_one_name_set() {
     assert_eq!(d.core.state(EDS).expect("EDS").sub.names.len(), 9);
     assert_eq!(eds(&b).len(), 10);
 }
+
+/// A new delta stream that subscribes, in one request, to exactly the names
+/// another stream holds takes that stream's set and still gets every
+/// resource; unknown names among many are reported removed, in order.
+#[test]
+fn a_delta_stream_taking_a_shared_set_gets_everything_and_hears_of_the_unknown() {
+    let clusters: Vec<(&'static str, u32)> =
+        ["c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9"]
+            .iter()
+            .map(|n| (*n, 1))
+            .collect();
+    let res = world(&clusters).resources();
+    let a = envoy_like(&res);
+    let all: Vec<&str> = clusters.iter().map(|(n, _)| *n).collect();
+    let mut d = delta();
+    let out = d.handle_request(&dreq(EDS, &all, &[], "", false), Some(&res), 0);
+    let shared = a.core.state(EDS).expect("EDS").sub.names.clone();
+    assert!(Arc::ptr_eq(
+        &shared,
+        &d.core.state(EDS).expect("EDS").sub.names
+    ));
+    assert_eq!(
+        dnames(&out[0]),
+        (all.iter().map(|n| n.to_string()).collect(), vec![])
+    );
+
+    let mut many: Vec<&str> = vec!["c1", "c3", "nope0", "nope1", "c5", "zz"];
+    many.extend(["x0", "x1", "x2", "x3", "x4", "x5"]);
+    many.sort();
+    let mut e = delta();
+    let out = e.handle_request(&dreq(EDS, &many, &[], "", false), Some(&res), 0);
+    let (sent, removed) = dnames(&out[0]);
+    assert_eq!(sent, ["c1", "c3", "c5"]);
+    assert_eq!(
+        removed,
+        ["nope0", "nope1", "x0", "x1", "x2", "x3", "x4", "x5", "zz"]
+    );
+}
+
+/// Both ways of finding named entries (a lookup per name, a walk of the
+/// two sorted sequences) find the same, interned names or not.
+#[test]
+fn lookup_sorted_finds_the_same_by_walk_and_by_lookup() {
+    let names: Vec<String> = (0..40).map(|i| format!("n{i:02}")).collect();
+    let mut r = Resources::new();
+    for n in &names {
+        r.insert(CDS, entry(CDS, n, format!("cluster {n}"), &[]));
+    }
+    r.seal();
+    let set = r.set(CDS);
+    let interned = |n: &str| intern(n, Some(set));
+    let cases: Vec<(&str, Vec<Arc<str>>)> = vec![
+        (
+            "few, interned: lookups",
+            vec![interned("n03"), interned("n31")],
+        ),
+        ("few, one unknown", vec![Arc::from("a"), interned("n10")]),
+        (
+            "many, interned: walk",
+            names.iter().step_by(2).map(|n| interned(n)).collect(),
+        ),
+        (
+            "many, not interned, unknown between and after",
+            ["n00", "n05", "n055", "n10", "n20", "n39", "n4", "o"]
+                .into_iter()
+                .map(Arc::from)
+                .collect(),
+        ),
+        ("none", vec![]),
+    ];
+    for (case, wanted) in cases {
+        let mut got = Vec::new();
+        lookup_sorted(set, &wanted, |n, e| {
+            got.push((n.to_string(), e.map(|e| e.name.to_string())))
+        });
+        let expected: Vec<(String, Option<String>)> = wanted
+            .iter()
+            .map(|n| (n.to_string(), set.get(n).map(|e| e.name.to_string())))
+            .collect();
+        assert_eq!(got, expected, "{case}");
+    }
+}
+
+#[test]
+fn by_name_last_wins_sorts_and_keeps_the_last_pushed() {
+    let e = |name: &str, body: &str| Arc::new(entry(CDS, name, body.into(), &[]));
+    let out = by_name_last_wins(vec![
+        e("b", "b first"),
+        e("a", "a"),
+        e("c", "c"),
+        e("b", "b last"),
+    ]);
+    let got: Vec<(String, Vec<u8>)> = out
+        .iter()
+        .map(|e| (e.name.to_string(), e.bytes.to_vec()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("a".to_string(), b"a".to_vec()),
+            ("b".to_string(), b"b last".to_vec()),
+            ("c".to_string(), b"c".to_vec()),
+        ]
+    );
+}
