@@ -10,27 +10,28 @@
 //!
 //! `--seed N` instead creates N policies (two zones each, on 50 ports).
 
-use std::collections::BTreeSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use prost::bytes::Bytes;
 use prost::Message;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
+use tonic::codec::ProstCodec;
+use tonic::codegen::http::uri::PathAndQuery;
 use xds_api::pb::envoy::config::core::v3::Node;
 use xds_api::pb::envoy::config::listener::v3::{filter, Listener};
 use xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::RouteSpecifier, HttpConnectionManager,
 };
-use xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use xds_api::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use xds_api::pb::google::protobuf::value::Kind;
-use xds_api::pb::google::protobuf::{Any, ListValue, Struct, Value};
+use xds_api::pb::google::protobuf::{ListValue, Struct, Value};
 
 const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
@@ -102,8 +103,8 @@ fn scope_of(args: &Args, i: usize) -> Vec<String> {
 struct Seen {
     /// When a response carrying the hot cluster's endpoints arrived.
     hot: Mutex<Vec<Instant>>,
-    /// The clusters it holds.
-    clusters: Mutex<BTreeSet<String>>,
+    /// The clusters it holds, by [`name_hash`].
+    clusters: Mutex<Vec<u64>>,
     /// Responses received, of every type.
     responses: AtomicUsize,
 }
@@ -135,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
         let s = Arc::new(Seen::default());
         seen.push(s.clone());
         let channel = channels[i % channels.len()].clone();
-        let (hot, synced) = (args.hot.clone(), synced.clone());
+        let (hot, synced) = (name_hash(args.hot.as_bytes()), synced.clone());
         let hosts = scope_of(&args, i);
         if i % 2 == 0 {
             tokio::spawn(sotw(node(i, &hosts), channel, hot, s, synced));
@@ -268,25 +269,24 @@ async fn wait_for(mut done: impl FnMut() -> bool, limit: Duration) -> anyhow::Re
     Ok(())
 }
 
-/// The name (field 1) of an encoded Listener, RouteConfiguration, Cluster
-/// or ClusterLoadAssignment, without decoding the rest.
-fn name_of(bytes: &[u8]) -> Option<String> {
-    let mut b = bytes;
+/// The first length-delimited field `field` of an encoded message, as a
+/// slice of it (no copy).
+fn field_of(bytes: &Bytes, field: u64) -> Option<Bytes> {
+    let mut b = &bytes[..];
     while !b.is_empty() {
         let key = prost::encoding::decode_varint(&mut b).ok()?;
-        let (field, wire) = (key >> 3, key & 7);
-        match wire {
+        match key & 7 {
             0 => {
                 prost::encoding::decode_varint(&mut b).ok()?;
             }
             1 => b = b.get(8..)?,
             2 => {
                 let len = prost::encoding::decode_varint(&mut b).ok()? as usize;
-                let (v, rest) = (b.get(..len)?, b.get(len..)?);
-                if field == 1 {
-                    return String::from_utf8(v.to_vec()).ok();
+                let v = b.get(..len)?;
+                if key >> 3 == field {
+                    return Some(bytes.slice_ref(v));
                 }
-                b = rest;
+                b = &b[len..];
             }
             5 => b = b.get(4..)?,
             _ => return None,
@@ -295,9 +295,20 @@ fn name_of(bytes: &[u8]) -> Option<String> {
     None
 }
 
-/// The route configurations a listener reads over RDS.
-fn routes_of(any: &Any) -> Vec<String> {
-    let Ok(l) = Listener::decode(any.value.as_slice()) else {
+/// The name (field 1) of an encoded Listener, RouteConfiguration, Cluster
+/// or ClusterLoadAssignment, without decoding the rest.
+fn name_of(resource: &Bytes) -> Option<Bytes> {
+    field_of(resource, 1)
+}
+
+/// The resource inside an encoded `Any` (its field 2, `value`).
+fn value_of(any: &Bytes) -> Option<Bytes> {
+    field_of(any, 2)
+}
+
+/// The route configurations an encoded Listener reads over RDS.
+fn routes_of(listener: &[u8]) -> Vec<Bytes> {
+    let Ok(l) = Listener::decode(listener) else {
         return Vec::new();
     };
     l.filter_chains
@@ -310,19 +321,82 @@ fn routes_of(any: &Any) -> Vec<String> {
             _ => None,
         })
         .filter_map(|h| match h.route_specifier {
-            Some(RouteSpecifier::Rds(r)) => Some(r.route_config_name),
+            Some(RouteSpecifier::Rds(r)) => Some(Bytes::from(r.route_config_name)),
             _ => None,
         })
         .collect()
 }
 
+/// A resource name's identity in this client: an FNV-1a hash of its bytes.
+/// A client holding 10,000 streams' names as hashes keeps none of the
+/// responses' buffers alive (a collision among a few thousand names is
+/// improbable enough for a benchmark).
+fn name_hash(name: &[u8]) -> u64 {
+    name.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Hashes are their own hash.
+#[derive(Default, Clone, Copy)]
+struct Identity(u64);
+
+impl std::hash::Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("only u64 keys")
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type Names = HashSet<u64, std::hash::BuildHasherDefault<Identity>>;
+
+/// A SotW subscription list (the names of the clusters or route configs a
+/// response brought), shared by every stream that received the same, with
+/// its `resource_names` field encoded once: an Envoy-like SotW client names
+/// all of them in every EDS or RDS request.
+struct NameList {
+    hashes: Vec<u64>,
+    encoded: Bytes,
+}
+
+/// Lists by a hash of their names' hashes.
+static LISTS: Mutex<Option<HashMap<u64, Arc<NameList>>>> = Mutex::new(None);
+
+/// The shared list of `names` (in the order received).
+fn name_list(names: &[Bytes]) -> Arc<NameList> {
+    let hashes: Vec<u64> = names.iter().map(|n| name_hash(n)).collect();
+    let key = hashes
+        .iter()
+        .fold(names.len() as u64, |h, n| h.rotate_left(7) ^ n);
+    let mut lists = LISTS.lock().unwrap();
+    let lists = lists.get_or_insert_with(HashMap::new);
+    if let Some(l) = lists.get(&key).filter(|l| l.hashes == hashes) {
+        return l.clone();
+    }
+    let mut encoded = Vec::new();
+    for n in names {
+        prost::encoding::bytes::encode(3, n, &mut encoded);
+    }
+    let list = Arc::new(NameList {
+        hashes,
+        encoded: encoded.into(),
+    });
+    lists.insert(key, list.clone());
+    list
+}
+
 /// What an Envoy-like client holds and wants, per stream.
 #[derive(Default)]
 struct Client {
-    clusters: BTreeSet<String>,
-    routes: BTreeSet<String>,
-    eds_have: BTreeSet<String>,
-    rds_have: BTreeSet<String>,
+    clusters: Names,
+    routes: Names,
+    eds_have: Names,
+    rds_have: Names,
     got_cds: bool,
     got_lds: bool,
     synced: bool,
@@ -333,6 +407,8 @@ impl Client {
         if !self.synced
             && self.got_cds
             && self.got_lds
+            && self.eds_have.len() >= self.clusters.len()
+            && self.rds_have.len() >= self.routes.len()
             && self.clusters.iter().all(|c| self.eds_have.contains(c))
             && self.routes.iter().all(|r| self.rds_have.contains(r))
         {
@@ -340,6 +416,160 @@ impl Client {
             synced.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+// The messages as this client reads and writes them: the fields of
+// xds-api's DiscoveryRequest/Response and their delta forms that an
+// Envoy-like client uses, same tags and wire types, with resources and
+// names kept as slices of the received bytes. The bytes on the wire are
+// what prost's full types give; only the client's own CPU differs (it
+// shares the cores with the server under test).
+
+/// `DiscoveryRequest { version_info = 1, node = 2, resource_names = 3,
+/// type_url = 4, response_nonce = 5 }`, its names encoded once per list.
+#[derive(Clone, Debug, Default)]
+struct SotwRequest {
+    version_info: String,
+    node: Option<Node>,
+    names: Option<Arc<NameList>>,
+    type_url: String,
+    response_nonce: String,
+}
+
+impl std::fmt::Debug for NameList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} names", self.hashes.len())
+    }
+}
+
+impl prost::Message for SotwRequest {
+    fn encode_raw(&self, buf: &mut impl prost::bytes::BufMut) {
+        use prost::encoding::{message, string};
+        if !self.version_info.is_empty() {
+            string::encode(1, &self.version_info, buf);
+        }
+        if let Some(node) = &self.node {
+            message::encode(2, node, buf);
+        }
+        if let Some(names) = &self.names {
+            buf.put_slice(&names.encoded);
+        }
+        string::encode(4, &self.type_url, buf);
+        if !self.response_nonce.is_empty() {
+            string::encode(5, &self.response_nonce, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl prost::bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        // Only ever encoded by this client.
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        use prost::encoding::{message, string};
+        (if self.version_info.is_empty() {
+            0
+        } else {
+            string::encoded_len(1, &self.version_info)
+        }) + self.node.as_ref().map_or(0, |n| message::encoded_len(2, n))
+            + self.names.as_ref().map_or(0, |n| n.encoded.len())
+            + string::encoded_len(4, &self.type_url)
+            + (if self.response_nonce.is_empty() {
+                0
+            } else {
+                string::encoded_len(5, &self.response_nonce)
+            })
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct SotwResponse {
+    #[prost(string, tag = "1")]
+    version_info: String,
+    /// Encoded `Any`s.
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    resources: Vec<Bytes>,
+    #[prost(string, tag = "4")]
+    type_url: String,
+    #[prost(string, tag = "5")]
+    nonce: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct DeltaRequest {
+    #[prost(message, optional, tag = "1")]
+    node: Option<Node>,
+    #[prost(string, tag = "2")]
+    type_url: String,
+    #[prost(bytes = "bytes", repeated, tag = "3")]
+    resource_names_subscribe: Vec<Bytes>,
+    #[prost(bytes = "bytes", repeated, tag = "4")]
+    resource_names_unsubscribe: Vec<Bytes>,
+    #[prost(string, tag = "6")]
+    response_nonce: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct DeltaResponse {
+    #[prost(message, repeated, tag = "2")]
+    resources: Vec<DeltaResource>,
+    #[prost(string, tag = "4")]
+    type_url: String,
+    #[prost(string, tag = "5")]
+    nonce: String,
+    #[prost(bytes = "bytes", repeated, tag = "6")]
+    removed_resources: Vec<Bytes>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct DeltaResource {
+    /// Encoded `Any`.
+    #[prost(bytes = "bytes", tag = "2")]
+    resource: Bytes,
+    #[prost(bytes = "bytes", tag = "3")]
+    name: Bytes,
+}
+
+const SOTW_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const DELTA_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+
+/// Opens an ADS stream of `Req`s and `Resp`s on `channel`.
+async fn open<Req, Resp>(
+    channel: tonic::transport::Channel,
+    path: &'static str,
+    first: Vec<Req>,
+) -> anyhow::Result<(mpsc::Sender<Req>, tonic::Streaming<Resp>)>
+where
+    Req: prost::Message + Send + 'static,
+    Resp: prost::Message + Default + Send + 'static,
+{
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await?;
+    let (tx, rx) = mpsc::channel(16);
+    for r in first {
+        tx.send(r).await?;
+    }
+    let responses = grpc
+        .streaming(
+            tonic::Request::new(ReceiverStream::new(rx)),
+            PathAndQuery::from_static(path),
+            ProstCodec::<Req, Resp>::default(),
+        )
+        .await?
+        .into_inner();
+    Ok((tx, responses))
 }
 
 /// The node of stream `i`; scoped to `policies`' hosts when there are any.
@@ -382,11 +612,12 @@ async fn scoped_checks<'a>(
     let mut held = Vec::new();
     let mut targets = Vec::new();
     for (i, s) in seen.iter().enumerate() {
-        let want: BTreeSet<String> = scope_of(args, i).into_iter().collect();
+        let names = scope_of(args, i);
+        let want: HashSet<u64> = names.iter().map(|n| name_hash(n.as_bytes())).collect();
         let clusters = s.clusters.lock().unwrap();
         held.push(clusters.len());
-        outside += clusters.difference(&want).count();
-        if want.contains(&args.hot) {
+        outside += clusters.iter().filter(|c| !want.contains(c)).count();
+        if names.contains(&args.hot) {
             targets.push(s);
         }
     }
@@ -433,90 +664,88 @@ async fn scoped_checks<'a>(
 async fn sotw(
     node: Option<Node>,
     channel: tonic::transport::Channel,
-    hot: String,
+    hot: u64,
     seen: Arc<Seen>,
     synced: Arc<AtomicUsize>,
 ) -> anyhow::Result<()> {
-    let mut client = AggregatedDiscoveryServiceClient::new(channel);
-    let (tx, rx) = mpsc::channel(16);
-    for ty in [CDS, LDS] {
-        tx.send(DiscoveryRequest {
-            node: node.clone(),
-            type_url: ty.into(),
-            ..Default::default()
-        })
-        .await?;
-    }
-    let mut responses = client
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let first = [CDS, LDS].map(|ty| SotwRequest {
+        node: node.clone(),
+        type_url: ty.into(),
+        ..Default::default()
+    });
+    let (tx, mut responses) =
+        open::<SotwRequest, SotwResponse>(channel, SOTW_PATH, first.into()).await?;
     let mut c = Client::default();
+    let (mut eds_names, mut rds_names) = (None::<Arc<NameList>>, None::<Arc<NameList>>);
     // Per type: (version, nonce) of the last response, for ACKs and new names.
-    let mut last: std::collections::HashMap<String, (String, String)> = Default::default();
+    let mut last: HashMap<String, (String, String)> = HashMap::new();
     while let Some(Ok(r)) = responses.next().await {
         seen.responses.fetch_add(1, Ordering::Relaxed);
-        let names: Vec<String> = r
-            .resources
-            .iter()
-            .filter_map(|a| name_of(&a.value))
-            .collect();
+        let values = r.resources.iter().filter_map(value_of);
         let mut follow = None;
         match r.type_url.as_str() {
             CDS => {
                 c.got_cds = true;
-                let now: BTreeSet<String> = names.iter().cloned().collect();
-                if now != c.clusters {
-                    c.clusters = now;
-                    seen.clusters.lock().unwrap().clone_from(&c.clusters);
+                let names: Vec<Bytes> = values.filter_map(|v| name_of(&v)).collect();
+                let list = name_list(&names);
+                if !eds_names.as_ref().is_some_and(|l| Arc::ptr_eq(l, &list)) {
+                    c.clusters = list.hashes.iter().copied().collect();
+                    *seen.clusters.lock().unwrap() = list.hashes.clone();
+                    eds_names = Some(list);
                     follow = Some(EDS);
                 }
             }
             LDS => {
                 c.got_lds = true;
-                let now: BTreeSet<String> = r.resources.iter().flat_map(routes_of).collect();
-                if now != c.routes {
-                    c.routes = now;
+                let mut names: Vec<Bytes> = values.flat_map(|v| routes_of(&v)).collect();
+                names.sort();
+                names.dedup();
+                let list = name_list(&names);
+                if !rds_names.as_ref().is_some_and(|l| Arc::ptr_eq(l, &list)) {
+                    c.routes = list.hashes.iter().copied().collect();
+                    rds_names = Some(list);
                     follow = Some(RDS);
                 }
             }
             EDS => {
-                if names.contains(&hot) {
+                let mut hot_here = false;
+                for name in values.filter_map(|v| name_of(&v)) {
+                    let h = name_hash(&name);
+                    hot_here |= h == hot;
+                    c.eds_have.insert(h);
+                }
+                if hot_here {
                     seen.hot.lock().unwrap().push(Instant::now());
                 }
-                c.eds_have.extend(names);
             }
-            RDS => c.rds_have.extend(names),
+            RDS => c
+                .rds_have
+                .extend(values.filter_map(|v| name_of(&v)).map(|n| name_hash(&n))),
             _ => {}
         }
-        last.insert(
-            r.type_url.clone(),
-            (r.version_info.clone(), r.nonce.clone()),
-        );
-        let subscription = |ty: &str, c: &Client| -> Vec<String> {
-            match ty {
-                EDS => c.clusters.iter().cloned().collect(),
-                RDS => c.routes.iter().cloned().collect(),
-                _ => Vec::new(),
-            }
+        let subscription = |ty: &str| match ty {
+            EDS => eds_names.clone(),
+            RDS => rds_names.clone(),
+            _ => None,
         };
         // ACK.
-        tx.send(DiscoveryRequest {
+        tx.send(SotwRequest {
+            version_info: r.version_info.clone(),
+            names: subscription(&r.type_url),
             type_url: r.type_url.clone(),
-            version_info: r.version_info,
-            response_nonce: r.nonce,
-            resource_names: subscription(&r.type_url, &c),
-            ..Default::default()
+            response_nonce: r.nonce.clone(),
+            node: None,
         })
         .await?;
+        last.insert(r.type_url, (r.version_info, r.nonce));
         if let Some(ty) = follow {
             let (version, nonce) = last.get(ty).cloned().unwrap_or_default();
-            tx.send(DiscoveryRequest {
-                type_url: ty.into(),
+            tx.send(SotwRequest {
                 version_info: version,
+                names: subscription(ty),
+                type_url: ty.into(),
                 response_nonce: nonce,
-                resource_names: subscription(ty, &c),
-                ..Default::default()
+                node: None,
             })
             .await?;
         }
@@ -529,81 +758,79 @@ async fn sotw(
 async fn delta(
     node: Option<Node>,
     channel: tonic::transport::Channel,
-    hot: String,
+    hot: u64,
     seen: Arc<Seen>,
     synced: Arc<AtomicUsize>,
 ) -> anyhow::Result<()> {
-    let mut client = AggregatedDiscoveryServiceClient::new(channel);
-    let (tx, rx) = mpsc::channel(16);
-    for ty in [CDS, LDS] {
-        tx.send(DeltaDiscoveryRequest {
-            node: node.clone(),
-            type_url: ty.into(),
-            ..Default::default()
-        })
-        .await?;
-    }
-    let mut responses = client
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let first = [CDS, LDS].map(|ty| DeltaRequest {
+        node: node.clone(),
+        type_url: ty.into(),
+        ..Default::default()
+    });
+    let (tx, mut responses) =
+        open::<DeltaRequest, DeltaResponse>(channel, DELTA_PATH, first.into()).await?;
     let mut c = Client::default();
     while let Some(Ok(r)) = responses.next().await {
         seen.responses.fetch_add(1, Ordering::Relaxed);
-        let names: Vec<String> = r.resources.iter().map(|x| x.name.clone()).collect();
-        let mut subscribe: Option<(&str, Vec<String>, Vec<String>)> = None;
+        let mut subscribe: Option<(&str, Vec<Bytes>, Vec<Bytes>)> = None;
         match r.type_url.as_str() {
             CDS => {
                 c.got_cds = true;
-                let mut now = c.clusters.clone();
-                now.extend(names.iter().cloned());
-                for n in &r.removed_resources {
-                    now.remove(n);
-                }
-                let add: Vec<String> = now.difference(&c.clusters).cloned().collect();
-                let drop: Vec<String> = c.clusters.difference(&now).cloned().collect();
-                c.clusters = now;
-                seen.clusters.lock().unwrap().clone_from(&c.clusters);
+                let add: Vec<Bytes> = r
+                    .resources
+                    .iter()
+                    .filter(|x| c.clusters.insert(name_hash(&x.name)))
+                    .map(|x| x.name.clone())
+                    .collect();
+                let drop: Vec<Bytes> = r
+                    .removed_resources
+                    .iter()
+                    .filter(|n| c.clusters.remove(&name_hash(n)))
+                    .cloned()
+                    .collect();
+                *seen.clusters.lock().unwrap() = c.clusters.iter().copied().collect();
                 if !add.is_empty() || !drop.is_empty() {
                     subscribe = Some((EDS, add, drop));
                 }
             }
             LDS => {
                 c.got_lds = true;
-                let now: BTreeSet<String> = c
-                    .routes
+                let mut add: Vec<Bytes> = r
+                    .resources
                     .iter()
-                    .cloned()
-                    .chain(
-                        r.resources
-                            .iter()
-                            .filter_map(|x| x.resource.as_ref())
-                            .flat_map(routes_of),
-                    )
+                    .filter_map(|x| value_of(&x.resource))
+                    .flat_map(|v| routes_of(&v))
+                    .filter(|n| c.routes.insert(name_hash(n)))
                     .collect();
-                let add: Vec<String> = now.difference(&c.routes).cloned().collect();
-                c.routes = now;
+                add.sort();
                 if !add.is_empty() {
                     subscribe = Some((RDS, add, Vec::new()));
                 }
             }
             EDS => {
-                if names.contains(&hot) {
+                let mut hot_here = false;
+                for x in &r.resources {
+                    let h = name_hash(&x.name);
+                    hot_here |= h == hot;
+                    c.eds_have.insert(h);
+                }
+                if hot_here {
                     seen.hot.lock().unwrap().push(Instant::now());
                 }
-                c.eds_have.extend(names);
             }
-            RDS => c.rds_have.extend(names),
+            RDS => c
+                .rds_have
+                .extend(r.resources.iter().map(|x| name_hash(&x.name))),
             _ => {}
         }
-        tx.send(DeltaDiscoveryRequest {
+        tx.send(DeltaRequest {
             type_url: r.type_url,
             response_nonce: r.nonce,
             ..Default::default()
         })
         .await?;
         if let Some((ty, add, drop)) = subscribe {
-            tx.send(DeltaDiscoveryRequest {
+            tx.send(DeltaRequest {
                 type_url: ty.into(),
                 resource_names_subscribe: add,
                 resource_names_unsubscribe: drop,
