@@ -7,8 +7,10 @@
 //! [`SotwResponse`] and [`DeltaResponse`] implement [`prost::Message`] for
 //! encoding with the field numbers of `DiscoveryResponse` and
 //! `DeltaDiscoveryResponse`; [`AdsService`] serves the ADS methods with
-//! them, framing each response into a buffer of its own, and reads the
-//! requests with [`Requests`], which keeps no buffer between them.
+//! them, framing each response into buffers of its own (a large response
+//! around one encoding of its resources, shared by every stream sent the
+//! same entries), and reads the requests with [`Requests`], which keeps no
+//! buffer between them.
 
 use std::sync::Arc;
 
@@ -161,25 +163,39 @@ impl prost::Message for SotwResponse {
     }
 }
 
+/// One `DeltaDiscoveryResponse.resources` entry (field 2).
+fn put_resource(e: &Entry, buf: &mut impl BufMut) {
+    // Fields in tag order, as prost writes the generated message.
+    put_message(2, resource_len(e), buf);
+    put_str(1, e.version.as_bytes(), buf);
+    put_message(2, any_len(e), buf);
+    put_any(e, buf);
+    put_str(3, e.name.as_bytes(), buf);
+}
+
+fn removed_len(names: &[Arc<str>]) -> usize {
+    names.iter().map(|n| message_len(6, n.len())).sum()
+}
+
+/// `DeltaDiscoveryResponse.removed_resources` (field 6).
+fn put_removed(names: &[Arc<str>], buf: &mut impl BufMut) {
+    for n in names {
+        // A repeated string is written even when empty.
+        encode_key(6, WireType::LengthDelimited, buf);
+        encode_varint(n.len() as u64, buf);
+        buf.put_slice(n.as_bytes());
+    }
+}
+
 impl prost::Message for DeltaResponse {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         put_str(1, self.system_version_info.as_bytes(), buf);
         for e in &self.resources {
-            // Fields in tag order, as prost writes the generated message.
-            put_message(2, resource_len(e), buf);
-            put_str(1, e.version.as_bytes(), buf);
-            put_message(2, any_len(e), buf);
-            put_any(e, buf);
-            put_str(3, e.name.as_bytes(), buf);
+            put_resource(e, buf);
         }
         put_str(4, self.type_url.as_bytes(), buf);
         put_str(5, self.nonce.as_bytes(), buf);
-        for n in &self.removed_resources {
-            // A repeated string is written even when empty.
-            encode_key(6, WireType::LengthDelimited, buf);
-            encode_varint(n.len() as u64, buf);
-            buf.put_slice(n.as_bytes());
-        }
+        put_removed(&self.removed_resources, buf);
     }
 
     fn merge_field(
@@ -201,11 +217,7 @@ impl prost::Message for DeltaResponse {
                 .sum::<usize>()
             + str_len(4, self.type_url.as_bytes())
             + str_len(5, self.nonce.as_bytes())
-            + self
-                .removed_resources
-                .iter()
-                .map(|n| message_len(6, n.len()))
-                .sum::<usize>()
+            + removed_len(&self.removed_resources)
     }
 
     fn clear(&mut self) {
@@ -674,8 +686,9 @@ fn unsupported_encoding() -> http::Response<tonic::body::BoxBody> {
     tonic::Status::unimplemented("compressed requests are not supported").into_http()
 }
 
-/// A gRPC response body that writes each message into a buffer of its
-/// own, sized exactly, and hands it to HTTP/2.
+/// A gRPC response body that writes each message into buffers of its own,
+/// sized exactly, and hands them to HTTP/2: a small message in one, a large
+/// one around the shared encoding of its resources (see [`Framed`]).
 ///
 /// Why not tonic's encoder: it encodes into one growing buffer per stream
 /// and splits each message off it, so the stream keeps an allocation as
@@ -686,10 +699,11 @@ fn unsupported_encoding() -> http::Response<tonic::body::BoxBody> {
 fn framed<S, M>(messages: S) -> http::Response<tonic::body::BoxBody>
 where
     S: futures::Stream<Item = Result<M, tonic::Status>> + Send + 'static,
-    M: prost::Message + 'static,
+    M: Framed + 'static,
 {
     let body = FramedBody {
         messages: Box::pin(messages),
+        pending: std::collections::VecDeque::new(),
         done: false,
     };
     let mut response = http::Response::new(tonic::body::boxed(body));
@@ -702,21 +716,211 @@ where
 
 struct FramedBody<M> {
     messages: std::pin::Pin<Box<dyn futures::Stream<Item = Result<M, tonic::Status>> + Send>>,
+    /// The rest of the message being written.
+    pending: std::collections::VecDeque<bytes::Bytes>,
     done: bool,
 }
 
+/// A response written as one gRPC message: the 5-byte prefix and the
+/// message, in one or more chunks (HTTP/2 DATA frames) that together are
+/// the message's encoding.
+pub(crate) trait Framed: Send {
+    /// The chunks, in order. Fails only for a message over gRPC's 4 GiB
+    /// length prefix.
+    fn frame(&self) -> Result<Vec<bytes::Bytes>, String>;
+}
+
 /// The 5-byte gRPC message prefix and the message, in one buffer.
-/// Fails only for a message over gRPC's 4 GiB length prefix.
-fn frame<M: prost::Message>(message: &M) -> Result<bytes::Bytes, String> {
+fn frame_whole<M: prost::Message>(message: &M) -> Result<bytes::Bytes, String> {
     let len = message.encoded_len();
+    let mut buf = Vec::with_capacity(5 + len);
+    put_prefix(len, &mut buf)?;
+    message.encode(&mut buf).map_err(|e| e.to_string())?;
+    Ok(buf.into())
+}
+
+fn put_prefix(len: usize, buf: &mut Vec<u8>) -> Result<(), String> {
     let Ok(prefix) = u32::try_from(len) else {
         return Err(format!("response of {len} bytes is over gRPC's limit"));
     };
-    let mut buf = Vec::with_capacity(5 + len);
     buf.push(0); // not compressed
     buf.extend_from_slice(&prefix.to_be_bytes());
-    message.encode(&mut buf).map_err(|e| e.to_string())?;
-    Ok(buf.into())
+    Ok(())
+}
+
+/// Responses whose resources encode to fewer bytes are written whole: a
+/// copy is cheaper than a lookup and two more DATA frames.
+const SHARE_FROM: usize = 4096;
+
+/// `head`, the shared encoding of the resources field, `tail`: one gRPC
+/// message in three chunks, the middle one the same `Bytes` for every
+/// stream that is sent the same entries.
+fn frame_around(
+    kind: Encoding,
+    resources: &[Arc<Entry>],
+    resources_len: usize,
+    head: impl FnOnce(&mut Vec<u8>),
+    head_len: usize,
+    tail: impl FnOnce(&mut Vec<u8>),
+    tail_len: usize,
+) -> Result<Vec<bytes::Bytes>, String> {
+    let shared = shared_encoding(kind, resources, resources_len);
+    let mut first = Vec::with_capacity(5 + head_len);
+    put_prefix(head_len + resources_len + tail_len, &mut first)?;
+    head(&mut first);
+    let mut last = Vec::with_capacity(tail_len);
+    tail(&mut last);
+    Ok(vec![first.into(), shared, last.into()])
+}
+
+impl Framed for SotwResponse {
+    fn frame(&self) -> Result<Vec<bytes::Bytes>, String> {
+        let resources_len = self
+            .resources
+            .iter()
+            .map(|e| message_len(2, any_len(e)))
+            .sum::<usize>();
+        if resources_len < SHARE_FROM {
+            return frame_whole(self).map(|b| vec![b]);
+        }
+        frame_around(
+            Encoding::Any,
+            &self.resources,
+            resources_len,
+            |buf| put_str(1, self.version_info.as_bytes(), buf),
+            str_len(1, self.version_info.as_bytes()),
+            |buf| {
+                put_str(4, self.type_url.as_bytes(), buf);
+                put_str(5, self.nonce.as_bytes(), buf);
+            },
+            str_len(4, self.type_url.as_bytes()) + str_len(5, self.nonce.as_bytes()),
+        )
+    }
+}
+
+impl Framed for DeltaResponse {
+    fn frame(&self) -> Result<Vec<bytes::Bytes>, String> {
+        let resources_len = self
+            .resources
+            .iter()
+            .map(|e| message_len(2, resource_len(e)))
+            .sum::<usize>();
+        if resources_len < SHARE_FROM {
+            return frame_whole(self).map(|b| vec![b]);
+        }
+        frame_around(
+            Encoding::Resource,
+            &self.resources,
+            resources_len,
+            |buf| put_str(1, self.system_version_info.as_bytes(), buf),
+            str_len(1, self.system_version_info.as_bytes()),
+            |buf| {
+                put_str(4, self.type_url.as_bytes(), buf);
+                put_str(5, self.nonce.as_bytes(), buf);
+                put_removed(&self.removed_resources, buf);
+            },
+            str_len(4, self.type_url.as_bytes())
+                + str_len(5, self.nonce.as_bytes())
+                + removed_len(&self.removed_resources),
+        )
+    }
+}
+
+/// How a response's `resources` field holds an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Encoding {
+    /// `DiscoveryResponse.resources`: `Any`s.
+    Any,
+    /// `DeltaDiscoveryResponse.resources`: `Resource { version, Any, name }`s.
+    Resource,
+}
+
+fn put_resources(kind: Encoding, resources: &[Arc<Entry>], buf: &mut Vec<u8>) {
+    for e in resources {
+        match kind {
+            Encoding::Any => {
+                put_message(2, any_len(e), buf);
+                put_any(e, buf);
+            }
+            Encoding::Resource => put_resource(e, buf),
+        }
+    }
+}
+
+/// Encoded `resources` fields of recent large responses, by the entries
+/// they hold. At start-up every Envoy of a mesh is sent the same full
+/// state (all clusters, all endpoints): 10,000 streams then share one
+/// encoding instead of each copying ~100 KB into a buffer of its own,
+/// which was a quarter of the server's CPU during the initial sync.
+static SHARED_ENCODINGS: std::sync::Mutex<SharedEncodings> =
+    std::sync::Mutex::new(SharedEncodings {
+        slots: Vec::new(),
+        next: 0,
+    });
+
+/// At most this many encodings are kept (oldest replaced first), and none
+/// larger than [`SHARED_MAX_BYTES`]: a bounded few MiB at most.
+const SHARED_SLOTS: usize = 16;
+const SHARED_MAX_BYTES: usize = 4 << 20;
+
+struct SharedEncodings {
+    slots: Vec<SharedEncoding>,
+    next: usize,
+}
+
+struct SharedEncoding {
+    kind: Encoding,
+    key: u64,
+    /// Held, so that their addresses identify them while the slot lives.
+    entries: Vec<Arc<Entry>>,
+    bytes: bytes::Bytes,
+}
+
+/// The encoding of `resources` as a response's resources field, shared with
+/// the last response that held exactly these entries (the same `Arc`s: an
+/// entry is immutable, so the same address is the same bytes).
+fn shared_encoding(kind: Encoding, resources: &[Arc<Entry>], len: usize) -> bytes::Bytes {
+    let key = resources.iter().fold(resources.len() as u64, |h, e| {
+        (h.rotate_left(5) ^ Arc::as_ptr(e) as u64).wrapping_mul(0x517c_c1b7_2722_0a95)
+    });
+    let same = |s: &SharedEncoding| {
+        s.kind == kind
+            && s.key == key
+            && s.entries.len() == resources.len()
+            && s.entries
+                .iter()
+                .zip(resources)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    };
+    let encode = || {
+        let mut buf = Vec::with_capacity(len);
+        put_resources(kind, resources, &mut buf);
+        bytes::Bytes::from(buf)
+    };
+    if len > SHARED_MAX_BYTES {
+        return encode();
+    }
+    // Encoded under the lock: the other streams sent the same wait for this
+    // encoding instead of each making one.
+    let mut shared = SHARED_ENCODINGS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(s) = shared.slots.iter().find(|s| same(s)) {
+        return s.bytes.clone();
+    }
+    let slot = SharedEncoding {
+        kind,
+        key,
+        entries: resources.to_vec(),
+        bytes: encode(),
+    };
+    let bytes = slot.bytes.clone();
+    if shared.slots.len() < SHARED_SLOTS {
+        shared.slots.push(slot);
+    } else {
+        let i = shared.next % SHARED_SLOTS;
+        shared.slots[i] = slot;
+        shared.next = i + 1;
+    }
+    bytes
 }
 
 fn trailers(status: &tonic::Status) -> http_body::Frame<bytes::Bytes> {
@@ -730,7 +934,7 @@ fn trailers(status: &tonic::Status) -> http_body::Frame<bytes::Bytes> {
     http_body::Frame::trailers(map)
 }
 
-impl<M: prost::Message> Body for FramedBody<M> {
+impl<M: Framed> Body for FramedBody<M> {
     type Data = bytes::Bytes;
     type Error = tonic::Status;
 
@@ -738,13 +942,21 @@ impl<M: prost::Message> Body for FramedBody<M> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        if let Some(chunk) = self.pending.pop_front() {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(chunk))));
+        }
         if self.done {
             return Poll::Ready(None);
         }
         let next = futures::ready!(futures::Stream::poll_next(self.messages.as_mut(), cx));
         Poll::Ready(Some(Ok(match next {
-            Some(Ok(message)) => match frame(&message) {
-                Ok(bytes) => http_body::Frame::data(bytes),
+            Some(Ok(message)) => match message.frame() {
+                Ok(chunks) => {
+                    let mut chunks = std::collections::VecDeque::from(chunks);
+                    let first = chunks.pop_front().unwrap_or_default();
+                    self.pending = chunks;
+                    http_body::Frame::data(first)
+                }
                 Err(why) => {
                     self.done = true;
                     trailers(&tonic::Status::resource_exhausted(why))
@@ -762,7 +974,7 @@ impl<M: prost::Message> Body for FramedBody<M> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done
+        self.done && self.pending.is_empty()
     }
 }
 
@@ -974,6 +1186,66 @@ mod tests {
             let trailers = frames[2].trailers_ref().unwrap();
             assert_eq!(trailers["grpc-status"], (code as i32).to_string().as_str());
         }
+    }
+
+    /// The chunks of a framed message, joined.
+    fn joined<M: Framed>(m: &M) -> (Vec<bytes::Bytes>, Vec<u8>) {
+        let chunks = m.frame().unwrap();
+        let all = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        (chunks, all)
+    }
+
+    fn grpc(bytes: Vec<u8>) -> Vec<u8> {
+        let mut out = vec![0];
+        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        out.extend(bytes);
+        out
+    }
+
+    /// A large response is written in three chunks around one shared
+    /// encoding of its resources, byte for byte the generated message; a
+    /// response with the same entries shares it, one with other entries or
+    /// of the other kind does not; a small response is one chunk.
+    #[test]
+    fn large_responses_share_the_encoding_of_their_resources() {
+        let entries: Vec<Arc<Entry>> = (0..64)
+            .map(|i| entry(&format!("c{i:02}"), &[i as u8; 100]))
+            .collect();
+        let sotw = |nonce: &str, resources: &[Arc<Entry>]| SotwResponse {
+            version_info: "v1".into(),
+            type_url: ResourceType::Cluster.type_url(),
+            nonce: nonce.into(),
+            resources: resources.to_vec(),
+        };
+        let delta = |nonce: &str, resources: &[Arc<Entry>]| DeltaResponse {
+            system_version_info: "v2".into(),
+            type_url: ResourceType::Cluster.type_url(),
+            nonce: nonce.into(),
+            resources: resources.to_vec(),
+            removed_resources: vec![Arc::from("gone")],
+        };
+        let (a, a_all) = joined(&sotw("1", &entries));
+        let (b, b_all) = joined(&sotw("22", &entries));
+        assert_eq!(a.len(), 3);
+        assert_eq!(a_all, grpc(sotw("1", &entries).encode_to_vec()));
+        assert_eq!(b_all, grpc(sotw("22", &entries).encode_to_vec()));
+        assert_eq!(a[1].as_ptr(), b[1].as_ptr(), "the same entries share");
+
+        let (d, d_all) = joined(&delta("3", &entries));
+        assert_eq!(d_all, grpc(delta("3", &entries).encode_to_vec()));
+        let back = DeltaDiscoveryResponse::decode(&d_all[5..]).unwrap();
+        assert_eq!(back, delta("3", &entries).to_proto());
+        assert_ne!(a[1].as_ptr(), d[1].as_ptr(), "SotW and delta differ");
+
+        let mut other = entries.clone();
+        other[10] = entry("c10", &[99; 100]);
+        let (o, o_all) = joined(&sotw("1", &other));
+        assert_eq!(o_all, grpc(sotw("1", &other).encode_to_vec()));
+        assert_ne!(a[1].as_ptr(), o[1].as_ptr(), "other entries, other bytes");
+
+        let (small, small_all) = joined(&sotw("1", &entries[..2]));
+        assert_eq!(small.len(), 1);
+        assert_eq!(small_all, grpc(sotw("1", &entries[..2]).encode_to_vec()));
     }
 
     #[test]
