@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use prost::bytes::Bytes;
-use prost::Message;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -26,10 +25,6 @@ use tokio_stream::StreamExt;
 use tonic::codec::ProstCodec;
 use tonic::codegen::http::uri::PathAndQuery;
 use xds_api::pb::envoy::config::core::v3::Node;
-use xds_api::pb::envoy::config::listener::v3::{filter, Listener};
-use xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    http_connection_manager::RouteSpecifier, HttpConnectionManager,
-};
 use xds_api::pb::google::protobuf::value::Kind;
 use xds_api::pb::google::protobuf::{ListValue, Struct, Value};
 
@@ -269,61 +264,70 @@ async fn wait_for(mut done: impl FnMut() -> bool, limit: Duration) -> anyhow::Re
     Ok(())
 }
 
-/// The first length-delimited field `field` of an encoded message, as a
-/// slice of it (no copy).
-fn field_of(bytes: &Bytes, field: u64) -> Option<Bytes> {
-    let mut b = &bytes[..];
-    while !b.is_empty() {
-        let key = prost::encoding::decode_varint(&mut b).ok()?;
-        match key & 7 {
-            0 => {
-                prost::encoding::decode_varint(&mut b).ok()?;
-            }
-            1 => b = b.get(8..)?,
-            2 => {
-                let len = prost::encoding::decode_varint(&mut b).ok()? as usize;
-                let v = b.get(..len)?;
-                if key >> 3 == field {
-                    return Some(bytes.slice_ref(v));
+/// Every length-delimited field `field` of an encoded message, in order,
+/// read by tag without decoding the rest.
+fn fields(mut b: &[u8], field: u64) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        while !b.is_empty() {
+            let key = prost::encoding::decode_varint(&mut b).ok()?;
+            match key & 7 {
+                0 => {
+                    prost::encoding::decode_varint(&mut b).ok()?;
                 }
-                b = &b[len..];
+                1 => b = b.get(8..)?,
+                2 => {
+                    let len = prost::encoding::decode_varint(&mut b).ok()? as usize;
+                    let (v, rest) = (b.get(..len)?, b.get(len..)?);
+                    b = rest;
+                    if key >> 3 == field {
+                        return Some(v);
+                    }
+                }
+                5 => b = b.get(4..)?,
+                _ => return None,
             }
-            5 => b = b.get(4..)?,
-            _ => return None,
         }
-    }
-    None
+        None
+    })
 }
 
-/// The name (field 1) of an encoded Listener, RouteConfiguration, Cluster
-/// or ClusterLoadAssignment, without decoding the rest.
-fn name_of(resource: &Bytes) -> Option<Bytes> {
-    field_of(resource, 1)
+/// The first length-delimited field `field` of an encoded message.
+fn field(b: &[u8], n: u64) -> Option<&[u8]> {
+    fields(b, n).next()
 }
 
-/// The resource inside an encoded `Any` (its field 2, `value`).
-fn value_of(any: &Bytes) -> Option<Bytes> {
-    field_of(any, 2)
+/// A string field, empty when absent.
+fn string(b: &[u8], n: u64) -> &str {
+    field(b, n)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .unwrap_or_default()
 }
 
-/// The route configurations an encoded Listener reads over RDS.
-fn routes_of(listener: &[u8]) -> Vec<Bytes> {
-    let Ok(l) = Listener::decode(listener) else {
+/// The name (field 1) of the resource in an encoded `Any` (its `value`,
+/// field 2): a Listener, RouteConfiguration, Cluster or
+/// ClusterLoadAssignment.
+fn name_in_any(any: &[u8]) -> Option<&[u8]> {
+    field(field(any, 2)?, 1)
+}
+
+const HCM: &[u8] =
+    b"type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+
+/// The route configurations the Listener in an encoded `Any` reads over
+/// RDS: `Listener.filter_chains` (3), `FilterChain.filters` (3),
+/// `Filter.typed_config` (4, an `Any` of an HttpConnectionManager), its
+/// `rds` (3), `Rds.route_config_name` (2).
+fn routes_in_any(any: &[u8]) -> Vec<&[u8]> {
+    let Some(listener) = field(any, 2) else {
         return Vec::new();
     };
-    l.filter_chains
-        .iter()
-        .flat_map(|c| &c.filters)
-        .filter_map(|f| match &f.config_type {
-            Some(filter::ConfigType::TypedConfig(a)) => {
-                HttpConnectionManager::decode(a.value.as_slice()).ok()
-            }
-            _ => None,
-        })
-        .filter_map(|h| match h.route_specifier {
-            Some(RouteSpecifier::Rds(r)) => Some(Bytes::from(r.route_config_name)),
-            _ => None,
-        })
+    fields(listener, 3)
+        .flat_map(|chain| fields(chain, 3))
+        .filter_map(|filter| field(filter, 4))
+        .filter(|typed| field(typed, 1) == Some(HCM))
+        .filter_map(|typed| field(typed, 2))
+        .flat_map(|hcm| fields(hcm, 3))
+        .filter_map(|rds| field(rds, 2))
         .collect()
 }
 
@@ -368,7 +372,7 @@ struct NameList {
 static LISTS: Mutex<Option<HashMap<u64, Arc<NameList>>>> = Mutex::new(None);
 
 /// The shared list of `names` (in the order received).
-fn name_list(names: &[Bytes]) -> Arc<NameList> {
+fn name_list(names: &[&[u8]]) -> Arc<NameList> {
     let hashes: Vec<u64> = names.iter().map(|n| name_hash(n)).collect();
     let key = hashes
         .iter()
@@ -380,7 +384,10 @@ fn name_list(names: &[Bytes]) -> Arc<NameList> {
     }
     let mut encoded = Vec::new();
     for n in names {
-        prost::encoding::bytes::encode(3, n, &mut encoded);
+        // `resource_names` and `resource_names_subscribe` are both field 3.
+        prost::encoding::encode_key(3, prost::encoding::WireType::LengthDelimited, &mut encoded);
+        prost::encoding::encode_varint(n.len() as u64, &mut encoded);
+        encoded.extend_from_slice(n);
     }
     let list = Arc::new(NameList {
         hashes,
@@ -418,15 +425,16 @@ impl Client {
     }
 }
 
-// The messages as this client reads and writes them: the fields of
-// xds-api's DiscoveryRequest/Response and their delta forms that an
-// Envoy-like client uses, same tags and wire types, with resources and
-// names kept as slices of the received bytes. The bytes on the wire are
-// what prost's full types give; only the client's own CPU differs (it
-// shares the cores with the server under test).
+// The messages as this client writes them: the fields of xds-api's
+// DiscoveryRequest and DeltaDiscoveryRequest that an Envoy-like client
+// uses, same tags and wire types, with name lists encoded once (see
+// [`NameList`]). Responses are read by tag from the received bytes (see
+// [`fields`]). The bytes on the wire are what prost's generated types
+// give; only the client's own CPU differs, and it shares the cores with
+// the server it measures.
 
 /// `DiscoveryRequest { version_info = 1, node = 2, resource_names = 3,
-/// type_url = 4, response_nonce = 5 }`, its names encoded once per list.
+/// type_url = 4, response_nonce = 5 }`.
 #[derive(Clone, Debug, Default)]
 struct SotwRequest {
     version_info: String,
@@ -436,108 +444,145 @@ struct SotwRequest {
     response_nonce: String,
 }
 
+/// `DeltaDiscoveryRequest { node = 1, type_url = 2,
+/// resource_names_subscribe = 3, resource_names_unsubscribe = 4,
+/// response_nonce = 6 }`.
+#[derive(Clone, Debug, Default)]
+struct DeltaRequest {
+    node: Option<Node>,
+    type_url: String,
+    subscribe: Option<Arc<NameList>>,
+    unsubscribe: Vec<Bytes>,
+    response_nonce: String,
+}
+
 impl std::fmt::Debug for NameList {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} names", self.hashes.len())
     }
 }
 
+fn string_len(tag: u32, s: &str) -> usize {
+    if s.is_empty() {
+        0
+    } else {
+        prost::encoding::key_len(tag)
+            + prost::encoding::encoded_len_varint(s.len() as u64)
+            + s.len()
+    }
+}
+
+fn put_string(tag: u32, s: &str, buf: &mut impl prost::bytes::BufMut) {
+    if !s.is_empty() {
+        prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, buf);
+        prost::encoding::encode_varint(s.len() as u64, buf);
+        buf.put_slice(s.as_bytes());
+    }
+}
+
+/// Only ever encoded by this client.
+macro_rules! encode_only {
+    () => {
+        fn merge_field(
+            &mut self,
+            tag: u32,
+            wire_type: prost::encoding::WireType,
+            buf: &mut impl prost::bytes::Buf,
+            ctx: prost::encoding::DecodeContext,
+        ) -> Result<(), prost::DecodeError> {
+            prost::encoding::skip_field(wire_type, tag, buf, ctx)
+        }
+
+        fn clear(&mut self) {
+            *self = Self::default();
+        }
+    };
+}
+
 impl prost::Message for SotwRequest {
     fn encode_raw(&self, buf: &mut impl prost::bytes::BufMut) {
-        use prost::encoding::{message, string};
-        if !self.version_info.is_empty() {
-            string::encode(1, &self.version_info, buf);
-        }
+        put_string(1, &self.version_info, buf);
         if let Some(node) = &self.node {
-            message::encode(2, node, buf);
+            prost::encoding::message::encode(2, node, buf);
         }
         if let Some(names) = &self.names {
             buf.put_slice(&names.encoded);
         }
-        string::encode(4, &self.type_url, buf);
-        if !self.response_nonce.is_empty() {
-            string::encode(5, &self.response_nonce, buf);
-        }
-    }
-
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: prost::encoding::WireType,
-        buf: &mut impl prost::bytes::Buf,
-        ctx: prost::encoding::DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        // Only ever encoded by this client.
-        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+        put_string(4, &self.type_url, buf);
+        put_string(5, &self.response_nonce, buf);
     }
 
     fn encoded_len(&self) -> usize {
-        use prost::encoding::{message, string};
-        (if self.version_info.is_empty() {
-            0
-        } else {
-            string::encoded_len(1, &self.version_info)
-        }) + self.node.as_ref().map_or(0, |n| message::encoded_len(2, n))
+        string_len(1, &self.version_info)
+            + self
+                .node
+                .as_ref()
+                .map_or(0, |n| prost::encoding::message::encoded_len(2, n))
             + self.names.as_ref().map_or(0, |n| n.encoded.len())
-            + string::encoded_len(4, &self.type_url)
-            + (if self.response_nonce.is_empty() {
-                0
-            } else {
-                string::encoded_len(5, &self.response_nonce)
-            })
+            + string_len(4, &self.type_url)
+            + string_len(5, &self.response_nonce)
     }
 
-    fn clear(&mut self) {
-        *self = Self::default();
+    encode_only!();
+}
+
+impl prost::Message for DeltaRequest {
+    fn encode_raw(&self, buf: &mut impl prost::bytes::BufMut) {
+        if let Some(node) = &self.node {
+            prost::encoding::message::encode(1, node, buf);
+        }
+        put_string(2, &self.type_url, buf);
+        if let Some(names) = &self.subscribe {
+            buf.put_slice(&names.encoded);
+        }
+        prost::encoding::bytes::encode_repeated(4, &self.unsubscribe, buf);
+        put_string(6, &self.response_nonce, buf);
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.node
+            .as_ref()
+            .map_or(0, |n| prost::encoding::message::encoded_len(1, n))
+            + string_len(2, &self.type_url)
+            + self.subscribe.as_ref().map_or(0, |n| n.encoded.len())
+            + prost::encoding::bytes::encoded_len_repeated(4, &self.unsubscribe)
+            + string_len(6, &self.response_nonce)
+    }
+
+    encode_only!();
+}
+
+/// Requests encoded by prost; each response handed over as its bytes.
+struct RawCodec<Req>(std::marker::PhantomData<Req>);
+
+struct RawDecoder;
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Bytes>, tonic::Status> {
+        use prost::bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
-struct SotwResponse {
-    #[prost(string, tag = "1")]
-    version_info: String,
-    /// Encoded `Any`s.
-    #[prost(bytes = "bytes", repeated, tag = "2")]
-    resources: Vec<Bytes>,
-    #[prost(string, tag = "4")]
-    type_url: String,
-    #[prost(string, tag = "5")]
-    nonce: String,
-}
+impl<Req: prost::Message + Send + 'static> tonic::codec::Codec for RawCodec<Req> {
+    type Encode = Req;
+    type Decode = Bytes;
+    type Encoder = <ProstCodec<Req, ()> as tonic::codec::Codec>::Encoder;
+    type Decoder = RawDecoder;
 
-#[derive(Clone, PartialEq, prost::Message)]
-struct DeltaRequest {
-    #[prost(message, optional, tag = "1")]
-    node: Option<Node>,
-    #[prost(string, tag = "2")]
-    type_url: String,
-    #[prost(bytes = "bytes", repeated, tag = "3")]
-    resource_names_subscribe: Vec<Bytes>,
-    #[prost(bytes = "bytes", repeated, tag = "4")]
-    resource_names_unsubscribe: Vec<Bytes>,
-    #[prost(string, tag = "6")]
-    response_nonce: String,
-}
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstCodec::<Req, ()>::default().encoder()
+    }
 
-#[derive(Clone, PartialEq, prost::Message)]
-struct DeltaResponse {
-    #[prost(message, repeated, tag = "2")]
-    resources: Vec<DeltaResource>,
-    #[prost(string, tag = "4")]
-    type_url: String,
-    #[prost(string, tag = "5")]
-    nonce: String,
-    #[prost(bytes = "bytes", repeated, tag = "6")]
-    removed_resources: Vec<Bytes>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct DeltaResource {
-    /// Encoded `Any`.
-    #[prost(bytes = "bytes", tag = "2")]
-    resource: Bytes,
-    #[prost(bytes = "bytes", tag = "3")]
-    name: Bytes,
+    fn decoder(&mut self) -> Self::Decoder {
+        RawDecoder
+    }
 }
 
 const SOTW_PATH: &str =
@@ -545,16 +590,12 @@ const SOTW_PATH: &str =
 const DELTA_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
-/// Opens an ADS stream of `Req`s and `Resp`s on `channel`.
-async fn open<Req, Resp>(
+/// Opens an ADS stream of `Req`s on `channel`; the responses as bytes.
+async fn open<Req: prost::Message + Send + 'static>(
     channel: tonic::transport::Channel,
     path: &'static str,
     first: Vec<Req>,
-) -> anyhow::Result<(mpsc::Sender<Req>, tonic::Streaming<Resp>)>
-where
-    Req: prost::Message + Send + 'static,
-    Resp: prost::Message + Default + Send + 'static,
-{
+) -> anyhow::Result<(mpsc::Sender<Req>, tonic::Streaming<Bytes>)> {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await?;
     let (tx, rx) = mpsc::channel(16);
@@ -565,7 +606,7 @@ where
         .streaming(
             tonic::Request::new(ReceiverStream::new(rx)),
             PathAndQuery::from_static(path),
-            ProstCodec::<Req, Resp>::default(),
+            RawCodec::<Req>(std::marker::PhantomData),
         )
         .await?
         .into_inner();
@@ -673,20 +714,22 @@ async fn sotw(
         type_url: ty.into(),
         ..Default::default()
     });
-    let (tx, mut responses) =
-        open::<SotwRequest, SotwResponse>(channel, SOTW_PATH, first.into()).await?;
+    let (tx, mut responses) = open(channel, SOTW_PATH, first.into()).await?;
     let mut c = Client::default();
     let (mut eds_names, mut rds_names) = (None::<Arc<NameList>>, None::<Arc<NameList>>);
     // Per type: (version, nonce) of the last response, for ACKs and new names.
     let mut last: HashMap<String, (String, String)> = HashMap::new();
     while let Some(Ok(r)) = responses.next().await {
         seen.responses.fetch_add(1, Ordering::Relaxed);
-        let values = r.resources.iter().filter_map(value_of);
+        // DiscoveryResponse { version_info = 1, resources = 2 (Any),
+        // type_url = 4, nonce = 5 }.
+        let (version, ty, nonce) = (string(&r, 1), string(&r, 4), string(&r, 5));
+        let resources = fields(&r, 2);
         let mut follow = None;
-        match r.type_url.as_str() {
+        match ty {
             CDS => {
                 c.got_cds = true;
-                let names: Vec<Bytes> = values.filter_map(|v| name_of(&v)).collect();
+                let names: Vec<&[u8]> = resources.filter_map(name_in_any).collect();
                 let list = name_list(&names);
                 if !eds_names.as_ref().is_some_and(|l| Arc::ptr_eq(l, &list)) {
                     c.clusters = list.hashes.iter().copied().collect();
@@ -697,7 +740,7 @@ async fn sotw(
             }
             LDS => {
                 c.got_lds = true;
-                let mut names: Vec<Bytes> = values.flat_map(|v| routes_of(&v)).collect();
+                let mut names: Vec<&[u8]> = resources.flat_map(routes_in_any).collect();
                 names.sort();
                 names.dedup();
                 let list = name_list(&names);
@@ -708,9 +751,9 @@ async fn sotw(
                 }
             }
             EDS => {
+                c.eds_have.reserve(c.clusters.len());
                 let mut hot_here = false;
-                for name in values.filter_map(|v| name_of(&v)) {
-                    let h = name_hash(&name);
+                for h in resources.filter_map(name_in_any).map(name_hash) {
                     hot_here |= h == hot;
                     c.eds_have.insert(h);
                 }
@@ -720,7 +763,7 @@ async fn sotw(
             }
             RDS => c
                 .rds_have
-                .extend(values.filter_map(|v| name_of(&v)).map(|n| name_hash(&n))),
+                .extend(resources.filter_map(name_in_any).map(name_hash)),
             _ => {}
         }
         let subscription = |ty: &str| match ty {
@@ -730,14 +773,14 @@ async fn sotw(
         };
         // ACK.
         tx.send(SotwRequest {
-            version_info: r.version_info.clone(),
-            names: subscription(&r.type_url),
-            type_url: r.type_url.clone(),
-            response_nonce: r.nonce.clone(),
+            version_info: version.into(),
+            names: subscription(ty),
+            type_url: ty.into(),
+            response_nonce: nonce.into(),
             node: None,
         })
         .await?;
-        last.insert(r.type_url, (r.version_info, r.nonce));
+        last.insert(ty.into(), (version.into(), nonce.into()));
         if let Some(ty) = follow {
             let (version, nonce) = last.get(ty).cloned().unwrap_or_default();
             tx.send(SotwRequest {
@@ -767,50 +810,55 @@ async fn delta(
         type_url: ty.into(),
         ..Default::default()
     });
-    let (tx, mut responses) =
-        open::<DeltaRequest, DeltaResponse>(channel, DELTA_PATH, first.into()).await?;
+    let (tx, mut responses) = open(channel, DELTA_PATH, first.into()).await?;
     let mut c = Client::default();
     while let Some(Ok(r)) = responses.next().await {
         seen.responses.fetch_add(1, Ordering::Relaxed);
-        let mut subscribe: Option<(&str, Vec<Bytes>, Vec<Bytes>)> = None;
-        match r.type_url.as_str() {
+        // DeltaDiscoveryResponse { resources = 2 (Resource { resource = 2,
+        // name = 3 }), type_url = 4, nonce = 5, removed_resources = 6 }.
+        let (ty, nonce) = (string(&r, 4), string(&r, 5));
+        let names = || fields(&r, 2).filter_map(|x| field(x, 3));
+        let mut subscribe: Option<DeltaRequest> = None;
+        match ty {
             CDS => {
                 c.got_cds = true;
-                let add: Vec<Bytes> = r
-                    .resources
-                    .iter()
-                    .filter(|x| c.clusters.insert(name_hash(&x.name)))
-                    .map(|x| x.name.clone())
+                let add: Vec<&[u8]> = names()
+                    .filter(|n| c.clusters.insert(name_hash(n)))
                     .collect();
-                let drop: Vec<Bytes> = r
-                    .removed_resources
-                    .iter()
+                let drop: Vec<Bytes> = fields(&r, 6)
                     .filter(|n| c.clusters.remove(&name_hash(n)))
-                    .cloned()
+                    .map(Bytes::copy_from_slice)
                     .collect();
                 *seen.clusters.lock().unwrap() = c.clusters.iter().copied().collect();
                 if !add.is_empty() || !drop.is_empty() {
-                    subscribe = Some((EDS, add, drop));
+                    subscribe = Some(DeltaRequest {
+                        type_url: EDS.into(),
+                        subscribe: (!add.is_empty()).then(|| name_list(&add)),
+                        unsubscribe: drop,
+                        ..Default::default()
+                    });
                 }
             }
             LDS => {
                 c.got_lds = true;
-                let mut add: Vec<Bytes> = r
-                    .resources
-                    .iter()
-                    .filter_map(|x| value_of(&x.resource))
-                    .flat_map(|v| routes_of(&v))
+                let mut add: Vec<&[u8]> = fields(&r, 2)
+                    .filter_map(|x| field(x, 2))
+                    .flat_map(routes_in_any)
                     .filter(|n| c.routes.insert(name_hash(n)))
                     .collect();
                 add.sort();
                 if !add.is_empty() {
-                    subscribe = Some((RDS, add, Vec::new()));
+                    subscribe = Some(DeltaRequest {
+                        type_url: RDS.into(),
+                        subscribe: Some(name_list(&add)),
+                        ..Default::default()
+                    });
                 }
             }
             EDS => {
+                c.eds_have.reserve(c.clusters.len());
                 let mut hot_here = false;
-                for x in &r.resources {
-                    let h = name_hash(&x.name);
+                for h in names().map(name_hash) {
                     hot_here |= h == hot;
                     c.eds_have.insert(h);
                 }
@@ -818,25 +866,17 @@ async fn delta(
                     seen.hot.lock().unwrap().push(Instant::now());
                 }
             }
-            RDS => c
-                .rds_have
-                .extend(r.resources.iter().map(|x| name_hash(&x.name))),
+            RDS => c.rds_have.extend(names().map(name_hash)),
             _ => {}
         }
         tx.send(DeltaRequest {
-            type_url: r.type_url,
-            response_nonce: r.nonce,
+            type_url: ty.into(),
+            response_nonce: nonce.into(),
             ..Default::default()
         })
         .await?;
-        if let Some((ty, add, drop)) = subscribe {
-            tx.send(DeltaRequest {
-                type_url: ty.into(),
-                resource_names_subscribe: add,
-                resource_names_unsubscribe: drop,
-                ..Default::default()
-            })
-            .await?;
+        if let Some(request) = subscribe {
+            tx.send(request).await?;
         }
         c.check_synced(&synced);
     }
