@@ -425,6 +425,10 @@ fn lookup_sorted<'a, 'n, I>(
 
 /// Sorts entries by name and keeps, of each name, the one pushed last.
 fn by_name_last_wins(mut entries: Vec<Arc<Entry>>) -> Vec<Arc<Entry>> {
+    // Usually pushed in order, once each: nothing to do.
+    if entries.is_sorted_by(|a, b| a.name < b.name) {
+        return entries;
+    }
     // Reversed, a stable sort puts the last pushed of a name first, which
     // `dedup_by` keeps. Entries pushed in name order sort in linear time.
     entries.reverse();

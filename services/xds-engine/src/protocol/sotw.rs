@@ -144,7 +144,7 @@ impl SotwStream {
     }
 
     fn build(&mut self, ty: ResourceType, res: &Resources, force: bool) -> Option<SotwResponse> {
-        let ch = self.core.changes(ty, res)?;
+        let mut ch = self.core.changes(ty, res)?;
         let version = self.core.sotw_version(ty, &ch);
         let st = self.core.state_mut(ty)?;
         if ch.first && st.client_version.take().as_deref() == Some(version.as_str()) {
@@ -163,11 +163,18 @@ impl SotwStream {
                 self.core.commit(ty, &ch);
                 return None;
             }
-            self.core.full_state(ty, &ch)
+            if ch.first {
+                // Nothing was sent: everything selected changed, so the
+                // full state is what `changes` found (a new stream's CDS
+                // and LDS, 10,000 times at start-up).
+                std::mem::take(&mut ch.updated)
+            } else {
+                self.core.full_state(ty, &ch)
+            }
         } else {
             // RDS/EDS: only what changed. Nothing to send is no response
             // (SotW cannot say "absent" for these; the client times out).
-            ch.updated.clone()
+            std::mem::take(&mut ch.updated)
         };
         self.core.commit(ty, &ch);
         if !ty.is_full_state() && resources.is_empty() {
