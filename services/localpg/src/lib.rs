@@ -399,8 +399,15 @@ fn usable_data_dir(wanted: &Path, as_postgres: bool) -> Result<PathBuf, Error> {
     if reachable(&wanted) {
         return Ok(wanted);
     }
-    let name = wanted.to_string_lossy().replace('/', "_");
-    let fallback = std::env::temp_dir().join(format!("meridian-pg{name}"));
+    let tmp = std::env::temp_dir();
+    let fallback = fallback_dir(&wanted, &tmp)?;
+    let legacy = tmp.join(format!("meridian-pg{}", flat(&wanted)));
+    if legacy.is_dir() && !fallback.exists() {
+        tracing::warn!(
+            old = %legacy.display(),
+            "data a deleted checkout at this path left behind is not used: it was sealed with that checkout's CA key (.meridian/ca-master.key); delete it when no longer needed"
+        );
+    }
     fs::create_dir_all(&fallback).map_err(io(format!("creating {}", fallback.display())))?;
     // Expected, not a fault: a root checkout under /root (mode 0700) is out of
     // the postgres user's reach. The README documents where the data goes.
@@ -419,6 +426,42 @@ fn usable_data_dir(wanted: &Path, as_postgres: bool) -> Result<PathBuf, Error> {
     }
 }
 
+/// `path` as one file name.
+fn flat(path: &Path) -> String {
+    path.to_string_lossy().replace('/', "_")
+}
+
+/// Where the cluster lives when `postgres` cannot reach `wanted`: under
+/// `tmp`, named after `wanted` and after an id kept in `wanted`.
+///
+/// Why the id: the data must live and die with the directory it stands in
+/// for. Meridian seals secrets in the database with a key that scripts/run
+/// keeps in the checkout (`.meridian/ca-master.key`); a checkout deleted
+/// and cloned again at the same path gets a new key, and found the old
+/// checkout's data under the same temp name, sealed with the lost key
+/// ("sealed data does not open"). A new checkout has no id, so it gets a
+/// new id and a new cluster.
+fn fallback_dir(wanted: &Path, tmp: &Path) -> Result<PathBuf, Error> {
+    // Beside `wanted`, not in it: should `postgres` reach `wanted` one day,
+    // initdb needs it empty.
+    let marker = match (wanted.parent(), wanted.file_name()) {
+        (Some(dir), Some(name)) => dir.join(format!("{}.fallback-id", name.to_string_lossy())),
+        _ => wanted.join("fallback-id"),
+    };
+    let kept = fs::read_to_string(&marker)
+        .ok()
+        .filter(|id| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()));
+    let id = match kept {
+        Some(id) => id,
+        None => {
+            let id = random_password()?[..16].to_owned();
+            write_private(&marker, &id)?;
+            id
+        }
+    };
+    Ok(tmp.join(format!("meridian-pg{}-{id}", flat(wanted))))
+}
+
 fn free_port() -> Result<u16, Error> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
     let port = listener
@@ -434,6 +477,50 @@ fn free_port() -> Result<u16, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fallback stays the same while the directory it stands in for
+    /// lives, and is new for a directory made again at the same path (a
+    /// re-cloned checkout) or whose id was damaged.
+    #[test]
+    fn the_fallback_data_directory_belongs_to_the_one_it_stands_in_for() {
+        let root =
+            std::env::temp_dir().join(format!("meridian-localpg-fallback-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let (wanted, tmp) = (root.join("checkout/.meridian/pg"), root.join("tmp"));
+        fs::create_dir_all(&wanted).unwrap();
+        let first = fallback_dir(&wanted, &tmp).unwrap();
+        let name = first.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with(&format!("meridian-pg{}-", flat(&wanted))),
+            "{name}"
+        );
+        assert_eq!(first.parent(), Some(tmp.as_path()));
+        assert_eq!(
+            fallback_dir(&wanted, &tmp).unwrap(),
+            first,
+            "same directory, same data"
+        );
+
+        fs::remove_dir_all(root.join("checkout")).unwrap();
+        fs::create_dir_all(&wanted).unwrap();
+        let recloned = fallback_dir(&wanted, &tmp).unwrap();
+        assert_ne!(
+            recloned, first,
+            "a new checkout does not get the old one's data"
+        );
+        assert_eq!(fallback_dir(&wanted, &tmp).unwrap(), recloned);
+
+        assert_eq!(
+            fs::read_dir(&wanted).unwrap().count(),
+            0,
+            "initdb needs it empty"
+        );
+        fs::write(root.join("checkout/.meridian/pg.fallback-id"), "../../etc").unwrap();
+        let damaged = fallback_dir(&wanted, &tmp).unwrap();
+        assert_ne!(damaged, recloned);
+        assert_eq!(damaged.parent(), Some(tmp.as_path()));
+        fs::remove_dir_all(&root).unwrap();
+    }
 
     /// A new cluster asks for the password: a local user without it (here
     /// `createdb` without PGPASSWORD) is refused, the cluster's own URL works.
