@@ -859,7 +859,9 @@ static SHARED_ENCODINGS: std::sync::Mutex<SharedEncodings> =
     });
 
 /// At most this many encodings are kept (oldest replaced first), and none
-/// larger than [`SHARED_MAX_BYTES`]: a bounded few MiB at most.
+/// larger than [`SHARED_MAX_BYTES`]: 64 MiB at the very most, in practice
+/// the full states of the current snapshot (about 2 MiB each at 15,000
+/// policies). A larger list is encoded per stream, as any was before.
 const SHARED_SLOTS: usize = 16;
 const SHARED_MAX_BYTES: usize = 4 << 20;
 
