@@ -167,6 +167,21 @@ async fn metrics_are_listed_from_start_and_move_with_traffic() {
     tx.send(cds_request(None, Some(&first), false))
         .await
         .unwrap();
+    // The ACK is counted before the change is made: a push that overtook
+    // it would make its nonce stale, and a stale request is neither an ACK
+    // nor a NACK (the snapshot follows a write within milliseconds).
+    let api = m.api.clone();
+    eventually("the first CDS response ACKed", WAIT, || {
+        let api = api.clone();
+        async move {
+            value(
+                &scrape(&api).await,
+                "meridian_xds_acks_total",
+                &[("type", "cds")],
+            ) >= 1.0
+        }
+    })
+    .await;
     // A change after the stream is up is a push measured from the write.
     let r = http
         .patch(m.url("/api/v1/policies/orders"))
