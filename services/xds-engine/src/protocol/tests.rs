@@ -514,16 +514,20 @@ fn requests_before_the_first_snapshot_are_answered_on_it() {
     assert_eq!(types(&s.on_snapshot(&res)), [CDS, LDS]);
 }
 
+/// Clusters `c0`..`c9`, weight 1: enough names to be shared (8 or more).
+fn ten_clusters() -> Vec<(&'static str, u32)> {
+    ["c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9"]
+        .iter()
+        .map(|n| (*n, 1))
+        .collect()
+}
+
 /// Streams naming the same resources hold one copy of the names: SotW and
 /// delta alike, whatever order the names came in; a stream that names
 /// something else gets its own, and the shared one is left as it was.
 #[test]
 fn streams_naming_the_same_resources_share_one_name_set() {
-    let clusters: Vec<(&'static str, u32)> =
-        ["c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9"]
-            .iter()
-            .map(|n| (*n, 1))
-            .collect();
+    let clusters = ten_clusters();
     let res = world(&clusters).resources();
     let a = envoy_like(&res);
     let b = envoy_like(&res);
@@ -556,11 +560,7 @@ fn streams_naming_the_same_resources_share_one_name_set() {
 /// resource; unknown names among many are reported removed, in order.
 #[test]
 fn a_delta_stream_taking_a_shared_set_gets_everything_and_hears_of_the_unknown() {
-    let clusters: Vec<(&'static str, u32)> =
-        ["c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9"]
-            .iter()
-            .map(|n| (*n, 1))
-            .collect();
+    let clusters = ten_clusters();
     let res = world(&clusters).resources();
     let a = envoy_like(&res);
     let all: Vec<&str> = clusters.iter().map(|(n, _)| *n).collect();
